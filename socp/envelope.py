@@ -1,0 +1,206 @@
+"""The SOCP envelope (WIRE §2): parsing and validation at the edge, building and signing on the way out."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from socp import crypto
+from socp.codec import canonical_json
+from socp.errors import BadFrame, ErrorCode, ProtocolError, TooLarge, UnknownType
+
+DEFAULT_MAX_FRAME_BYTES = 2 * 1024 * 1024
+BROADCAST = "*"
+PUBLIC_GROUP = "public"
+
+
+class FrameType(enum.StrEnum):
+    """Every frame type SOCP v1.3 defines (case-sensitive on the wire)."""
+
+    SERVER_HELLO_JOIN = "SERVER_HELLO_JOIN"
+    SERVER_WELCOME = "SERVER_WELCOME"
+    SERVER_ANNOUNCE = "SERVER_ANNOUNCE"
+    SERVER_HELLO_LINK = "SERVER_HELLO_LINK"
+    USER_ADVERTISE = "USER_ADVERTISE"
+    USER_REMOVE = "USER_REMOVE"
+    SERVER_PRESENCE_SYNC = "SERVER_PRESENCE_SYNC"
+    SERVER_DELIVER = "SERVER_DELIVER"
+    HEARTBEAT = "HEARTBEAT"
+    USER_HELLO = "USER_HELLO"
+    LIST_REQUEST = "LIST_REQUEST"
+    LIST_RESPONSE = "LIST_RESPONSE"
+    MSG_DIRECT = "MSG_DIRECT"
+    USER_DELIVER = "USER_DELIVER"
+    MSG_PUBLIC_CHANNEL = "MSG_PUBLIC_CHANNEL"
+    PUBLIC_CHANNEL_KEY_SHARE = "PUBLIC_CHANNEL_KEY_SHARE"
+    PUBLIC_CHANNEL_ADD = "PUBLIC_CHANNEL_ADD"
+    PUBLIC_CHANNEL_UPDATED = "PUBLIC_CHANNEL_UPDATED"
+    FILE_START = "FILE_START"
+    FILE_CHUNK = "FILE_CHUNK"
+    FILE_END = "FILE_END"
+    ACK = "ACK"
+    ERROR = "ERROR"
+
+
+# Required payload fields and their JSON types, checked once at the edge.  Fields a type needs only in
+# some variants (e.g. SERVER_WELCOME's ``servers`` or ``clients``) are checked where they are read.
+_STR, _INT, _LIST, _DICT = (str,), (int,), (list,), (dict,)
+PAYLOAD_SCHEMA: dict[FrameType, dict[str, tuple[type, ...]]] = {
+    FrameType.SERVER_HELLO_JOIN: {"host": _STR, "port": _INT, "pubkey": _STR},
+    FrameType.SERVER_WELCOME: {"assigned_id": _STR},
+    FrameType.SERVER_ANNOUNCE: {"host": _STR, "port": _INT, "pubkey": _STR},
+    FrameType.SERVER_HELLO_LINK: {"host": _STR, "port": _INT, "pubkey": _STR},
+    FrameType.USER_ADVERTISE: {"user_id": _STR, "server_id": _STR},
+    FrameType.USER_REMOVE: {"user_id": _STR, "server_id": _STR},
+    FrameType.SERVER_PRESENCE_SYNC: {"server_id": _STR, "users": _LIST},
+    FrameType.SERVER_DELIVER: {"user_id": _STR},
+    FrameType.HEARTBEAT: {},
+    FrameType.USER_HELLO: {"pubkey": _STR},
+    FrameType.LIST_REQUEST: {},
+    FrameType.LIST_RESPONSE: {"users": _LIST},
+    FrameType.MSG_DIRECT: {"ciphertext": _STR, "sender_pub": _STR, "content_sig": _STR},
+    FrameType.USER_DELIVER: {"ciphertext": _STR, "sender": _STR, "sender_pub": _STR, "content_sig": _STR},
+    FrameType.MSG_PUBLIC_CHANNEL: {"ciphertext": _STR, "sender_pub": _STR, "content_sig": _STR},
+    FrameType.PUBLIC_CHANNEL_KEY_SHARE: {"shares": _LIST, "creator_pub": _STR, "content_sig": _STR},
+    FrameType.PUBLIC_CHANNEL_ADD: {"add": _LIST},
+    FrameType.PUBLIC_CHANNEL_UPDATED: {"wraps": _LIST},
+    FrameType.FILE_START: {"file_id": _STR, "name": _STR, "size": _INT, "sha256": _STR},
+    FrameType.FILE_CHUNK: {"file_id": _STR, "index": _INT, "ciphertext": _STR},
+    FrameType.FILE_END: {"file_id": _STR},
+    FrameType.ACK: {"msg_ref": _STR},
+    FrameType.ERROR: {"code": _STR},
+}
+
+# Frame types whose ``sig`` may be absent or empty (WIRE §2).
+UNSIGNED_ALLOWED = frozenset({FrameType.USER_HELLO, FrameType.SERVER_HELLO_JOIN})
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One SOCP frame. ``payload`` is treated as immutable once the envelope exists."""
+
+    type: FrameType
+    sender: str
+    to: str
+    ts: int
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    sig: str = ""
+
+    @property
+    def msg_ref(self) -> str:
+        """``<type>:<from>:<to>:<ts>``: how an ERROR or ACK names this frame (WIRE §3)."""
+        return f"{self.type}:{self.sender}:{self.to}:{self.ts}"
+
+    @property
+    def replay_key(self) -> bytes:
+        """SHA-256 over (type, from, to, ts, canonical payload): the replay cache's key (WIRE §2)."""
+        digest = hashlib.sha256()
+        for part in (self.type.value, self.sender, self.to, str(self.ts)):
+            digest.update(part.encode("utf-8"))
+            digest.update(b"\x00")
+        digest.update(canonical_json(self.payload))
+        return digest.digest()
+
+    def to_wire(self) -> str:
+        """The JSON text of this frame, ready for one WebSocket text message."""
+        frame: dict[str, Any] = {
+            "type": self.type.value, "from": self.sender, "to": self.to, "ts": self.ts,
+            "payload": dict(self.payload), "sig": self.sig,
+        }
+        return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+    def signed(self, key: crypto.PrivateKey) -> Envelope:
+        """A copy of this envelope carrying a transport signature by ``key``."""
+        return replace(self, sig=crypto.sign_payload(key, self.payload))
+
+    def verify(self, key: crypto.PublicKey) -> bool:
+        """True when ``sig`` is a valid transport signature by ``key`` (any accepted variant)."""
+        return crypto.verify_payload(key, self.payload, self.sig)
+
+
+def make(frame_type: FrameType, sender: str, to: str, ts: int, payload: Mapping[str, Any],
+         key: crypto.PrivateKey | None = None) -> Envelope:
+    """Build an envelope, signed by ``key`` when given."""
+    envelope = Envelope(frame_type, sender, to, int(ts), dict(payload))
+    return envelope.signed(key) if key is not None else envelope
+
+
+def error_frame(sender: str, to: str, ts: int, code: ErrorCode, detail: str, key: crypto.PrivateKey | None,
+                msg_ref: str | None = None) -> Envelope:
+    """An ``ERROR`` frame; ``msg_ref`` names the offending frame when there is one."""
+    payload: dict[str, Any] = {"code": code.value, "detail": detail}
+    if msg_ref:
+        payload["msg_ref"] = msg_ref
+    return make(FrameType.ERROR, sender, to, ts, payload, key)
+
+
+def error_from_exception(sender: str, to: str, ts: int, exc: ProtocolError,
+                         key: crypto.PrivateKey | None) -> Envelope:
+    """The ERROR frame that answers ``exc``."""
+    return error_frame(sender, to, ts, exc.code, exc.detail, key, exc.msg_ref)
+
+
+def parse(data: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelope:
+    """Parse and validate one frame as received from the wire.
+
+    Raises :class:`TooLarge`, :class:`BadFrame` or :class:`UnknownType`; nothing else escapes.
+    Unknown extra envelope fields are ignored, as are unknown payload fields.
+    """
+    size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise TooLarge(f"frame of {size} bytes exceeds the limit of {max_bytes} bytes")
+    try:
+        frame = json.loads(data, parse_float=_refuse_float)
+    except (ValueError, RecursionError) as exc:
+        raise BadFrame(f"frame is not valid JSON: {exc}" if not isinstance(exc, RecursionError)
+                       else "frame nests too deeply") from None
+    if not isinstance(frame, dict):
+        raise BadFrame("frame must be a JSON object")
+    raw_type = frame.get("type")
+    if not isinstance(raw_type, str):
+        raise BadFrame("field 'type' missing or not a string")
+    envelope_fields: tuple[tuple[str, tuple[type, ...]], ...] = (
+        ("from", _STR), ("to", _STR), ("ts", _INT), ("payload", _DICT))
+    for name, types in envelope_fields:
+        if not _has_type(frame.get(name), types):
+            raise BadFrame(f"envelope field '{name}' missing or not {types[0].__name__}")
+    msg_ref = f"{raw_type}:{frame['from']}:{frame['to']}:{frame['ts']}"
+    try:
+        frame_type = FrameType(raw_type)
+    except ValueError:
+        raise UnknownType(f"unknown frame type {raw_type!r}", msg_ref=msg_ref) from None
+    sig = frame.get("sig", "")
+    if sig is None:
+        sig = ""
+    if not isinstance(sig, str):
+        raise BadFrame("envelope field 'sig' must be a string", msg_ref=msg_ref)
+    payload = frame["payload"]
+    for name, types in PAYLOAD_SCHEMA[frame_type].items():
+        if not _has_type(payload.get(name), types):
+            raise BadFrame(f"{frame_type} payload field '{name}' missing or not {types[0].__name__}",
+                           msg_ref=msg_ref)
+    return Envelope(frame_type, frame["from"], frame["to"], frame["ts"], payload, sig)
+
+
+def is_uuid(value: object) -> bool:
+    """True for a canonical-form UUID string (any version; ids we mint are v4)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False
+
+
+def _has_type(value: object, types: tuple[type, ...]) -> bool:
+    # bool is an int subclass in Python, but never a valid SOCP integer.
+    return isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+
+
+def _refuse_float(text: str) -> float:
+    raise BadFrame(f"floats are not allowed in SOCP frames (got {text})")

@@ -1,0 +1,931 @@
+"""The server's protocol logic as a sans-I/O state machine (WIRE §4, §5).
+
+The asyncio shell (``node/``) owns sockets and the clock and drives :class:`ServerState` like this::
+
+    link = state.accept_link(now)            # an inbound connection was accepted
+    state.receive_text(link, text, now)      # a text message arrived
+    state.dial_succeeded(link, now)          # an outbound Dial connected (or dial_failed)
+    state.link_closed(link, now)             # a connection went away
+    state.handle_timer(now)                  # when now >= state.next_deadline()
+    for action in state.data_to_send(): ...  # Send / CloseLink / Dial, in order
+    for event in state.events_received(): ...
+
+Time is ``now`` in integer milliseconds since the Unix epoch; fresh ids come from ``rng``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from socp import crypto
+from socp import envelope as env
+from socp.actions import (
+    Action,
+    CloseLink,
+    Dial,
+    Event,
+    IdentityAssigned,
+    LinkDown,
+    LinkId,
+    LinkUp,
+    PeerFault,
+    Send,
+    ServerPinned,
+    UserJoined,
+    UserLeft,
+    UserRegistered,
+)
+from socp.envelope import BROADCAST, Envelope, FrameType
+from socp.errors import (
+    BadFrame,
+    BadKey,
+    ErrorCode,
+    InvalidSignature,
+    NameInUse,
+    ProtocolError,
+    RateLimited,
+    UserNotFound,
+)
+from socp.presence import Directory, UserRecord, display_label, meta_of
+from socp.replay import DEFAULT_WINDOW_MS, ReplayCache
+
+logger = logging.getLogger("socp.server")
+
+# User frames a server routes without reading them: delivered under their own type locally, wrapped in
+# SERVER_DELIVER with ``kind`` between servers (WIRE §4.6).
+ROUTED_USER_FRAMES = frozenset({FrameType.MSG_DIRECT, FrameType.FILE_START, FrameType.FILE_CHUNK,
+                                FrameType.FILE_END})
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapEntry:
+    """One introducer of the bootstrap list; ``pubkey`` pins it (None: trust on first use)."""
+
+    host: str
+    port: int
+    pubkey: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Everything the protocol logic of one server needs to know; built once by the shell."""
+
+    server_id: str
+    """This server's UUID v4 (the introducer may assign another at join)."""
+    advertise_host: str
+    """Host other servers dial to reach this one."""
+    advertise_port: int
+    """Port other servers dial to reach this one."""
+    introducer: bool = False
+    """Introducer mode: registry of servers, no users, joins nobody."""
+    bootstrap: tuple[BootstrapEntry, ...] = ()
+    """Introducers to join through, tried in order (peer mode)."""
+    heartbeat_interval_ms: int = 15_000
+    """HEARTBEAT period on every server link."""
+    peer_timeout_ms: int = 45_000
+    """Silence after which a server link is declared dead."""
+    presence_sync_interval_ms: int = 30_000
+    """Period of SERVER_PRESENCE_SYNC anti-entropy snapshots."""
+    replay_window_ms: int = DEFAULT_WINDOW_MS
+    """Frames further than this from our clock are STALE."""
+    max_frame_bytes: int = env.DEFAULT_MAX_FRAME_BYTES
+    """Larger frames get TOO_LARGE and the connection is closed."""
+    rate_per_second: float = 200.0
+    """Sustained frames per second allowed on one user connection."""
+    rate_burst: int = 1000
+    """Burst of frames allowed on one user connection."""
+    backoff_initial_ms: int = 500
+    """First reconnection delay; doubles on each failure."""
+    backoff_max_ms: int = 30_000
+    """Cap of the reconnection delay."""
+    allow_unsigned_hello: bool = False
+    """Interop switch: accept USER_HELLO without a proof-of-possession signature."""
+
+
+class LinkRole(enum.Enum):
+    """What a connection is, as far as the protocol knows."""
+
+    PENDING = "pending"      # inbound, first frame not yet seen
+    DIALING = "dialing"      # outbound, not yet connected
+    JOINING = "joining"      # outbound to an introducer, SERVER_HELLO_JOIN sent, awaiting SERVER_WELCOME
+    SERVER = "server"        # identified server link
+    USER = "user"            # identified local user
+
+
+@dataclass(slots=True)
+class _Link:
+    link_id: LinkId
+    outbound: bool
+    role: LinkRole
+    opened_at: int
+    last_seen: int
+    peer: str = ""                       # server id or user id once identified
+    target: str = ""                     # outbound: server id dialed ("" for a join)
+    bootstrap_index: int = -1            # join links: which bootstrap entry
+    joined_through: bool = False         # the peer joined the network through us on this link
+    is_our_introducer: bool = False      # we joined through this peer
+    tokens: float = 0.0
+    tokens_at: int = 0
+    closing: bool = False
+
+
+@dataclass(slots=True)
+class _ServerInfo:
+    pubkey: str
+    host: str = ""
+    port: int = 0
+    ever_linked: bool = False
+    reconnect_attempt: int = 0
+    reconnect_due: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Forward:
+    sender: str          # local user who sent it
+    user_msg_ref: str    # msg_ref of the user's original frame
+    expires: int
+
+
+@dataclass(slots=True)
+class _Local:
+    user_id: str
+    link_id: LinkId
+    pubkey: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ServerState:
+    """One SOCP server (introducer or peer) as a pure state machine; see the module docstring."""
+
+    def __init__(self, settings: ServerSettings, key: crypto.PrivateKey, *, now: int,
+                 rng: random.Random | None = None, registered_users: Mapping[str, str] | None = None,
+                 pinned_servers: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.server_id = settings.server_id
+        self._key = key
+        self.pubkey = crypto.encode_public_key(key.public_key())
+        self._rng = rng or random.Random()
+        self._links: dict[LinkId, _Link] = {}
+        self._next_link_id = 1
+        self._servers: dict[str, _ServerInfo] = {}
+        self._server_links: dict[str, LinkId] = {}
+        self._pubkey_cache: dict[str, crypto.PublicKey] = {}
+        self._locals: dict[str, _Local] = {}
+        self._registered: dict[str, str] = dict(registered_users or {})
+        self.directory = Directory()
+        self.replay = ReplayCache(settings.replay_window_ms)
+        self._forwards: dict[str, _Forward] = {}
+        self._actions: list[Action] = []
+        self._events: list[Event] = []
+        self._presence_version = 0
+        self.joined = settings.introducer
+        self._join_index = 0
+        self._join_attempt = 0
+        self._join_due: int | None = None
+        self._next_heartbeat = now + settings.heartbeat_interval_ms
+        self._next_sync = now + settings.presence_sync_interval_ms
+        for server_id, pubkey in (pinned_servers or {}).items():
+            self._servers[server_id] = _ServerInfo(pubkey=pubkey)
+        self._log = logging.LoggerAdapter(logger, {"node": self.server_id[:8]})
+
+    # --- shell API -------------------------------------------------------------------------------
+
+    def start(self, now: int) -> None:
+        """Begin joining the network through the bootstrap list (peer mode); no-op for an introducer."""
+        if not self.settings.introducer and self.settings.bootstrap:
+            self._join_due = now
+
+    def accept_link(self, now: int) -> LinkId:
+        """Register an inbound connection; returns its link id."""
+        link = self._new_link(outbound=False, role=LinkRole.PENDING, now=now)
+        return link.link_id
+
+    def dial_succeeded(self, link_id: LinkId, now: int) -> None:
+        """An outbound Dial connected: send the link's first frame."""
+        link = self._links.get(link_id)
+        if link is None or link.role is not LinkRole.DIALING:
+            return
+        link.last_seen = now
+        if link.target:
+            info = self._servers.get(link.target)
+            if info is None:
+                self._close(link, "server forgotten while dialing")
+                return
+            self._send(link, self._make(FrameType.SERVER_ANNOUNCE, BROADCAST, now, self._announce_payload()))
+            self._identify_server(link, link.target, now)
+        else:
+            entry = self.settings.bootstrap[link.bootstrap_index]
+            link.role = LinkRole.JOINING
+            self._send(link, self._make(FrameType.SERVER_HELLO_JOIN, f"{entry.host}:{entry.port}", now,
+                                        self._announce_payload()))
+
+    def dial_failed(self, link_id: LinkId, now: int) -> None:
+        """An outbound Dial could not connect."""
+        self.link_closed(link_id, now, reason="dial failed")
+
+    def link_closed(self, link_id: LinkId, now: int, reason: str = "connection closed") -> None:
+        """A connection went away (for any reason); forget it and repair what depended on it."""
+        link = self._links.pop(link_id, None)
+        if link is None:
+            return
+        if link.role in (LinkRole.JOINING, LinkRole.DIALING) and not link.target:
+            self._join_failed(now)
+            return
+        if link.role is LinkRole.USER:
+            self._user_left(link, now)
+            return
+        server_id = link.peer or link.target
+        if not server_id or self._server_links.get(server_id, link_id) != link_id:
+            return
+        if self._server_links.get(server_id) == link_id:
+            del self._server_links[server_id]
+            dropped = self.directory.drop_server(server_id)
+            for record in dropped:
+                self._push_to_users(FrameType.USER_REMOVE, now,
+                                    {"user_id": record.user_id, "server_id": server_id})
+            self._events.append(LinkDown(server_id, link_id, reason, len(dropped)))
+            self._log.info("link to server %s down (%s); %d users unreachable", server_id[:8], reason,
+                           len(dropped))
+            if self.settings.introducer and not link.outbound:
+                # The registry forgets servers whose link died; they come back by joining again.
+                self._servers.pop(server_id, None)
+                return
+        info = self._servers.get(server_id)
+        if info is not None and info.host:
+            self._schedule_reconnect(server_id, info, now)
+
+    def receive_text(self, link_id: LinkId, text: str | bytes, now: int) -> None:
+        """Process one text message received on ``link_id``."""
+        link = self._links.get(link_id)
+        if link is None or link.closing:
+            return
+        link.last_seen = now
+        try:
+            if link.role is LinkRole.USER or link.role is LinkRole.PENDING:
+                self._rate_limit(link, now)
+            frame = env.parse(text, self.settings.max_frame_bytes)
+            if logger.isEnabledFor(logging.DEBUG):
+                self._log.debug("< %s %s from %s on link %d", frame.type, frame.msg_ref, frame.sender[:8],
+                                link_id)
+            self._dispatch(link, frame, now)
+        except ProtocolError as exc:
+            self._fault(link, exc, now)
+
+    def handle_timer(self, now: int) -> None:
+        """Run everything whose deadline has passed: joins, reconnects, heartbeats, liveness, sync."""
+        if self._join_due is not None and now >= self._join_due:
+            self._join_due = None
+            self._dial_introducer(now)
+        for server_id, info in list(self._servers.items()):
+            if (info.reconnect_due is not None and now >= info.reconnect_due
+                    and server_id not in self._server_links):
+                info.reconnect_due = None
+                self._dial_server(server_id, info, now)
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.settings.heartbeat_interval_ms
+            for link in list(self._links.values()):
+                if link.role is not LinkRole.SERVER or link.closing:
+                    continue
+                if now - link.last_seen > self.settings.peer_timeout_ms:
+                    self._log.warning("server %s silent for %d ms: link declared dead", link.peer[:8],
+                                      now - link.last_seen)
+                    self._close(link, "peer timeout")
+                    self.link_closed(link.link_id, now, reason="peer timeout")
+                    continue
+                self._send(link, self._make(FrameType.HEARTBEAT, link.peer, now, {}))
+            for link in list(self._links.values()):
+                if link.role is LinkRole.PENDING and now - link.opened_at > self.settings.peer_timeout_ms:
+                    self._close(link, "no hello within the peer timeout")
+        if now >= self._next_sync:
+            self._next_sync = now + self.settings.presence_sync_interval_ms
+            for link in self._server_link_list():
+                self._send_presence_sync(link, now)
+            self.replay.expire(now)
+            self._forwards = {ref: fwd for ref, fwd in self._forwards.items() if fwd.expires > now}
+
+    def next_deadline(self) -> int:
+        """The earliest ``now`` at which :meth:`handle_timer` has work."""
+        deadlines = [self._next_heartbeat, self._next_sync]
+        if self._join_due is not None:
+            deadlines.append(self._join_due)
+        deadlines.extend(info.reconnect_due for info in self._servers.values() if info.reconnect_due is not None)
+        return min(deadlines)
+
+    def data_to_send(self) -> list[Action]:
+        """Actions queued since the last call, in order."""
+        actions, self._actions = self._actions, []
+        return actions
+
+    def events_received(self) -> list[Event]:
+        """Events queued since the last call, in order."""
+        events, self._events = self._events, []
+        return events
+
+    # --- read-only views -------------------------------------------------------------------------
+
+    @property
+    def linked_servers(self) -> list[str]:
+        """Ids of servers with an established link."""
+        return sorted(self._server_links)
+
+    @property
+    def known_servers(self) -> list[str]:
+        """Ids of every server this node knows an address for."""
+        return sorted(server_id for server_id, info in self._servers.items() if info.host)
+
+    @property
+    def local_users(self) -> list[str]:
+        """Ids of users attached to this server."""
+        return sorted(self._locals)
+
+    @property
+    def healthy(self) -> bool:
+        """Joined, and linked at least once to every server learned of (the /healthz answer)."""
+        return self.joined and all(info.ever_linked or not info.host for info in self._servers.values())
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-ready snapshot for health and metrics endpoints."""
+        return {
+            "server_id": self.server_id, "introducer": self.settings.introducer, "joined": self.joined,
+            "healthy": self.healthy, "linked_servers": self.linked_servers,
+            "known_servers": self.known_servers, "local_users": len(self._locals),
+            "known_users": len(self.directory),
+        }
+
+    # --- dispatch --------------------------------------------------------------------------------
+
+    def _dispatch(self, link: _Link, frame: Envelope, now: int) -> None:
+        if link.role is LinkRole.PENDING:
+            self._first_frame(link, frame, now)
+        elif link.role is LinkRole.JOINING:
+            self._on_join_reply(link, frame, now)
+        elif link.role is LinkRole.SERVER:
+            self._on_server_frame(link, frame, now)
+        elif link.role is LinkRole.USER:
+            self._on_user_frame(link, frame, now)
+
+    def _first_frame(self, link: _Link, frame: Envelope, now: int) -> None:
+        if frame.type is FrameType.USER_HELLO:
+            self._on_user_hello(link, frame, now)
+        elif frame.type is FrameType.SERVER_HELLO_JOIN:
+            self._on_hello_join(link, frame, now)
+        elif frame.type in (FrameType.SERVER_ANNOUNCE, FrameType.SERVER_HELLO_LINK):
+            self._on_direct_announce(link, frame, now)
+        else:
+            raise BadFrame(f"a new connection must start with USER_HELLO, SERVER_HELLO_JOIN or SERVER_ANNOUNCE, "
+                           f"not {frame.type}", msg_ref=frame.msg_ref, fatal=True)
+
+    # --- server links ----------------------------------------------------------------------------
+
+    def _on_hello_join(self, link: _Link, frame: Envelope, now: int) -> None:
+        key_text = crypto.normalize_public_key(frame.payload["pubkey"])
+        if frame.sig and not frame.verify(crypto.decode_public_key(key_text)):
+            raise InvalidSignature("SERVER_HELLO_JOIN signature does not verify with its pubkey",
+                                   msg_ref=frame.msg_ref, fatal=True)
+        self.replay.check_fresh(frame, now)
+        requested = frame.sender
+        pinned = self._servers.get(requested)
+        if not env.is_uuid(requested) or requested == self.server_id or (pinned and pinned.pubkey != key_text):
+            assigned = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+            self._log.info("join request for id %s reassigned to %s (id taken or invalid)", requested[:8],
+                           assigned[:8])
+        else:
+            assigned = requested
+        self._pin(assigned, key_text, trusted=True)
+        info = self._servers[assigned]
+        info.host, info.port = frame.payload["host"], frame.payload["port"]
+        servers = [self._server_entry(self.server_id, self.pubkey, self.settings.advertise_host,
+                                      self.settings.advertise_port)]
+        servers += [self._server_entry(sid, s.pubkey, s.host, s.port) for sid, s in sorted(self._servers.items())
+                    if sid != assigned and sid in self._server_links and s.host]
+        payload = {"assigned_id": assigned, "servers": servers,
+                   "clients": [{"user_id": s["server_id"], "host": s["host"], "port": s["port"],
+                                "pubkey": s["pubkey"]} for s in servers]}
+        self._send(link, self._make(FrameType.SERVER_WELCOME, assigned, now, payload))
+        link.joined_through = True
+        self._identify_server(link, assigned, now)
+
+    def _on_direct_announce(self, link: _Link, frame: Envelope, now: int) -> None:
+        key_text = self._checked_self_signed(frame)
+        self.replay.admit(frame, now)
+        if not env.is_uuid(frame.sender) or frame.sender == self.server_id:
+            raise BadFrame("server id must be a UUID other than ours", msg_ref=frame.msg_ref, fatal=True)
+        self._pin(frame.sender, key_text, trusted=False, msg_ref=frame.msg_ref)
+        info = self._servers[frame.sender]
+        info.host, info.port = frame.payload["host"], frame.payload["port"]
+        self._identify_server(link, frame.sender, now)
+
+    def _on_join_reply(self, link: _Link, frame: Envelope, now: int) -> None:
+        if frame.type is FrameType.ERROR:
+            self._log.warning("introducer refused our join: %s %s", frame.payload.get("code"),
+                              frame.payload.get("detail"))
+            self._close(link, "join refused")
+            return
+        if frame.type is not FrameType.SERVER_WELCOME:
+            raise BadFrame(f"expected SERVER_WELCOME after SERVER_HELLO_JOIN, got {frame.type}",
+                           msg_ref=frame.msg_ref, fatal=True)
+        entry = self.settings.bootstrap[link.bootstrap_index]
+        entries = self._welcome_entries(frame)
+        introducer_key = entry.pubkey
+        if introducer_key is None:
+            offered = [e["pubkey"] for e in entries if e["server_id"] == frame.sender]
+            if not offered:
+                raise BadKey("unpinned introducer did not list its own key in SERVER_WELCOME",
+                             msg_ref=frame.msg_ref, fatal=True)
+            introducer_key = offered[0]
+            self._log.warning("TRUST ON FIRST USE: introducer %s at %s:%d pinned to key %s without a "
+                              "configured pubkey; pin it in the bootstrap file", frame.sender[:8], entry.host,
+                              entry.port, crypto.key_fingerprint(crypto.normalize_public_key(introducer_key)))
+        introducer_key = crypto.normalize_public_key(introducer_key)
+        if not frame.verify(crypto.decode_public_key(introducer_key)):
+            raise InvalidSignature("SERVER_WELCOME is not signed by the pinned introducer key",
+                                   msg_ref=frame.msg_ref, fatal=True)
+        assigned = frame.payload["assigned_id"]
+        if not env.is_uuid(assigned):
+            raise BadFrame("assigned_id is not a UUID", msg_ref=frame.msg_ref, fatal=True)
+        if assigned != self.server_id:
+            self._log.warning("introducer assigned us id %s instead of %s", assigned, self.server_id)
+            self.server_id = assigned
+            self._log = logging.LoggerAdapter(logger, {"node": self.server_id[:8]})
+            self._events.append(IdentityAssigned(assigned))
+        self._pin(frame.sender, introducer_key, trusted=True)
+        info = self._servers[frame.sender]
+        info.host, info.port = entry.host, entry.port
+        for item in entries:
+            if item["server_id"] in (self.server_id, frame.sender):
+                continue
+            try:
+                self._pin(item["server_id"], crypto.normalize_public_key(item["pubkey"]), trusted=True)
+            except ProtocolError as exc:
+                self._log.warning("welcome entry for %s refused: %s", item["server_id"][:8], exc)
+                continue
+            known = self._servers[item["server_id"]]
+            known.host, known.port = item["host"], item["port"]
+        self.joined = True
+        self._join_attempt = 0
+        link.is_our_introducer = True
+        self._log.info("joined the network through %s (%d other servers)", frame.sender[:8], len(entries) - 1)
+        self._identify_server(link, frame.sender, now)
+        # The introducer relays this announce to the servers it knows (WIRE §4.3).
+        self._send(link, self._make(FrameType.SERVER_ANNOUNCE, BROADCAST, now, self._announce_payload()))
+        for server_id, known in list(self._servers.items()):
+            if server_id not in self._server_links and known.host and server_id != self.server_id:
+                self._dial_server(server_id, known, now)
+
+    def _on_server_frame(self, link: _Link, frame: Envelope, now: int) -> None:
+        handler = {
+            FrameType.HEARTBEAT: self._on_heartbeat,
+            FrameType.SERVER_ANNOUNCE: self._on_mesh_announce,
+            FrameType.SERVER_HELLO_LINK: self._on_mesh_announce,
+            FrameType.USER_ADVERTISE: self._on_user_advertise,
+            FrameType.USER_REMOVE: self._on_user_remove,
+            FrameType.SERVER_PRESENCE_SYNC: self._on_presence_sync,
+            FrameType.SERVER_DELIVER: self._on_server_deliver,
+            FrameType.ERROR: self._on_server_error,
+            FrameType.ACK: self._on_server_ack,
+        }.get(frame.type)
+        if handler is None:
+            raise BadFrame(f"{frame.type} is not allowed on a server link", msg_ref=frame.msg_ref)
+        handler(link, frame, now)
+
+    def _verified_from_server(self, link: _Link, frame: Envelope, now: int, *, relayable: bool = False) -> bool:
+        """Check origin, signature and freshness of a server frame; False for a silent duplicate."""
+        if not relayable and frame.sender != link.peer:
+            raise BadFrame(f"{frame.type} must come from the linked server {link.peer}", msg_ref=frame.msg_ref)
+        info = self._servers.get(frame.sender)
+        if info is None:
+            raise BadKey(f"no pinned key for server {frame.sender}", msg_ref=frame.msg_ref)
+        if not frame.verify(self._public_key(info.pubkey)):
+            raise InvalidSignature(f"{frame.type} signature does not verify with the pinned key of "
+                                   f"{frame.sender}", msg_ref=frame.msg_ref)
+        return self.replay.admit(frame, now)
+
+    def _on_heartbeat(self, link: _Link, frame: Envelope, now: int) -> None:
+        self._verified_from_server(link, frame, now)
+
+    def _on_mesh_announce(self, link: _Link, frame: Envelope, now: int) -> None:
+        key_text = self._checked_self_signed(frame)
+        if not self.replay.admit(frame, now):
+            return
+        if frame.sender == self.server_id:
+            return
+        if frame.sender != link.peer and not link.is_our_introducer and not self.settings.introducer:
+            raise BadFrame("only an introducer may relay another server's SERVER_ANNOUNCE",
+                           msg_ref=frame.msg_ref)
+        self._pin(frame.sender, key_text, trusted=frame.sender != link.peer, msg_ref=frame.msg_ref)
+        info = self._servers[frame.sender]
+        info.host, info.port = frame.payload["host"], frame.payload["port"]
+        if frame.sender == link.peer and link.joined_through:
+            for other in self._server_link_list():
+                if other.link_id != link.link_id:
+                    self._send_text(other, frame.to_wire())
+
+    def _on_user_advertise(self, link: _Link, frame: Envelope, now: int) -> None:
+        if not self._verified_from_server(link, frame, now, relayable=True):
+            return
+        payload = frame.payload
+        if payload["server_id"] != frame.sender:
+            raise BadFrame("USER_ADVERTISE server_id must be its signer", msg_ref=frame.msg_ref)
+        meta = meta_of(payload)
+        pubkey = payload.get("pubkey") or meta.get("pubkey")
+        record = UserRecord(payload["user_id"], frame.sender, crypto.normalize_public_key(pubkey), meta)
+        if record.user_id in self._locals:
+            self._log.info("user %s advertised by %s but attached here; keeping local", record.user_id[:8],
+                           frame.sender[:8])
+            return
+        self.directory.advertise(record)
+        self._relay_to_servers(link, frame)
+        self._push_to_users(FrameType.USER_ADVERTISE, now, self._advert_payload(record))
+
+    def _on_user_remove(self, link: _Link, frame: Envelope, now: int) -> None:
+        if not self._verified_from_server(link, frame, now, relayable=True):
+            return
+        if frame.payload["server_id"] != frame.sender:
+            raise BadFrame("USER_REMOVE server_id must be its signer", msg_ref=frame.msg_ref)
+        self._relay_to_servers(link, frame)
+        if self.directory.remove(frame.payload["user_id"], frame.sender) is not None:
+            self._push_to_users(FrameType.USER_REMOVE, now,
+                                {"user_id": frame.payload["user_id"], "server_id": frame.sender})
+
+    def _on_presence_sync(self, link: _Link, frame: Envelope, now: int) -> None:
+        if not self._verified_from_server(link, frame, now):
+            return
+        if frame.payload["server_id"] != link.peer:
+            raise BadFrame("SERVER_PRESENCE_SYNC must describe its sender", msg_ref=frame.msg_ref)
+        records = []
+        for item in frame.payload["users"]:
+            if not isinstance(item, dict) or not isinstance(item.get("user_id"), str):
+                raise BadFrame("SERVER_PRESENCE_SYNC users entries need user_id", msg_ref=frame.msg_ref)
+            meta = meta_of(item)
+            if item["user_id"] in self._locals:
+                continue
+            records.append(UserRecord(item["user_id"], link.peer,
+                                      crypto.normalize_public_key(item.get("pubkey") or meta.get("pubkey")),
+                                      meta))
+        added, removed = self.directory.replace_server(link.peer, records)
+        for record in added:
+            self._push_to_users(FrameType.USER_ADVERTISE, now, self._advert_payload(record))
+        for record in removed:
+            self._push_to_users(FrameType.USER_REMOVE, now, {"user_id": record.user_id, "server_id": link.peer})
+
+    def _on_server_deliver(self, link: _Link, frame: Envelope, now: int) -> None:
+        if not self._verified_from_server(link, frame, now):
+            return
+        if frame.to != self.server_id:
+            raise BadFrame("SERVER_DELIVER addressed to another server", msg_ref=frame.msg_ref)
+        payload = dict(frame.payload)
+        recipient = payload.pop("user_id")
+        kind_name = payload.pop("kind", FrameType.MSG_DIRECT.value)
+        local = self._locals.get(recipient)
+        if local is None:
+            self._send(link, env.error_frame(self.server_id, link.peer, now, ErrorCode.USER_NOT_FOUND,
+                                             f"user {recipient} is not attached to this server",
+                                             self._key, frame.msg_ref))
+            return
+        sender = payload.get("sender", "")
+        if kind_name == FrameType.MSG_DIRECT.value:
+            out = self._make_at(FrameType.USER_DELIVER, self.server_id, recipient, frame.ts, payload)
+        else:
+            try:
+                kind = FrameType(kind_name)
+            except ValueError:
+                raise BadFrame(f"unknown SERVER_DELIVER kind {kind_name!r}", msg_ref=frame.msg_ref) from None
+            payload.pop("sender", None)
+            out = self._make_at(kind, sender, recipient, frame.ts, payload)
+        self._send(self._links[local.link_id], out)
+
+    def _on_server_error(self, link: _Link, frame: Envelope, now: int) -> None:
+        if not self._verified_from_server(link, frame, now):
+            return
+        ref = frame.payload.get("msg_ref")
+        forward = self._forwards.pop(ref, None) if isinstance(ref, str) else None
+        self._log.info("server %s reported %s: %s", link.peer[:8], frame.payload.get("code"),
+                       frame.payload.get("detail"))
+        if forward is not None and forward.sender in self._locals:
+            self._send_error_to_user(forward.sender, now, str(frame.payload.get("code")),
+                                     str(frame.payload.get("detail", "")), forward.user_msg_ref)
+
+    def _on_server_ack(self, link: _Link, frame: Envelope, now: int) -> None:
+        self._verified_from_server(link, frame, now)
+
+    # --- users -----------------------------------------------------------------------------------
+
+    def _on_user_hello(self, link: _Link, frame: Envelope, now: int) -> None:
+        if self.settings.introducer:
+            raise BadFrame("this server is an introducer and accepts no users; connect to a peer server",
+                           msg_ref=frame.msg_ref, fatal=True)
+        user_id = frame.sender
+        if not env.is_uuid(user_id):
+            raise BadFrame("user id must be a UUID", msg_ref=frame.msg_ref, fatal=True)
+        key_text = crypto.normalize_public_key(frame.payload["pubkey"])
+        enc_key = frame.payload.get("enc_pubkey")
+        if enc_key is not None:
+            crypto.decode_public_key(enc_key)
+        if frame.sig:
+            if not frame.verify(self._public_key(key_text)):
+                raise InvalidSignature("USER_HELLO signature does not verify with its pubkey",
+                                       msg_ref=frame.msg_ref, fatal=True)
+        elif not self.settings.allow_unsigned_hello:
+            raise InvalidSignature("USER_HELLO must be signed with the user's key", msg_ref=frame.msg_ref,
+                                   fatal=True)
+        if not self.replay.admit(frame, now):
+            raise BadFrame("replayed USER_HELLO", msg_ref=frame.msg_ref, fatal=True)
+        if user_id in self._locals:
+            raise NameInUse(f"user {user_id} is already connected to this server", msg_ref=frame.msg_ref)
+        registered = self._registered.get(user_id)
+        known = self.directory.get(user_id)
+        if (registered and registered != key_text) or (known and known.pubkey != key_text):
+            raise BadKey(f"user {user_id} is registered under another key", msg_ref=frame.msg_ref, fatal=True)
+        meta = {k: v for k, v in meta_of(frame.payload).items() if k != "pubkey"}
+        if registered is None:
+            self._registered[user_id] = key_text
+        self._events.append(UserRegistered(user_id, key_text, meta))
+        link.role, link.peer = LinkRole.USER, user_id
+        self._locals[user_id] = _Local(user_id, link.link_id, key_text, meta)
+        record = UserRecord(user_id, self.server_id, key_text, meta)
+        self.directory.advertise(record)
+        self._presence_version += 1
+        self._send(link, self._make(FrameType.ACK, user_id, now,
+                                    {"msg_ref": "USER_HELLO", "server_id": self.server_id,
+                                     "server_pub": self.pubkey}))
+        for known_record in self.directory.listing():
+            self._send(link, self._make(FrameType.USER_ADVERTISE, user_id, now,
+                                        self._advert_payload(known_record)))
+        advert = self._make(FrameType.USER_ADVERTISE, BROADCAST, now, self._advert_payload(record))
+        self.replay.admit(advert, now)
+        for server_link in self._server_link_list():
+            self._send_text(server_link, advert.to_wire())
+        self._push_to_users(FrameType.USER_ADVERTISE, now, self._advert_payload(record), exclude=user_id)
+        self._events.append(UserJoined(user_id, record.label))
+        self._log.info("user %s (%s) connected", user_id[:8], record.label)
+
+    def _user_left(self, link: _Link, now: int) -> None:
+        local = self._locals.pop(link.peer, None)
+        if local is None:
+            return
+        self._presence_version += 1
+        self.directory.remove(local.user_id, self.server_id)
+        payload = {"user_id": local.user_id, "server_id": self.server_id}
+        removal = self._make(FrameType.USER_REMOVE, BROADCAST, now, payload)
+        self.replay.admit(removal, now)
+        for server_link in self._server_link_list():
+            self._send_text(server_link, removal.to_wire())
+        self._push_to_users(FrameType.USER_REMOVE, now, payload)
+        label = display_label(local.user_id, local.meta)
+        self._events.append(UserLeft(local.user_id, label))
+        self._log.info("user %s (%s) disconnected", local.user_id[:8], label)
+
+    def _on_user_frame(self, link: _Link, frame: Envelope, now: int) -> None:
+        if frame.sender != link.peer:
+            raise BadFrame(f"frame 'from' {frame.sender} is not this connection's user {link.peer}",
+                           msg_ref=frame.msg_ref)
+        if not self.replay.admit(frame, now):
+            return
+        if frame.type is FrameType.LIST_REQUEST:
+            users = [record.to_wire() for record in self.directory.listing()]
+            self._send(link, self._make(FrameType.LIST_RESPONSE, link.peer, now, {"users": users}))
+        elif frame.type is FrameType.HEARTBEAT:
+            return
+        elif frame.type in ROUTED_USER_FRAMES:
+            self._route_user_frame(link, frame, now)
+        elif frame.type in (FrameType.ACK, FrameType.ERROR):
+            self._log.debug("user %s sent %s %s", link.peer[:8], frame.type, dict(frame.payload))
+        else:
+            raise BadFrame(f"{frame.type} is not something a user may send (yet)", msg_ref=frame.msg_ref)
+
+    def _route_user_frame(self, link: _Link, frame: Envelope, now: int) -> None:
+        local_sender = self._locals[link.peer]
+        payload = frame.payload
+        if frame.type is FrameType.MSG_DIRECT:
+            if crypto.normalize_public_key(payload["sender_pub"]) != local_sender.pubkey:
+                raise BadFrame("sender_pub is not the key this user registered", msg_ref=frame.msg_ref)
+            if not crypto.verify_direct(self._public_key(local_sender.pubkey), payload["content_sig"],
+                                        payload["ciphertext"], frame.sender, frame.to, frame.ts):
+                raise InvalidSignature("content_sig does not verify", msg_ref=frame.msg_ref)
+        recipient = frame.to
+        location = self.directory.location(recipient)
+        if location is None:
+            raise UserNotFound(f"user {recipient} is not online", msg_ref=frame.msg_ref)
+        if location == self.server_id:
+            target = self._links[self._locals[recipient].link_id]
+            if frame.type is FrameType.MSG_DIRECT:
+                out = self._make_at(FrameType.USER_DELIVER, self.server_id, recipient, frame.ts,
+                                    {"ciphertext": payload["ciphertext"], "sender": frame.sender,
+                                     "sender_pub": payload["sender_pub"], "content_sig": payload["content_sig"]})
+            else:
+                out = self._make_at(frame.type, frame.sender, recipient, frame.ts, payload)
+            self._send(target, out)
+            return
+        server_link_id = self._server_links.get(location)
+        if server_link_id is None:
+            raise UserNotFound(f"user {recipient} is on server {location}, which is unreachable",
+                               msg_ref=frame.msg_ref)
+        body = {k: v for k, v in payload.items() if k not in ("user_id", "kind", "sender")}
+        body.update({"user_id": recipient, "sender": frame.sender})
+        if frame.type is not FrameType.MSG_DIRECT:
+            body["kind"] = frame.type.value
+        out = self._make_at(FrameType.SERVER_DELIVER, self.server_id, location, frame.ts, body)
+        self._forwards[out.msg_ref] = _Forward(frame.sender, frame.msg_ref, now + self.settings.replay_window_ms)
+        self._send(self._links[server_link_id], out)
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _new_link(self, *, outbound: bool, role: LinkRole, now: int) -> _Link:
+        link = _Link(self._next_link_id, outbound, role, opened_at=now, last_seen=now,
+                     tokens=float(self.settings.rate_burst), tokens_at=now)
+        self._next_link_id += 1
+        self._links[link.link_id] = link
+        return link
+
+    def _dial_introducer(self, now: int) -> None:
+        entry = self.settings.bootstrap[self._join_index % len(self.settings.bootstrap)]
+        link = self._new_link(outbound=True, role=LinkRole.DIALING, now=now)
+        link.bootstrap_index = self._join_index % len(self.settings.bootstrap)
+        self._log.info("joining through introducer %s:%d", entry.host, entry.port)
+        self._actions.append(Dial(link.link_id, entry.host, entry.port))
+
+    def _join_failed(self, now: int) -> None:
+        if self.joined:
+            return
+        self._join_index += 1
+        if self._join_index % len(self.settings.bootstrap) == 0:
+            # Every introducer failed once: back off before the next round.
+            self._join_attempt += 1
+            self._join_due = now + self._backoff(self._join_attempt)
+            self._log.warning("no introducer reachable; retrying in %d ms", self._join_due - now)
+        else:
+            self._join_due = now
+
+    def _dial_server(self, server_id: str, info: _ServerInfo, now: int) -> None:
+        if any(link.target == server_id and link.role is LinkRole.DIALING for link in self._links.values()):
+            return
+        link = self._new_link(outbound=True, role=LinkRole.DIALING, now=now)
+        link.target = server_id
+        self._actions.append(Dial(link.link_id, info.host, info.port))
+
+    def _schedule_reconnect(self, server_id: str, info: _ServerInfo, now: int) -> None:
+        info.reconnect_attempt += 1
+        info.reconnect_due = now + self._backoff(info.reconnect_attempt)
+
+    def _backoff(self, attempt: int) -> int:
+        base = min(self.settings.backoff_max_ms, self.settings.backoff_initial_ms * 2 ** min(attempt - 1, 20))
+        # Jitter spreads reconnect storms after a partition heals.
+        return int(base * (0.75 + 0.5 * self._rng.random()))
+
+    def _identify_server(self, link: _Link, server_id: str, now: int) -> None:
+        existing_id = self._server_links.get(server_id)
+        if existing_id is not None and existing_id != link.link_id:
+            existing = self._links[existing_id]
+            # Both ends keep the connection dialed by the lower server id, so they agree which survives.
+            keep_new = link.outbound == (self.server_id < server_id)
+            loser = existing if keep_new else link
+            self._log.info("duplicate link with %s: closing link %d", server_id[:8], loser.link_id)
+            loser.peer = server_id
+            loser.role = LinkRole.SERVER
+            loser.closing = True
+            self._actions.append(CloseLink(loser.link_id, "duplicate server link"))
+            if not keep_new:
+                return
+        link.role, link.peer = LinkRole.SERVER, server_id
+        self._server_links[server_id] = link.link_id
+        info = self._servers[server_id]
+        info.ever_linked = True
+        info.reconnect_attempt = 0
+        info.reconnect_due = None
+        self._events.append(LinkUp(server_id, link.link_id))
+        self._log.info("linked with server %s (link %d, %s)", server_id[:8], link.link_id,
+                       "outbound" if link.outbound else "inbound")
+        self._send_presence_sync(link, now)
+
+    def _pin(self, server_id: str, key_text: str, *, trusted: bool, msg_ref: str | None = None) -> None:
+        info = self._servers.get(server_id)
+        if info is None:
+            self._servers[server_id] = _ServerInfo(pubkey=key_text)
+            self._events.append(ServerPinned(server_id, key_text, trusted))
+            if not trusted:
+                self._log.warning("server %s pinned on first direct announce (key %s)", server_id[:8],
+                                  crypto.key_fingerprint(key_text))
+        elif info.pubkey != key_text:
+            self._log.error("IMPERSONATION ATTEMPT: server %s presented key %s, pinned key is %s",
+                            server_id[:8], crypto.key_fingerprint(key_text), crypto.key_fingerprint(info.pubkey))
+            raise BadKey(f"server {server_id} is pinned to another key", msg_ref=msg_ref, fatal=True)
+
+    def _checked_self_signed(self, frame: Envelope) -> str:
+        key_text = crypto.normalize_public_key(frame.payload["pubkey"])
+        if not frame.verify(self._public_key(key_text)):
+            raise InvalidSignature(f"{frame.type} is not signed by the key it announces", msg_ref=frame.msg_ref,
+                                   fatal=True)
+        return key_text
+
+    def _public_key(self, key_text: str) -> crypto.PublicKey:
+        key = self._pubkey_cache.get(key_text)
+        if key is None:
+            key = crypto.decode_public_key(key_text)
+            if len(self._pubkey_cache) > 10_000:
+                self._pubkey_cache.clear()
+            self._pubkey_cache[key_text] = key
+        return key
+
+    def _welcome_entries(self, frame: Envelope) -> list[dict[str, Any]]:
+        raw = frame.payload.get("servers")
+        if not isinstance(raw, list):
+            raw = frame.payload.get("clients")
+        if not isinstance(raw, list):
+            raise BadFrame("SERVER_WELCOME needs a 'servers' or 'clients' list", msg_ref=frame.msg_ref, fatal=True)
+        entries = []
+        for item in raw:
+            if not isinstance(item, dict):
+                raise BadFrame("SERVER_WELCOME entries must be objects", msg_ref=frame.msg_ref, fatal=True)
+            server_id = item.get("server_id", item.get("user_id"))
+            host, port, pubkey = item.get("host"), item.get("port"), item.get("pubkey")
+            if not (isinstance(server_id, str) and isinstance(host, str) and isinstance(port, int)
+                    and isinstance(pubkey, str)):
+                raise BadFrame("SERVER_WELCOME entry needs server_id, host, port, pubkey", msg_ref=frame.msg_ref,
+                               fatal=True)
+            entries.append({"server_id": server_id, "host": host, "port": port, "pubkey": pubkey})
+        return entries
+
+    @staticmethod
+    def _server_entry(server_id: str, pubkey: str, host: str, port: int) -> dict[str, Any]:
+        return {"server_id": server_id, "host": host, "port": port, "pubkey": pubkey}
+
+    def _announce_payload(self) -> dict[str, Any]:
+        return {"host": self.settings.advertise_host, "port": self.settings.advertise_port, "pubkey": self.pubkey}
+
+    @staticmethod
+    def _advert_payload(record: UserRecord) -> dict[str, Any]:
+        return {"user_id": record.user_id, "server_id": record.server_id, "pubkey": record.pubkey,
+                "meta": dict(record.meta)}
+
+    def _send_presence_sync(self, link: _Link, now: int) -> None:
+        users = [{"user_id": local.user_id, "pubkey": local.pubkey, "meta": dict(local.meta)}
+                 for local in self._locals.values()]
+        self._send(link, self._make(FrameType.SERVER_PRESENCE_SYNC, link.peer, now,
+                                    {"server_id": self.server_id, "users": users,
+                                     "version": self._presence_version}))
+
+    def _server_link_list(self) -> list[_Link]:
+        return [self._links[link_id] for link_id in self._server_links.values()]
+
+    def _relay_to_servers(self, received_on: _Link, frame: Envelope) -> None:
+        text = frame.to_wire()
+        for link in self._server_link_list():
+            if link.link_id != received_on.link_id and link.peer != frame.sender:
+                self._send_text(link, text)
+
+    def _push_to_users(self, frame_type: FrameType, now: int, payload: Mapping[str, Any],
+                       exclude: str | None = None) -> None:
+        for local in list(self._locals.values()):
+            if local.user_id != exclude:
+                self._send(self._links[local.link_id], self._make(frame_type, local.user_id, now, payload))
+
+    def _send_error_to_user(self, user_id: str, now: int, code: str, detail: str, msg_ref: str | None) -> None:
+        local = self._locals[user_id]
+        payload: dict[str, Any] = {"code": code, "detail": detail}
+        if msg_ref:
+            payload["msg_ref"] = msg_ref
+        self._send(self._links[local.link_id], self._make(FrameType.ERROR, user_id, now, payload))
+
+    def _make(self, frame_type: FrameType, to: str, now: int, payload: Mapping[str, Any]) -> Envelope:
+        return env.make(frame_type, self.server_id, to, now, payload, self._key)
+
+    def _make_at(self, frame_type: FrameType, sender: str, to: str, ts: int, payload: Mapping[str, Any]) -> Envelope:
+        return env.make(frame_type, sender, to, ts, payload, self._key)
+
+    def _send(self, link: _Link, frame: Envelope) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            self._log.debug("> %s %s on link %d", frame.type, frame.msg_ref, link.link_id)
+        self._send_text(link, frame.to_wire())
+
+    def _send_text(self, link: _Link, text: str) -> None:
+        if not link.closing:
+            self._actions.append(Send(link.link_id, text))
+
+    def _close(self, link: _Link, reason: str) -> None:
+        if not link.closing:
+            link.closing = True
+            self._actions.append(CloseLink(link.link_id, reason))
+
+    def _rate_limit(self, link: _Link, now: int) -> None:
+        elapsed = max(0, now - link.tokens_at) / 1000
+        link.tokens = min(float(self.settings.rate_burst), link.tokens + elapsed * self.settings.rate_per_second)
+        link.tokens_at = now
+        if link.tokens < 1:
+            raise RateLimited(f"more than {self.settings.rate_per_second:g} frames/s; frame dropped")
+        link.tokens -= 1
+
+    def _fault(self, link: _Link, exc: ProtocolError, now: int) -> None:
+        peer = link.peer or f"link {link.link_id}"
+        self._events.append(PeerFault(link.link_id, peer, exc.code.value, exc.detail, exc.fatal))
+        self._log.info("refused frame from %s: %s%s", peer[:8] if link.peer else peer, exc,
+                       " (closing)" if exc.fatal else "")
+        to = link.peer or "*"
+        self._send(link, env.error_from_exception(self.server_id, to, now, exc, self._key))
+        if exc.fatal:
+            self._close(link, f"{exc.code}: {exc.detail}")
