@@ -253,8 +253,9 @@ class ServerState:
             self._log.info("link to server %s down (%s); %d users unreachable", server_id[:8], reason,
                            len(dropped))
             if self.settings.introducer and not link.outbound:
-                # The registry forgets servers whose link died; they come back by joining again.
-                self._servers.pop(server_id, None)
+                # The registry stops listing servers whose link died (the key pin stays); they come back by
+                # joining again.
+                self._servers[server_id].host = ""
                 return
         info = self._servers.get(server_id)
         if info is not None and info.host:

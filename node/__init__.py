@@ -1,0 +1,1 @@
+"""The SOCP server: an asyncio + websockets shell around :class:`socp.server.ServerState`."""

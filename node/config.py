@@ -1,0 +1,155 @@
+"""The node's one configuration object, built once in ``__main__`` from flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+from socp import crypto
+from socp.errors import ConfigError, ProtocolError
+from socp.server import BootstrapEntry
+
+DEFAULT_BOOTSTRAP = "ws://127.0.0.1:9001"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Everything one node process needs; see ``socp-node --help`` for each field's flag."""
+
+    name: str
+    """Human name of the node (logs, default data directory)."""
+    server_id: str | None
+    """Requested server id; None keeps the stored one or mints a UUID v4."""
+    introducer: bool
+    """Run as a bootstrap introducer (registry of servers, no users)."""
+    host: str
+    """Address to bind."""
+    port: int
+    """Port to bind (0: any free port, reported on stdout)."""
+    advertise_host: str
+    """Host other servers dial to reach this node."""
+    advertise_port: int | None
+    """Port other servers dial (default: the bound port)."""
+    data_dir: Path
+    """Keys, identity and database."""
+    bootstrap: tuple[BootstrapEntry, ...]
+    """Introducers to join through (peer mode)."""
+    log_level: str
+    """Python logging level name."""
+    heartbeat_interval: float
+    """Seconds between HEARTBEATs on server links."""
+    peer_timeout: float
+    """Seconds of silence before a server link is declared dead."""
+    presence_sync_interval: float
+    """Seconds between SERVER_PRESENCE_SYNC snapshots."""
+    replay_window: float
+    """Seconds of clock distance beyond which frames are STALE."""
+    max_frame_bytes: int
+    """Largest accepted frame."""
+    allow_unsigned_hello: bool
+    """Interop switch: accept unsigned USER_HELLO."""
+    show_identity: bool
+    """Create the identity if needed, print it as JSON and exit."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``socp-node`` command line."""
+    parser = argparse.ArgumentParser(
+        prog="socp-node", description="SOCP v1.3 federated chat server (introducer or peer).")
+    parser.add_argument("--name", default=None, help="node name (default: introducer or server)")
+    parser.add_argument("--id", dest="server_id", default=None, help="server UUID v4 (default: stored or new)")
+    parser.add_argument("--introducer", action="store_true", help="run as a bootstrap introducer")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="port to bind (default 9001 for an introducer, 8765 otherwise; 0 = any free port)")
+    parser.add_argument("--advertise-host", default=None,
+                        help="host other servers use to reach this one (default: --host, or the hostname "
+                             "when binding 0.0.0.0)")
+    parser.add_argument("--advertise-port", type=int, default=None, help="port other servers use (default --port)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="keys, identity and database (default ~/.local/share/socp/NAME)")
+    parser.add_argument("--bootstrap", action="append", default=None, metavar="FILE.yaml|ws://HOST:PORT",
+                        help=f"bootstrap introducers: a YAML file or URLs, repeatable (default {DEFAULT_BOOTSTRAP})")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--heartbeat-interval", type=float, default=15.0, metavar="SECONDS")
+    parser.add_argument("--peer-timeout", type=float, default=45.0, metavar="SECONDS")
+    parser.add_argument("--presence-sync-interval", type=float, default=30.0, metavar="SECONDS")
+    parser.add_argument("--replay-window", type=float, default=600.0, metavar="SECONDS")
+    parser.add_argument("--max-frame-bytes", type=int, default=2 * 1024 * 1024)
+    parser.add_argument("--allow-unsigned-hello", action="store_true",
+                        help="interop switch: accept USER_HELLO without a signature")
+    parser.add_argument("--show-identity", action="store_true",
+                        help="create the identity if needed, print {server_id, pubkey} as JSON, exit")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, hostname: str) -> NodeConfig:
+    """Validate parsed flags into a :class:`NodeConfig` (raises :class:`ConfigError`)."""
+    name = args.name or ("introducer" if args.introducer else "server")
+    if args.server_id is not None:
+        try:
+            if str(uuid.UUID(args.server_id)) != args.server_id.lower():
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"--id {args.server_id!r} is not a UUID") from None
+    port = args.port if args.port is not None else (9001 if args.introducer else 8765)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port} is out of range")
+    if min(args.heartbeat_interval, args.peer_timeout, args.presence_sync_interval, args.replay_window) <= 0:
+        raise ConfigError("intervals and timeouts must be positive")
+    if args.peer_timeout <= args.heartbeat_interval:
+        raise ConfigError("--peer-timeout must be longer than --heartbeat-interval")
+    advertise_host = args.advertise_host or (hostname if args.host in ("0.0.0.0", "::") else args.host)
+    data_dir = args.data_dir or Path(os.path.expanduser("~/.local/share/socp")) / name
+    bootstrap: tuple[BootstrapEntry, ...] = ()
+    if not args.introducer or args.bootstrap:
+        bootstrap = tuple(entry for source in (args.bootstrap or [DEFAULT_BOOTSTRAP])
+                          for entry in load_bootstrap(source))
+    return NodeConfig(
+        name=name, server_id=args.server_id.lower() if args.server_id else None, introducer=args.introducer,
+        host=args.host, port=port, advertise_host=advertise_host, advertise_port=args.advertise_port,
+        data_dir=data_dir, bootstrap=bootstrap, log_level=args.log_level,
+        heartbeat_interval=args.heartbeat_interval, peer_timeout=args.peer_timeout,
+        presence_sync_interval=args.presence_sync_interval, replay_window=args.replay_window,
+        max_frame_bytes=args.max_frame_bytes, allow_unsigned_hello=args.allow_unsigned_hello,
+        show_identity=args.show_identity,
+    )
+
+
+def load_bootstrap(source: str) -> list[BootstrapEntry]:
+    """Bootstrap entries from a ``ws://host:port`` URL or a YAML file with ``bootstrap_servers``."""
+    if source.startswith(("ws://", "wss://")):
+        parts = urlsplit(source)
+        if not parts.hostname or not parts.port:
+            raise ConfigError(f"bootstrap URL {source!r} needs a host and a port")
+        return [BootstrapEntry(parts.hostname, parts.port, None)]
+    path = Path(source)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read bootstrap file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"bootstrap file {path} is not valid YAML: {exc}") from None
+    servers = document.get("bootstrap_servers") if isinstance(document, dict) else None
+    if not isinstance(servers, list) or not servers:
+        raise ConfigError(f"bootstrap file {path} needs a non-empty 'bootstrap_servers' list")
+    entries = []
+    for index, item in enumerate(servers):
+        if not isinstance(item, dict) or not isinstance(item.get("host"), str) or not isinstance(item.get("port"), int):
+            raise ConfigError(f"{path}: bootstrap_servers[{index}] needs 'host' (string) and 'port' (integer)")
+        pubkey = item.get("pubkey")
+        if pubkey is not None and not isinstance(pubkey, str):
+            raise ConfigError(f"{path}: bootstrap_servers[{index}].pubkey must be a string")
+        if pubkey:
+            try:
+                pubkey = crypto.normalize_public_key(pubkey)
+            except ProtocolError as exc:
+                raise ConfigError(f"{path}: bootstrap_servers[{index}].pubkey is unusable: {exc.detail}") from None
+        entries.append(BootstrapEntry(item["host"], item["port"], pubkey or None))
+    return entries
