@@ -1,0 +1,277 @@
+"""The ``local`` cluster backend: node processes on 127.0.0.1, no containers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_LISTENING = re.compile(r"^\[(?P<id>[0-9a-f-]{36})\] Listening on ws://(?P<host>[^:]+):(?P<port>\d+)$", re.M)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTimings:
+    """Protocol timers handed to every node (seconds); short values make failure tests fast."""
+
+    heartbeat_interval: float = 0.5
+    peer_timeout: float = 2.0
+    presence_sync_interval: float = 2.0
+
+
+class WaitTimeout(TimeoutError):
+    """A wait that ran out: says what it waited for, what it saw last, and where the logs are."""
+
+
+async def wait_until(predicate: Callable[[], object], *, timeout: float, what: str,
+                     seen: Callable[[], object] | None = None, logs: str = "", interval: float = 0.05) -> float:
+    """Poll ``predicate`` until it is truthy; returns the seconds it took.
+
+    Raises :class:`WaitTimeout` naming ``what`` was awaited, the last value of ``seen`` and ``logs``.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    while True:
+        if predicate():
+            return time.monotonic() - start
+        if time.monotonic() >= deadline:
+            last = seen() if seen else None
+            raise WaitTimeout(f"timed out after {timeout:.1f}s waiting for {what}"
+                              + (f"; last seen: {last}" if seen else "") + (f"; logs: {logs}" if logs else ""))
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class LocalNode:
+    """One node process: its data directory, log file, and the port it keeps across restarts."""
+
+    name: str
+    introducer: bool
+    workdir: Path
+    command: Sequence[str]
+    timings: NodeTimings
+    bootstrap_file: Path | None = None
+    extra_args: Sequence[str] = ()
+    port: int = 0
+    server_id: str = ""
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    paused: bool = False
+
+    @property
+    def data_dir(self) -> Path:
+        """The node's ``--data-dir``."""
+        return self.workdir / self.name
+
+    @property
+    def log_path(self) -> Path:
+        """Where the node's stdout and stderr go."""
+        return self.workdir / f"{self.name}.log"
+
+    @property
+    def url(self) -> str:
+        """WebSocket URL clients connect to."""
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """True while the process is alive."""
+        return self.process is not None and self.process.poll() is None
+
+    def identity(self) -> dict[str, str]:
+        """Create the node's identity if needed and return ``{server_id, name, pubkey}``."""
+        result = subprocess.run([*self.command, "--name", self.name, "--data-dir", str(self.data_dir),
+                                 "--show-identity", *(["--introducer"] if self.introducer else [])],
+                                capture_output=True, check=False, timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"{self.name}: --show-identity failed: {result.stderr.decode(errors='replace')}")
+        identity: dict[str, str] = json.loads(result.stdout)
+        self.server_id = identity["server_id"]
+        return identity
+
+    async def start(self, timeout: float = 20.0) -> None:
+        """Start the process and wait until it reports the port it listens on."""
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running")
+        args = [*self.command, "--name", self.name, "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
+                "--port", str(self.port), "--heartbeat-interval", str(self.timings.heartbeat_interval),
+                "--peer-timeout", str(self.timings.peer_timeout),
+                "--presence-sync-interval", str(self.timings.presence_sync_interval), *self.extra_args]
+        if self.introducer:
+            args.append("--introducer")
+        elif self.bootstrap_file is not None:
+            args += ["--bootstrap", str(self.bootstrap_file)]
+        with self.log_path.open("ab") as log:
+            log.write(f"\n===== start {' '.join(args)}\n".encode())
+            log.flush()
+            offset = log.tell()
+            self.process = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.paused = False
+
+        def listening() -> bool:
+            match = _LISTENING.search(self.log_path.read_bytes()[offset:].decode(errors="replace"))
+            if match:
+                self.server_id, self.port = match["id"], int(match["port"])
+            return bool(match) or not self.running
+
+        await wait_until(listening, timeout=timeout, what=f"{self.name} to listen", logs=str(self.log_path))
+        if not self.running:
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
+
+    async def health(self) -> tuple[int, dict[str, object]]:
+        """GET /healthz: (HTTP status, JSON body); (0, {}) when unreachable."""
+        try:
+            async with asyncio.timeout(2.0):
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+                raw = await reader.read()
+                writer.close()
+        except (OSError, TimeoutError):
+            return 0, {}
+        head, _, body = raw.partition(b"\r\n\r\n")
+        try:
+            return int(head.split()[1]), json.loads(body or b"{}")
+        except (IndexError, ValueError):
+            return 0, {}
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the process."""
+        if self.process is not None and self.running:
+            self.process.send_signal(signum)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully (SIGTERM), killing after ``timeout``."""
+        if self.process is None:
+            return
+        if self.paused:
+            self.unpause()
+        self.signal(signal.SIGTERM)
+        await self._reap(timeout)
+
+    async def kill(self) -> None:
+        """Kill the process at once (SIGKILL), as a crash would."""
+        if self.process is None:
+            return
+        self.signal(signal.SIGKILL)
+        await self._reap(10.0)
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): its sockets stay open but it answers nothing."""
+        self.signal(signal.SIGSTOP)
+        self.paused = True
+
+    def unpause(self) -> None:
+        """Resume a paused process (SIGCONT)."""
+        self.signal(signal.SIGCONT)
+        self.paused = False
+
+    async def _reap(self, timeout: float) -> None:
+        process = self.process
+        assert process is not None
+        try:
+            await wait_until(lambda: process.poll() is not None, timeout=timeout, what=f"{self.name} to exit")
+        except WaitTimeout:
+            process.kill()
+            await wait_until(lambda: process.poll() is not None, timeout=5.0, what=f"{self.name} to die")
+
+
+class LocalCluster:
+    """An introducer plus ``peers`` peer nodes as processes on 127.0.0.1.
+
+    ``prepare`` is called with each node's name and data directory before its identity is created;
+    tests use it to drop in pre-generated keys. The introducer's key is pinned in the generated
+    bootstrap file, so no node trusts on first use.
+    """
+
+    def __init__(self, workdir: Path, peers: int = 3, *, timings: NodeTimings | None = None,
+                 command: Sequence[str] | None = None, prepare: Callable[[str, Path], None] | None = None,
+                 extra_args: Sequence[str] = ()) -> None:
+        self.workdir = workdir
+        self.timings = timings or NodeTimings()
+        self.command = list(command or [sys.executable, "-m", "node"])
+        self.prepare = prepare
+        self.bootstrap_file = workdir / "bootstrap.yaml"
+        self.introducer = LocalNode("introducer", True, workdir, self.command, self.timings,
+                                    extra_args=extra_args)
+        self.peers = [LocalNode(f"peer{i + 1}", False, workdir, self.command, self.timings, self.bootstrap_file,
+                                extra_args) for i in range(peers)]
+
+    @property
+    def nodes(self) -> list[LocalNode]:
+        """The introducer first, then the peers."""
+        return [self.introducer, *self.peers]
+
+    def node(self, name: str) -> LocalNode:
+        """The node called ``name``."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(f"no node named {name!r}; have {[n.name for n in self.nodes]}")
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start every node and wait until all are healthy (joined and fully meshed)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for node in self.nodes:
+            node.data_dir.mkdir(parents=True, exist_ok=True)
+            if self.prepare is not None:
+                self.prepare(node.name, node.data_dir)
+        identities = await asyncio.gather(*(asyncio.to_thread(node.identity) for node in self.nodes))
+        await self.introducer.start()
+        self.bootstrap_file.write_text(
+            "bootstrap_servers:\n"
+            f"  - {{host: \"127.0.0.1\", port: {self.introducer.port}, pubkey: \"{identities[0]['pubkey']}\"}}\n")
+        for peer in self.peers:
+            await peer.start()
+        await self.wait_healthy(timeout)
+
+    async def wait_healthy(self, timeout: float = 30.0) -> float:
+        """Wait until every running node answers /healthz with 200 and links to every other running node."""
+        async def all_healthy() -> list[str]:
+            problems = []
+            running = [node for node in self.nodes if node.running and not node.paused]
+            for node in running:
+                status, body = await node.health()
+                linked = set(body.get("linked_servers", []) or [])  # type: ignore[call-overload]
+                missing = {other.name for other in running if other is not node and other.server_id not in linked}
+                if status != 200 or missing:
+                    problems.append(f"{node.name}: http {status}, not linked to {sorted(missing)}")
+            return problems
+
+        last: list[list[str]] = [[]]
+
+        async def poll() -> None:
+            while True:
+                last[0] = await all_healthy()
+                if not last[0]:
+                    return
+                await asyncio.sleep(0.1)
+
+        start = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                await poll()
+        except TimeoutError:
+            raise WaitTimeout(f"timed out after {timeout:.1f}s waiting for a healthy full mesh; last seen: "
+                              f"{last[0]}; logs: {self.workdir}") from None
+        return time.monotonic() - start
+
+    async def stop(self) -> None:
+        """Stop every node (SIGTERM, then SIGKILL)."""
+        await asyncio.gather(*(node.stop() for node in self.nodes), return_exceptions=True)
+
+    async def __aenter__(self) -> LocalCluster:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
