@@ -637,12 +637,12 @@ class ServerState:
                                    fatal=True)
         if not self.replay.admit(frame, now):
             raise BadFrame("replayed USER_HELLO", msg_ref=frame.msg_ref, fatal=True)
-        if user_id in self._locals:
-            raise NameInUse(f"user {user_id} is already connected to this server", msg_ref=frame.msg_ref)
         registered = self._registered.get(user_id)
         known = self.directory.get(user_id)
         if (registered and registered != key_text) or (known and known.pubkey != key_text):
             raise BadKey(f"user {user_id} is registered under another key", msg_ref=frame.msg_ref, fatal=True)
+        if user_id in self._locals:
+            raise NameInUse(f"user {user_id} is already connected to this server", msg_ref=frame.msg_ref)
         meta = {k: v for k, v in meta_of(frame.payload).items() if k != "pubkey"}
         if registered is None:
             self._registered[user_id] = key_text
