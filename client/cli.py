@@ -1,0 +1,375 @@
+"""``socp-client``: a line-oriented chat shell over :class:`client.connection.ClientConnection`.
+
+Output (one line each, flushed at once, so that a test can drive the client through pipes)::
+
+    Connected to ws://127.0.0.1:8765 as alice
+    [bootstrap] learned SERVER pubkey for 1a2b3c4d
+    🟢 [remote] bob has joined the network via server 5e6f7a8b
+    🟢 [local] carol has joined
+    🔴 [remote] bob has left the network
+    🔴 [local] carol has left
+    bob: hey there!
+    [error] USER_NOT_FOUND: user bob is not online
+    [warning] ignored a frame from the server: …
+
+Commands: ``/list``, ``/tell <name|id> <text>``, ``/help``, ``/quit`` (end of input quits too).
+Exit status: 0 normal end, 1 connection failure or lost connection, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import threading
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from client.connection import ClientConnection
+from client.errors import ConnectionFailed, ConnectionLost
+from client.keystore import DEFAULT_KEY_DIR, load_or_create_identity
+from socp.errors import ConfigError, CryptoError, ErrorCode, ProtocolError
+from socp.presence import UserRecord
+from socp.user import (
+    ClientEvent,
+    DirectMessage,
+    FrameRejected,
+    ServerError,
+    UserOffline,
+    UserOnline,
+)
+
+logger = logging.getLogger("socp.client.cli")
+
+DEFAULT_SERVER: Final = "ws://127.0.0.1:8765"
+PROG: Final = "socp-client"
+
+EXIT_OK: Final = 0
+EXIT_CONNECTION: Final = 1
+EXIT_USAGE: Final = 2
+
+HELP_TEXT: Final = (
+    "Commands:",
+    "  /list                     show everyone online (local and remote)",
+    "  /tell <name|id> <text>    send an end-to-end encrypted direct message",
+    "  /help                     show this help",
+    "  /quit                     leave (end of input does the same)",
+)
+
+# One friendly sentence per ERROR code; the server's own detail goes to the debug log only.
+_ERROR_SENTENCES: Final[dict[str, str]] = {
+    ErrorCode.USER_NOT_FOUND: "that user is not online",
+    ErrorCode.INVALID_SIG: "the server could not verify the signature of a frame we sent",
+    ErrorCode.BAD_KEY: "the server refused our key (RSA-4096 is required, and this user id may be registered "
+                       "under another key)",
+    ErrorCode.TIMEOUT: "the server gave up waiting for an answer",
+    ErrorCode.UNKNOWN_TYPE: "the server does not understand a frame we sent",
+    ErrorCode.NAME_IN_USE: "this user id is already connected to that server",
+    ErrorCode.BAD_FRAME: "the server refused a frame we sent as malformed or not allowed",
+    ErrorCode.TOO_LARGE: "the message is too large for the server",
+    ErrorCode.RATE_LIMITED: "we are sending too fast; the server dropped a frame",
+    ErrorCode.STALE: "the server refused a frame as stale; check this computer's clock",
+}
+
+_BIDI_CONTROLS: Final = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """Everything the CLI needs, built once from flags (and the environment, in ``__main__``)."""
+
+    user: str
+    """Local name: picks the identity files and is sent as ``meta.display_name``."""
+    server: str = DEFAULT_SERVER
+    """WebSocket URL of the server to attach to."""
+    user_id: str | None = None
+    """UUID to use (must match a stored identity); None: the stored one, or a fresh UUID v4."""
+    key_dir: Path = DEFAULT_KEY_DIR
+    """Directory of ``<user>.json`` and ``<user>.key.pem``."""
+    passphrase: bytes | None = field(default=None, repr=False)
+    """Passphrase of the private key file, if it is encrypted."""
+    timeout: float = 10.0
+    """Seconds to wait for the connection, the welcome and a /list answer."""
+    log_level: str = "WARNING"
+    """Level of the diagnostic log on stderr."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``socp-client``."""
+    parser = argparse.ArgumentParser(prog=PROG, description="SOCP v1.3 end-to-end encrypted chat client.")
+    parser.add_argument("--user", required=True, metavar="NAME", help="your name (also picks your key files)")
+    parser.add_argument("--server", default=DEFAULT_SERVER, metavar="URL",
+                        help=f"server WebSocket URL (default {DEFAULT_SERVER})")
+    parser.add_argument("--id", dest="user_id", metavar="UUID", help="user id to use (default: stored or new)")
+    parser.add_argument("--key-dir", type=Path, default=DEFAULT_KEY_DIR, metavar="DIR",
+                        help=f"where identities are kept (default {DEFAULT_KEY_DIR})")
+    parser.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                        help="file holding the key passphrase (else $SOCP_PASSPHRASE, else none)")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="connection and request timeout (default 10)")
+    parser.add_argument("--log-level", default="WARNING", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                        help="diagnostics on stderr (default WARNING)")
+    return parser
+
+
+def config_from_args(argv: Sequence[str] | None, env_passphrase: str | None = None) -> ClientConfig:
+    """Parse ``argv`` into a :class:`ClientConfig`; exits with status 2 on a usage error.
+
+    ``--passphrase-file`` wins over ``env_passphrase`` (the caller reads the environment).
+    Raises :class:`ConfigError` when the passphrase file cannot be read.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.timeout <= 0:
+        parser.error("--timeout must be positive")
+    passphrase: bytes | None = None
+    if args.passphrase_file is not None:
+        try:
+            passphrase = args.passphrase_file.read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise ConfigError(f"cannot read passphrase file {args.passphrase_file}: {exc.strerror}") from exc
+    elif env_passphrase:
+        passphrase = env_passphrase.encode("utf-8")
+    return ClientConfig(user=args.user, server=args.server, user_id=args.user_id, key_dir=args.key_dir,
+                        passphrase=passphrase or None, timeout=args.timeout, log_level=args.log_level)
+
+
+def main(argv: Sequence[str] | None = None, env_passphrase: str | None = None) -> int:
+    """Run the client; returns the exit status."""
+    try:
+        config = config_from_args(argv, env_passphrase)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return EXIT_USAGE
+    logging.basicConfig(level=config.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(run(config))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def run(config: ClientConfig, say: Callable[[str], None] | None = None) -> int:
+    """Load the identity, connect, and run the chat shell until /quit, end of input or a lost connection."""
+    out = say or _say
+    try:
+        # Generating a key takes about half a second of CPU: keep the event loop free meanwhile.
+        identity = await asyncio.to_thread(load_or_create_identity, config.key_dir, config.user, config.user_id,
+                                           config.passphrase)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return EXIT_USAGE
+    except CryptoError as exc:
+        _fail(f"{exc} ({config.key_dir.expanduser() / (config.user + '.key.pem')})")
+        return EXIT_CONNECTION
+    try:
+        conn = await ClientConnection.connect(config.server, identity, timeout=config.timeout)
+    except ConnectionFailed as exc:
+        _fail(str(exc))
+        return EXIT_CONNECTION
+    except ProtocolError as exc:
+        _fail(f"{config.server} refused us: {exc.code}: {_ERROR_SENTENCES.get(exc.code, exc.detail)}")
+        return EXIT_CONNECTION
+    async with conn:
+        out(f"Connected to {config.server} as {config.user}")
+        out(f"[bootstrap] learned SERVER pubkey for {conn.server_id[:8]}")
+        return await ChatShell(conn, out, timeout=config.timeout).run(_stdin_lines())
+
+
+class _Finished(Exception):
+    """Ends the shell's task group with an exit status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class ChatShell:
+    """Turns events into lines of output and input lines into commands, for one connection."""
+
+    def __init__(self, conn: ClientConnection, say: Callable[[str], None], *, timeout: float = 10.0) -> None:
+        self._conn = conn
+        self._say = say
+        self._timeout = timeout
+        # Who each recent message went to, so that a later USER_NOT_FOUND about it can name them.
+        self._sent: OrderedDict[str, str] = OrderedDict()
+
+    async def run(self, lines: asyncio.Queue[str | None]) -> int:
+        """Serve until /quit or end of input (0) or until the connection is lost (1)."""
+        status = EXIT_OK
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._pump_events())
+                group.create_task(self._pump_commands(lines))
+        except* _Finished as finished:
+            first = finished.exceptions[0]
+            status = first.status if isinstance(first, _Finished) else EXIT_CONNECTION
+        return status
+
+    # --- events ----------------------------------------------------------------------------------
+
+    async def _pump_events(self) -> None:
+        while True:
+            try:
+                event = await self._conn.next_event()
+            except ConnectionLost as exc:
+                self._say(f"[error] {exc}")
+                raise _Finished(EXIT_CONNECTION) from None
+            self.show(event)
+
+    def show(self, event: ClientEvent) -> None:
+        """Print what ``event`` means to the user (nothing for events of no interest)."""
+        if isinstance(event, DirectMessage):
+            self._say(f"{_clean(event.sender_label)}: {_clean(event.text)}")
+        elif isinstance(event, UserOnline):
+            if event.is_new and event.record.user_id != self._conn.user_id:
+                label = _clean(event.record.label)
+                if event.record.server_id == self._conn.server_id:
+                    self._say(f"🟢 [local] {label} has joined")
+                else:
+                    self._say(f"🟢 [remote] {label} has joined the network via server "
+                              f"{event.record.server_id[:8]}")
+        elif isinstance(event, UserOffline):
+            if event.record.user_id != self._conn.user_id:
+                label = _clean(event.record.label)
+                if event.record.server_id == self._conn.server_id:
+                    self._say(f"🔴 [local] {label} has left")
+                else:
+                    self._say(f"🔴 [remote] {label} has left the network")
+        elif isinstance(event, ServerError):
+            logger.debug("server error %s about %s: %s", event.code, event.msg_ref, event.detail)
+            self._say(f"[error] {_clean(event.code)}: {self._error_sentence(event)}")
+        elif isinstance(event, FrameRejected):
+            self._say(f"[warning] ignored a frame from the server: {_clean(event.reason)}")
+
+    def _error_sentence(self, event: ServerError) -> str:
+        if event.code == ErrorCode.USER_NOT_FOUND and event.msg_ref:
+            parts = event.msg_ref.split(":")
+            recipient = parts[2] if len(parts) >= 4 else ""
+            name = self._sent.get(event.msg_ref) or self._label_of(recipient)
+            if name:
+                return f"user {_clean(name)} is not online"
+        return _ERROR_SENTENCES.get(event.code) or _clean(event.detail) or "the server reported an error"
+
+    def _label_of(self, user_id: str) -> str:
+        record = self._conn.directory.get(user_id)
+        return record.label if record is not None else user_id
+
+    # --- commands --------------------------------------------------------------------------------
+
+    async def _pump_commands(self, lines: asyncio.Queue[str | None]) -> None:
+        while True:
+            line = await lines.get()
+            if line is None:
+                raise _Finished(EXIT_OK)
+            if not await self.handle_line(line):
+                raise _Finished(EXIT_OK)
+
+    async def handle_line(self, line: str) -> bool:
+        """Carry out one input line; False when the user asked to quit."""
+        line = line.strip()
+        if not line:
+            return True
+        if not line.startswith("/"):
+            self._say("[error] to send a message type /tell <name|id> <text>; /help lists the commands")
+            return True
+        command, _, rest = line.partition(" ")
+        try:
+            if command == "/quit":
+                return False
+            if command == "/help":
+                for help_line in HELP_TEXT:
+                    self._say(help_line)
+            elif command == "/list":
+                self._show_list(await self._conn.list_users(self._timeout))
+            elif command == "/tell":
+                await self._tell(rest)
+            else:
+                self._say(f"[error] unknown command {_clean(command)}; type /help for the list of commands")
+        except ProtocolError as exc:
+            self._say(f"[error] {exc.code}: {_clean(exc.detail)}")
+        except TimeoutError as exc:
+            self._say(f"[error] {exc}")
+        return True
+
+    async def _tell(self, rest: str) -> None:
+        target, _, text = rest.strip().partition(" ")
+        if not target or not text.strip():
+            self._say("[error] usage: /tell <name|id> <text>")
+            return
+        record = self._conn.session.resolve(target)
+        msg_ref = await self._conn.send_direct(record.user_id, text.strip())
+        self._sent[msg_ref] = record.label
+        while len(self._sent) > 1000:
+            self._sent.popitem(last=False)
+
+    def _show_list(self, records: Sequence[UserRecord]) -> None:
+        self._say(f"Online users ({len(records)}):")
+        width = max((len(_clean(record.label)) for record in records), default=0)
+        for record in records:
+            you = "  (you)" if record.user_id == self._conn.user_id else ""
+            self._say(f"  {_clean(record.label):<{width}}  {record.user_id[:8]}  server {record.server_id[:8]}{you}")
+
+
+# --- terminal helpers -----------------------------------------------------------------------------
+
+def _clean(text: str) -> str:
+    """``text`` safe for one terminal line: control and bidi-override characters escaped.
+
+    Message text and labels come from other users; unescaped, a newline or an ANSI sequence would let
+    them forge lines such as a fake join notice.
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char in _BIDI_CONTROLS or unicodedata.category(char) == "Cc":
+            out.append(char.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _fail(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def _stdin_lines() -> asyncio.Queue[str | None]:
+    """Lines of standard input, delivered into the event loop by a daemon thread (None at end of input).
+
+    A thread works for a terminal, a pipe and a regular file alike, leaves the terminal's blocking mode
+    untouched, and being a daemon it never holds up the exit while blocked in ``readline``.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def deliver(item: str | None) -> bool:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: the client is exiting
+            return False
+        return True
+
+    def read() -> None:
+        stream = sys.stdin.buffer if sys.stdin is not None else None
+        while stream is not None:
+            try:
+                raw = stream.readline()
+            except (OSError, ValueError):
+                break
+            if not raw or not deliver(raw.decode("utf-8", "replace")):
+                break
+        deliver(None)
+
+    threading.Thread(target=read, name="socp-client-stdin", daemon=True).start()
+    return queue
