@@ -52,6 +52,10 @@ class NodeConfig:
     """Seconds of clock distance beyond which frames are STALE."""
     max_frame_bytes: int
     """Largest accepted frame."""
+    rate_limit: float
+    """Sustained frames per second allowed on one user connection."""
+    rate_burst: int
+    """Frames one user connection may send in a burst."""
     allow_unsigned_hello: bool
     """Interop switch: accept unsigned USER_HELLO."""
     show_identity: bool
@@ -82,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--presence-sync-interval", type=float, default=30.0, metavar="SECONDS")
     parser.add_argument("--replay-window", type=float, default=600.0, metavar="SECONDS")
     parser.add_argument("--max-frame-bytes", type=int, default=2 * 1024 * 1024)
+    parser.add_argument("--rate-limit", type=float, default=200.0, metavar="FRAMES_PER_S",
+                        help="sustained frames/s per user connection (default 200)")
+    parser.add_argument("--rate-burst", type=int, default=1000, metavar="FRAMES",
+                        help="burst of frames per user connection (default 1000)")
     parser.add_argument("--allow-unsigned-hello", action="store_true",
                         help="interop switch: accept USER_HELLO without a signature")
     parser.add_argument("--show-identity", action="store_true",
@@ -103,6 +111,8 @@ def config_from_args(args: argparse.Namespace, hostname: str) -> NodeConfig:
         raise ConfigError(f"--port {port} is out of range")
     if min(args.heartbeat_interval, args.peer_timeout, args.presence_sync_interval, args.replay_window) <= 0:
         raise ConfigError("intervals and timeouts must be positive")
+    if args.rate_limit <= 0 or args.rate_burst < 1:
+        raise ConfigError("--rate-limit and --rate-burst must be positive")
     if args.peer_timeout <= args.heartbeat_interval:
         raise ConfigError("--peer-timeout must be longer than --heartbeat-interval")
     advertise_host = args.advertise_host or (hostname if args.host in ("0.0.0.0", "::") else args.host)
@@ -117,7 +127,8 @@ def config_from_args(args: argparse.Namespace, hostname: str) -> NodeConfig:
         data_dir=data_dir, bootstrap=bootstrap, log_level=args.log_level,
         heartbeat_interval=args.heartbeat_interval, peer_timeout=args.peer_timeout,
         presence_sync_interval=args.presence_sync_interval, replay_window=args.replay_window,
-        max_frame_bytes=args.max_frame_bytes, allow_unsigned_hello=args.allow_unsigned_hello,
+        max_frame_bytes=args.max_frame_bytes, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
+        allow_unsigned_hello=args.allow_unsigned_hello,
         show_identity=args.show_identity,
     )
 

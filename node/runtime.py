@@ -252,6 +252,7 @@ class NodeRuntime:
             peer_timeout_ms=int(config.peer_timeout * 1000),
             presence_sync_interval_ms=int(config.presence_sync_interval * 1000),
             replay_window_ms=int(config.replay_window * 1000), max_frame_bytes=config.max_frame_bytes,
-            allow_unsigned_hello=config.allow_unsigned_hello,
+            allow_unsigned_hello=config.allow_unsigned_hello, rate_per_second=config.rate_limit,
+            rate_burst=config.rate_burst,
             backoff_initial_ms=min(500, int(config.heartbeat_interval * 1000)),
         )

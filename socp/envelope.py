@@ -76,10 +76,6 @@ PAYLOAD_SCHEMA: dict[FrameType, dict[str, tuple[type, ...]]] = {
     FrameType.ERROR: {"code": _STR},
 }
 
-# Frame types whose ``sig`` may be absent or empty (WIRE §2).
-UNSIGNED_ALLOWED = frozenset({FrameType.USER_HELLO, FrameType.SERVER_HELLO_JOIN})
-
-
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """One SOCP frame. ``payload`` is treated as immutable once the envelope exists."""
@@ -188,11 +184,11 @@ def parse(data: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelo
 
 
 def is_uuid(value: object) -> bool:
-    """True for a canonical-form UUID string (any version; ids we mint are v4)."""
+    """True for a canonical (lower-case, hyphenated) UUID string; ids we mint are v4."""
     if not isinstance(value, str):
         return False
     try:
-        return str(uuid.UUID(value)) == value.lower()
+        return str(uuid.UUID(value)) == value
     except ValueError:
         return False
 

@@ -59,8 +59,11 @@ logger = logging.getLogger("socp.server")
 
 # User frames a server routes without reading them: delivered under their own type locally, wrapped in
 # SERVER_DELIVER with ``kind`` between servers (WIRE §4.6).
-ROUTED_USER_FRAMES = frozenset({FrameType.MSG_DIRECT, FrameType.FILE_START, FrameType.FILE_CHUNK,
-                                FrameType.FILE_END})
+ROUTED_USER_FRAMES = frozenset({FrameType.MSG_DIRECT})
+
+
+class _SilentDrop(Exception):
+    """A frame dropped without an answer (a flood already told it is rate-limited)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +132,9 @@ class _Link:
     target: str = ""                     # outbound: server id dialed ("" for a join)
     bootstrap_index: int = -1            # join links: which bootstrap entry
     joined_through: bool = False         # the peer joined the network through us on this link
-    is_our_introducer: bool = False      # we joined through this peer
     tokens: float = 0.0
     tokens_at: int = 0
+    rate_limited_at: int = -1_000_000    # when the last RATE_LIMITED was sent (one per second at most)
     closing: bool = False
 
 
@@ -180,7 +183,9 @@ class ServerState:
         self._registered: dict[str, str] = dict(registered_users or {})
         self.directory = Directory()
         self.replay = ReplayCache(settings.replay_window_ms)
-        self._forwards: dict[str, _Forward] = {}
+        self._forwards: dict[str, list[_Forward]] = {}
+        self._introducers: set[str] = set()
+        self._legacy_peers: set[str] = set()
         self._actions: list[Action] = []
         self._events: list[Event] = []
         self._presence_version = 0
@@ -275,6 +280,8 @@ class ServerState:
                 self._log.debug("< %s %s from %s on link %d", frame.type, frame.msg_ref, frame.sender[:8],
                                 link_id)
             self._dispatch(link, frame, now)
+        except _SilentDrop:
+            pass
         except ProtocolError as exc:
             self._fault(link, exc, now)
 
@@ -288,31 +295,36 @@ class ServerState:
                     and server_id not in self._server_links):
                 info.reconnect_due = None
                 self._dial_server(server_id, info, now)
+        for link in list(self._links.values()):
+            if link.closing:
+                continue
+            if link.role is LinkRole.SERVER and now - link.last_seen > self.settings.peer_timeout_ms:
+                self._log.warning("server %s silent for %d ms: link declared dead", link.peer[:8],
+                                  now - link.last_seen)
+                self._close(link, "peer timeout")
+                self.link_closed(link.link_id, now, reason="peer timeout")
+            elif link.role is LinkRole.PENDING and now - link.opened_at > self.settings.peer_timeout_ms:
+                self._close(link, "no hello within the peer timeout")
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.settings.heartbeat_interval_ms
-            for link in list(self._links.values()):
-                if link.role is not LinkRole.SERVER or link.closing:
-                    continue
-                if now - link.last_seen > self.settings.peer_timeout_ms:
-                    self._log.warning("server %s silent for %d ms: link declared dead", link.peer[:8],
-                                      now - link.last_seen)
-                    self._close(link, "peer timeout")
-                    self.link_closed(link.link_id, now, reason="peer timeout")
-                    continue
-                self._send(link, self._make(FrameType.HEARTBEAT, link.peer, now, {}))
-            for link in list(self._links.values()):
-                if link.role is LinkRole.PENDING and now - link.opened_at > self.settings.peer_timeout_ms:
-                    self._close(link, "no hello within the peer timeout")
+            for link in self._server_link_list():
+                if not link.closing:
+                    self._send(link, self._make(FrameType.HEARTBEAT, link.peer, now, {}))
         if now >= self._next_sync:
             self._next_sync = now + self.settings.presence_sync_interval_ms
             for link in self._server_link_list():
                 self._send_presence_sync(link, now)
             self.replay.expire(now)
-            self._forwards = {ref: fwd for ref, fwd in self._forwards.items() if fwd.expires > now}
+            self._forwards = {ref: live for ref, forwards in self._forwards.items()
+                              if (live := [fwd for fwd in forwards if fwd.expires > now])}
 
     def next_deadline(self) -> int:
         """The earliest ``now`` at which :meth:`handle_timer` has work."""
         deadlines = [self._next_heartbeat, self._next_sync]
+        timeout = self.settings.peer_timeout_ms + 1
+        deadlines.extend((link.last_seen if link.role is LinkRole.SERVER else link.opened_at) + timeout
+                         for link in self._links.values()
+                         if link.role in (LinkRole.SERVER, LinkRole.PENDING) and not link.closing)
         if self._join_due is not None:
             deadlines.append(self._join_due)
         deadlines.extend(info.reconnect_due for info in self._servers.values() if info.reconnect_due is not None)
@@ -470,7 +482,7 @@ class ServerState:
             known.host, known.port = item["host"], item["port"]
         self.joined = True
         self._join_attempt = 0
-        link.is_our_introducer = True
+        self._introducers.add(frame.sender)
         self._log.info("joined the network through %s (%d other servers)", frame.sender[:8], len(entries) - 1)
         self._identify_server(link, frame.sender, now)
         # The introducer relays this announce to the servers it knows (WIRE §4.3).
@@ -516,7 +528,7 @@ class ServerState:
             return
         if frame.sender == self.server_id:
             return
-        if frame.sender != link.peer and not link.is_our_introducer and not self.settings.introducer:
+        if frame.sender != link.peer and link.peer not in self._introducers:
             raise BadFrame("only an introducer may relay another server's SERVER_ANNOUNCE",
                            msg_ref=frame.msg_ref)
         self._pin(frame.sender, key_text, trusted=frame.sender != link.peer, msg_ref=frame.msg_ref)
@@ -534,8 +546,10 @@ class ServerState:
         if payload["server_id"] != frame.sender:
             raise BadFrame("USER_ADVERTISE server_id must be its signer", msg_ref=frame.msg_ref)
         meta = meta_of(payload)
-        pubkey = payload.get("pubkey") or meta.get("pubkey")
-        record = UserRecord(payload["user_id"], frame.sender, crypto.normalize_public_key(pubkey), meta)
+        pubkey = self._gossiped_user_key(payload, meta, frame)
+        if pubkey is None:
+            return
+        record = UserRecord(payload["user_id"], frame.sender, pubkey, meta)
         if record.user_id in self._locals:
             self._log.info("user %s advertised by %s but attached here; keeping local", record.user_id[:8],
                            frame.sender[:8])
@@ -564,11 +578,10 @@ class ServerState:
             if not isinstance(item, dict) or not isinstance(item.get("user_id"), str):
                 raise BadFrame("SERVER_PRESENCE_SYNC users entries need user_id", msg_ref=frame.msg_ref)
             meta = meta_of(item)
-            if item["user_id"] in self._locals:
+            pubkey = self._gossiped_user_key(item, meta, frame)
+            if item["user_id"] in self._locals or pubkey is None:
                 continue
-            records.append(UserRecord(item["user_id"], link.peer,
-                                      crypto.normalize_public_key(item.get("pubkey") or meta.get("pubkey")),
-                                      meta))
+            records.append(UserRecord(item["user_id"], link.peer, pubkey, meta))
         added, removed = self.directory.replace_server(link.peer, records)
         for record in added:
             self._push_to_users(FrameType.USER_ADVERTISE, now, self._advert_payload(record))
@@ -605,7 +618,14 @@ class ServerState:
         if not self._verified_from_server(link, frame, now):
             return
         ref = frame.payload.get("msg_ref")
-        forward = self._forwards.pop(ref, None) if isinstance(ref, str) else None
+        forwards = self._forwards.get(ref, []) if isinstance(ref, str) else []
+        forward = forwards.pop(0) if forwards else None
+        if isinstance(ref, str) and not forwards:
+            self._forwards.pop(ref, None)
+        if frame.payload.get("code") == ErrorCode.UNKNOWN_TYPE and str(ref).startswith("SERVER_PRESENCE_SYNC:"):
+            # A peer without snapshots gets our users one advert at a time (WIRE §4.5).
+            self._legacy_peers.add(link.peer)
+            self._send_presence_sync(link, now)
         self._log.info("server %s reported %s: %s", link.peer[:8], frame.payload.get("code"),
                        frame.payload.get("detail"))
         if forward is not None and forward.sender in self._locals:
@@ -636,7 +656,7 @@ class ServerState:
             raise InvalidSignature("USER_HELLO must be signed with the user's key", msg_ref=frame.msg_ref,
                                    fatal=True)
         if not self.replay.admit(frame, now):
-            raise BadFrame("replayed USER_HELLO", msg_ref=frame.msg_ref, fatal=True)
+            return  # a replayed hello is dropped silently like every duplicate; the link times out
         registered = self._registered.get(user_id)
         known = self.directory.get(user_id)
         if (registered and registered != key_text) or (known and known.pubkey != key_text):
@@ -732,7 +752,8 @@ class ServerState:
         if frame.type is not FrameType.MSG_DIRECT:
             body["kind"] = frame.type.value
         out = self._make_at(FrameType.SERVER_DELIVER, self.server_id, location, frame.ts, body)
-        self._forwards[out.msg_ref] = _Forward(frame.sender, frame.msg_ref, now + self.settings.replay_window_ms)
+        self._forwards.setdefault(out.msg_ref, []).append(
+            _Forward(frame.sender, frame.msg_ref, now + self.settings.replay_window_ms))
         self._send(self._links[server_link_id], out)
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -824,6 +845,18 @@ class ServerState:
                                    fatal=True)
         return key_text
 
+    def _gossiped_user_key(self, item: Mapping[str, Any], meta: Mapping[str, Any], frame: Envelope) -> str | None:
+        """The user key of a gossiped record, or None (logged) when it is weak or malformed.
+
+        One bad record must not cost the whole server link, which would be re-sent the same snapshot forever.
+        """
+        try:
+            return crypto.normalize_public_key(item.get("pubkey") or meta.get("pubkey"))
+        except BadKey as exc:
+            self._log.warning("ignoring user %s gossiped by %s: %s", str(item.get("user_id"))[:8],
+                              frame.sender[:8], exc.detail)
+            return None
+
     def _public_key(self, key_text: str) -> crypto.PublicKey:
         key = self._pubkey_cache.get(key_text)
         if key is None:
@@ -865,6 +898,11 @@ class ServerState:
                 "meta": dict(record.meta)}
 
     def _send_presence_sync(self, link: _Link, now: int) -> None:
+        if link.peer in self._legacy_peers:
+            for local in self._locals.values():
+                record = UserRecord(local.user_id, self.server_id, local.pubkey, local.meta)
+                self._send(link, self._make(FrameType.USER_ADVERTISE, BROADCAST, now, self._advert_payload(record)))
+            return
         users = [{"user_id": local.user_id, "pubkey": local.pubkey, "meta": dict(local.meta)}
                  for local in self._locals.values()]
         self._send(link, self._make(FrameType.SERVER_PRESENCE_SYNC, link.peer, now,
@@ -918,7 +956,10 @@ class ServerState:
         link.tokens = min(float(self.settings.rate_burst), link.tokens + elapsed * self.settings.rate_per_second)
         link.tokens_at = now
         if link.tokens < 1:
-            raise RateLimited(f"more than {self.settings.rate_per_second:g} frames/s; frame dropped")
+            if now - link.rate_limited_at < 1000:
+                raise _SilentDrop
+            link.rate_limited_at = now
+            raise RateLimited(f"more than {self.settings.rate_per_second:g} frames/s; frames dropped")
         link.tokens -= 1
 
     def _fault(self, link: _Link, exc: ProtocolError, now: int) -> None:
