@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import threading
 import unicodedata
@@ -174,7 +175,8 @@ async def run(config: ClientConfig, say: Callable[[str], None] | None = None) ->
         _fail(str(exc))
         return EXIT_CONNECTION
     except ProtocolError as exc:
-        _fail(f"{config.server} refused us: {exc.code}: {_ERROR_SENTENCES.get(exc.code, exc.detail)}")
+        # The server's own words name the precise reason here ("this server is an introducer", …).
+        _fail(f"{config.server} refused us: {exc.code}: {_clean(exc.detail) or _ERROR_SENTENCES.get(exc.code)}")
         return EXIT_CONNECTION
     async with conn:
         out(f"Connected to {config.server} as {config.user}")
@@ -347,8 +349,10 @@ def _fail(message: str) -> None:
 def _stdin_lines() -> asyncio.Queue[str | None]:
     """Lines of standard input, delivered into the event loop by a daemon thread (None at end of input).
 
-    A thread works for a terminal, a pipe and a regular file alike, leaves the terminal's blocking mode
-    untouched, and being a daemon it never holds up the exit while blocked in ``readline``.
+    A thread works for a terminal, a pipe and a regular file alike and leaves the terminal's blocking mode
+    untouched. It reads the file descriptor with ``os.read`` rather than through ``sys.stdin``: a daemon
+    thread blocked inside the buffered reader holds its lock, and the interpreter aborts at exit when it
+    finds that lock taken; ``os.read`` holds no Python lock, so the exit stays clean.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -361,14 +365,24 @@ def _stdin_lines() -> asyncio.Queue[str | None]:
         return True
 
     def read() -> None:
-        stream = sys.stdin.buffer if sys.stdin is not None else None
-        while stream is not None:
+        try:
+            fd = sys.stdin.fileno() if sys.stdin is not None else -1
+        except (OSError, ValueError):
+            fd = -1
+        pending = b""
+        while fd >= 0:
             try:
-                raw = stream.readline()
-            except (OSError, ValueError):
+                chunk = os.read(fd, 65536)
+            except OSError:
                 break
-            if not raw or not deliver(raw.decode("utf-8", "replace")):
+            if not chunk:
                 break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if not all(deliver(line.decode("utf-8", "replace")) for line in lines):
+                return
+        if pending:
+            deliver(pending.decode("utf-8", "replace"))
         deliver(None)
 
     threading.Thread(target=read, name="socp-client-stdin", daemon=True).start()

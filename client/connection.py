@@ -332,7 +332,7 @@ class ClientConnection:
         elif isinstance(event, ServerError) and (event.msg_ref or "").startswith("LIST_REQUEST:"):
             self._fail_list_waiters(_refusal(event))
         elif isinstance(event, FrameRejected):
-            logger.warning("refused a frame from %s: %s", self.url, event.reason)
+            logger.info("refused a frame from %s: %s", self.url, event.reason)
         self._enqueue(event)
 
     def _enqueue(self, item: ClientEvent | _Closed) -> None:
