@@ -1,0 +1,77 @@
+# socp-testbed: developer and CI entry points (GNU make). `make help` lists them.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules --no-print-directory
+
+# Interpreter for the virtualenv; the image's Python is 3.11, so prefer that.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.socp-installed
+
+PYTEST_ARGS ?=
+SOCP_IMAGE ?= socp-node:latest
+PROJECT_LABEL := org.socp-testbed.project=socp-testbed
+# Only the paths that exist: ruff reports a missing path as an error.
+LINT_PATHS := $(wildcard socp node client testbed tests)
+# Compose CLI for targets that drive containers: the v2 plugin when present,
+# else the v1 `docker-compose` binary.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
+
+.PHONY: help venv test lint image down clean distclean clean-images
+
+help: ## List the targets
+	@echo 'usage: make <target> [PYTEST_ARGS=...] [SOCP_IMAGE=...]'
+	@echo
+	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-13s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+venv: $(VENV_STAMP) ## Create .venv and install the project with its dev extras (when pyproject.toml changed)
+
+$(VENV_STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo 'make: no python3.11 or python3 on PATH' >&2; exit 1; }
+	@if ! $(VENV_PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+		echo "creating $(VENV) with $(PYTHON)"; \
+		rm -rf $(VENV); \
+		$(PYTHON) -m venv $(VENV); \
+	fi
+	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -e '.[dev]'
+	@touch $@
+
+# With SOCP_REQUIRE_DOCKER=1 (CI) the Docker tests must run, so the image they
+# use is built (or found up to date) first.
+test: venv $(if $(filter 1,$(SOCP_REQUIRE_DOCKER)),image) ## Run pytest (PYTEST_ARGS=...; builds the image first when SOCP_REQUIRE_DOCKER=1)
+	SOCP_IMAGE=$(SOCP_IMAGE) $(VENV_PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv ## ruff check and mypy --strict
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/mypy
+
+image: ## Build the node image socp-node:latest (no registry needed: see compose/build-image.sh)
+	SOCP_IMAGE=$(SOCP_IMAGE) PYTHON=$(PYTHON) compose/build-image.sh
+
+down: ## Remove every container, network and volume labelled org.socp-testbed.project=socp-testbed
+	@ids=$$(docker ps -aq --filter label=$(PROJECT_LABEL)); \
+	if [ -n "$$ids" ]; then echo "removing containers: $$(echo $$ids)"; docker rm -fv $$ids >/dev/null; fi
+	@ids=$$(docker network ls -q --filter label=$(PROJECT_LABEL)); \
+	if [ -n "$$ids" ]; then echo "removing networks: $$(echo $$ids)"; docker network rm $$ids >/dev/null; fi
+	@ids=$$(docker volume ls -q --filter label=$(PROJECT_LABEL)); \
+	if [ -n "$$ids" ]; then echo "removing volumes: $$(echo $$ids)"; docker volume rm -f $$ids >/dev/null; fi
+
+clean: ## Remove build outputs and caches (keeps .venv, forgets its stamp)
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache $(VENV_STAMP)
+	find . -path ./$(VENV) -prune -o -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean ## clean, and remove .venv
+	rm -rf $(VENV)
+
+clean-images: down ## down, and remove the project's images (socp-node, socp-base)
+	@# A parent cannot go before its children: newest first, over a few passes.
+	@for pass in 1 2 3 4 5; do \
+		ids=$$(docker images -a -q --filter label=$(PROJECT_LABEL) | awk '!seen[$$0]++'); \
+		[ -n "$$ids" ] || exit 0; \
+		echo "removing images: $$(echo $$ids)"; \
+		docker rmi -f $$ids >/dev/null 2>&1 || true; \
+	done; \
+	echo "images left: $$(docker images -a -q --filter label=$(PROJECT_LABEL))" >&2; exit 1
