@@ -243,6 +243,16 @@ def test_bad_json_and_malformed_frames_are_rejected(keys: Keys, alice: UserSessi
              "ciphertext")
 
 
+def test_lone_surrogates_are_rejected_not_raised(keys: Keys, alice: UserSession) -> None:
+    # json.loads turns "\\udcff" into a lone surrogate, which no signature form can encode to UTF-8.
+    advert_text = advert(keys, ALICE, CAROL, keys.mallory, "carol").replace('"carol"', '"\\udcff"')
+    rejected(alice.receive_text(advert_text, NOW), "not valid Unicode")
+    delivery = frame(FrameType.USER_DELIVER, ALICE, {"ciphertext": "\udcff", "sender": BOB,
+                                                     "sender_pub": Keys.pub(keys.bob), "content_sig": "AAAA"},
+                     keys.server)
+    rejected(alice.receive_text(delivery, NOW), "USER_DELIVER carries text that is not valid Unicode")
+
+
 def test_unknown_and_not_yet_handled_types_are_ignored_quietly(keys: Keys, alice: UserSession) -> None:
     unknown = json.dumps({"type": "FUTURE_THING", "from": SERVER_ID, "to": ALICE, "ts": NOW, "payload": {},
                           "sig": ""})
