@@ -135,8 +135,16 @@ class NodeRuntime:
         reason = "connection closed"
         try:
             async for message in connection:
-                state.receive_text(link_id, message, now_ms())
-                self._flush()
+                try:
+                    state.receive_text(link_id, message, now_ms())
+                except Exception:
+                    # A bug reached by one peer's input costs that peer its session, never the node.
+                    self._log.exception("internal error handling a frame on link %d; closing it", link_id)
+                    reason = "internal error"
+                    await self._close_connection(link_id, connection, 1011, reason)
+                    break
+                finally:
+                    self._flush()
         except ConnectionClosed as exc:
             reason = f"connection closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
         finally:

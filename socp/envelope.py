@@ -176,6 +176,11 @@ def parse(data: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelo
     if not isinstance(sig, str):
         raise BadFrame("envelope field 'sig' must be a string", msg_ref=msg_ref)
     payload = frame["payload"]
+    try:
+        # JSON escapes can smuggle lone surrogates, which no UTF-8 signature form could cover.
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadFrame("payload is not valid Unicode (lone surrogate)", msg_ref=msg_ref) from None
     for name, types in PAYLOAD_SCHEMA[frame_type].items():
         if not _has_type(payload.get(name), types):
             raise BadFrame(f"{frame_type} payload field '{name}' missing or not {types[0].__name__}",

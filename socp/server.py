@@ -663,6 +663,10 @@ class ServerState:
             raise BadKey(f"user {user_id} is registered under another key", msg_ref=frame.msg_ref, fatal=True)
         if user_id in self._locals:
             raise NameInUse(f"user {user_id} is already connected to this server", msg_ref=frame.msg_ref)
+        if known is not None and known.server_id != self.server_id:
+            # One attachment per user: a second one would be undone network-wide by its own USER_REMOVE.
+            raise NameInUse(f"user {user_id} is already connected via server {known.server_id}",
+                            msg_ref=frame.msg_ref)
         meta = {k: v for k, v in meta_of(frame.payload).items() if k != "pubkey"}
         if registered is None:
             self._registered[user_id] = key_text

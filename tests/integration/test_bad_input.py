@@ -194,3 +194,12 @@ async def test_node_still_serves_after_all_bad_input(cluster: LocalCluster, alic
         assert node.running, f"{node.name} died; see {node.log_path}"
         status, body = await node.health()
         assert status == 200, (node.name, body)
+
+
+async def test_lone_surrogate_in_payload_gets_bad_frame(cluster: LocalCluster, key_pool: KeyPool) -> None:
+    user = await RawUser.open(cluster.node("peer1").url, key_pool.key(ALICE))
+    frame = user.hello().to_wire().replace('"display_name":"raw"', '"display_name":"\\udcff"')
+    await user.send(frame)
+    assert (await user.error())["code"] == "BAD_FRAME"
+    assert (await user.join("alice"))["msg_ref"] == "USER_HELLO"
+    await user.close()
