@@ -295,9 +295,6 @@ class UserSession:
         except _Rejected as exc:
             logger.debug("rejected %s: %s", frame.msg_ref, exc.reason)
             return [FrameRejected(exc.reason, frame.type.value)]
-        except UnicodeError:
-            # JSON may carry lone surrogates ("\\udcff") that no signature form can encode to UTF-8.
-            return [FrameRejected(f"{frame.type} carries text that is not valid Unicode", frame.type.value)]
 
     # --- state handlers --------------------------------------------------------------------------
 
