@@ -25,7 +25,7 @@ def b64url_decode(text: str) -> bytes:
         raise BadFrame("expected a base64url string")
     cleaned = text.strip().replace("+", "-").replace("/", "_").rstrip("=")
     try:
-        return base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as exc:
         raise BadFrame("value is not valid base64url") from exc
 

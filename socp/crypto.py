@@ -62,7 +62,10 @@ def private_key_from_pem(data: bytes, passphrase: bytes | None = None) -> Privat
         raise CryptoError("cannot load private key (wrong passphrase or not a PEM RSA key)") from exc
     if not isinstance(key, rsa.RSAPrivateKey):
         raise CryptoError("private key is not an RSA key")
-    check_key_strength(key.public_key())
+    try:
+        check_key_strength(key.public_key())
+    except BadKey as exc:
+        raise CryptoError(f"private key is too weak: {exc.detail}") from None
     return key
 
 

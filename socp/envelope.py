@@ -151,7 +151,7 @@ def parse(data: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelo
     if size > max_bytes:
         raise TooLarge(f"frame of {size} bytes exceeds the limit of {max_bytes} bytes")
     try:
-        frame = json.loads(data, parse_float=_refuse_float)
+        frame = json.loads(data, parse_float=_refuse_float, parse_constant=_refuse_float)
     except (ValueError, RecursionError) as exc:
         raise BadFrame(f"frame is not valid JSON: {exc}" if not isinstance(exc, RecursionError)
                        else "frame nests too deeply") from None

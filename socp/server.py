@@ -185,6 +185,7 @@ class ServerState:
         self.replay = ReplayCache(settings.replay_window_ms)
         self._forwards: dict[str, list[_Forward]] = {}
         self._introducers: set[str] = set()
+        self._link_openers: dict[bytes, int] = {}
         self._legacy_peers: set[str] = set()
         self._actions: list[Action] = []
         self._events: list[Event] = []
@@ -276,13 +277,18 @@ class ServerState:
             if link.role is LinkRole.USER or link.role is LinkRole.PENDING:
                 self._rate_limit(link, now)
             frame = env.parse(text, self.settings.max_frame_bytes)
-            if logger.isEnabledFor(logging.DEBUG):
-                self._log.debug("< %s %s from %s on link %d", frame.type, frame.msg_ref, frame.sender[:8],
-                                link_id)
-            self._dispatch(link, frame, now)
         except _SilentDrop:
-            pass
+            return
         except ProtocolError as exc:
+            self._fault(link, exc, now)
+            return
+        if logger.isEnabledFor(logging.DEBUG):
+            self._log.debug("< %s %s from %s on link %d", frame.type, frame.msg_ref, frame.sender[:8], link_id)
+        try:
+            self._dispatch(link, frame, now)
+        except ProtocolError as exc:
+            if exc.msg_ref is None:
+                exc.msg_ref = frame.msg_ref  # errors raised deep inside (key parsing) still name the frame
             self._fault(link, exc, now)
 
     def handle_timer(self, now: int) -> None:
@@ -315,6 +321,7 @@ class ServerState:
             for link in self._server_link_list():
                 self._send_presence_sync(link, now)
             self.replay.expire(now)
+            self._link_openers = {key: expiry for key, expiry in self._link_openers.items() if expiry >= now}
             self._forwards = {ref: live for ref, forwards in self._forwards.items()
                               if (live := [fwd for fwd in forwards if fwd.expires > now])}
 
@@ -401,10 +408,14 @@ class ServerState:
         if frame.sig and not frame.verify(crypto.decode_public_key(key_text)):
             raise InvalidSignature("SERVER_HELLO_JOIN signature does not verify with its pubkey",
                                    msg_ref=frame.msg_ref, fatal=True)
-        self.replay.check_fresh(frame, now)
+        if not self.replay.admit(frame, now):
+            raise BadFrame("replayed SERVER_HELLO_JOIN", msg_ref=frame.msg_ref, fatal=True)
         requested = frame.sender
         pinned = self._servers.get(requested)
-        if not env.is_uuid(requested) or requested == self.server_id or (pinned and pinned.pubkey != key_text):
+        # A known id is granted again only to a join signed by its pinned key: an unsigned claim could
+        # otherwise take over another server's id and registered address.
+        proven = bool(frame.sig) and pinned is not None and pinned.pubkey == key_text
+        if not env.is_uuid(requested) or requested == self.server_id or (pinned is not None and not proven):
             assigned = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
             self._log.info("join request for id %s reassigned to %s (id taken or invalid)", requested[:8],
                            assigned[:8])
@@ -426,6 +437,12 @@ class ServerState:
 
     def _on_direct_announce(self, link: _Link, frame: Envelope, now: int) -> None:
         key_text = self._checked_self_signed(frame)
+        self.replay.check_fresh(frame, now)
+        # The same announce may also reach us relayed by the introducer, so the general replay cache cannot
+        # judge it; but one announce opens at most one direct link, or a captured copy could hijack the link.
+        if frame.replay_key in self._link_openers:
+            raise BadFrame(f"replayed {frame.type}", msg_ref=frame.msg_ref, fatal=True)
+        self._link_openers[frame.replay_key] = frame.ts + self.settings.replay_window_ms
         self.replay.admit(frame, now)
         if not env.is_uuid(frame.sender) or frame.sender == self.server_id:
             raise BadFrame("server id must be a UUID other than ours", msg_ref=frame.msg_ref, fatal=True)
