@@ -81,11 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", action="append", default=None, metavar="FILE.yaml|ws://HOST:PORT",
                         help=f"bootstrap introducers: a YAML file or URLs, repeatable (default {DEFAULT_BOOTSTRAP})")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument("--heartbeat-interval", type=float, default=15.0, metavar="SECONDS")
-    parser.add_argument("--peer-timeout", type=float, default=45.0, metavar="SECONDS")
-    parser.add_argument("--presence-sync-interval", type=float, default=30.0, metavar="SECONDS")
-    parser.add_argument("--replay-window", type=float, default=600.0, metavar="SECONDS")
-    parser.add_argument("--max-frame-bytes", type=int, default=2 * 1024 * 1024)
+    parser.add_argument("--heartbeat-interval", type=float, default=15.0, metavar="SECONDS",
+                        help="HEARTBEAT period on server links (default 15)")
+    parser.add_argument("--peer-timeout", type=float, default=45.0, metavar="SECONDS",
+                        help="silence after which a server link is dead and reconnected (default 45)")
+    parser.add_argument("--presence-sync-interval", type=float, default=30.0, metavar="SECONDS",
+                        help="period of SERVER_PRESENCE_SYNC anti-entropy snapshots (default 30)")
+    parser.add_argument("--replay-window", type=float, default=600.0, metavar="SECONDS",
+                        help="frames further than this from our clock are STALE (default 600)")
+    parser.add_argument("--max-frame-bytes", type=int, default=2 * 1024 * 1024, metavar="BYTES",
+                        help="larger frames get TOO_LARGE and the connection is closed (default 2 MiB)")
     parser.add_argument("--rate-limit", type=float, default=200.0, metavar="FRAMES_PER_S",
                         help="sustained frames/s per user connection (default 200)")
     parser.add_argument("--rate-burst", type=int, default=1000, metavar="FRAMES",
