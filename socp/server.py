@@ -190,7 +190,10 @@ class ServerState:
         self._actions: list[Action] = []
         self._events: list[Event] = []
         self._presence_version = 0
-        self.joined = settings.introducer
+        own_address = (settings.advertise_host, settings.advertise_port)
+        # A shared bootstrap file lists every introducer, this one too: joining ourselves makes no sense.
+        self._bootstrap = tuple(entry for entry in settings.bootstrap if (entry.host, entry.port) != own_address)
+        self.joined = settings.introducer and not self._bootstrap
         self._join_index = 0
         self._join_attempt = 0
         self._join_due: int | None = None
@@ -203,8 +206,8 @@ class ServerState:
     # --- shell API -------------------------------------------------------------------------------
 
     def start(self, now: int) -> None:
-        """Begin joining the network through the bootstrap list (peer mode); no-op for an introducer."""
-        if not self.settings.introducer and self.settings.bootstrap:
+        """Begin joining the network through the bootstrap list (an introducer joins its fellow introducers)."""
+        if self._bootstrap:
             self._join_due = now
 
     def accept_link(self, now: int) -> LinkId:
@@ -226,7 +229,7 @@ class ServerState:
             self._send(link, self._make(FrameType.SERVER_ANNOUNCE, BROADCAST, now, self._announce_payload()))
             self._identify_server(link, link.target, now)
         else:
-            entry = self.settings.bootstrap[link.bootstrap_index]
+            entry = self._bootstrap[link.bootstrap_index]
             link.role = LinkRole.JOINING
             self._send(link, self._make(FrameType.SERVER_HELLO_JOIN, f"{entry.host}:{entry.port}", now,
                                         self._announce_payload()))
@@ -425,8 +428,9 @@ class ServerState:
         info = self._servers[assigned]
         info.host, info.port = frame.payload["host"], frame.payload["port"]
         servers = [self._server_entry(self.server_id, self.pubkey, self.settings.advertise_host,
-                                      self.settings.advertise_port)]
-        servers += [self._server_entry(sid, s.pubkey, s.host, s.port) for sid, s in sorted(self._servers.items())
+                                      self.settings.advertise_port, self.settings.introducer)]
+        servers += [self._server_entry(sid, s.pubkey, s.host, s.port, sid in self._introducers)
+                    for sid, s in sorted(self._servers.items())
                     if sid != assigned and sid in self._server_links and s.host]
         payload = {"assigned_id": assigned, "servers": servers,
                    "clients": [{"user_id": s["server_id"], "host": s["host"], "port": s["port"],
@@ -460,7 +464,7 @@ class ServerState:
         if frame.type is not FrameType.SERVER_WELCOME:
             raise BadFrame(f"expected SERVER_WELCOME after SERVER_HELLO_JOIN, got {frame.type}",
                            msg_ref=frame.msg_ref, fatal=True)
-        entry = self.settings.bootstrap[link.bootstrap_index]
+        entry = self._bootstrap[link.bootstrap_index]
         entries = self._welcome_entries(frame)
         introducer_key = entry.pubkey
         if introducer_key is None:
@@ -497,6 +501,8 @@ class ServerState:
                 continue
             known = self._servers[item["server_id"]]
             known.host, known.port = item["host"], item["port"]
+            if item["introducer"]:
+                self._introducers.add(item["server_id"])
         self.joined = True
         self._join_attempt = 0
         self._introducers.add(frame.sender)
@@ -787,9 +793,9 @@ class ServerState:
         return link
 
     def _dial_introducer(self, now: int) -> None:
-        entry = self.settings.bootstrap[self._join_index % len(self.settings.bootstrap)]
+        entry = self._bootstrap[self._join_index % len(self._bootstrap)]
         link = self._new_link(outbound=True, role=LinkRole.DIALING, now=now)
-        link.bootstrap_index = self._join_index % len(self.settings.bootstrap)
+        link.bootstrap_index = self._join_index % len(self._bootstrap)
         self._log.info("joining through introducer %s:%d", entry.host, entry.port)
         self._actions.append(Dial(link.link_id, entry.host, entry.port))
 
@@ -797,7 +803,7 @@ class ServerState:
         if self.joined:
             return
         self._join_index += 1
-        if self._join_index % len(self.settings.bootstrap) == 0:
+        if self._join_index % len(self._bootstrap) == 0:
             # Every introducer failed once: back off before the next round.
             self._join_attempt += 1
             self._join_due = now + self._backoff(self._join_attempt)
@@ -903,12 +909,14 @@ class ServerState:
                     and isinstance(pubkey, str)):
                 raise BadFrame("SERVER_WELCOME entry needs server_id, host, port, pubkey", msg_ref=frame.msg_ref,
                                fatal=True)
-            entries.append({"server_id": server_id, "host": host, "port": port, "pubkey": pubkey})
+            entries.append({"server_id": server_id, "host": host, "port": port, "pubkey": pubkey,
+                            "introducer": item.get("introducer") is True})
         return entries
 
     @staticmethod
-    def _server_entry(server_id: str, pubkey: str, host: str, port: int) -> dict[str, Any]:
-        return {"server_id": server_id, "host": host, "port": port, "pubkey": pubkey}
+    def _server_entry(server_id: str, pubkey: str, host: str, port: int, introducer: bool) -> dict[str, Any]:
+        # ``introducer`` is our extension (others ignore it): relays from any introducer are trusted.
+        return {"server_id": server_id, "host": host, "port": port, "pubkey": pubkey, "introducer": introducer}
 
     def _announce_payload(self) -> dict[str, Any]:
         return {"host": self.settings.advertise_host, "port": self.settings.advertise_port, "pubkey": self.pubkey}

@@ -94,7 +94,7 @@ async def test_message_to_user_who_left_reports_user_not_found(connect: Connect)
     dave = await connect("peer2", "dave")
     assert (await checks.converged([alice, dave], {alice.user_id, dave.user_id}, timeout=scaled(10))).ok
     await dave.close()
-    await alice.wait_for(lambda e: isinstance(e, UserOffline), scaled(10))
+    await alice.wait_for(lambda e: isinstance(e, UserOffline) and e.record.user_id == dave.user_id, scaled(10))
     with pytest.raises(UserNotFound, match="not online"):
         await alice.send_direct(dave.user_id, "are you there?")
 
