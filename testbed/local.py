@@ -6,23 +6,17 @@ import asyncio
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from testbed.backend import BackendUnsupported, ClusterSpec, NodeTimings, register_backend
+
 _LISTENING = re.compile(r"^\[(?P<id>[0-9a-f-]{36})\] Listening on ws://(?P<host>[^:]+):(?P<port>\d+)$", re.M)
-
-
-@dataclass(frozen=True, slots=True)
-class NodeTimings:
-    """Protocol timers handed to every node (seconds); short values make failure tests fast."""
-
-    heartbeat_interval: float = 0.5
-    peer_timeout: float = 2.0
-    presence_sync_interval: float = 2.0
 
 
 class WaitTimeout(TimeoutError):
@@ -181,37 +175,60 @@ class LocalNode:
 
 
 class LocalCluster:
-    """An introducer plus ``peers`` peer nodes as processes on 127.0.0.1.
+    """The ``local`` backend: introducers and peers as processes on 127.0.0.1.
 
     ``prepare`` is called with each node's name and data directory before its identity is created;
-    tests use it to drop in pre-generated keys. The introducer's key is pinned in the generated
+    tests use it to drop in pre-generated keys. The introducers' keys are pinned in the generated
     bootstrap file, so no node trusts on first use.
     """
 
-    def __init__(self, workdir: Path, peers: int = 3, *, timings: NodeTimings | None = None,
-                 command: Sequence[str] | None = None, prepare: Callable[[str, Path], None] | None = None,
-                 extra_args: Sequence[str] = ()) -> None:
+    name = "local"
+
+    def __init__(self, workdir: Path, spec: ClusterSpec | None = None, *, command: Sequence[str] | None = None,
+                 prepare: Callable[[str, Path], None] | None = None, extra_args: Sequence[str] = ()) -> None:
         self.workdir = workdir
-        self.timings = timings or NodeTimings()
+        self.spec = spec or ClusterSpec()
         self.command = list(command or [sys.executable, "-m", "node"])
         self.prepare = prepare
         self.bootstrap_file = workdir / "bootstrap.yaml"
-        self.introducer = LocalNode("introducer", True, workdir, self.command, self.timings,
-                                    extra_args=extra_args)
-        self.peers = [LocalNode(f"peer{i + 1}", False, workdir, self.command, self.timings, self.bootstrap_file,
-                                extra_args) for i in range(peers)]
+        timings = self.spec.timings
+        count = self.spec.introducers
+        self.introducers = [LocalNode("introducer" if count == 1 else f"introducer{i + 1}", True, workdir,
+                                      self.command, timings, self.bootstrap_file if i else None, extra_args)
+                            for i in range(count)]
+        self.peers = [LocalNode(f"peer{i + 1}", False, workdir, self.command, timings, self.bootstrap_file,
+                                extra_args) for i in range(self.spec.peers)]
+
+    @property
+    def introducer(self) -> LocalNode:
+        """The first introducer."""
+        return self.introducers[0]
 
     @property
     def nodes(self) -> list[LocalNode]:
-        """The introducer first, then the peers."""
-        return [self.introducer, *self.peers]
+        """The introducers first, then the peers."""
+        return [*self.introducers, *self.peers]
+
+    @property
+    def node_names(self) -> list[str]:
+        """Every node's name, introducers first."""
+        return [node.name for node in self.nodes]
+
+    @property
+    def peer_names(self) -> list[str]:
+        """The peers' names."""
+        return [node.name for node in self.peers]
 
     def node(self, name: str) -> LocalNode:
         """The node called ``name``."""
         for node in self.nodes:
             if node.name == name:
                 return node
-        raise KeyError(f"no node named {name!r}; have {[n.name for n in self.nodes]}")
+        raise KeyError(f"no node named {name!r}; have {self.node_names}")
+
+    def url(self, node: str) -> str:
+        """The node's WebSocket URL."""
+        return self.node(node).url
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start every node and wait until all are healthy (joined and fully meshed)."""
@@ -220,45 +237,70 @@ class LocalCluster:
             node.data_dir.mkdir(parents=True, exist_ok=True)
             if self.prepare is not None:
                 self.prepare(node.name, node.data_dir)
-        identities = await asyncio.gather(*(asyncio.to_thread(node.identity) for node in self.nodes))
-        await self.introducer.start()
-        self.bootstrap_file.write_text(
-            "bootstrap_servers:\n"
-            f"  - {{host: \"127.0.0.1\", port: {self.introducer.port}, pubkey: \"{identities[0]['pubkey']}\"}}\n")
-        for peer in self.peers:
-            await peer.start()
+        identities = await asyncio.gather(*(asyncio.to_thread(node.identity) for node in self.introducers))
+        # Introducers need their ports before the bootstrap file can name them.
+        for introducer in self.introducers:
+            introducer.port = introducer.port or _free_port()
+        self.bootstrap_file.write_text("bootstrap_servers:\n" + "".join(
+            f"  - {{host: \"127.0.0.1\", port: {node.port}, pubkey: \"{identity['pubkey']}\"}}\n"
+            for node, identity in zip(self.introducers, identities, strict=True)))
+        for node in self.nodes:
+            await node.start()
         await self.wait_healthy(timeout)
 
     async def wait_healthy(self, timeout: float = 30.0) -> float:
         """Wait until every running node answers /healthz with 200 and links to every other running node."""
-        async def all_healthy() -> list[str]:
-            problems = []
-            running = [node for node in self.nodes if node.running and not node.paused]
-            for node in running:
-                status, body = await node.health()
-                linked = set(body.get("linked_servers", []) or [])  # type: ignore[call-overload]
-                missing = {other.name for other in running if other is not node and other.server_id not in linked}
-                if status != 200 or missing:
-                    problems.append(f"{node.name}: http {status}, not linked to {sorted(missing)}")
-            return problems
+        running = [node for node in self.nodes if node.running and not node.paused]
+        return await wait_mesh_healthy({node.name: node.server_id for node in running},
+                                       lambda name: self.node(name).health(), timeout, str(self.workdir))
 
-        last: list[list[str]] = [[]]
+    async def health(self, node: str) -> tuple[int, dict[str, object]]:
+        """GET /healthz of ``node``."""
+        return await self.node(node).health()
 
-        async def poll() -> None:
-            while True:
-                last[0] = await all_healthy()
-                if not last[0]:
-                    return
-                await asyncio.sleep(0.1)
+    async def kill(self, node: str) -> None:
+        """SIGKILL ``node``."""
+        await self.node(node).kill()
 
-        start = time.monotonic()
-        try:
-            async with asyncio.timeout(timeout):
-                await poll()
-        except TimeoutError:
-            raise WaitTimeout(f"timed out after {timeout:.1f}s waiting for a healthy full mesh; last seen: "
-                              f"{last[0]}; logs: {self.workdir}") from None
-        return time.monotonic() - start
+    async def stop_node(self, node: str) -> None:
+        """SIGTERM ``node`` and wait for it to exit."""
+        await self.node(node).stop()
+
+    async def start_node(self, node: str) -> None:
+        """Start ``node`` again on its old port with its old data."""
+        await self.node(node).start()
+
+    async def restart(self, node: str) -> None:
+        """Stop then start ``node``."""
+        await self.stop_node(node)
+        await self.start_node(node)
+
+    async def pause(self, node: str) -> None:
+        """SIGSTOP ``node``."""
+        self.node(node).pause()
+
+    async def unpause(self, node: str) -> None:
+        """SIGCONT ``node``."""
+        self.node(node).unpause()
+
+    async def partition(self, node: str) -> None:
+        """Processes on one loopback cannot be partitioned; use the docker backend."""
+        raise BackendUnsupported("the local backend cannot partition a node; use --backend docker")
+
+    async def heal(self, node: str) -> None:
+        """See :meth:`partition`."""
+        raise BackendUnsupported("the local backend cannot partition a node; use --backend docker")
+
+    def collect_logs(self, destination: Path) -> list[Path]:
+        """Copy every node's log file into ``destination``."""
+        destination.mkdir(parents=True, exist_ok=True)
+        copied = []
+        for node in self.nodes:
+            if node.log_path.exists():
+                target = destination / node.log_path.name
+                target.write_bytes(node.log_path.read_bytes())
+                copied.append(target)
+        return copied
 
     async def stop(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL)."""
@@ -275,3 +317,42 @@ class LocalCluster:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+
+async def wait_mesh_healthy(server_ids: dict[str, str],
+                            health: Callable[[str], Awaitable[tuple[int, dict[str, object]]]],
+                            timeout: float, logs: str) -> float:
+    """Wait until every node in ``server_ids`` (name → server id) is healthy and linked to all the others.
+
+    Shared by the backends: ``health(name)`` returns a node's /healthz answer. Returns the seconds taken.
+    """
+    async def problems() -> list[str]:
+        found = []
+        for name, (status, body) in zip(server_ids, await asyncio.gather(*(health(n) for n in server_ids)),
+                                        strict=True):
+            linked = body.get("linked_servers")
+            linked_ids = set(linked) if isinstance(linked, list) else set()
+            missing = sorted(other for other, sid in server_ids.items() if other != name and sid not in linked_ids)
+            if status != 200 or missing:
+                found.append(f"{name}: http {status}, not linked to {missing}")
+        return found
+
+    start = time.monotonic()
+    last: list[str] = []
+    while True:
+        last = await problems()
+        if not last:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise WaitTimeout(f"timed out after {timeout:.1f}s waiting for a healthy full mesh; last seen: "
+                              f"{last}; logs: {logs}")
+        await asyncio.sleep(0.1)
+
+
+def _free_port() -> int:
+    """A port free on 127.0.0.1 right now (introducers need theirs before the bootstrap file is written)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+register_backend("local", lambda workdir, spec: LocalCluster(workdir, spec))

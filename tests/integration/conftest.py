@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from testbed.backend import ClusterSpec
 from testbed.local import LocalCluster
 from tests import scaled
 from tests.keypool import KeyPool
@@ -36,7 +37,7 @@ def pool_prepare(key_pool: KeyPool) -> Callable[[str, Path], None]:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster(tmp_path_factory: pytest.TempPathFactory, key_pool: KeyPool) -> AsyncIterator[LocalCluster]:
     """An introducer and three peers, healthy and fully meshed, with fast heartbeats."""
-    federation = LocalCluster(tmp_path_factory.mktemp("cluster"), peers=3,
+    federation = LocalCluster(tmp_path_factory.mktemp("cluster"), ClusterSpec(peers=3),
                               prepare=pool_prepare(key_pool))
     try:
         await federation.start(timeout=scaled(40))
