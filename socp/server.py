@@ -144,6 +144,7 @@ class _ServerInfo:
     host: str = ""
     port: int = 0
     ever_linked: bool = False
+    proven: bool = True                  # signed something with its key (an unsigned join has not, yet)
     reconnect_attempt: int = 0
     reconnect_due: int | None = None
 
@@ -427,11 +428,12 @@ class ServerState:
         self._pin(assigned, key_text, trusted=True)
         info = self._servers[assigned]
         info.host, info.port = frame.payload["host"], frame.payload["port"]
+        info.proven = bool(frame.sig)
         servers = [self._server_entry(self.server_id, self.pubkey, self.settings.advertise_host,
                                       self.settings.advertise_port, self.settings.introducer)]
         servers += [self._server_entry(sid, s.pubkey, s.host, s.port, sid in self._introducers)
                     for sid, s in sorted(self._servers.items())
-                    if sid != assigned and sid in self._server_links and s.host]
+                    if sid != assigned and sid in self._server_links and s.host and s.proven]
         payload = {"assigned_id": assigned, "servers": servers,
                    "clients": [{"user_id": s["server_id"], "host": s["host"], "port": s["port"],
                                 "pubkey": s["pubkey"]} for s in servers]}
@@ -540,6 +542,7 @@ class ServerState:
         if not frame.verify(self._public_key(info.pubkey)):
             raise InvalidSignature(f"{frame.type} signature does not verify with the pinned key of "
                                    f"{frame.sender}", msg_ref=frame.msg_ref)
+        info.proven = True
         return self.replay.admit(frame, now)
 
     def _on_heartbeat(self, link: _Link, frame: Envelope, now: int) -> None:
@@ -556,6 +559,7 @@ class ServerState:
                            msg_ref=frame.msg_ref)
         self._pin(frame.sender, key_text, trusted=frame.sender != link.peer, msg_ref=frame.msg_ref)
         info = self._servers[frame.sender]
+        info.proven = True
         info.host, info.port = frame.payload["host"], frame.payload["port"]
         if frame.sender == link.peer and link.joined_through:
             for other in self._server_link_list():

@@ -34,7 +34,7 @@ async def connect(cluster: LocalCluster, key_pool: KeyPool) -> AsyncIterator[Con
 
     async def open_user(node: str, name: str) -> ClientConnection:
         identity = Identity(str(uuid.uuid4()), name, key_pool.key(FIRST_USER_KEY + len(opened) % 8))
-        client = await ClientConnection.connect(cluster.node(node).url, identity, timeout=scaled(10))
+        client = await ClientConnection.connect(cluster.url(node), identity, timeout=scaled(10))
         opened.append(client)
         return client
 
@@ -67,7 +67,7 @@ async def test_long_unicode_message_spans_several_rsa_blocks(connect: Connect) -
 
 async def test_list_is_identical_on_every_node_and_delivery_is_exactly_once(connect: Connect,
                                                                              cluster: LocalCluster) -> None:
-    clients = [await connect(node.name, f"user{i}") for i, node in enumerate(cluster.peers * 2)]
+    clients = [await connect(node, f"user{i}") for i, node in enumerate(cluster.peer_names * 2)]
     expected = {client.user_id for client in clients}
     result = await checks.converged(clients, expected, timeout=scaled(10))
     assert result.ok, result.detail
@@ -101,17 +101,16 @@ async def test_message_to_user_who_left_reports_user_not_found(connect: Connect)
 
 async def test_killed_node_users_leave_every_directory_and_return_after_restart(
         connect: Connect, cluster: LocalCluster) -> None:
-    victim = cluster.node("peer3")
     survivors = [await connect("peer1", "s1"), await connect("peer2", "s2")]
     doomed = await connect("peer3", "doomed")
     everyone = {c.user_id for c in [*survivors, doomed]}
     assert (await checks.converged(survivors, everyone, timeout=scaled(10))).ok
 
-    await victim.kill()
+    await cluster.kill("peer3")
     result = await checks.converged(survivors, {c.user_id for c in survivors}, timeout=scaled(15))
     assert result.ok, result.detail
 
-    await victim.start()
+    await cluster.start_node("peer3")
     await cluster.wait_healthy(scaled(30))
     back = await connect("peer3", "back")
     result = await checks.converged([*survivors, back], {c.user_id for c in [*survivors, back]},

@@ -210,9 +210,6 @@ def test_unsigned_join_with_a_fresh_id_is_accepted_for_interop(net: Net) -> None
     assert wanted in intro.state.linked_servers
 
 
-@pytest.mark.xfail(strict=True, reason="SOCP BUG: the introducer lists a server that joined unsigned and never "
-                                       "signed anything (no proof it holds the key) in its welcomes, so every "
-                                       "newcomer dials it forever and never becomes healthy; see report")
 def test_server_that_never_proved_its_key_is_not_listed_in_welcomes(net: Net) -> None:
     intro, a, _b = mesh(net)
     eve = attacker(net, intro)
