@@ -11,12 +11,12 @@ import secrets
 import statistics
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from client.connection import ClientConnection
-from socp.user import DirectMessage
+from socp.user import ClientEvent, DirectMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +70,21 @@ async def converged(clients: Sequence[ClientConnection], expected: set[str], *, 
         await asyncio.sleep(interval)
 
 
-async def delivery(clients: Sequence[ClientConnection], *, timeout: float) -> CheckResult:
+Receive = Callable[[ClientConnection, float], Awaitable[ClientEvent]]
+
+
+async def next_event(client: ClientConnection, timeout: float) -> ClientEvent:
+    """The default :data:`Receive`: the client's own event queue."""
+    return await client.next_event(timeout=timeout)
+
+
+async def delivery(clients: Sequence[ClientConnection], *, timeout: float, receive: Receive = next_event
+                   ) -> CheckResult:
     """Every client sends a DM to every other; each must arrive exactly once, decrypted and verified.
 
     Duplicates are detected without waiting: after its matrix messages each sender sends a marker on
-    the same path, and per-link ordering means a duplicate would arrive before the marker.
+    the same path, and per-link ordering means a duplicate would arrive before the marker. ``receive``
+    says where a client's events are read from (the runner shares them between several consumers).
     """
     run = secrets.token_hex(4)
     sent_at: dict[str, float] = {}
@@ -99,7 +109,7 @@ async def delivery(clients: Sequence[ClientConnection], *, timeout: float) -> Ch
     async def collect(client: ClientConnection) -> None:
         markers = {f"marker {run} {other.user_id}" for other in clients if other is not client}
         while markers:
-            event = await client.next_event(timeout=max(0.01, timeout - (time.monotonic() - start)))
+            event = await receive(client, max(0.01, timeout - (time.monotonic() - start)))
             if not isinstance(event, DirectMessage):
                 continue
             if event.text in markers:

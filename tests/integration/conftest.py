@@ -1,16 +1,12 @@
-"""Real node processes on 127.0.0.1 (the ``local`` testbed backend), shared per test module."""
+"""Real node processes on 127.0.0.1: the testbed plugin's ``cluster`` fixture (local backend by default)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
-from testbed.backend import ClusterSpec
-from testbed.local import LocalCluster
-from tests import scaled
 from tests.keypool import KeyPool
 
 # Pool key indexes: nodes take 0..4, users 10 upwards (see user_key()).
@@ -34,13 +30,7 @@ def pool_prepare(key_pool: KeyPool) -> Callable[[str, Path], None]:
     return prepare
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def cluster(tmp_path_factory: pytest.TempPathFactory, key_pool: KeyPool) -> AsyncIterator[LocalCluster]:
-    """An introducer and three peers, healthy and fully meshed, with fast heartbeats."""
-    federation = LocalCluster(tmp_path_factory.mktemp("cluster"), ClusterSpec(peers=3),
-                              prepare=pool_prepare(key_pool))
-    try:
-        await federation.start(timeout=scaled(40))
-        yield federation
-    finally:
-        await federation.stop()
+@pytest.fixture(scope="module")
+def socp_cluster_prepare(key_pool: KeyPool) -> Callable[[str, Path], None]:
+    """Local nodes start with pool keys instead of generating their own."""
+    return pool_prepare(key_pool)

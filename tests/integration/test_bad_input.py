@@ -11,7 +11,7 @@ import pytest_asyncio
 
 from socp import envelope as env
 from socp.envelope import FrameType
-from testbed.local import LocalCluster
+from testbed.backend import ClusterBackend
 from tests.integration.conftest import FIRST_USER_KEY
 from tests.integration.wire import RawUser, now_ms
 from tests.keypool import KeyPool
@@ -22,25 +22,25 @@ ALICE, BOB, MALLORY = FIRST_USER_KEY, FIRST_USER_KEY + 1, FIRST_USER_KEY + 2
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def alice(cluster: LocalCluster, key_pool: KeyPool) -> AsyncIterator[RawUser]:
+async def alice(cluster: ClusterBackend, key_pool: KeyPool) -> AsyncIterator[RawUser]:
     """A fresh, joined user on peer1."""
-    user = await RawUser.open(cluster.node("peer1").url, key_pool.key(ALICE))
+    user = await RawUser.open(cluster.url("peer1"), key_pool.key(ALICE))
     await user.join("alice")
     yield user
     await user.close()
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def bob(cluster: LocalCluster, key_pool: KeyPool) -> AsyncIterator[RawUser]:
+async def bob(cluster: ClusterBackend, key_pool: KeyPool) -> AsyncIterator[RawUser]:
     """A fresh, joined user on peer2."""
-    user = await RawUser.open(cluster.node("peer2").url, key_pool.key(BOB))
+    user = await RawUser.open(cluster.url("peer2"), key_pool.key(BOB))
     await user.join("bob")
     yield user
     await user.close()
 
 
-async def test_malformed_json_gets_bad_frame_and_session_survives(cluster: LocalCluster, key_pool: KeyPool) -> None:
-    user = await RawUser.open(cluster.node("peer1").url, key_pool.key(ALICE))
+async def test_malformed_json_gets_bad_frame_and_session_survives(cluster: ClusterBackend, key_pool: KeyPool) -> None:
+    user = await RawUser.open(cluster.url("peer1"), key_pool.key(ALICE))
     await user.send("{this is not json")
     assert (await user.error())["code"] == "BAD_FRAME"
     await user.send("[1, 2, 3]")
@@ -59,9 +59,9 @@ async def test_malformed_json_gets_bad_frame_and_session_survives(cluster: Local
     pytest.param(lambda f: f["payload"].update(pubkey=12), id="pubkey-not-string"),
     pytest.param(lambda f: f.update(ts=1.5), id="float"),
 ])
-async def test_missing_or_mistyped_fields_get_bad_frame(cluster: LocalCluster, key_pool: KeyPool,
+async def test_missing_or_mistyped_fields_get_bad_frame(cluster: ClusterBackend, key_pool: KeyPool,
                                                         mutation: object) -> None:
-    user = await RawUser.open(cluster.node("peer1").url, key_pool.key(ALICE))
+    user = await RawUser.open(cluster.url("peer1"), key_pool.key(ALICE))
     frame = json.loads(user.hello().to_wire())
     mutation(frame)  # type: ignore[operator]
     await user.send(json.dumps(frame))
@@ -70,7 +70,7 @@ async def test_missing_or_mistyped_fields_get_bad_frame(cluster: LocalCluster, k
     await user.close()
 
 
-async def test_unknown_type_gets_unknown_type_with_msg_ref(cluster: LocalCluster, alice: RawUser) -> None:
+async def test_unknown_type_gets_unknown_type_with_msg_ref(cluster: ClusterBackend, alice: RawUser) -> None:
     ts = now_ms()
     await alice.send(json.dumps({"type": "MSG_TELEPATHY", "from": alice.user_id, "to": "*", "ts": ts,
                                  "payload": {}, "sig": ""}))
@@ -79,22 +79,22 @@ async def test_unknown_type_gets_unknown_type_with_msg_ref(cluster: LocalCluster
     assert error["msg_ref"] == f"MSG_TELEPATHY:{alice.user_id}:*:{ts}"
 
 
-async def test_oversized_frame_gets_too_large_and_is_closed(cluster: LocalCluster, key_pool: KeyPool) -> None:
-    user = await RawUser.open(cluster.node("peer1").url, key_pool.key(ALICE))
+async def test_oversized_frame_gets_too_large_and_is_closed(cluster: ClusterBackend, key_pool: KeyPool) -> None:
+    user = await RawUser.open(cluster.url("peer1"), key_pool.key(ALICE))
     await user.send("x" * (2 * 1024 * 1024 + 1))
     assert (await user.error())["code"] == "TOO_LARGE"
     assert await user.closed()
 
 
-async def test_unsigned_hello_is_refused(cluster: LocalCluster, key_pool: KeyPool) -> None:
-    user = await RawUser.open(cluster.node("peer1").url, key_pool.key(ALICE))
+async def test_unsigned_hello_is_refused(cluster: ClusterBackend, key_pool: KeyPool) -> None:
+    user = await RawUser.open(cluster.url("peer1"), key_pool.key(ALICE))
     await user.send(user.hello(signed=False))
     assert (await user.error())["code"] == "INVALID_SIG"
     assert await user.closed()
 
 
-async def test_hello_signed_by_another_key_is_refused(cluster: LocalCluster, key_pool: KeyPool) -> None:
-    user = await RawUser.open(cluster.node("peer1").url, key_pool.key(ALICE))
+async def test_hello_signed_by_another_key_is_refused(cluster: ClusterBackend, key_pool: KeyPool) -> None:
+    user = await RawUser.open(cluster.url("peer1"), key_pool.key(ALICE))
     forged = env.make(FrameType.USER_HELLO, user.user_id, "*", now_ms(),
                       dict(user.hello().payload), key_pool.key(MALLORY))
     await user.send(forged)
@@ -103,36 +103,36 @@ async def test_hello_signed_by_another_key_is_refused(cluster: LocalCluster, key
 
 
 @pytest.mark.parametrize(("bits", "exponent"), [(1024, 65537), (2048, 65537), (4096, 3)])
-async def test_weak_user_keys_are_refused(cluster: LocalCluster, key_pool: KeyPool, bits: int, exponent: int) -> None:
+async def test_weak_user_keys_are_refused(cluster: ClusterBackend, key_pool: KeyPool, bits: int, exponent: int) -> None:
     weak = key_pool.weak_key(bits, exponent)
-    user = await RawUser.open(cluster.node("peer1").url, weak)  # type: ignore[arg-type]
+    user = await RawUser.open(cluster.url("peer1"), weak)  # type: ignore[arg-type]
     await user.send(user.hello())
     error = await user.error()
     assert error["code"] == "BAD_KEY", error
     assert await user.closed()
 
 
-async def test_introducer_refuses_users(cluster: LocalCluster, key_pool: KeyPool) -> None:
-    user = await RawUser.open(cluster.introducer.url, key_pool.key(ALICE))
+async def test_introducer_refuses_users(cluster: ClusterBackend, key_pool: KeyPool) -> None:
+    user = await RawUser.open(cluster.url(cluster.node_names[0]), key_pool.key(ALICE))
     await user.send(user.hello())
     error = await user.error()
     assert error["code"] == "BAD_FRAME" and "introducer" in error["detail"]
     assert await user.closed()
 
 
-async def test_duplicate_local_user_gets_name_in_use(cluster: LocalCluster, alice: RawUser,
+async def test_duplicate_local_user_gets_name_in_use(cluster: ClusterBackend, alice: RawUser,
                                                      key_pool: KeyPool) -> None:
-    twin = await RawUser.open(cluster.node("peer1").url, key_pool.key(ALICE), alice.user_id)
+    twin = await RawUser.open(cluster.url("peer1"), key_pool.key(ALICE), alice.user_id)
     await twin.send(twin.hello("alice"))
     assert (await twin.error())["code"] == "NAME_IN_USE"
     assert await twin.closed()
 
 
-async def test_known_user_id_with_another_key_gets_bad_key(cluster: LocalCluster, alice: RawUser,
+async def test_known_user_id_with_another_key_gets_bad_key(cluster: ClusterBackend, alice: RawUser,
                                                            key_pool: KeyPool) -> None:
     # Registered on peer1 by the fixture, and known network-wide: refused on peer1 and on peer3.
     for node in ("peer1", "peer3"):
-        impostor = await RawUser.open(cluster.node(node).url, key_pool.key(MALLORY), alice.user_id)
+        impostor = await RawUser.open(cluster.url(node), key_pool.key(MALLORY), alice.user_id)
         await impostor.send(impostor.hello("alice"))
         assert (await impostor.error())["code"] == "BAD_KEY", node
         assert await impostor.closed()
@@ -185,19 +185,18 @@ async def test_replayed_message_is_delivered_once(alice: RawUser, bob: RawUser) 
     assert second.payload["content_sig"] == marker.payload["content_sig"]
 
 
-async def test_node_still_serves_after_all_bad_input(cluster: LocalCluster, alice: RawUser, bob: RawUser) -> None:
+async def test_node_still_serves_after_all_bad_input(cluster: ClusterBackend, alice: RawUser, bob: RawUser) -> None:
     frame = alice.direct(bob.user_id, bob.pubkey, "still here")
     await alice.send(frame)
     delivered = await bob.recv_type(FrameType.USER_DELIVER)
     assert delivered.ts == frame.ts and delivered.payload["sender"] == alice.user_id
-    for node in cluster.nodes:
-        assert node.running, f"{node.name} died; see {node.log_path}"
-        status, body = await node.health()
-        assert status == 200, (node.name, body)
+    for node in cluster.node_names:
+        status, body = await cluster.health(node)
+        assert status == 200, f"{node} is not healthy after the abuse ({body}); see {cluster.workdir}"
 
 
-async def test_lone_surrogate_in_payload_gets_bad_frame(cluster: LocalCluster, key_pool: KeyPool) -> None:
-    user = await RawUser.open(cluster.node("peer1").url, key_pool.key(ALICE))
+async def test_lone_surrogate_in_payload_gets_bad_frame(cluster: ClusterBackend, key_pool: KeyPool) -> None:
+    user = await RawUser.open(cluster.url("peer1"), key_pool.key(ALICE))
     frame = user.hello().to_wire().replace('"display_name":"raw"', '"display_name":"\\udcff"')
     await user.send(frame)
     assert (await user.error())["code"] == "BAD_FRAME"

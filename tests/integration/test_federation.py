@@ -16,7 +16,7 @@ from socp.envelope import FrameType
 from socp.errors import UserNotFound
 from socp.user import DirectMessage, ServerError, UserOffline
 from testbed import checks
-from testbed.local import LocalCluster
+from testbed.backend import ClusterBackend
 from tests import scaled
 from tests.integration.conftest import FIRST_USER_KEY
 from tests.integration.wire import now_ms
@@ -28,7 +28,7 @@ Connect = Callable[[str, str], Awaitable[ClientConnection]]
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def connect(cluster: LocalCluster, key_pool: KeyPool) -> AsyncIterator[Connect]:
+async def connect(cluster: ClusterBackend, key_pool: KeyPool) -> AsyncIterator[Connect]:
     """``await connect("peer1", "alice")``: a scripted user with a pool key, closed after the test."""
     opened: list[ClientConnection] = []
 
@@ -66,7 +66,7 @@ async def test_long_unicode_message_spans_several_rsa_blocks(connect: Connect) -
 
 
 async def test_list_is_identical_on_every_node_and_delivery_is_exactly_once(connect: Connect,
-                                                                             cluster: LocalCluster) -> None:
+                                                                             cluster: ClusterBackend) -> None:
     clients = [await connect(node, f"user{i}") for i, node in enumerate(cluster.peer_names * 2)]
     expected = {client.user_id for client in clients}
     result = await checks.converged(clients, expected, timeout=scaled(10))
@@ -100,7 +100,7 @@ async def test_message_to_user_who_left_reports_user_not_found(connect: Connect)
 
 
 async def test_killed_node_users_leave_every_directory_and_return_after_restart(
-        connect: Connect, cluster: LocalCluster) -> None:
+        connect: Connect, cluster: ClusterBackend) -> None:
     survivors = [await connect("peer1", "s1"), await connect("peer2", "s2")]
     doomed = await connect("peer3", "doomed")
     everyone = {c.user_id for c in [*survivors, doomed]}
