@@ -20,7 +20,7 @@ LINT_PATHS := $(wildcard socp node client testbed tests)
 # else the v1 `docker-compose` binary.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
 
-.PHONY: help venv test lint image down clean distclean clean-images
+.PHONY: help venv test lint bench image down clean distclean clean-images
 
 help: ## List the targets
 	@echo 'usage: make <target> [PYTEST_ARGS=...] [SOCP_IMAGE=...]'
@@ -47,6 +47,10 @@ test: venv $(if $(filter 1,$(SOCP_REQUIRE_DOCKER)),image) ## Run pytest (PYTEST_
 lint: venv ## ruff check and mypy --strict
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy
+
+bench: venv ## Benchmarks: protocol core (and end-to-end operations when bench/bench_ops.py exists) -> results/
+	$(VENV_PY) -m bench.bench_core
+	@if [ -f bench/bench_ops.py ]; then $(VENV_PY) -m bench.bench_ops; fi
 
 image: ## Build the node image socp-node:latest (no registry needed: see compose/build-image.sh)
 	SOCP_IMAGE=$(SOCP_IMAGE) PYTHON=$(PYTHON) compose/build-image.sh
