@@ -26,10 +26,11 @@ from xml.etree import ElementTree
 from client.connection import ClientConnection
 from client.keystore import Identity
 from socp import crypto
+from socp.errors import ProtocolError
 from socp.user import ClientEvent, DirectMessage
 from testbed import checks
 from testbed.backend import BackendUnsupported, ClusterBackend, ClusterSpec, create_backend
-from testbed.scenario import Scenario, ScenarioError, Step, load_scenario
+from testbed.scenario import NODE_ACTIONS, Scenario, ScenarioError, Step, load_scenario
 
 DEFAULT_WITHIN = 30.0
 MAILBOX_LIMIT = 200_000
@@ -214,6 +215,8 @@ class ScenarioRunner:
                               f"{type(exc).__name__}: {exc}")
 
     async def _dispatch(self, step: Step) -> tuple[str, dict[str, Any]]:
+        if step.kind in NODE_ACTIONS:
+            return await self._node_action(step.kind, step.args["node"])
         handler = getattr(self, f"_step_{step.kind}")
         result: tuple[str, dict[str, Any]] = await handler(step.args)
         return result
@@ -271,7 +274,10 @@ class ScenarioRunner:
     async def _step_send(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         sender, recipient = self._online(str(args["from"])), self._user(str(args["to"]))
         assert sender.client is not None
-        await sender.client.send_direct(recipient.identity.user_id, str(args.get("text", "hello")))
+        try:
+            await sender.client.send_direct(recipient.identity.user_id, str(args.get("text", "hello")))
+        except ProtocolError as exc:
+            raise StepFailed(f"{sender.name} cannot send to {recipient.name}: {exc}") from None
         return "sent", {}
 
     async def _step_broadcast(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -413,30 +419,6 @@ class ScenarioRunner:
                 if user.node == node and user.client is not None:
                     await self._close(user)
         return f"{action} {node}", {}
-
-    async def _step_kill(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        return await self._node_action("kill", args["node"])
-
-    async def _step_stop(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        return await self._node_action("stop", args["node"])
-
-    async def _step_start(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        return await self._node_action("start", args["node"])
-
-    async def _step_restart(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        return await self._node_action("restart", args["node"])
-
-    async def _step_pause(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        return await self._node_action("pause", args["node"])
-
-    async def _step_unpause(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        return await self._node_action("unpause", args["node"])
-
-    async def _step_partition(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        return await self._node_action("partition", args["node"])
-
-    async def _step_heal(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        return await self._node_action("heal", args["node"])
 
     # --- users -----------------------------------------------------------------------------------
 
