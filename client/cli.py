@@ -9,17 +9,29 @@ Output (one line each, flushed at once, so that a test can drive the client thro
     🔴 [remote] bob has left the network
     🔴 [local] carol has left
     bob: hey there!
+    [all] bob: hello everyone
+    [warning] public message from bob could not be read: it is encrypted under key …, which bob never shared with us …
+    [file] bob is sending report.pdf (1.2 MiB)
+    [file] report.pdf from bob: 40% (491.5 KiB of 1.2 MiB)
+    [file] received report.pdf from bob (1.2 MiB, SHA-256 verified): downloads/report.pdf
+    [file] rejected report.pdf from bob: SHA-256 mismatch: the file was altered in transit; nothing was saved
+    [file] sent notes.txt to bob (12.0 KiB)
+    [login] logged in as alice with a password (key recovered from the network)
     [error] USER_NOT_FOUND: user bob is not online
     [warning] ignored a frame from the server: …
 
-Commands: ``/list``, ``/tell <name|id> <text>``, ``/help``, ``/quit`` (end of input quits too).
-Exit status: 0 normal end, 1 connection failure or lost connection, 2 usage or configuration error.
+Commands: ``/list``, ``/tell <name|id> <text>``, ``/all <text>``, ``/file <name|id|all> <path>``,
+``/whois <name|id>``, ``/help``, ``/quit`` (end of input quits too).
+Exit status: 0 normal end, 1 connection failure, wrong password or lost connection, 2 usage or configuration error.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
+import getpass
 import logging
 import os
 import sys
@@ -31,15 +43,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from client.connection import ClientConnection
-from client.errors import ConnectionFailed, ConnectionLost
-from client.keystore import DEFAULT_KEY_DIR, load_or_create_identity
-from socp.errors import ConfigError, CryptoError, ErrorCode, ProtocolError
+from client.connection import ClientConnection, _looks_like_uuid, _size_text
+from client.downloads import DEFAULT_DOWNLOADS
+from client.errors import ClientError, ConnectionFailed, ConnectionLost
+from client.keystore import DEFAULT_KEY_DIR, identity_paths, load_or_create_identity
+from socp.crypto import key_fingerprint as crypto_fingerprint
+from socp.errors import AuthFailed, ConfigError, CryptoError, ErrorCode, ProtocolError, UserNotFound
 from socp.presence import UserRecord
 from socp.user import (
+    DEFAULT_MAX_FILE_BYTES,
     ClientEvent,
     DirectMessage,
+    FileIncoming,
+    FileProgress,
+    FileReceived,
+    FileRejected,
     FrameRejected,
+    PublicMessage,
+    PublicMessageUnreadable,
     ServerError,
     UserOffline,
     UserOnline,
@@ -58,6 +79,9 @@ HELP_TEXT: Final = (
     "Commands:",
     "  /list                     show everyone online (local and remote)",
     "  /tell <name|id> <text>    send an end-to-end encrypted direct message",
+    "  /all <text>               send an end-to-end encrypted message to everyone online",
+    "  /file <name|id> <path>    send a file end-to-end encrypted (/file all <path>: to everyone)",
+    "  /whois <name|id>          look up a registered user's key, online or not",
     "  /help                     show this help",
     "  /quit                     leave (end of input does the same)",
 )
@@ -75,6 +99,7 @@ _ERROR_SENTENCES: Final[dict[str, str]] = {
     ErrorCode.TOO_LARGE: "the message is too large for the server",
     ErrorCode.RATE_LIMITED: "we are sending too fast; the server dropped a frame",
     ErrorCode.STALE: "the server refused a frame as stale; check this computer's clock",
+    ErrorCode.AUTH_FAILED: "wrong password",
 }
 
 _BIDI_CONTROLS: Final = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -98,6 +123,14 @@ class ClientConfig:
     """Seconds to wait for the connection, the welcome and a /list answer."""
     log_level: str = "WARNING"
     """Level of the diagnostic log on stderr."""
+    downloads: Path = DEFAULT_DOWNLOADS
+    """Folder received files are written to."""
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    """Largest file sent or accepted."""
+    use_password: bool = False
+    """Password login: register the key under a password, or log in with it from an empty key dir."""
+    password: str | None = field(default=None, repr=False)
+    """The password (from --password-file or $SOCP_PASSWORD); None with ``use_password``: prompt for it."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"where identities are kept (default {DEFAULT_KEY_DIR})")
     parser.add_argument("--passphrase-file", type=Path, metavar="FILE",
                         help="file holding the key passphrase (else $SOCP_PASSPHRASE, else none)")
+    parser.add_argument("--password", action="store_true",
+                        help="log in with a password: on first use the key is stored on the server network "
+                             "sealed under it; later, with an empty --key-dir, it is fetched and opened here "
+                             "(password from --password-file, else $SOCP_PASSWORD, else a prompt)")
+    parser.add_argument("--password-file", type=Path, metavar="FILE",
+                        help="file holding the login password (implies --password)")
+    parser.add_argument("--downloads", type=Path, default=DEFAULT_DOWNLOADS, metavar="DIR",
+                        help=f"where received files are saved (default ./{DEFAULT_DOWNLOADS})")
+    parser.add_argument("--max-file-size", type=int, default=DEFAULT_MAX_FILE_BYTES, metavar="BYTES",
+                        help="largest file sent or accepted (default 16 MiB)")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="connection and request timeout (default 10)")
     parser.add_argument("--log-level", default="WARNING", type=str.upper,
@@ -119,16 +162,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(argv: Sequence[str] | None, env_passphrase: str | None = None) -> ClientConfig:
+def config_from_args(argv: Sequence[str] | None, env_passphrase: str | None = None,
+                     env_password: str | None = None) -> ClientConfig:
     """Parse ``argv`` into a :class:`ClientConfig`; exits with status 2 on a usage error.
 
-    ``--passphrase-file`` wins over ``env_passphrase`` (the caller reads the environment).
-    Raises :class:`ConfigError` when the passphrase file cannot be read.
+    ``--passphrase-file`` wins over ``env_passphrase``, ``--password-file`` over ``env_password`` (the caller
+    reads the environment). Raises :class:`ConfigError` when a passphrase or password file cannot be read.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
+    if args.max_file_size < 0:
+        parser.error("--max-file-size must not be negative")
+    use_password = bool(args.password or args.password_file)
+    password: str | None = None
+    if args.password_file is not None:
+        try:
+            password = args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"cannot read password file {args.password_file}: {reason}") from exc
+    elif use_password and env_password:
+        password = env_password
+    if use_password and password == "":
+        raise ConfigError("the password must not be empty")
     passphrase: bytes | None = None
     if args.passphrase_file is not None:
         try:
@@ -138,16 +196,29 @@ def config_from_args(argv: Sequence[str] | None, env_passphrase: str | None = No
     elif env_passphrase:
         passphrase = env_passphrase.encode("utf-8")
     return ClientConfig(user=args.user, server=args.server, user_id=args.user_id, key_dir=args.key_dir,
-                        passphrase=passphrase or None, timeout=args.timeout, log_level=args.log_level)
+                        passphrase=passphrase or None, timeout=args.timeout, log_level=args.log_level,
+                        downloads=args.downloads, max_file_bytes=args.max_file_size, use_password=use_password,
+                        password=password)
 
 
-def main(argv: Sequence[str] | None = None, env_passphrase: str | None = None) -> int:
+def main(argv: Sequence[str] | None = None, env_passphrase: str | None = None,
+         env_password: str | None = None) -> int:
     """Run the client; returns the exit status."""
     try:
-        config = config_from_args(argv, env_passphrase)
+        config = config_from_args(argv, env_passphrase, env_password)
     except ConfigError as exc:
         _fail(str(exc))
         return EXIT_USAGE
+    if config.use_password and config.password is None:
+        try:
+            password = getpass.getpass(f"Password for {config.user}: ")
+        except (EOFError, KeyboardInterrupt):
+            _fail("no password given")
+            return EXIT_USAGE
+        if not password:
+            _fail("the password must not be empty")
+            return EXIT_USAGE
+        config = dataclasses.replace(config, password=password)
     logging.basicConfig(level=config.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -159,6 +230,8 @@ def main(argv: Sequence[str] | None = None, env_passphrase: str | None = None) -
 async def run(config: ClientConfig, say: Callable[[str], None] | None = None) -> int:
     """Load the identity, connect, and run the chat shell until /quit, end of input or a lost connection."""
     out = say or _say
+    if config.use_password:
+        return await _run_with_password(config, out)
     try:
         # Generating a key takes about half a second of CPU: keep the event loop free meanwhile.
         identity = await asyncio.to_thread(load_or_create_identity, config.key_dir, config.user, config.user_id,
@@ -170,7 +243,8 @@ async def run(config: ClientConfig, say: Callable[[str], None] | None = None) ->
         _fail(f"{exc} ({config.key_dir.expanduser() / (config.user + '.key.pem')})")
         return EXIT_CONNECTION
     try:
-        conn = await ClientConnection.connect(config.server, identity, timeout=config.timeout)
+        conn = await ClientConnection.connect(config.server, identity, timeout=config.timeout,
+                                              downloads=config.downloads, max_file_bytes=config.max_file_bytes)
     except ConnectionFailed as exc:
         _fail(str(exc))
         return EXIT_CONNECTION
@@ -182,6 +256,77 @@ async def run(config: ClientConfig, say: Callable[[str], None] | None = None) ->
         out(f"Connected to {config.server} as {config.user}")
         out(f"[bootstrap] learned SERVER pubkey for {conn.server_id[:8]}")
         return await ChatShell(conn, out, timeout=config.timeout).run(_stdin_lines())
+
+
+async def _run_with_password(config: ClientConfig, out: Callable[[str], None]) -> int:
+    """``--password``: use the local key and (re)register the password, or log in with the password alone.
+
+    - the key dir holds this user's key: connect with it and store it sealed under the password (again);
+    - it does not: log in by name; the server network hands over the sealed key, opened here in memory
+      (nothing is written to the key dir, so a borrowed machine keeps no trace);
+    - nobody has that login yet: create a new identity in the key dir and register it.
+    """
+    assert config.password is not None
+    password = config.password
+    _json_path, pem_path = identity_paths(config.key_dir.expanduser(), config.user)
+    registered = False
+    try:
+        if pem_path.exists():
+            conn = await _connect_local(config)
+            if conn is None:
+                return EXIT_USAGE
+            registered = True
+        else:
+            try:
+                conn = await ClientConnection.login(config.server, config.user, password, timeout=config.timeout,
+                                                    downloads=config.downloads,
+                                                    max_file_bytes=config.max_file_bytes)
+            except UserNotFound:
+                conn = await _connect_local(config)
+                if conn is None:
+                    return EXIT_USAGE
+                registered = True
+        if registered:
+            try:
+                await conn.register_password(password, login=config.user, timeout=config.timeout)
+            except BaseException:
+                await conn.close()
+                raise
+    except AuthFailed:
+        _fail(f"login refused: wrong password for {config.user}")
+        return EXIT_CONNECTION
+    except ConnectionFailed as exc:
+        _fail(str(exc))
+        return EXIT_CONNECTION
+    except ProtocolError as exc:
+        _fail(f"{config.server} refused us: {exc.code}: {_clean(exc.detail) or _ERROR_SENTENCES.get(exc.code)}")
+        return EXIT_CONNECTION
+    except (ConfigError, CryptoError) as exc:
+        _fail(str(exc))
+        return EXIT_USAGE
+    except TimeoutError as exc:
+        _fail(str(exc))
+        return EXIT_CONNECTION
+    async with conn:
+        out(f"Connected to {config.server} as {config.user}")
+        out(f"[bootstrap] learned SERVER pubkey for {conn.server_id[:8]}")
+        if registered:
+            out(f"[login] password registered for {config.user}: log in from any node with --password")
+        else:
+            out(f"[login] logged in as {config.user} with a password (key recovered from the network)")
+        return await ChatShell(conn, out, timeout=config.timeout).run(_stdin_lines())
+
+
+async def _connect_local(config: ClientConfig) -> ClientConnection | None:
+    """Load or create the identity in the key dir and connect with it (None: already reported)."""
+    try:
+        identity = await asyncio.to_thread(load_or_create_identity, config.key_dir, config.user, config.user_id,
+                                           config.passphrase)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return None
+    return await ClientConnection.connect(config.server, identity, timeout=config.timeout,
+                                          downloads=config.downloads, max_file_bytes=config.max_file_bytes)
 
 
 class _Finished(Exception):
@@ -201,12 +346,14 @@ class ChatShell:
         self._timeout = timeout
         # Who each recent message went to, so that a later USER_NOT_FOUND about it can name them.
         self._sent: OrderedDict[str, str] = OrderedDict()
+        self._group: asyncio.TaskGroup | None = None
 
     async def run(self, lines: asyncio.Queue[str | None]) -> int:
         """Serve until /quit or end of input (0) or until the connection is lost (1)."""
         status = EXIT_OK
         try:
             async with asyncio.TaskGroup() as group:
+                self._group = group
                 group.create_task(self._pump_events())
                 group.create_task(self._pump_commands(lines))
         except* _Finished as finished:
@@ -229,6 +376,24 @@ class ChatShell:
         """Print what ``event`` means to the user (nothing for events of no interest)."""
         if isinstance(event, DirectMessage):
             self._say(f"{_clean(event.sender_label)}: {_clean(event.text)}")
+        elif isinstance(event, PublicMessage):
+            self._say(f"[all] {_clean(event.sender_label)}: {_clean(event.text)}")
+        elif isinstance(event, PublicMessageUnreadable):
+            self._say(f"[warning] public message from {_clean(event.sender_label)} could not be read: "
+                      f"{_clean(event.reason)}")
+        elif isinstance(event, FileIncoming):
+            self._say(f"[file] {_clean(event.sender_label)} is sending {_clean(event.name)} ({_size_text(event.size)})")
+        elif isinstance(event, FileProgress):
+            self._say(f"[file] {_clean(event.name)} from {_clean(event.sender_label)}: "
+                      f"{event.received * 100 // max(1, event.size)}% ({_size_text(event.received)} of "
+                      f"{_size_text(event.size)})")
+        elif isinstance(event, FileReceived):
+            where = _clean(event.path) if event.path else "kept in memory (no downloads folder)"
+            self._say(f"[file] received {_clean(event.name)} from {_clean(event.sender_label)} "
+                      f"({_size_text(event.size)}, SHA-256 verified): {where}")
+        elif isinstance(event, FileRejected):
+            self._say(f"[file] rejected {_clean(event.name)} from {_clean(event.sender_label)}: "
+                      f"{_clean(event.reason)}; nothing was saved")
         elif isinstance(event, UserOnline):
             if event.is_new and event.record.user_id != self._conn.user_id:
                 label = _clean(event.record.label)
@@ -257,6 +422,9 @@ class ChatShell:
             name = self._sent.get(event.msg_ref) or self._label_of(recipient)
             if name:
                 return f"user {_clean(name)} is not online"
+        if (event.msg_ref or "").startswith("FILE_") and event.detail:
+            # The server's words say which file and which limit; the generic sentence would not.
+            return _clean(event.detail)
         return _ERROR_SENTENCES.get(event.code) or _clean(event.detail) or "the server reported an error"
 
     def _label_of(self, user_id: str) -> str:
@@ -292,13 +460,66 @@ class ChatShell:
                 self._show_list(await self._conn.list_users(self._timeout))
             elif command == "/tell":
                 await self._tell(rest)
+            elif command == "/all":
+                if not rest.strip():
+                    self._say("[error] usage: /all <text>")
+                else:
+                    await self._conn.send_public(rest.strip())
+            elif command == "/file":
+                await self._file(rest)
+            elif command == "/whois":
+                await self._whois(rest.strip())
             else:
                 self._say(f"[error] unknown command {_clean(command)}; type /help for the list of commands")
         except ProtocolError as exc:
             self._say(f"[error] {exc.code}: {_clean(exc.detail)}")
-        except TimeoutError as exc:
-            self._say(f"[error] {exc}")
+        except (TimeoutError, ClientError) as exc:
+            self._say(f"[error] {_clean(str(exc))}")
         return True
+
+    async def _file(self, rest: str) -> None:
+        target, _, path_text = rest.strip().partition(" ")
+        path_text = path_text.strip()
+        if not target or not path_text:
+            self._say("[error] usage: /file <name|id|all> <path>")
+            return
+        if target == "all":
+            label = "everyone"
+        else:
+            record = self._conn.session.resolve(target)
+            target, label = record.user_id, record.label
+        path = Path(path_text).expanduser()
+        if self._group is None:
+            await self._send_file(target, path, label)
+        else:
+            # A big file takes a while (the chunks are paced): keep reading commands meanwhile.
+            self._group.create_task(self._send_file(target, path, label))
+
+    async def _send_file(self, target: str, path: Path, label: str) -> None:
+        try:
+            await self._conn.send_file(target, path)
+        except ProtocolError as exc:
+            self._say(f"[error] {exc.code}: {_clean(exc.detail)}")
+        except ClientError as exc:
+            if isinstance(exc, ConnectionLost):
+                raise
+            self._say(f"[error] {_clean(str(exc))}")
+        else:
+            size = path.stat().st_size if path.exists() else 0
+            self._say(f"[file] sent {_clean(path.name)} to {_clean(label)} ({_size_text(size)})")
+
+    async def _whois(self, target: str) -> None:
+        if not target:
+            self._say("[error] usage: /whois <name|id>")
+            return
+        if not _looks_like_uuid(target):
+            with contextlib.suppress(UserNotFound):  # not online: ask the registry by login name
+                target = self._conn.session.resolve(target).user_id
+        entry = await self._conn.lookup_user(target, self._timeout)
+        where = (f"online via server {entry.server_id[:8]}" if entry.online
+                 else f"offline (registered via server {entry.home_server[:8]})")
+        login = f"  login {_clean(entry.login)}" if entry.login else ""
+        self._say(f"{_clean(entry.label)}  {entry.user_id}  key {crypto_fingerprint(entry.pubkey)}  {where}{login}")
 
     async def _tell(self, rest: str) -> None:
         target, _, text = rest.strip().partition(" ")

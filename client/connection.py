@@ -2,9 +2,15 @@
 
 Usage::
 
-    async with await ClientConnection.connect("ws://127.0.0.1:8765", identity) as conn:
+    async with await ClientConnection.connect("ws://127.0.0.1:8765", identity, downloads=Path("dl")) as conn:
         await conn.send_direct("bob", "hi")
+        await conn.send_public("hello everyone")
+        await conn.send_file("bob", Path("report.pdf"))          # or "all" for the public channel
         message = await conn.wait_for(lambda e: isinstance(e, DirectMessage), 5.0, description="a message")
+
+    # With a password: register it once, then log in from anywhere with nothing but the password.
+    await conn.register_password("correct horse")
+    conn = await ClientConnection.login("ws://127.0.0.1:8766", "alice", "correct horse")
 
 The connection owns exactly one task, the reader, which feeds every frame to the session and queues the
 events it produces; :meth:`ClientConnection.close` cancels and awaits it, so nothing outlives the connection.
@@ -14,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
@@ -27,13 +35,21 @@ from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from client.errors import ConnectionFailed, ConnectionLost
+from client.downloads import SaveError, save_file
+from client.errors import ConnectionFailed, ConnectionLost, FileTransferError, LoginFailed
 from client.keystore import Identity
 from socp import crypto
+from socp.envelope import PUBLIC_GROUP
 from socp.errors import ERROR_BY_CODE, BadKey, ErrorCode, ProtocolError, SocpError
+from socp.login import LoginChallenged, LoginGranted, LoginRefused, LoginSession, make_login_record, register_frame
 from socp.presence import Directory, UserRecord
 from socp.user import (
+    DEFAULT_MAX_FILE_BYTES,
+    Acked,
     ClientEvent,
+    DirectoryEntry,
+    FileReceived,
+    FileRejected,
     FrameRejected,
     ServerError,
     ServerKeyChanged,
@@ -49,6 +65,11 @@ MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
 
 EVENT_QUEUE_LIMIT: Final = 10_000
 """Events kept for a consumer that does not read them; beyond it the oldest are dropped (bounded memory)."""
+
+FILE_FRAMES_PER_SECOND: Final = 150.0
+"""Pace of file frames: below the node's default per-connection rate limit (200/s), so no chunk is dropped."""
+FILE_FRAME_BURST: Final = 500
+"""Frames a file may send at once before the pace applies (the node's default burst is 1000)."""
 
 EventPredicate = Callable[[ClientEvent], bool]
 
@@ -72,11 +93,19 @@ class ClientConnection:
     :meth:`wait_for`; both discard the events they pass over.
     """
 
-    def __init__(self, websocket: WebSocket, session: UserSession, url: str) -> None:
+    def __init__(self, websocket: WebSocket, session: UserSession, url: str, *,
+                 downloads: Path | None = None) -> None:
         """Wrap an open WebSocket whose session is already welcomed; use :meth:`connect` instead."""
         self._ws = websocket
         self._session = session
         self.url = url
+        self.downloads = downloads
+        """Folder received files are written to; None keeps them in :class:`FileReceived` events only."""
+        self.identity: Identity | None = None
+        """Who we are: set by :meth:`connect` and by :meth:`login` (with the recovered key)."""
+        self._waiters: list[tuple[Callable[[ClientEvent], bool], asyncio.Future[ClientEvent]]] = []
+        self._file_tokens = float(FILE_FRAME_BURST)
+        self._file_tokens_at = time.monotonic()
         self._queue: asyncio.Queue[ClientEvent | _Closed] = asyncio.Queue(maxsize=EVENT_QUEUE_LIMIT)
         self._reader: asyncio.Task[None] | None = None
         self._closed_reason: str | None = None
@@ -89,12 +118,15 @@ class ClientConnection:
     @classmethod
     async def connect(cls, url: str, identity: Identity, *, meta: Mapping[str, Any] | None = None,
                       timeout: float = 10.0, expected_server_pub: str | None = None,
-                      sync_directory: bool = True) -> ClientConnection:
+                      sync_directory: bool = True, downloads: Path | None = None,
+                      max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> ClientConnection:
         """Connect to ``url``, send USER_HELLO and wait for the server's welcome.
 
         ``meta`` is merged over ``{"display_name": identity.display_name}``. With ``sync_directory`` the
         connection also fetches the user list before returning, so that :attr:`directory` already holds
-        everyone online (the UserOnline events of the initial adverts are queued as usual).
+        everyone online (the UserOnline events of the initial adverts are queued as usual). Received files
+        are written to ``downloads`` when given (see :class:`FileReceived`); ``max_file_bytes`` bounds the
+        files sent and accepted.
 
         Raises :class:`ConnectionFailed` (unreachable, handshake failed, no answer within ``timeout``,
         unacceptable answer), :class:`socp.errors.BadKey` when the server's key contradicts
@@ -102,15 +134,64 @@ class ClientConnection:
         (``NameInUse``, ``BadKey``, …).
         """
         hello_meta = {"display_name": identity.display_name, **dict(meta or {})}
-        session = UserSession(identity.user_id, identity.key, hello_meta, expected_server_pub)
+        session = UserSession(identity.user_id, identity.key, hello_meta, expected_server_pub,
+                              max_file_bytes=max_file_bytes)
+        websocket = await _open_websocket(url, timeout)
+        return await cls._welcome(websocket, session, url, identity, timeout, sync_directory, downloads)
+
+    @classmethod
+    async def login(cls, url: str, login: str, password: str, *, timeout: float = 10.0,
+                    expected_server_pub: str | None = None, sync_directory: bool = True,
+                    downloads: Path | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+                    ) -> ClientConnection:
+        """Log in as ``login`` with only a password: fetch the sealed key, open it here, say hello with it.
+
+        The password-derived keys are computed off the event loop (about 0.2 s). The recovered identity is
+        :attr:`identity`; nothing is written to disk. Raises :class:`socp.errors.UserNotFound` (no such
+        login), :class:`socp.errors.AuthFailed` (wrong password), :class:`socp.errors.RateLimited` (too many
+        attempts), :class:`LoginFailed` (an unusable answer or record) and what :meth:`connect` raises.
+        """
+        attempt = LoginSession(login, password, expected_server_pub)
+        websocket = await _open_websocket(url, timeout)
         try:
             async with asyncio.timeout(timeout):
-                websocket = await ws_connect(url, max_size=MAX_FRAME_BYTES, open_timeout=None)
+                granted = await cls._login_exchange(websocket, attempt, url)
         except TimeoutError:
-            raise ConnectionFailed(f"cannot connect to {url}: no answer within {timeout:g} s") from None
-        except (OSError, InvalidURI, InvalidHandshake, ValueError) as exc:
-            raise ConnectionFailed(f"cannot connect to {url}: {_describe_connect_error(exc)}") from exc
-        conn = cls(websocket, session, url)
+            await websocket.close()
+            raise ConnectionFailed(f"{url} did not complete the login within {timeout:g} s") from None
+        except BaseException:
+            await websocket.close()
+            raise
+        identity = Identity(granted.user_id, login, granted.key)
+        meta = {"display_name": login, **dict(granted.meta)}
+        session = UserSession(granted.user_id, granted.key, meta, granted.server_pub,
+                              max_file_bytes=max_file_bytes, login_nonce=attempt.nonce)
+        return await cls._welcome(websocket, session, url, identity, timeout, sync_directory, downloads)
+
+    @staticmethod
+    async def _login_exchange(websocket: WebSocket, attempt: LoginSession, url: str) -> LoginGranted:
+        await _send_on(websocket, attempt.request(now_ms()), url)
+        while True:
+            try:
+                message = await websocket.recv()
+            except ConnectionClosed as exc:
+                raise ConnectionFailed(f"{url} closed the connection during the login ({_close_text(exc)})") from None
+            for event in attempt.receive_text(message, now_ms()):
+                if isinstance(event, LoginChallenged):
+                    proof = await asyncio.to_thread(attempt.prove, now_ms())
+                    await _send_on(websocket, proof, url)
+                elif isinstance(event, LoginGranted):
+                    return event
+                elif isinstance(event, LoginRefused):
+                    if event.code == "LOCAL":
+                        raise LoginFailed(f"login at {url} failed: {event.detail}")
+                    raise _refusal(ServerError(event.code, event.detail))
+
+    @classmethod
+    async def _welcome(cls, websocket: WebSocket, session: UserSession, url: str, identity: Identity,
+                       timeout: float, sync_directory: bool, downloads: Path | None) -> ClientConnection:
+        conn = cls(websocket, session, url, downloads=downloads)
+        conn.identity = identity
         try:
             try:
                 async with asyncio.timeout(timeout):
@@ -198,6 +279,79 @@ class ClientConnection:
         frame = self._session.direct_message(record.user_id, text, now)
         await self._send(frame)
         return f"MSG_DIRECT:{self.user_id}:{record.user_id}:{now}"
+
+    async def send_public(self, text: str) -> str:
+        """Send ``text`` to everyone on the public channel; returns the MSG_PUBLIC_CHANNEL's msg_ref.
+
+        Our sender key is shared first with members who lack it, and replaced when a member has left.
+        """
+        now = now_ms()
+        for frame in self._session.public_message(text, now):
+            await self._send(frame)
+        return f"MSG_PUBLIC_CHANNEL:{self.user_id}:{PUBLIC_GROUP}:{now}"
+
+    async def send_file(self, name_or_id: str, path: Path | str, *,
+                        progress: Callable[[int, int], None] | None = None) -> str:
+        """Send the file at ``path`` to ``name_or_id``, or to the public channel when it is ``"all"``.
+
+        Returns the transfer's file_id. Frames are paced (:data:`FILE_FRAMES_PER_SECOND`) so that the node's
+        rate limit never drops a chunk; ``progress(sent_bytes, size)`` is called after each chunk.
+        Raises :class:`FileTransferError` (missing, unreadable, too large), :class:`socp.errors.UserNotFound`.
+        """
+        path = Path(path)
+        recipient = PUBLIC_GROUP if name_or_id == "all" else self._session.resolve(name_or_id).user_id
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise FileTransferError(f"cannot read {path}: {exc.strerror}") from None
+        limit = self._session.max_file_bytes
+        if size > limit:
+            raise FileTransferError(f"{path.name} is {_size_text(size)}, above the limit of {_size_text(limit)}")
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except OSError as exc:
+            raise FileTransferError(f"cannot read {path}: {exc.strerror}") from None
+        if len(data) > limit:  # it grew meanwhile
+            raise FileTransferError(f"{path.name} is {_size_text(len(data))}, above the limit of {_size_text(limit)}")
+        outgoing = self._session.send_file(recipient, path.name, data, now_ms())
+        while (frame := outgoing.next_frame(now_ms())) is not None:
+            await self._pace()
+            await self._send(frame)
+            if progress is not None:
+                progress(outgoing.sent_bytes, outgoing.size)
+        return outgoing.file_id
+
+    async def lookup_user(self, name_or_id: str, timeout: float = 10.0) -> DirectoryEntry:
+        """A registered user's key and status, online or not, answered and signed by our server.
+
+        ``name_or_id`` is a user id, else a login name. Raises :class:`socp.errors.UserNotFound`.
+        """
+        now = now_ms()
+        query = (self._session.directory_query(now, user_id=name_or_id) if _looks_like_uuid(name_or_id)
+                 else self._session.directory_query(now, login=name_or_id))
+        ref = f"DIRECTORY_QUERY:{self.user_id}:{self.server_id}:{now}"
+        event = await self._request(query, ref, timeout, "DIRECTORY_RESPONSE")
+        assert isinstance(event, DirectoryEntry)
+        return event
+
+    async def register_password(self, password: str, *, login: str | None = None,
+                                iterations: int = crypto.PBKDF2_MIN_ITERATIONS, timeout: float = 10.0) -> None:
+        """Store our private key on the server network, sealed under ``password`` (made here, signed by us).
+
+        ``login`` defaults to our display name. Afterwards :meth:`login` works on any node. The slow key
+        derivation runs off the event loop. Raises the :class:`ProtocolError` of a refusal (``NameInUse``
+        when another user holds the login).
+        """
+        identity = self.identity
+        if identity is None:
+            raise ConnectionLost("connection has no identity")
+        name = login or identity.display_name
+        now = now_ms()
+        record = await asyncio.to_thread(make_login_record, identity.key, self.user_id, name, password, now,
+                                         iterations=iterations)
+        now = now_ms()
+        frame = register_frame(record, self.user_id, self.server_id, now)
+        await self._request(frame, f"USER_REGISTER:{self.user_id}:{self.server_id}:{now}", timeout, "ACK")
 
     async def request_list(self) -> None:
         """Send LIST_REQUEST; the answer arrives as a :class:`socp.user.UserList` event."""
@@ -295,10 +449,39 @@ class ClientConnection:
                 self._list_waiters.remove(waiter)
 
     async def _send(self, text: str) -> None:
+        await _send_on(self._ws, text, self.url, lost=True)
+
+    async def _pace(self) -> None:
+        now = time.monotonic()
+        self._file_tokens = min(float(FILE_FRAME_BURST),
+                                self._file_tokens + (now - self._file_tokens_at) * FILE_FRAMES_PER_SECOND)
+        self._file_tokens_at = now
+        if self._file_tokens < 1:
+            await asyncio.sleep((1 - self._file_tokens) / FILE_FRAMES_PER_SECOND)
+            self._file_tokens = 1.0
+            self._file_tokens_at = time.monotonic()
+        self._file_tokens -= 1
+
+    async def _request(self, frame: str, msg_ref: str, timeout: float, answer: str) -> ClientEvent:
+        """Send ``frame`` and wait for the event answering it (matched by ``msg_ref``); a refusal raises."""
+        def answers(event: ClientEvent) -> bool:
+            return (isinstance(event, Acked | DirectoryEntry | ServerError)
+                    and getattr(event, "msg_ref", None) == msg_ref)
+
+        waiter: asyncio.Future[ClientEvent] = asyncio.get_running_loop().create_future()
+        self._waiters.append((answers, waiter))
         try:
-            await self._ws.send(text)
-        except ConnectionClosed as exc:
-            raise ConnectionLost(f"connection to {self.url} is closed ({_close_text(exc)})") from None
+            await self._send(frame)
+            async with asyncio.timeout(timeout):
+                event = await waiter
+        except TimeoutError:
+            raise TimeoutError(f"no {answer} from {self.url} within {timeout:g} s") from None
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove((answers, waiter))
+        if isinstance(event, ServerError):
+            raise _refusal(event)
+        return event
 
     async def _read_loop(self) -> None:
         failure: ConnectionClosed | None = None
@@ -322,6 +505,11 @@ class ClientConnection:
     def _dispatch(self, event: ClientEvent) -> None:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("event %r", event)  # DirectMessage keeps its text out of its repr
+        if isinstance(event, FileReceived) and self.downloads is not None:
+            event = self._save(event)
+        for predicate, answer in list(self._waiters):
+            if not answer.done() and predicate(event):
+                answer.set_result(event)
         if isinstance(event, UserList):
             for waiter in self._list_waiters:
                 if not waiter.done():
@@ -335,6 +523,16 @@ class ClientConnection:
             logger.info("refused a frame from %s: %s", self.url, event.reason)
         self._enqueue(event)
 
+    def _save(self, event: FileReceived) -> ClientEvent:
+        """Write a verified file into the downloads folder; the event then carries the path, not the data."""
+        assert self.downloads is not None
+        try:
+            path = save_file(self.downloads, event.name, event.data)
+        except SaveError as exc:
+            return FileRejected(event.sender_id, event.sender_label, event.file_id, event.name, str(exc))
+        logger.info("saved file %s from %s to %s", event.file_id, event.sender_id[:8], path)
+        return dataclasses.replace(event, data=b"", path=str(path))
+
     def _enqueue(self, item: ClientEvent | _Closed) -> None:
         if self._queue.full():
             self._queue.get_nowait()
@@ -344,11 +542,45 @@ class ClientConnection:
         self._queue.put_nowait(item)
 
     def _fail_list_waiters(self, exc: BaseException) -> None:
-        for waiter in self._list_waiters:
+        waiters: list[asyncio.Future[Any]] = [*self._list_waiters, *(answer for _, answer in self._waiters)]
+        for waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(exc)
                 # Nobody may await it any more (a cancelled list_users); mark it retrieved.
                 waiter.exception()
+
+
+async def _open_websocket(url: str, timeout: float) -> WebSocket:
+    try:
+        async with asyncio.timeout(timeout):
+            return await ws_connect(url, max_size=MAX_FRAME_BYTES, open_timeout=None)
+    except TimeoutError:
+        raise ConnectionFailed(f"cannot connect to {url}: no answer within {timeout:g} s") from None
+    except (OSError, InvalidURI, InvalidHandshake, ValueError) as exc:
+        raise ConnectionFailed(f"cannot connect to {url}: {_describe_connect_error(exc)}") from exc
+
+
+async def _send_on(websocket: WebSocket, text: str, url: str, *, lost: bool = False) -> None:
+    try:
+        await websocket.send(text)
+    except ConnectionClosed as exc:
+        message = f"connection to {url} is closed ({_close_text(exc)})"
+        raise (ConnectionLost(message) if lost else ConnectionFailed(message)) from None
+
+
+def _looks_like_uuid(text: str) -> bool:
+    parts = text.split("-")
+    return len(text) == 36 and [len(part) for part in parts] == [8, 4, 4, 4, 12]
+
+
+def _size_text(size: int) -> str:
+    """``1.5 MiB``-style sizes for messages."""
+    value = float(size)
+    for unit in ("bytes", "KiB", "MiB"):
+        if value < 1024 or unit == "MiB":
+            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} bytes"
 
 
 def _refusal(error: ServerError) -> SocpError:

@@ -60,6 +60,10 @@ class NodeConfig:
     """Interop switch: accept unsigned USER_HELLO."""
     show_identity: bool
     """Create the identity if needed, print it as JSON and exit."""
+    max_file_bytes: int = 16 * 1024 * 1024
+    """Largest file (FILE_START ``size``) routed; larger ones get TOO_LARGE."""
+    login_attempts: int = 5
+    """Failed password logins allowed per user id per minute."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sustained frames/s per user connection (default 200)")
     parser.add_argument("--rate-burst", type=int, default=1000, metavar="FRAMES",
                         help="burst of frames per user connection (default 1000)")
+    parser.add_argument("--max-file-size", type=int, default=16 * 1024 * 1024, metavar="BYTES",
+                        help="largest file routed; larger ones get TOO_LARGE (default 16 MiB)")
+    parser.add_argument("--login-attempts", type=int, default=5, metavar="N",
+                        help="failed password logins allowed per user id per minute (default 5)")
     parser.add_argument("--allow-unsigned-hello", action="store_true",
                         help="interop switch: accept USER_HELLO without a signature")
     parser.add_argument("--show-identity", action="store_true",
@@ -118,6 +126,8 @@ def config_from_args(args: argparse.Namespace, hostname: str) -> NodeConfig:
         raise ConfigError("intervals and timeouts must be positive")
     if args.rate_limit <= 0 or args.rate_burst < 1:
         raise ConfigError("--rate-limit and --rate-burst must be positive")
+    if args.max_file_size < 0 or args.login_attempts < 1:
+        raise ConfigError("--max-file-size must not be negative and --login-attempts must be at least 1")
     if args.peer_timeout <= args.heartbeat_interval:
         raise ConfigError("--peer-timeout must be longer than --heartbeat-interval")
     advertise_host = args.advertise_host or (hostname if args.host in ("0.0.0.0", "::") else args.host)
@@ -134,7 +144,7 @@ def config_from_args(args: argparse.Namespace, hostname: str) -> NodeConfig:
         presence_sync_interval=args.presence_sync_interval, replay_window=args.replay_window,
         max_frame_bytes=args.max_frame_bytes, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
         allow_unsigned_hello=args.allow_unsigned_hello,
-        show_identity=args.show_identity,
+        show_identity=args.show_identity, max_file_bytes=args.max_file_size, login_attempts=args.login_attempts,
     )
 
 

@@ -33,6 +33,9 @@ from socp.actions import (
     LinkId,
     LinkUp,
     PeerFault,
+    PublicChannelVersion,
+    PublicWrapStored,
+    RegistrationStored,
     Send,
     ServerPinned,
     UserJoined,
@@ -83,8 +86,10 @@ class NodeRuntime:
                          ) as server:
             port = self._bound_port(server)
             self.state = ServerState(self._settings(port), self.identity.key, now=now_ms(), rng=random.Random(),
-                                     registered_users=self.database.registered_users(),
-                                     pinned_servers=self.database.pinned_servers())
+                                     registrations=self.database.registrations(self.identity.server_id),
+                                     pinned_servers=self.database.pinned_servers(),
+                                     public_version=self.database.public_version(),
+                                     public_wraps=self.database.public_wraps())
             self.state.start(now_ms())
             self._log.info("%s %s listening on ws://%s:%d", "introducer" if self.config.introducer else "server",
                            self.config.name, self.config.host, port)
@@ -199,7 +204,13 @@ class NodeRuntime:
     def _record(self, event: object) -> None:
         now = now_ms()
         if isinstance(event, UserRegistered):
-            self.database.register_user(event.user_id, event.pubkey, event.meta, now)
+            self.database.register_user(event.user_id, event.pubkey, event.meta, now, self._state().server_id)
+        elif isinstance(event, RegistrationStored):
+            self.database.store_registration(event.registration)
+        elif isinstance(event, PublicChannelVersion):
+            self.database.set_public_version(event.version)
+        elif isinstance(event, PublicWrapStored):
+            self.database.store_wrap(event.member_id, event.wrapped_key)
         elif isinstance(event, ServerPinned):
             self.database.pin_server(event.server_id, event.pubkey, event.trusted, now)
         elif isinstance(event, IdentityAssigned):
@@ -263,4 +274,5 @@ class NodeRuntime:
             allow_unsigned_hello=config.allow_unsigned_hello, rate_per_second=config.rate_limit,
             rate_burst=config.rate_burst,
             backoff_initial_ms=min(500, int(config.heartbeat_interval * 1000)),
+            max_file_bytes=config.max_file_bytes, login_max_failures=config.login_attempts,
         )

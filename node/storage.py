@@ -1,8 +1,18 @@
-"""The node's persistent state: identity and key files, and the SQLite database (WIRE §6)."""
+"""The node's persistent state: identity and key files, and the SQLite database (WIRE §6).
+
+Schema history (``PRAGMA user_version``; each step is one migration in :data:`_MIGRATIONS`, applied in a
+transaction, so a file is always at exactly one version):
+
+1. the standard's ``users``, ``groups`` (row ``public``/``system``), ``group_members``, plus ``server_pins``;
+2. the network-wide registry and password login: ``users.home_server``, ``users.login`` (unique),
+   ``users.login_version``, ``users.login_sig``; ``users.privkey_store`` / ``users.pake_password`` hold the
+   client-made records as JSON text.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import uuid
@@ -12,9 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from socp import crypto
-from socp.errors import ConfigError, CryptoError
+from socp.errors import ConfigError, CryptoError, ProtocolError
+from socp.registry import LoginRecord, Registration
 
-SCHEMA_VERSION = 1
+logger = logging.getLogger("socp.node.storage")
+
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x50C9  # marks the file as ours, so a foreign SQLite file is refused instead of altered
 
 _MIGRATIONS: dict[int, str] = {
@@ -50,7 +63,16 @@ _MIGRATIONS: dict[int, str] = {
     );
     INSERT INTO groups (group_id, creator_id, created_at, meta, version) VALUES ('public', 'system', 0, '{}', 1);
     """,
+    2: """
+    ALTER TABLE users ADD COLUMN home_server TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN login TEXT;
+    ALTER TABLE users ADD COLUMN login_version INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN login_sig TEXT;
+    CREATE UNIQUE INDEX users_login ON users(login) WHERE login IS NOT NULL;
+    """,
 }
+
+_REQUIRED_TABLES = ("users", "groups", "group_members", "server_pins")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +141,24 @@ class Database:
         self.path = path
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open database {path} ({exc})") from None
+        try:
+            # Checked before anything is written: a foreign or damaged file is refused, never "repaired".
+            integrity = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if integrity != "ok":
+                raise ConfigError(f"database {path} is corrupt ({integrity}); restore a backup or move it away "
+                                  "to start afresh (its users would be lost)")
+            self._migrate()
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
         except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"database {path} is unusable ({exc}); move it away to start afresh") from None
+            self._db.close()
+            raise ConfigError(f"database {path} is unusable ({exc}); restore a backup or move it away to start "
+                              "afresh") from None
+        except ConfigError:
+            self._db.close()
+            raise
 
     def _migrate(self) -> None:
         application_id = self._db.execute("PRAGMA application_id").fetchone()[0]
@@ -134,8 +169,23 @@ class Database:
         if version > SCHEMA_VERSION:
             raise ConfigError(f"database {self.path} has schema {version}, newer than this node's {SCHEMA_VERSION}")
         for target in range(version + 1, SCHEMA_VERSION + 1):
-            self._db.executescript(f"BEGIN; {_MIGRATIONS[target]}; PRAGMA application_id={APPLICATION_ID}; "
-                                   f"PRAGMA user_version={target}; COMMIT;")
+            try:
+                self._db.executescript(f"BEGIN; {_MIGRATIONS[target]}; PRAGMA application_id={APPLICATION_ID}; "
+                                       f"PRAGMA user_version={target}; COMMIT;")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise ConfigError(f"database {self.path}: migration to schema {target} failed ({exc}); the file "
+                                  f"is unchanged at schema {target - 1}") from None
+            if target > 1:
+                logger.info("database %s migrated to schema %d", self.path, target)
+        present = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        missing = [table for table in _REQUIRED_TABLES if table not in present]
+        if missing:
+            raise ConfigError(f"database {self.path} claims schema {SCHEMA_VERSION} but lacks tables {missing}; "
+                              "restore a backup or move it away")
+        self._db.execute("INSERT OR IGNORE INTO groups (group_id, creator_id, created_at, meta, version) "
+                         "VALUES ('public', 'system', 0, '{}', 1)")
 
     @property
     def schema_version(self) -> int:
@@ -146,14 +196,86 @@ class Database:
         """user_id → pubkey of every user ever registered here."""
         return dict(self._db.execute("SELECT user_id, pubkey FROM users").fetchall())
 
-    def register_user(self, user_id: str, pubkey: str, meta: Mapping[str, Any], now: int) -> None:
-        """Record a user's key (first hello) or refresh its meta; adds it to the public channel."""
+    def register_user(self, user_id: str, pubkey: str, meta: Mapping[str, Any], now: int,
+                      home_server: str = "") -> None:
+        """Record a local user's key (first hello) or refresh its meta; adds it to the public channel."""
         self._db.execute(
-            "INSERT INTO users (user_id, pubkey, meta) VALUES (?, ?, ?) "
+            "INSERT INTO users (user_id, pubkey, meta, home_server) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(user_id) DO UPDATE SET meta=excluded.meta, version=version+1 WHERE meta != excluded.meta",
-            (user_id, pubkey, json.dumps(dict(meta), sort_keys=True)))
+            (user_id, pubkey, json.dumps(dict(meta), sort_keys=True), home_server))
         self._db.execute("INSERT OR IGNORE INTO group_members (group_id, member_id, role, added_at) "
                          "VALUES ('public', ?, 'member', ?)", (user_id, now))
+
+    def store_registration(self, registration: Registration) -> None:
+        """Insert or update a registry record (never its key: a user id is bound to one key for good)."""
+        login = registration.login
+        row = (registration.user_id, registration.pubkey, json.dumps(dict(registration.meta), sort_keys=True),
+               registration.home_server, login.login if login else None,
+               json.dumps(dict(login.privkey_store), sort_keys=True) if login else None,
+               json.dumps(dict(login.pake_password), sort_keys=True) if login else None,
+               login.version if login else 0, login.content_sig if login else None)
+        try:
+            self._db.execute(
+                "INSERT INTO users (user_id, pubkey, meta, home_server, login, privkey_store, pake_password, "
+                "login_version, login_sig) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(user_id) DO UPDATE SET meta=excluded.meta, "
+                "home_server=CASE WHEN home_server = '' THEN excluded.home_server ELSE home_server END, "
+                "login=excluded.login, privkey_store=excluded.privkey_store, pake_password=excluded.pake_password, "
+                "login_version=excluded.login_version, login_sig=excluded.login_sig, version=version+1 "
+                "WHERE excluded.login_version >= login_version", row)
+        except sqlite3.IntegrityError as exc:
+            # The core keeps logins unique; a clash here means the file was edited by hand. Keep serving.
+            logger.error("cannot store user %s: %s", registration.user_id[:8], exc)
+
+    def registrations(self, default_home: str) -> list[Registration]:
+        """Every registry record; rows from schema 1 (no home server) are attributed to ``default_home``.
+
+        A row whose password records no longer parse is loaded without them (and logged), never dropped.
+        """
+        result = []
+        for (user_id, pubkey, meta, home, login, store, pake, version, sig) in self._db.execute(
+                "SELECT user_id, pubkey, meta, home_server, login, privkey_store, pake_password, login_version, "
+                "login_sig FROM users"):
+            record = None
+            if login is not None:
+                try:
+                    record = LoginRecord.from_wire({"login": login, "privkey_store": json.loads(store),
+                                                    "pake_password": json.loads(pake), "version": version,
+                                                    "content_sig": sig})
+                except (ValueError, TypeError, ProtocolError) as exc:
+                    logger.error("user %s: stored password records are unusable (%s); loading without them",
+                                 user_id[:8], exc)
+            try:
+                meta_value = json.loads(meta)
+            except ValueError:
+                meta_value = {}
+            result.append(Registration(user_id, pubkey, home or default_home,
+                                       meta_value if isinstance(meta_value, dict) else {}, record))
+        return result
+
+    def public_version(self) -> int:
+        """The public channel's membership version (``groups.version`` of ``public``)."""
+        row = self._db.execute("SELECT version FROM groups WHERE group_id='public'").fetchone()
+        return int(row[0]) if row else 0
+
+    def set_public_version(self, version: int) -> None:
+        """Persist the public channel's membership version."""
+        self._db.execute("UPDATE groups SET version=? WHERE group_id='public'", (version,))
+
+    def public_members(self) -> list[str]:
+        """Member ids of the public channel (users registered on this server)."""
+        return [row[0] for row in self._db.execute(
+            "SELECT member_id FROM group_members WHERE group_id='public' ORDER BY member_id")]
+
+    def public_wraps(self) -> dict[str, str]:
+        """member_id → the latest wrapped public-channel key that member was sent."""
+        return dict(self._db.execute("SELECT member_id, wrapped_key FROM group_members "
+                                     "WHERE group_id='public' AND wrapped_key IS NOT NULL").fetchall())
+
+    def store_wrap(self, member_id: str, wrapped_key: str) -> None:
+        """Remember the latest wrap a member was sent (a ciphertext; never a clear key)."""
+        self._db.execute("UPDATE group_members SET wrapped_key=? WHERE group_id='public' AND member_id=?",
+                         (wrapped_key, member_id))
 
     def pinned_servers(self) -> dict[str, str]:
         """server_id → pubkey of every pinned server."""

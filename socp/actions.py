@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from socp.registry import Registration
+
 LinkId = int
 
 
@@ -111,4 +113,27 @@ class PeerFault:
     fatal: bool
 
 
-Event = IdentityAssigned | UserRegistered | ServerPinned | LinkUp | LinkDown | UserJoined | UserLeft | PeerFault
+@dataclass(frozen=True, slots=True)
+class RegistrationStored:
+    """The registry learned or changed a user record (password records, gossip); the shell persists it."""
+
+    registration: Registration
+
+
+@dataclass(frozen=True, slots=True)
+class PublicChannelVersion:
+    """This server's public-channel membership version changed (a local member joined or left)."""
+
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class PublicWrapStored:
+    """A local member was sent a wrapped public-channel key (the latest one is kept; never a clear key)."""
+
+    member_id: str
+    wrapped_key: str = field(repr=False)
+
+
+Event = (IdentityAssigned | UserRegistered | ServerPinned | LinkUp | LinkDown | UserJoined | UserLeft | PeerFault
+         | RegistrationStored | PublicChannelVersion | PublicWrapStored)

@@ -30,10 +30,11 @@ def b64url_decode(text: str) -> bytes:
         raise BadFrame("value is not valid base64url") from exc
 
 
-def canonical_json(payload: Mapping[str, Any]) -> bytes:
+def canonical_json(payload: Mapping[str, Any] | list[Any]) -> bytes:
     """The canonical payload bytes that transport signatures cover (WIRE §2).
 
-    ``json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)``, UTF-8.
+    ``json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)``, UTF-8. A list is
+    accepted too: a key share's ``content_sig`` covers ``canonical(shares)`` (WIRE §5).
     """
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
 

@@ -3,13 +3,17 @@
 - keys: RSA-4096, e = 65537, for users and servers; public keys travel as base64url DER SPKI;
 - encryption: RSA-OAEP(SHA-256), plaintext split into 446-byte pieces, 512-byte blocks concatenated;
 - signatures: RSASSA-PSS(SHA-256), salt length 32 when signing, any salt length when verifying;
-- symmetric: AES-256-GCM with a 12-byte nonce (public channel, file chunks in public mode).
+- symmetric: AES-256-GCM with a 12-byte nonce (public channel, file chunks in public mode);
+- content signatures of every user frame kind (direct, public channel, key share, file);
+- password login (project extension): PBKDF2-SHA256 (>= 600 000 iterations) then HKDF into two independent
+  keys, one sealing the private key on the client, one proving knowledge of the password to servers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +23,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from socp.codec import accepted_payload_forms, b64url_decode, b64url_encode, canonical_json
 from socp.errors import BadFrame, BadKey, CryptoError
@@ -217,3 +222,158 @@ def sign_direct(key: PrivateKey, ciphertext: str, sender: str, recipient: str, t
 def verify_direct(key: PublicKey, signature: str, ciphertext: str, sender: str, recipient: str, ts: int) -> bool:
     """Verify a direct message ``content_sig`` in either accepted form."""
     return any(verify(key, form, signature) for form in direct_content_forms(ciphertext, sender, recipient, ts))
+
+
+def _text_and_raw_forms(ciphertext: str, tail: bytes) -> list[bytes]:
+    """``ciphertext`` as its base64url text, then as raw bytes (the accepted variant), followed by ``tail``."""
+    forms = [ciphertext.encode("utf-8") + tail]
+    with contextlib.suppress(BadFrame):
+        forms.append(b64url_decode(ciphertext) + tail)
+    return forms
+
+
+def public_content_forms(ciphertext: str, sender: str, ts: int) -> list[bytes]:
+    """What a MSG_PUBLIC_CHANNEL ``content_sig`` may cover: ``ciphertext + from + str(ts)`` (text, then raw)."""
+    return _text_and_raw_forms(ciphertext, (sender + str(ts)).encode("utf-8"))
+
+
+def sign_public(key: PrivateKey, ciphertext: str, sender: str, ts: int) -> str:
+    """``content_sig`` of a public-channel message."""
+    return sign(key, public_content_forms(ciphertext, sender, ts)[0])
+
+
+def verify_public(key: PublicKey, signature: str, ciphertext: str, sender: str, ts: int) -> bool:
+    """Verify a public-channel ``content_sig`` in either accepted form."""
+    return any(verify(key, form, signature) for form in public_content_forms(ciphertext, sender, ts))
+
+
+def key_share_content(shares: list[Any], creator_pub: str) -> bytes:
+    """What a PUBLIC_CHANNEL_KEY_SHARE ``content_sig`` covers: ``canonical(shares) + creator_pub``."""
+    return canonical_json(shares) + creator_pub.encode("utf-8")
+
+
+def sign_key_share(key: PrivateKey, shares: list[Any], creator_pub: str) -> str:
+    """``content_sig`` of a key share."""
+    return sign(key, key_share_content(shares, creator_pub))
+
+
+def verify_key_share(key: PublicKey, signature: str, shares: list[Any], creator_pub: str) -> bool:
+    """Verify a key share's ``content_sig``."""
+    return verify(key, key_share_content(shares, creator_pub), signature)
+
+
+def file_content(file_id: str, name: str, size: int, sha256: str, sender: str, to: str, ts: int) -> bytes:
+    """What a FILE_START ``content_sig`` covers: ``file_id + name + str(size) + sha256 + from + to + str(ts)``."""
+    return (file_id + name + str(size) + sha256 + sender + to + str(ts)).encode("utf-8")
+
+
+def sign_file(key: PrivateKey, file_id: str, name: str, size: int, sha256: str, sender: str, to: str,
+              ts: int) -> str:
+    """``content_sig`` of a FILE_START."""
+    return sign(key, file_content(file_id, name, size, sha256, sender, to, ts))
+
+
+def verify_file(key: PublicKey, signature: str, file_id: str, name: str, size: int, sha256: str, sender: str,
+                to: str, ts: int) -> bool:
+    """Verify a FILE_START ``content_sig``."""
+    return verify(key, file_content(file_id, name, size, sha256, sender, to, ts), signature)
+
+
+def sha256_hex(data: bytes) -> str:
+    """Lower-case hex SHA-256 of ``data`` (the ``sha256`` field of FILE_START)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def group_key_id(key: bytes) -> str:
+    """The id of a public-channel sender key: derived from the key, so one key always has one id.
+
+    A one-way function of a random 256-bit key reveals nothing about it.
+    """
+    return b64url_encode(hashlib.sha256(b"socp public channel key id\x00" + key).digest()[:12])
+
+
+def random_token(nbytes: int = 24) -> str:
+    """An unpredictable base64url token (login nonces, file ids)."""
+    return b64url_encode(os.urandom(nbytes))
+
+
+# --- password login (project extension, docs/PROTOCOL.md §9) -------------------------------------------
+
+PBKDF2_MIN_ITERATIONS = 600_000
+"""OWASP's 2023 floor for PBKDF2-HMAC-SHA256; clients refuse records asking for fewer (a server could
+otherwise ask for a cheap derivation and brute-force the verifier it is sent)."""
+PBKDF2_MAX_ITERATIONS = 20_000_000
+"""Ceiling, so that a hostile record cannot make a client spin for minutes."""
+SALT_BYTES = 16
+
+
+def new_salt() -> bytes:
+    """A random salt for a password derivation or a verifier hash."""
+    return os.urandom(SALT_BYTES)
+
+
+def derive_password_keys(password: str, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+    """``(sealing_key, verifier)`` from a password: PBKDF2-SHA256 once, then HKDF into two independent keys.
+
+    The sealing key encrypts the private key on the client and never leaves it; the verifier is what the
+    client shows a server to prove it knows the password. Knowing one tells nothing about the other.
+    Slow on purpose (about 0.2 s at 600 000 iterations). Raises :class:`CryptoError` for iterations
+    outside [:data:`PBKDF2_MIN_ITERATIONS`, :data:`PBKDF2_MAX_ITERATIONS`] or an empty salt.
+    """
+    if not PBKDF2_MIN_ITERATIONS <= iterations <= PBKDF2_MAX_ITERATIONS:
+        raise CryptoError(f"password derivation needs {PBKDF2_MIN_ITERATIONS}..{PBKDF2_MAX_ITERATIONS} "
+                          f"iterations, got {iterations}")
+    if len(salt) < 8:
+        raise CryptoError("password derivation needs a salt of at least 8 bytes")
+    master = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    sealing = HKDF(hashes.SHA256(), 32, salt=None, info=b"socp privkey_store sealing key").derive(master)
+    verifier = HKDF(hashes.SHA256(), 32, salt=None, info=b"socp pake_password verifier").derive(master)
+    return sealing, verifier
+
+
+def verifier_hash(verifier: bytes, salt: bytes) -> bytes:
+    """What a server stores of a verifier: SHA-256(salt || verifier) (the verifier is already slow-derived)."""
+    return hashlib.sha256(salt + verifier).digest()
+
+
+def verifier_matches(verifier: bytes, salt: bytes, expected_hash: bytes) -> bool:
+    """Constant-time check of a presented verifier against its stored hash."""
+    return hmac.compare_digest(verifier_hash(verifier, salt), expected_hash)
+
+
+def _store_aad(user_id: str) -> bytes:
+    # Binding the blob to its user id stops a server from serving one user's blob as another's.
+    return b"socp privkey_store\x00" + user_id.encode("utf-8")
+
+
+def seal_private_key(key: PrivateKey, sealing_key: bytes, user_id: str) -> str:
+    """base64url of nonce || AES-256-GCM(PKCS#8 DER of ``key``), bound to ``user_id``."""
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    nonce = os.urandom(AES_NONCE_BYTES)
+    return b64url_encode(nonce + AESGCM(sealing_key).encrypt(nonce, der, _store_aad(user_id)))
+
+
+def open_private_key(sealed: str, sealing_key: bytes, user_id: str) -> PrivateKey:
+    """Inverse of :func:`seal_private_key`; raises :class:`CryptoError` (wrong password, altered blob, weak key)."""
+    try:
+        blob = b64url_decode(sealed)
+    except BadFrame as exc:
+        raise CryptoError("privkey_store is not base64url") from exc
+    if len(blob) < AES_NONCE_BYTES + 16:
+        raise CryptoError("privkey_store is too short")
+    try:
+        der = AESGCM(sealing_key).decrypt(blob[:AES_NONCE_BYTES], blob[AES_NONCE_BYTES:], _store_aad(user_id))
+    except InvalidTag:
+        raise CryptoError("privkey_store does not open with this password") from None
+    try:
+        key = serialization.load_der_private_key(der, password=None)
+    except (ValueError, TypeError):
+        raise CryptoError("privkey_store does not hold a private key") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise CryptoError("privkey_store does not hold an RSA key")
+    try:
+        check_key_strength(key.public_key())
+    except BadKey as exc:
+        raise CryptoError(f"privkey_store holds a weak key: {exc.detail}") from None
+    return key

@@ -20,7 +20,11 @@ PUBLIC_GROUP = "public"
 
 
 class FrameType(enum.StrEnum):
-    """Every frame type SOCP v1.3 defines (case-sensitive on the wire)."""
+    """Every frame type SOCP v1.3 defines (case-sensitive on the wire), then this project's extensions.
+
+    The extensions (password login, user registry, directory lookups; docs/PROTOCOL.md §9) are only ever
+    sent to peers that speak them: our own clients, and servers that announced themselves as ours.
+    """
 
     SERVER_HELLO_JOIN = "SERVER_HELLO_JOIN"
     SERVER_WELCOME = "SERVER_WELCOME"
@@ -45,6 +49,15 @@ class FrameType(enum.StrEnum):
     FILE_END = "FILE_END"
     ACK = "ACK"
     ERROR = "ERROR"
+    # --- project extensions (docs/PROTOCOL.md §9) ---
+    USER_LOGIN_REQUEST = "USER_LOGIN_REQUEST"
+    USER_LOGIN_CHALLENGE = "USER_LOGIN_CHALLENGE"
+    USER_LOGIN_PROOF = "USER_LOGIN_PROOF"
+    USER_LOGIN_GRANTED = "USER_LOGIN_GRANTED"
+    USER_REGISTER = "USER_REGISTER"
+    DIRECTORY_QUERY = "DIRECTORY_QUERY"
+    DIRECTORY_RESPONSE = "DIRECTORY_RESPONSE"
+    SERVER_USER_RECORDS = "SERVER_USER_RECORDS"
 
 
 # Required payload fields and their JSON types, checked once at the edge.  Fields a type needs only in
@@ -69,11 +82,22 @@ PAYLOAD_SCHEMA: dict[FrameType, dict[str, tuple[type, ...]]] = {
     FrameType.PUBLIC_CHANNEL_KEY_SHARE: {"shares": _LIST, "creator_pub": _STR, "content_sig": _STR},
     FrameType.PUBLIC_CHANNEL_ADD: {"add": _LIST},
     FrameType.PUBLIC_CHANNEL_UPDATED: {"wraps": _LIST},
-    FrameType.FILE_START: {"file_id": _STR, "name": _STR, "size": _INT, "sha256": _STR},
+    FrameType.FILE_START: {"file_id": _STR, "name": _STR, "size": _INT, "sha256": _STR, "sender_pub": _STR,
+                           "content_sig": _STR},
     FrameType.FILE_CHUNK: {"file_id": _STR, "index": _INT, "ciphertext": _STR},
     FrameType.FILE_END: {"file_id": _STR},
     FrameType.ACK: {"msg_ref": _STR},
     FrameType.ERROR: {"code": _STR},
+    FrameType.USER_LOGIN_REQUEST: {"login": _STR},
+    FrameType.USER_LOGIN_CHALLENGE: {"login": _STR, "user_id": _STR, "kdf": _DICT, "nonce": _STR,
+                                     "server_id": _STR, "server_pub": _STR},
+    FrameType.USER_LOGIN_PROOF: {"login": _STR, "nonce": _STR, "verifier": _STR},
+    FrameType.USER_LOGIN_GRANTED: {"user_id": _STR, "pubkey": _STR, "privkey_store": _DICT},
+    FrameType.USER_REGISTER: {"login": _STR, "privkey_store": _DICT, "pake_password": _DICT, "version": _INT,
+                              "content_sig": _STR},
+    FrameType.DIRECTORY_QUERY: {},
+    FrameType.DIRECTORY_RESPONSE: {"user_id": _STR, "pubkey": _STR},
+    FrameType.SERVER_USER_RECORDS: {"records": _LIST},
 }
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,8 @@
     │   ├── StaleFrame             ``ts`` outside the replay window                       (STALE)
     │   ├── UserNotFound           recipient unknown                                      (USER_NOT_FOUND)
     │   ├── NameInUse              user id already connected here                         (NAME_IN_USE)
-    │   └── RateLimited            too many frames on one connection                      (RATE_LIMITED)
+    │   ├── RateLimited            too many frames on one connection, or login attempts   (RATE_LIMITED)
+    │   └── AuthFailed             wrong password at login (project extension)            (AUTH_FAILED)
     ├── CryptoError                local crypto failure (decryption, key file); never sent on the wire
     └── ConfigError                invalid configuration or bootstrap file
 
@@ -38,6 +39,7 @@ class ErrorCode(enum.StrEnum):
     TOO_LARGE = "TOO_LARGE"
     RATE_LIMITED = "RATE_LIMITED"
     STALE = "STALE"
+    AUTH_FAILED = "AUTH_FAILED"
 
 
 class SocpError(Exception):
@@ -121,6 +123,12 @@ class RateLimited(ProtocolError):
     code = ErrorCode.RATE_LIMITED
 
 
+class AuthFailed(ProtocolError):
+    """A login proof did not match the stored password verifier (project extension, PROTOCOL.md §9)."""
+
+    code = ErrorCode.AUTH_FAILED
+
+
 class CryptoError(SocpError):
     """A local cryptographic operation failed (decryption, key loading); never shown to peers."""
 
@@ -132,5 +140,5 @@ class ConfigError(SocpError):
 ERROR_BY_CODE: dict[ErrorCode, type[ProtocolError]] = {
     cls.code: cls
     for cls in (BadFrame, TooLarge, UnknownType, InvalidSignature, BadKey, StaleFrame, UserNotFound,
-                NameInUse, RateLimited)
+                NameInUse, RateLimited, AuthFailed)
 }

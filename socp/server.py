@@ -19,8 +19,8 @@ import enum
 import logging
 import random
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from socp import crypto
@@ -35,14 +35,19 @@ from socp.actions import (
     LinkId,
     LinkUp,
     PeerFault,
+    PublicChannelVersion,
+    PublicWrapStored,
+    RegistrationStored,
     Send,
     ServerPinned,
     UserJoined,
     UserLeft,
     UserRegistered,
 )
-from socp.envelope import BROADCAST, Envelope, FrameType
+from socp.codec import b64url_decode
+from socp.envelope import BROADCAST, PUBLIC_GROUP, Envelope, FrameType
 from socp.errors import (
+    AuthFailed,
     BadFrame,
     BadKey,
     ErrorCode,
@@ -50,16 +55,34 @@ from socp.errors import (
     NameInUse,
     ProtocolError,
     RateLimited,
+    TooLarge,
     UserNotFound,
 )
 from socp.presence import Directory, UserRecord, display_label, meta_of
+from socp.registry import LoginRecord, LoginThrottle, Registration, normalize_login, registration_from_wire
 from socp.replay import DEFAULT_WINDOW_MS, ReplayCache
 
 logger = logging.getLogger("socp.server")
 
-# User frames a server routes without reading them: delivered under their own type locally, wrapped in
-# SERVER_DELIVER with ``kind`` between servers (WIRE §4.6).
-ROUTED_USER_FRAMES = frozenset({FrameType.MSG_DIRECT})
+# User frames a server routes to one recipient without reading them: delivered under their own type locally,
+# wrapped in SERVER_DELIVER with ``kind`` between servers (WIRE §4.6). File frames are routed only once their
+# FILE_START passed the sender-binding and content_sig checks (see _on_file_frame).
+ROUTED_USER_FRAMES = frozenset({FrameType.MSG_DIRECT, FrameType.FILE_START, FrameType.FILE_CHUNK,
+                                FrameType.FILE_END})
+FILE_FRAMES = frozenset({FrameType.FILE_START, FrameType.FILE_CHUNK, FrameType.FILE_END})
+PUBLIC_FRAMES = frozenset({FrameType.MSG_PUBLIC_CHANNEL, FrameType.PUBLIC_CHANNEL_KEY_SHARE})
+# What may travel in SERVER_DELIVER with ``user_id: "public"`` (WIRE §4.6): public-channel frames and
+# public-mode files.
+PUBLIC_KINDS = PUBLIC_FRAMES | FILE_FRAMES
+
+DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
+LOGIN_GRACE_MS = 60_000
+"""How long a connection may take from USER_LOGIN_CHALLENGE to USER_HELLO (the client runs a slow KDF)."""
+RECORDS_PER_FRAME = 50
+"""Registry records per SERVER_USER_RECORDS frame (about 5 kB each, far below the frame limit)."""
+MAX_SHARES = 5_000
+"""Most shares one PUBLIC_CHANNEL_KEY_SHARE may carry (a bound on the work one frame can cause)."""
+_FILE_SLACK = 64 * 1024
 
 
 class _SilentDrop(Exception):
@@ -109,6 +132,12 @@ class ServerSettings:
     """Cap of the reconnection delay."""
     allow_unsigned_hello: bool = False
     """Interop switch: accept USER_HELLO without a proof-of-possession signature."""
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    """Largest file (FILE_START ``size``) this server routes; larger ones get TOO_LARGE."""
+    login_max_failures: int = 5
+    """Failed password logins allowed per user id within ``login_window_ms``."""
+    login_window_ms: int = 60_000
+    """Window of the login rate limit."""
 
 
 class LinkRole(enum.Enum):
@@ -136,6 +165,10 @@ class _Link:
     tokens_at: int = 0
     rate_limited_at: int = -1_000_000    # when the last RATE_LIMITED was sent (one per second at most)
     closing: bool = False
+    pending_until: int = 0               # a login in progress may stay pending this long
+    login_user: str = ""                 # user id a login challenge was issued for
+    login_nonce: str = ""                # the challenge's nonce; USER_HELLO must echo it after a login
+    login_granted: bool = False
 
 
 @dataclass(slots=True)
@@ -154,6 +187,17 @@ class _Forward:
     sender: str          # local user who sent it
     user_msg_ref: str    # msg_ref of the user's original frame
     expires: int
+    file_key: tuple[str, str] | None = None  # (sender, file_id) of a forwarded file frame
+
+
+@dataclass(slots=True)
+class _FileTransfer:
+    """A file whose verified FILE_START this server routed; its chunks may follow."""
+
+    to: str
+    size: int
+    budget: int          # ciphertext characters still allowed (bounds a sender that lies about the size)
+    expires: int
 
 
 @dataclass(slots=True)
@@ -169,7 +213,8 @@ class ServerState:
 
     def __init__(self, settings: ServerSettings, key: crypto.PrivateKey, *, now: int,
                  rng: random.Random | None = None, registered_users: Mapping[str, str] | None = None,
-                 pinned_servers: Mapping[str, str] | None = None) -> None:
+                 pinned_servers: Mapping[str, str] | None = None, registrations: Iterable[Registration] = (),
+                 public_version: int = 0, public_wraps: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self.server_id = settings.server_id
         self._key = key
@@ -181,7 +226,25 @@ class ServerState:
         self._server_links: dict[str, LinkId] = {}
         self._pubkey_cache: dict[str, crypto.PublicKey] = {}
         self._locals: dict[str, _Local] = {}
-        self._registered: dict[str, str] = dict(registered_users or {})
+        # The user registry (user id -> key binding, password records), network-wide through replication.
+        self._registry: dict[str, Registration] = {
+            user_id: Registration(user_id, pubkey, settings.server_id)
+            for user_id, pubkey in (registered_users or {}).items()}
+        self._logins: dict[str, str] = {}
+        for registration in registrations:
+            self._registry[registration.user_id] = registration
+        for registration in self._registry.values():
+            if registration.login is not None:
+                self._logins.setdefault(registration.login.login, registration.user_id)
+        self._throttle = LoginThrottle(settings.login_max_failures, settings.login_window_ms)
+        self._no_records_peers: set[str] = set()
+        # Public channel (WIRE §5): membership version, the latest wrap each local member received, and what
+        # other servers announced of their members.
+        self._public_version = public_version
+        self._latest_wraps: dict[str, str] = dict(public_wraps or {})
+        self._remote_members: dict[str, tuple[int, set[str]]] = {}
+        self._files: dict[tuple[str, str], _FileTransfer] = {}
+        self._refused_files: dict[tuple[str, str], int] = {}
         self.directory = Directory()
         self.replay = ReplayCache(settings.replay_window_ms)
         self._forwards: dict[str, list[_Forward]] = {}
@@ -259,6 +322,7 @@ class ServerState:
             for record in dropped:
                 self._push_to_users(FrameType.USER_REMOVE, now,
                                     {"user_id": record.user_id, "server_id": server_id})
+            self._remote_members.pop(server_id, None)
             self._events.append(LinkDown(server_id, link_id, reason, len(dropped)))
             self._log.info("link to server %s down (%s); %d users unreachable", server_id[:8], reason,
                            len(dropped))
@@ -313,7 +377,8 @@ class ServerState:
                                   now - link.last_seen)
                 self._close(link, "peer timeout")
                 self.link_closed(link.link_id, now, reason="peer timeout")
-            elif link.role is LinkRole.PENDING and now - link.opened_at > self.settings.peer_timeout_ms:
+            elif (link.role is LinkRole.PENDING and now - link.opened_at > self.settings.peer_timeout_ms
+                  and now > link.pending_until):
                 self._close(link, "no hello within the peer timeout")
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.settings.heartbeat_interval_ms
@@ -328,12 +393,16 @@ class ServerState:
             self._link_openers = {key: expiry for key, expiry in self._link_openers.items() if expiry >= now}
             self._forwards = {ref: live for ref, forwards in self._forwards.items()
                               if (live := [fwd for fwd in forwards if fwd.expires > now])}
+            # A transfer whose chunks stopped coming is forgotten after one replay window.
+            self._files = {key: transfer for key, transfer in self._files.items() if transfer.expires > now}
+            self._refused_files = {key: expiry for key, expiry in self._refused_files.items() if expiry > now}
 
     def next_deadline(self) -> int:
         """The earliest ``now`` at which :meth:`handle_timer` has work."""
         deadlines = [self._next_heartbeat, self._next_sync]
         timeout = self.settings.peer_timeout_ms + 1
-        deadlines.extend((link.last_seen if link.role is LinkRole.SERVER else link.opened_at) + timeout
+        deadlines.extend(link.last_seen + timeout if link.role is LinkRole.SERVER
+                         else max(link.opened_at + timeout, link.pending_until + 1)
                          for link in self._links.values()
                          if link.role in (LinkRole.SERVER, LinkRole.PENDING) and not link.closing)
         if self._join_due is not None:
@@ -379,8 +448,20 @@ class ServerState:
             "server_id": self.server_id, "introducer": self.settings.introducer, "joined": self.joined,
             "healthy": self.healthy, "linked_servers": self.linked_servers,
             "known_servers": self.known_servers, "local_users": len(self._locals),
-            "known_users": len(self.directory),
+            "known_users": len(self.directory), "registered_users": len(self._registry),
+            "public_channel": {"version": self._public_version, "local_members": len(self._locals),
+                               "members": len(self._locals) + sum(len(members) for _, members
+                                                                  in self._remote_members.values())},
         }
+
+    def registration(self, user_id: str) -> Registration | None:
+        """What the registry holds for ``user_id`` (any server's user), or None."""
+        return self._registry.get(user_id)
+
+    @property
+    def public_version(self) -> int:
+        """This server's public-channel membership version."""
+        return self._public_version
 
     # --- dispatch --------------------------------------------------------------------------------
 
@@ -397,13 +478,17 @@ class ServerState:
     def _first_frame(self, link: _Link, frame: Envelope, now: int) -> None:
         if frame.type is FrameType.USER_HELLO:
             self._on_user_hello(link, frame, now)
+        elif frame.type is FrameType.USER_LOGIN_REQUEST:
+            self._on_login_request(link, frame, now)
+        elif frame.type is FrameType.USER_LOGIN_PROOF:
+            self._on_login_proof(link, frame, now)
         elif frame.type is FrameType.SERVER_HELLO_JOIN:
             self._on_hello_join(link, frame, now)
         elif frame.type in (FrameType.SERVER_ANNOUNCE, FrameType.SERVER_HELLO_LINK):
             self._on_direct_announce(link, frame, now)
         else:
-            raise BadFrame(f"a new connection must start with USER_HELLO, SERVER_HELLO_JOIN or SERVER_ANNOUNCE, "
-                           f"not {frame.type}", msg_ref=frame.msg_ref, fatal=True)
+            raise BadFrame(f"a new connection must start with USER_HELLO, USER_LOGIN_REQUEST, SERVER_HELLO_JOIN "
+                           f"or SERVER_ANNOUNCE, not {frame.type}", msg_ref=frame.msg_ref, fatal=True)
 
     # --- server links ----------------------------------------------------------------------------
 
@@ -527,6 +612,9 @@ class ServerState:
             FrameType.SERVER_DELIVER: self._on_server_deliver,
             FrameType.ERROR: self._on_server_error,
             FrameType.ACK: self._on_server_ack,
+            FrameType.SERVER_USER_RECORDS: self._on_user_records,
+            FrameType.PUBLIC_CHANNEL_ADD: self._on_public_add,
+            FrameType.PUBLIC_CHANNEL_UPDATED: self._on_public_updated,
         }.get(frame.type)
         if handler is None:
             raise BadFrame(f"{frame.type} is not allowed on a server link", msg_ref=frame.msg_ref)
@@ -623,6 +711,9 @@ class ServerState:
         payload = dict(frame.payload)
         recipient = payload.pop("user_id")
         kind_name = payload.pop("kind", FrameType.MSG_DIRECT.value)
+        if recipient == PUBLIC_GROUP:
+            self._on_public_deliver(frame, kind_name, payload, now)
+            return
         local = self._locals.get(recipient)
         if local is None:
             self._send(link, env.error_frame(self.server_id, link.peer, now, ErrorCode.USER_NOT_FOUND,
@@ -653,6 +744,13 @@ class ServerState:
             # A peer without snapshots gets our users one advert at a time (WIRE §4.5).
             self._legacy_peers.add(link.peer)
             self._send_presence_sync(link, now)
+        if frame.payload.get("code") == ErrorCode.UNKNOWN_TYPE and str(ref).startswith("SERVER_USER_RECORDS:"):
+            # Another implementation without our registry extension: stop sending it records.
+            self._no_records_peers.add(link.peer)
+        if forward is not None and forward.file_key is not None:
+            if self._files.pop(forward.file_key, None) is None:
+                return  # the sender was already told about this file; one ERROR per transfer is enough
+            self._refused_files[forward.file_key] = now + self.settings.replay_window_ms
         self._log.info("server %s reported %s: %s", link.peer[:8], frame.payload.get("code"),
                        frame.payload.get("detail"))
         if forward is not None and forward.sender in self._locals:
@@ -682,9 +780,15 @@ class ServerState:
         elif not self.settings.allow_unsigned_hello:
             raise InvalidSignature("USER_HELLO must be signed with the user's key", msg_ref=frame.msg_ref,
                                    fatal=True)
+        login_nonce = frame.payload.get("login_nonce")
+        if login_nonce is not None and not (link.login_granted and login_nonce == link.login_nonce
+                                            and user_id == link.login_user):
+            raise BadFrame("USER_HELLO login_nonce does not match a granted login on this connection",
+                           msg_ref=frame.msg_ref, fatal=True)
         if not self.replay.admit(frame, now):
             return  # a replayed hello is dropped silently like every duplicate; the link times out
-        registered = self._registered.get(user_id)
+        registration = self._registry.get(user_id)
+        registered = registration.pubkey if registration is not None else None
         known = self.directory.get(user_id)
         if (registered and registered != key_text) or (known and known.pubkey != key_text):
             raise BadKey(f"user {user_id} is registered under another key", msg_ref=frame.msg_ref, fatal=True)
@@ -695,8 +799,11 @@ class ServerState:
             raise NameInUse(f"user {user_id} is already connected via server {known.server_id}",
                             msg_ref=frame.msg_ref)
         meta = {k: v for k, v in meta_of(frame.payload).items() if k != "pubkey"}
-        if registered is None:
-            self._registered[user_id] = key_text
+        if registration is None or registration.meta != meta:
+            registration = (Registration(user_id, key_text, self.server_id, meta) if registration is None
+                            else replace(registration, meta=meta))
+            self._registry[user_id] = registration
+            self._send_records([registration], now)
         self._events.append(UserRegistered(user_id, key_text, meta))
         link.role, link.peer = LinkRole.USER, user_id
         self._locals[user_id] = _Local(user_id, link.link_id, key_text, meta)
@@ -714,6 +821,7 @@ class ServerState:
         for server_link in self._server_link_list():
             self._send_text(server_link, advert.to_wire())
         self._push_to_users(FrameType.USER_ADVERTISE, now, self._advert_payload(record), exclude=user_id)
+        self._public_member_joined(user_id, now)
         self._events.append(UserJoined(user_id, record.label))
         self._log.info("user %s (%s) connected", user_id[:8], record.label)
 
@@ -729,6 +837,7 @@ class ServerState:
         for server_link in self._server_link_list():
             self._send_text(server_link, removal.to_wire())
         self._push_to_users(FrameType.USER_REMOVE, now, payload)
+        self._public_member_left(local.user_id, now)
         label = display_label(local.user_id, local.meta)
         self._events.append(UserLeft(local.user_id, label))
         self._log.info("user %s (%s) disconnected", local.user_id[:8], label)
@@ -744,14 +853,23 @@ class ServerState:
             self._send(link, self._make(FrameType.LIST_RESPONSE, link.peer, now, {"users": users}))
         elif frame.type is FrameType.HEARTBEAT:
             return
+        elif frame.type in FILE_FRAMES:
+            self._on_file_frame(link, frame, now)
         elif frame.type in ROUTED_USER_FRAMES:
             self._route_user_frame(link, frame, now)
+        elif frame.type in PUBLIC_FRAMES:
+            self._on_public_frame(link, frame, now)
+        elif frame.type is FrameType.USER_REGISTER:
+            self._on_register(link, frame, now)
+        elif frame.type is FrameType.DIRECTORY_QUERY:
+            self._on_directory_query(link, frame, now)
         elif frame.type in (FrameType.ACK, FrameType.ERROR):
             self._log.debug("user %s sent %s %s", link.peer[:8], frame.type, dict(frame.payload))
         else:
             raise BadFrame(f"{frame.type} is not something a user may send (yet)", msg_ref=frame.msg_ref)
 
-    def _route_user_frame(self, link: _Link, frame: Envelope, now: int) -> None:
+    def _route_user_frame(self, link: _Link, frame: Envelope, now: int,
+                          file_key: tuple[str, str] | None = None) -> None:
         local_sender = self._locals[link.peer]
         payload = frame.payload
         if frame.type is FrameType.MSG_DIRECT:
@@ -784,8 +902,348 @@ class ServerState:
             body["kind"] = frame.type.value
         out = self._make_at(FrameType.SERVER_DELIVER, self.server_id, location, frame.ts, body)
         self._forwards.setdefault(out.msg_ref, []).append(
-            _Forward(frame.sender, frame.msg_ref, now + self.settings.replay_window_ms))
+            _Forward(frame.sender, frame.msg_ref, now + self.settings.replay_window_ms, file_key))
         self._send(self._links[server_link_id], out)
+
+    # --- public channel (WIRE §5) ----------------------------------------------------------------
+
+    def _on_public_frame(self, link: _Link, frame: Envelope, now: int) -> None:
+        """A local user's MSG_PUBLIC_CHANNEL or PUBLIC_CHANNEL_KEY_SHARE: check it, then fan it out."""
+        sender = self._locals[link.peer]
+        payload = frame.payload
+        if frame.type is FrameType.MSG_PUBLIC_CHANNEL:
+            if frame.to != PUBLIC_GROUP:
+                raise BadFrame("MSG_PUBLIC_CHANNEL must be addressed to 'public'", msg_ref=frame.msg_ref)
+            self._check_sender_pub(sender, payload["sender_pub"], frame)
+            if not crypto.verify_public(self._public_key(sender.pubkey), payload["content_sig"],
+                                        payload["ciphertext"], frame.sender, frame.ts):
+                raise InvalidSignature("content_sig does not verify", msg_ref=frame.msg_ref)
+        else:
+            if frame.to not in (BROADCAST, PUBLIC_GROUP):
+                raise BadFrame("PUBLIC_CHANNEL_KEY_SHARE must be addressed to '*'", msg_ref=frame.msg_ref)
+            self._check_sender_pub(sender, payload["creator_pub"], frame)
+            shares = self._checked_shares(frame)
+            if not crypto.verify_key_share(self._public_key(sender.pubkey), payload["content_sig"], shares,
+                                           payload["creator_pub"]):
+                raise InvalidSignature("content_sig does not verify", msg_ref=frame.msg_ref)
+            self._record_wraps(shares)
+        self._fan_out_public(frame.type, frame.sender, frame.ts, payload, now)
+
+    def _checked_shares(self, frame: Envelope) -> list[Any]:
+        shares = frame.payload["shares"]
+        if len(shares) > MAX_SHARES:
+            raise BadFrame(f"a key share may carry at most {MAX_SHARES} shares", msg_ref=frame.msg_ref)
+        for share in shares:
+            if not (isinstance(share, dict) and isinstance(share.get("member"), str)
+                    and isinstance(share.get("wrapped_public_channel_key"), str)):
+                raise BadFrame("each share needs 'member' and 'wrapped_public_channel_key' strings",
+                               msg_ref=frame.msg_ref)
+        return list(shares)
+
+    def _record_wraps(self, shares: list[Any]) -> None:
+        for share in shares:
+            member = share.get("member") if isinstance(share, dict) else None
+            wrapped = share.get("wrapped_public_channel_key") if isinstance(share, dict) else None
+            if member in self._locals and isinstance(member, str) and isinstance(wrapped, str):
+                self._latest_wraps[member] = wrapped
+                self._events.append(PublicWrapStored(member, wrapped))
+
+    def _fan_out_public(self, kind: FrameType, sender: str, ts: int, payload: Mapping[str, Any], now: int) -> None:
+        """Hand a verified public frame to every local member but its sender, and to every other server.
+
+        The transport signature covers the payload only, so one signature serves every copy.
+        """
+        self._deliver_public_locally(kind, sender, ts, payload)
+        body = {k: v for k, v in payload.items() if k not in ("user_id", "kind", "sender")}
+        body.update({"user_id": PUBLIC_GROUP, "sender": sender, "kind": kind.value})
+        signature = crypto.sign_payload(self._key, body)
+        for server_link in self._server_link_list():
+            out = Envelope(FrameType.SERVER_DELIVER, self.server_id, server_link.peer, ts, body, signature)
+            if logger.isEnabledFor(logging.DEBUG):
+                self._log.debug("> %s %s on link %d", out.type, out.msg_ref, server_link.link_id)
+            self._send_text(server_link, out.to_wire())
+
+    def _deliver_public_locally(self, kind: FrameType, sender: str, ts: int, payload: Mapping[str, Any]) -> None:
+        members = [local for local in self._locals.values() if local.user_id != sender]
+        if not members:
+            return
+        to = BROADCAST if kind is FrameType.PUBLIC_CHANNEL_KEY_SHARE else PUBLIC_GROUP
+        text = self._make_at(kind, sender, to, ts, payload).to_wire()
+        for local in members:
+            self._send_text(self._links[local.link_id], text)
+
+    def _on_public_deliver(self, frame: Envelope, kind_name: str, payload: dict[str, Any], now: int) -> None:
+        """A SERVER_DELIVER with ``user_id: "public"``: hand it to every local member (WIRE §4.6)."""
+        try:
+            kind = FrameType(kind_name)
+        except ValueError:
+            kind = FrameType.MSG_DIRECT
+        if kind not in PUBLIC_KINDS:
+            raise BadFrame(f"SERVER_DELIVER to 'public' cannot carry kind {kind_name!r}", msg_ref=frame.msg_ref)
+        sender = payload.pop("sender", None)
+        if not isinstance(sender, str):
+            raise BadFrame("SERVER_DELIVER to 'public' needs the sending user in 'sender'", msg_ref=frame.msg_ref)
+        if kind is FrameType.PUBLIC_CHANNEL_KEY_SHARE:
+            shares = payload.get("shares")
+            if isinstance(shares, list):
+                self._record_wraps(shares)
+        self._deliver_public_locally(kind, sender, frame.ts, payload)
+
+    def _public_member_joined(self, user_id: str, now: int) -> None:
+        self._public_version += 1
+        self._events.append(PublicChannelVersion(self._public_version))
+        add = self._make(FrameType.PUBLIC_CHANNEL_ADD, BROADCAST, now,
+                         {"add": [user_id], "if_version": self._public_version - 1})
+        for server_link in self._server_link_list():
+            self._send_text(server_link, add.to_wire())
+
+    def _public_member_left(self, user_id: str, now: int) -> None:
+        self._public_version += 1
+        self._events.append(PublicChannelVersion(self._public_version))
+        for server_link in self._server_link_list():
+            self._send_public_snapshot(server_link, now)
+
+    def _send_public_snapshot(self, link: _Link, now: int) -> None:
+        wraps = [{"member_id": user_id, "wrapped_key": self._latest_wraps.get(user_id, "")}
+                 for user_id in sorted(self._locals)]
+        self._send(link, self._make(FrameType.PUBLIC_CHANNEL_UPDATED, link.peer, now,
+                                    {"version": self._public_version, "wraps": wraps}))
+
+    def _on_public_add(self, link: _Link, frame: Envelope, now: int) -> None:
+        if not self._verified_from_server(link, frame, now):
+            return
+        added = [user_id for user_id in frame.payload["add"] if isinstance(user_id, str)]
+        version, members = self._remote_members.get(link.peer, (0, set()))
+        if_version = frame.payload.get("if_version")
+        if isinstance(if_version, int) and if_version != version and link.peer in self._remote_members:
+            # Out of step (a lost frame); the peer's next PUBLIC_CHANNEL_UPDATED snapshot repairs it.
+            self._log.debug("PUBLIC_CHANNEL_ADD from %s for version %s, we hold %d", link.peer[:8], if_version,
+                            version)
+        new_version = if_version + 1 if isinstance(if_version, int) else version + 1
+        self._remote_members[link.peer] = (new_version, members | set(added))
+
+    def _on_public_updated(self, link: _Link, frame: Envelope, now: int) -> None:
+        if not self._verified_from_server(link, frame, now):
+            return
+        members = {item["member_id"] for item in frame.payload["wraps"]
+                   if isinstance(item, dict) and isinstance(item.get("member_id"), str)}
+        version = frame.payload.get("version")
+        self._remote_members[link.peer] = (version if isinstance(version, int) else 0, members)
+
+    # --- files (WIRE §5) -------------------------------------------------------------------------
+
+    def _on_file_frame(self, link: _Link, frame: Envelope, now: int) -> None:
+        """FILE_START is checked like a direct message and sets up the transfer; chunks follow only then."""
+        payload = frame.payload
+        file_key = (frame.sender, payload["file_id"])
+        if frame.type is FrameType.FILE_START:
+            self._check_file_start(link, frame)
+            if file_key in self._files:
+                raise BadFrame(f"file_id {payload['file_id']} is already being sent", msg_ref=frame.msg_ref)
+            transfer = _FileTransfer(frame.to, payload["size"], 2 * payload["size"] + _FILE_SLACK,
+                                     now + self.settings.replay_window_ms)
+        else:
+            existing = self._files.get(file_key)
+            if existing is None:
+                if file_key in self._refused_files:
+                    return  # the sender was told once when the transfer failed
+                raise BadFrame(f"{frame.type} for file_id {payload['file_id']} without an accepted FILE_START",
+                               msg_ref=frame.msg_ref)
+            transfer = existing
+            if frame.to != transfer.to:
+                raise BadFrame(f"{frame.type} addressed to {frame.to}, but the file goes to {transfer.to}",
+                               msg_ref=frame.msg_ref)
+            if frame.type is FrameType.FILE_CHUNK:
+                transfer.budget -= len(payload["ciphertext"])
+                if transfer.budget < 0:
+                    self._files.pop(file_key, None)
+                    self._refused_files[file_key] = now + self.settings.replay_window_ms
+                    raise TooLarge(f"file {payload['file_id']} carries more data than its announced "
+                                   f"{transfer.size} bytes; transfer stopped", msg_ref=frame.msg_ref, fatal=False)
+            transfer.expires = now + self.settings.replay_window_ms
+        try:
+            if transfer.to == PUBLIC_GROUP:
+                self._fan_out_public(frame.type, frame.sender, frame.ts, payload, now)
+            else:
+                self._route_user_frame(link, frame, now, file_key)
+        except ProtocolError:
+            # Tell the sender once; later frames of the same file are dropped quietly.
+            self._files.pop(file_key, None)
+            self._refused_files[file_key] = now + self.settings.replay_window_ms
+            raise
+        if frame.type is FrameType.FILE_END:
+            self._files.pop(file_key, None)
+        else:
+            self._files[file_key] = transfer
+
+    def _check_file_start(self, link: _Link, frame: Envelope) -> None:
+        sender = self._locals[link.peer]
+        payload = frame.payload
+        mode = payload.get("mode", "dm")
+        if mode not in ("dm", "public"):
+            raise BadFrame("FILE_START mode must be 'dm' or 'public'", msg_ref=frame.msg_ref)
+        if (mode == "public") != (frame.to == PUBLIC_GROUP):
+            raise BadFrame("FILE_START mode 'public' goes to 'public', mode 'dm' to a user", msg_ref=frame.msg_ref)
+        size = payload["size"]
+        if size < 0:
+            raise BadFrame("FILE_START size must not be negative", msg_ref=frame.msg_ref)
+        if size > self.settings.max_file_bytes:
+            raise TooLarge(f"file of {size} bytes exceeds this server's limit of {self.settings.max_file_bytes} "
+                           f"bytes ({self.settings.max_file_bytes / 1048576:.0f} MiB)", msg_ref=frame.msg_ref,
+                           fatal=False)
+        self._check_sender_pub(sender, payload["sender_pub"], frame)
+        if not crypto.verify_file(self._public_key(sender.pubkey), payload["content_sig"], payload["file_id"],
+                                  payload["name"], size, payload["sha256"], frame.sender, frame.to, frame.ts):
+            raise InvalidSignature("content_sig does not verify", msg_ref=frame.msg_ref)
+
+    def _check_sender_pub(self, sender: _Local, sender_pub: str, frame: Envelope) -> None:
+        if crypto.normalize_public_key(sender_pub) != sender.pubkey:
+            raise BadFrame("sender_pub is not the key this user registered", msg_ref=frame.msg_ref)
+
+    # --- registry, password login and directory (project extension, PROTOCOL.md §9) ---------------
+
+    def _on_register(self, link: _Link, frame: Envelope, now: int) -> None:
+        """USER_REGISTER: store the user's own password records (made and signed on the client)."""
+        user_id = link.peer
+        local = self._locals[user_id]
+        record = LoginRecord.from_wire({**frame.payload, "login": normalize_login(frame.payload["login"])})
+        if not record.verify(user_id, local.pubkey):
+            raise InvalidSignature("USER_REGISTER content_sig does not verify with this user's key",
+                                   msg_ref=frame.msg_ref)
+        owner = self._logins.get(record.login)
+        if owner is not None and owner != user_id:
+            raise NameInUse(f"login {record.login!r} belongs to another user", msg_ref=frame.msg_ref, fatal=False)
+        current = self._registry.get(user_id) or Registration(user_id, local.pubkey, self.server_id, local.meta)
+        if current.login is not None and current.login.version > record.version:
+            raise BadFrame("USER_REGISTER is older than the stored password record", msg_ref=frame.msg_ref)
+        self._store_login(current, record)
+        self._send(link, self._make(FrameType.ACK, user_id, now, {"msg_ref": frame.msg_ref}))
+        self._log.info("user %s registered a password login", user_id[:8])
+        self._send_records([self._registry[user_id]], now)
+
+    def _store_login(self, current: Registration, record: LoginRecord) -> None:
+        if current.login is not None and current.login.login != record.login:
+            self._logins.pop(current.login.login, None)
+        self._logins[record.login] = current.user_id
+        updated = current.with_login(record)
+        self._registry[current.user_id] = updated
+        self._events.append(RegistrationStored(updated))
+
+    def _on_login_request(self, link: _Link, frame: Envelope, now: int) -> None:
+        if self.settings.introducer:
+            raise BadFrame("this server is an introducer and accepts no users; connect to a peer server",
+                           msg_ref=frame.msg_ref, fatal=True)
+        self.replay.check_fresh(frame, now)
+        login = normalize_login(frame.payload["login"])
+        user_id = self._logins.get(login)
+        registration = self._registry.get(user_id) if user_id else None
+        if registration is None or registration.login is None or user_id is None:
+            raise UserNotFound(f"nobody registered the login {login!r} with a password (as far as this server "
+                               f"knows)", msg_ref=frame.msg_ref)
+        self._throttle.check(user_id, now, login)
+        link.login_user, link.login_nonce, link.login_granted = user_id, crypto.random_token(), False
+        link.pending_until = now + LOGIN_GRACE_MS
+        self._send(link, self._make(FrameType.USER_LOGIN_CHALLENGE, user_id, now, {
+            "login": login, "user_id": user_id, "kdf": dict(registration.login.pake_password["kdf"]),
+            "nonce": link.login_nonce, "server_id": self.server_id, "server_pub": self.pubkey}))
+
+    def _on_login_proof(self, link: _Link, frame: Envelope, now: int) -> None:
+        self.replay.check_fresh(frame, now)
+        registration = self._registry.get(link.login_user)
+        if (registration is None or registration.login is None or not link.login_nonce or link.login_granted
+                or frame.payload["nonce"] != link.login_nonce):
+            raise BadFrame("USER_LOGIN_PROOF without a matching USER_LOGIN_CHALLENGE on this connection",
+                           msg_ref=frame.msg_ref)
+        login = registration.login
+        self._throttle.check(registration.user_id, now, login.login)
+        try:
+            verifier = b64url_decode(frame.payload["verifier"])
+        except BadFrame:
+            verifier = b""
+        pake = login.pake_password
+        if not crypto.verifier_matches(verifier, b64url_decode(pake["salt"]), b64url_decode(pake["verifier_hash"])):
+            self._throttle.failed(registration.user_id, now)
+            link.login_nonce = ""  # one proof per challenge
+            self._log.info("failed password login for %s", registration.user_id[:8])
+            raise AuthFailed(f"wrong password for {login.login}", msg_ref=frame.msg_ref)
+        self._throttle.succeeded(registration.user_id)
+        link.login_granted = True
+        self._send(link, self._make(FrameType.USER_LOGIN_GRANTED, registration.user_id, now, {
+            "user_id": registration.user_id, "pubkey": registration.pubkey,
+            "privkey_store": dict(login.privkey_store), "meta": dict(registration.meta)}))
+
+    def _on_directory_query(self, link: _Link, frame: Envelope, now: int) -> None:
+        """DIRECTORY_QUERY {user_id} or {login}: the registry's record, online or not, signed by this server."""
+        user_id, login = frame.payload.get("user_id"), frame.payload.get("login")
+        if isinstance(login, str) and not isinstance(user_id, str):
+            user_id = self._logins.get(normalize_login(login))
+        elif not isinstance(user_id, str):
+            raise BadFrame("DIRECTORY_QUERY needs a 'user_id' or 'login' string", msg_ref=frame.msg_ref)
+        registration = self._registry.get(user_id) if user_id else None
+        if registration is None:
+            wanted = user_id or login
+            raise UserNotFound(f"no user {wanted} is registered (as far as this server knows)",
+                               msg_ref=frame.msg_ref)
+        location = self.directory.location(registration.user_id)
+        record = self.directory.get(registration.user_id)
+        meta = dict(record.meta) if record is not None else dict(registration.meta)
+        self._send(link, self._make(FrameType.DIRECTORY_RESPONSE, link.peer, now, {
+            "user_id": registration.user_id, "pubkey": registration.pubkey, "meta": meta,
+            "home_server": registration.home_server, "login": registration.login.login if registration.login else "",
+            "online": location is not None, "server_id": location or "", "msg_ref": frame.msg_ref}))
+
+    def _on_user_records(self, link: _Link, frame: Envelope, now: int) -> None:
+        if not self._verified_from_server(link, frame, now):
+            return
+        records = frame.payload["records"]
+        if len(records) > 10 * RECORDS_PER_FRAME:
+            raise BadFrame(f"SERVER_USER_RECORDS carries more than {10 * RECORDS_PER_FRAME} records",
+                           msg_ref=frame.msg_ref)
+        for item in records:
+            try:
+                incoming = registration_from_wire(item)
+            except ProtocolError as exc:
+                # One bad record must not cost the link (it would be re-sent forever).
+                self._log.warning("ignoring a user record from %s: %s", link.peer[:8], exc.detail)
+                continue
+            self._merge_registration(incoming, link.peer)
+
+    def _merge_registration(self, incoming: Registration, source: str) -> None:
+        current = self._registry.get(incoming.user_id)
+        if current is None:
+            login = incoming.login
+            if login is not None and self._logins.get(login.login, incoming.user_id) != incoming.user_id:
+                self._log.warning("user %s from %s claims login %r, which belongs to another user; dropping "
+                                  "the login", incoming.user_id[:8], source[:8], login.login)
+                incoming = replace(incoming, login=None)
+            self._registry[incoming.user_id] = incoming
+            if incoming.login is not None:
+                self._logins[incoming.login.login] = incoming.user_id
+            self._events.append(RegistrationStored(incoming))
+            return
+        if current.pubkey != incoming.pubkey:
+            self._log.warning("server %s sent user %s with key %s, registered here under %s; ignored", source[:8],
+                              incoming.user_id[:8], crypto.key_fingerprint(incoming.pubkey),
+                              crypto.key_fingerprint(current.pubkey))
+            return
+        login = incoming.login
+        if login is None or (current.login is not None and login.version <= current.login.version):
+            return
+        if self._logins.get(login.login, incoming.user_id) != incoming.user_id:
+            self._log.warning("user %s claims login %r, which belongs to another user; ignored",
+                              incoming.user_id[:8], login.login)
+            return
+        self._store_login(current, login)
+
+    def _send_records(self, registrations: list[Registration], now: int, links: list[_Link] | None = None) -> None:
+        """Replicate registry records to ``links`` (default: every server link), in bounded batches."""
+        targets = [link for link in (self._server_link_list() if links is None else links)
+                   if link.peer not in self._no_records_peers]
+        for start in range(0, len(registrations), RECORDS_PER_FRAME):
+            batch = [registration.to_wire() for registration in registrations[start:start + RECORDS_PER_FRAME]]
+            frame = self._make(FrameType.SERVER_USER_RECORDS, BROADCAST, now, {"records": batch})
+            for link in targets:
+                self._send_text(link, frame.to_wire())
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -855,6 +1313,8 @@ class ServerState:
         self._log.info("linked with server %s (link %d, %s)", server_id[:8], link.link_id,
                        "outbound" if link.outbound else "inbound")
         self._send_presence_sync(link, now)
+        self._send_public_snapshot(link, now)
+        self._send_records(list(self._registry.values()), now, [link])
 
     def _pin(self, server_id: str, key_text: str, *, trusted: bool, msg_ref: str | None = None) -> None:
         info = self._servers.get(server_id)

@@ -257,12 +257,17 @@ def test_unknown_and_not_yet_handled_types_are_ignored_quietly(keys: Keys, alice
     unknown = json.dumps({"type": "FUTURE_THING", "from": SERVER_ID, "to": ALICE, "ts": NOW, "payload": {},
                           "sig": ""})
     assert alice.receive_text(unknown, NOW) == []
+    # Files and the public channel are handled now (tests/unit/test_files.py, test_public_channel.py): a chunk of
+    # a file never offered and an unverifiable public message are reported, once, instead of ignored.
     chunk = frame(FrameType.FILE_CHUNK, ALICE, {"file_id": "f", "index": 0, "ciphertext": "AA"}, keys.server,
                   sender=BOB)
+    rejected(alice.receive_text(chunk, NOW), "not offered")
     assert alice.receive_text(chunk, NOW) == []
     public = frame(FrameType.MSG_PUBLIC_CHANNEL, "public", {"ciphertext": "AA", "sender_pub": Keys.pub(keys.bob),
                                                             "content_sig": "AA"}, keys.server, sender=BOB)
-    assert alice.receive_text(public, NOW) == []
+    rejected(alice.receive_text(public, NOW), "content_sig does not verify")
+    membership = frame(FrameType.PUBLIC_CHANNEL_ADD, ALICE, {"add": [BOB], "if_version": 1}, keys.server)
+    assert alice.receive_text(membership, NOW) == []
     assert alice.receive_text(frame(FrameType.SERVER_ANNOUNCE, "*", {"host": "h", "port": 1,
                                                                      "pubkey": "x"}, keys.server), NOW) == []
 
