@@ -748,8 +748,9 @@ class ServerState:
             # Another implementation without our registry extension: stop sending it records.
             self._no_records_peers.add(link.peer)
         if forward is not None and forward.file_key is not None:
-            if self._files.pop(forward.file_key, None) is None:
+            if forward.file_key in self._refused_files:
                 return  # the sender was already told about this file; one ERROR per transfer is enough
+            self._files.pop(forward.file_key, None)
             self._refused_files[forward.file_key] = now + self.settings.replay_window_ms
         self._log.info("server %s reported %s: %s", link.peer[:8], frame.payload.get("code"),
                        frame.payload.get("detail"))
@@ -1037,9 +1038,14 @@ class ServerState:
         payload = frame.payload
         file_key = (frame.sender, payload["file_id"])
         if frame.type is FrameType.FILE_START:
-            self._check_file_start(link, frame)
-            if file_key in self._files:
-                raise BadFrame(f"file_id {payload['file_id']} is already being sent", msg_ref=frame.msg_ref)
+            if file_key in self._files or file_key in self._refused_files:
+                raise BadFrame(f"file_id {payload['file_id']} was used already", msg_ref=frame.msg_ref)
+            try:
+                self._check_file_start(link, frame)
+            except ProtocolError:
+                # Told once, here; the chunks that follow are dropped quietly.
+                self._refused_files[file_key] = now + self.settings.replay_window_ms
+                raise
             transfer = _FileTransfer(frame.to, payload["size"], 2 * payload["size"] + _FILE_SLACK,
                                      now + self.settings.replay_window_ms)
         else:
