@@ -20,10 +20,21 @@ LINT_PATHS := $(wildcard socp node client testbed tests)
 # else the v1 `docker-compose` binary.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
 
-.PHONY: help venv test lint bench image down clean distclean clean-images
+# The `make up` federation (compose project `socp`, files in build/federation/) and scenario runs.
+TESTBED ?= $(VENV)/bin/socp-testbed
+PEERS ?= 3
+INTRODUCERS ?= 1
+NODE ?=
+SCENARIO ?= smoke
+BACKEND ?= docker
+FEDERATION_DIR := build/federation
+
+.PHONY: help venv test lint bench image up ps logs chat scenario down clean distclean clean-images
 
 help: ## List the targets
 	@echo 'usage: make <target> [PYTEST_ARGS=...] [SOCP_IMAGE=...]'
+	@echo '       make up [PEERS=3] [INTRODUCERS=1|3]; make chat NODE=peer2 USER=alice; make logs [NODE=peer1]'
+	@echo '       make scenario SCENARIO=smoke PEERS=5 [BACKEND=docker|local]'
 	@echo
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-13s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
@@ -54,6 +65,26 @@ bench: venv ## Benchmarks: protocol core (and end-to-end operations when bench/b
 
 image: ## Build the node image socp-node:latest (no registry needed: see compose/build-image.sh)
 	SOCP_IMAGE=$(SOCP_IMAGE) PYTHON=$(PYTHON) compose/build-image.sh
+
+up: venv image ## Start (or replace) the federation in containers: PEERS=3 INTRODUCERS=1|3; prints how to connect
+	SOCP_IMAGE=$(SOCP_IMAGE) $(TESTBED) up --peers $(PEERS) --introducers $(INTRODUCERS) --workdir $(FEDERATION_DIR)
+
+ps: venv ## The federation's nodes: state, health, server id, URL on 127.0.0.1
+	@$(TESTBED) ps --workdir $(FEDERATION_DIR)
+
+logs: venv ## Logs of every node of the federation, or of one: NODE=peer1
+	@$(TESTBED) logs --workdir $(FEDERATION_DIR) $(NODE)
+
+chat: venv ## Interactive client on a node of the federation: NODE=peer2 USER=alice
+	@test -n "$(NODE)" || { echo 'usage: make chat NODE=peer2 USER=alice' >&2; exit 2; }
+	@url=$$($(TESTBED) url $(NODE)); \
+	echo "connecting $(USER) to $(NODE) at $$url (keys in $(FEDERATION_DIR)/users; /help for commands)"; \
+	exec $(VENV)/bin/socp-client --user $(USER) --server "$$url" --key-dir $(FEDERATION_DIR)/users
+
+# PEERS is passed only when given (make scenario PEERS=5): otherwise the scenario's own count holds.
+scenario: venv $(if $(filter docker,$(BACKEND)),image) ## Run a scenario: SCENARIO=smoke PEERS=5 BACKEND=docker|local
+	SOCP_IMAGE=$(SOCP_IMAGE) $(TESTBED) run testbed/scenarios/$(SCENARIO).yaml --backend $(BACKEND) \
+		$(if $(filter-out file default undefined,$(origin PEERS)),--peers $(PEERS))
 
 down: ## Remove every container, network and volume labelled org.socp-testbed.project=socp-testbed
 	@ids=$$(docker ps -aq --filter label=$(PROJECT_LABEL)); \

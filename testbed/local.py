@@ -119,19 +119,7 @@ class LocalNode:
 
     async def health(self) -> tuple[int, dict[str, object]]:
         """GET /healthz: (HTTP status, JSON body); (0, {}) when unreachable."""
-        try:
-            async with asyncio.timeout(2.0):
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.write(b"GET /healthz HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
-                raw = await reader.read()
-                writer.close()
-        except (OSError, TimeoutError):
-            return 0, {}
-        head, _, body = raw.partition(b"\r\n\r\n")
-        try:
-            return int(head.split()[1]), json.loads(body or b"{}")
-        except (IndexError, ValueError):
-            return 0, {}
+        return await probe_health(self.port)
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the process."""
@@ -346,6 +334,26 @@ async def wait_mesh_healthy(server_ids: dict[str, str],
             raise WaitTimeout(f"timed out after {timeout:.1f}s waiting for a healthy full mesh; last seen: "
                               f"{last}; logs: {logs}")
         await asyncio.sleep(0.1)
+
+
+async def probe_health(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> tuple[int, dict[str, object]]:
+    """``GET /healthz`` on ``host:port``: (HTTP status, JSON body); (0, {}) when unreachable or garbled.
+
+    Shared by the backends (the docker backend probes the published port on 127.0.0.1).
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+            raw = await reader.read()
+            writer.close()
+    except (OSError, TimeoutError):
+        return 0, {}
+    head, _, body = raw.partition(b"\r\n\r\n")
+    try:
+        return int(head.split()[1]), json.loads(body or b"{}")
+    except (IndexError, ValueError):
+        return 0, {}
 
 
 def _free_port() -> int:

@@ -1,0 +1,224 @@
+"""The compose topology of a federation: names, labels, the bootstrap file and the generated compose file.
+
+Pure file generation, no Docker calls (except :func:`compose_command`, which asks which compose CLI is
+installed). The docker backend (:mod:`testbed.docker_backend`) creates the volumes and keys, then runs
+the file this module writes.
+
+Every node is one service and one container, both named ``<project>-<node>`` like the container's
+hostname. Two networks:
+
+- ``<project>-net`` (internal): server links. It is the only network where a node's bare name (its
+  ``--advertise-host``, the hosts of the bootstrap file) resolves, which is why the service and the
+  hostname, aliased by compose and docker on every network, are not the bare name.
+- ``<project>-access``: only carries the ports published on 127.0.0.1; containers cannot talk on it.
+
+Disconnecting a node from ``<project>-net`` is therefore a true partition: its server links die by
+timeout while its users stay connected. A node's data lives in the named volume ``<project>-<node>``.
+Everything carries :data:`PROJECT_LABEL` (what ``make down`` removes) and the run label
+``org.socp-testbed.run=<project>``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import secrets
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from testbed.backend import ClusterSpec
+
+PROJECT_LABEL = "org.socp-testbed.project"
+"""Label key on everything the project creates; ``make down`` removes all of it."""
+PROJECT_VALUE = "socp-testbed"
+RUN_LABEL = "org.socp-testbed.run"
+"""Label key naming the compose project (one run, one federation)."""
+NODE_LABEL = "org.socp-testbed.node"
+ROLE_LABEL = "org.socp-testbed.role"
+SERVER_ID_LABEL = "org.socp-testbed.server-id"
+KEYGEN_LABEL = "org.socp-testbed.keygen"
+"""On the one-off containers that create a node's key (value: the node's name)."""
+
+INTRODUCER_PORT = 9001
+PEER_PORT = 8765
+DATA_MOUNT = "/var/lib/socp"
+"""Where a node's named volume is mounted (the image's VOLUME, owned by the node's user)."""
+DATA_DIR = f"{DATA_MOUNT}/node"
+BOOTSTRAP_PATH = "/etc/socp/bootstrap.yaml"
+DEFAULT_IMAGE = "socp-node:latest"
+FEDERATION_PROJECT = "socp"
+"""Compose project of the ``make up`` federation."""
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "compose" / "node.template.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    """One node of the topology."""
+
+    name: str
+    introducer: bool
+    port: int
+    bootstrap: bool
+    """Whether it joins through the bootstrap file (every node but the first introducer)."""
+
+    @property
+    def role(self) -> str:
+        """``introducer`` or ``peer``."""
+        return "introducer" if self.introducer else "peer"
+
+
+def plan_nodes(spec: ClusterSpec) -> list[NodePlan]:
+    """The nodes of ``spec``, introducers first, named like the local backend's."""
+    if spec.introducers < 1 or spec.peers < 0:
+        raise ValueError(f"need at least one introducer and no negative peer count, got {spec}")
+    count = spec.introducers
+    introducers = [NodePlan("introducer" if count == 1 else f"introducer{i + 1}", True, INTRODUCER_PORT, i > 0)
+                   for i in range(count)]
+    peers = [NodePlan(f"peer{i + 1}", False, PEER_PORT, True) for i in range(spec.peers)]
+    return [*introducers, *peers]
+
+
+def new_project_name() -> str:
+    """A fresh compose project name, ``socp-<8 hex>``."""
+    return f"socp-{secrets.token_hex(4)}"
+
+
+def container_name(project: str, node: str) -> str:
+    """Name of ``node``'s container."""
+    return f"{project}-{node}"
+
+
+def volume_name(project: str, node: str) -> str:
+    """Name of ``node``'s data volume."""
+    return f"{project}-{node}"
+
+
+def network_name(project: str) -> str:
+    """Name of the project's federation network (server links; partitions cut a node off it)."""
+    return f"{project}-net"
+
+
+def access_network_name(project: str) -> str:
+    """Name of the project's access network (published ports only; containers cannot talk on it)."""
+    return f"{project}-access"
+
+
+def run_labels(project: str) -> dict[str, str]:
+    """The labels every object of the run carries."""
+    return {PROJECT_LABEL: PROJECT_VALUE, RUN_LABEL: project}
+
+
+def node_labels(project: str, node: NodePlan, server_id: str = "") -> dict[str, str]:
+    """Labels of a node's container and volume: the run's, plus node name, role and server id."""
+    labels = {**run_labels(project), NODE_LABEL: node.name, ROLE_LABEL: node.role}
+    if server_id:
+        labels[SERVER_ID_LABEL] = server_id
+    return labels
+
+
+def bootstrap_document(introducers: Sequence[tuple[str, int, str]]) -> dict[str, Any]:
+    """The bootstrap file's content for ``(host, port, pubkey)`` introducers, in order."""
+    return {"bootstrap_servers": [{"host": host, "port": port, "pubkey": pubkey}
+                                  for host, port, pubkey in introducers]}
+
+
+def write_bootstrap(path: Path, introducers: Sequence[tuple[str, int, str]]) -> Path:
+    """Write the bootstrap file pinning every introducer's key; returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# Generated by socp-testbed: every introducer, its key pinned (no trust on first use).\n"
+                    + yaml.safe_dump(bootstrap_document(introducers), sort_keys=False, width=1 << 16))
+    path.chmod(0o644)  # read by the node's unprivileged user through a bind mount
+    return path
+
+
+def render_compose(project: str, spec: ClusterSpec, *, image: str, bootstrap_file: Path,
+                   server_ids: Mapping[str, str] | None = None, healthcheck_interval: float = 5.0,
+                   template: Path = TEMPLATE) -> dict[str, Any]:
+    """The compose document for ``spec``: the template's ``service`` expanded for every node."""
+    try:
+        loaded = yaml.safe_load(template.read_text())
+    except OSError as exc:
+        raise RuntimeError(f"cannot read the compose template {template}: {exc.strerror}") from None
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("file"), dict) \
+            or not isinstance(loaded.get("service"), dict):
+        raise RuntimeError(f"{template}: expected the mappings 'file' and 'service'")
+    timings = spec.timings
+    common = {"project": project, "network": network_name(project), "access_network": access_network_name(project),
+              "image": image, "data_mount": DATA_MOUNT,
+              "data_dir": DATA_DIR, "bootstrap_path": BOOTSTRAP_PATH,
+              "heartbeat_interval": _number(timings.heartbeat_interval), "peer_timeout": _number(timings.peer_timeout),
+              "presence_sync_interval": _number(timings.presence_sync_interval),
+              "healthcheck_interval": _number(healthcheck_interval)}
+    document: dict[str, Any] = _fill(loaded["file"], common)
+    for network in (document.get("networks") or {}).values():
+        network["labels"] = run_labels(project)
+    services: dict[str, Any] = {}
+    volumes: dict[str, Any] = {}
+    for node in plan_nodes(spec):
+        values = {**common, "node": node.name, "container": container_name(project, node.name),
+                  "port": str(node.port), "volume": node.name}
+        service: dict[str, Any] = _fill(copy.deepcopy(loaded["service"]), values)
+        command: list[str] = service.setdefault("command", [])
+        if node.introducer:
+            command.append("--introducer")
+        if node.bootstrap:
+            command += ["--bootstrap", BOOTSTRAP_PATH]
+            service.setdefault("volumes", []).append(f"{bootstrap_file.resolve()}:{BOOTSTRAP_PATH}:ro")
+        service["labels"] = node_labels(project, node, (server_ids or {}).get(node.name, ""))
+        services[container_name(project, node.name)] = service
+        volumes[node.name] = {"external": True, "name": volume_name(project, node.name)}
+    document["services"] = services
+    document["volumes"] = volumes
+    return document
+
+
+def write_compose(path: Path, document: Mapping[str, Any]) -> Path:
+    """Write a compose document as YAML; returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# Generated by socp-testbed from compose/node.template.yaml; do not edit.\n"
+                    + yaml.safe_dump(dict(document), sort_keys=False, width=1 << 16))
+    return path
+
+
+@functools.cache
+def compose_command() -> tuple[str, ...]:
+    """The compose CLI: ``docker compose`` (v2) when it works, else ``docker-compose`` (v1).
+
+    Raises :class:`RuntimeError` when neither is installed.
+    """
+    if shutil.which("docker"):
+        try:
+            probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            probe = None
+        if probe is not None and probe.returncode == 0:
+            return ("docker", "compose")
+    if shutil.which("docker-compose"):
+        return ("docker-compose",)
+    raise RuntimeError("neither `docker compose` (v2) nor `docker-compose` (v1) is installed")
+
+
+def _number(value: float) -> str:
+    """``2.0`` → ``"2"``, ``0.5`` → ``"0.5"``: tidy flag values."""
+    return f"{value:g}"
+
+
+def _fill(value: Any, values: Mapping[str, str]) -> Any:
+    """``value`` with every ``{placeholder}`` in its strings replaced (recursively)."""
+    if isinstance(value, str):
+        try:
+            return value.format_map(values)
+        except (KeyError, ValueError, IndexError) as exc:
+            raise RuntimeError(f"compose template: bad placeholder in {value!r}: {exc}") from None
+    if isinstance(value, dict):
+        return {key: _fill(item, values) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_fill(item, values) for item in value]
+    return value

@@ -1,0 +1,502 @@
+"""The ``docker`` cluster backend: every node in its own container, from a generated compose file.
+
+Lifecycle of a run (compose project ``socp-<8 hex>``, or ``socp`` for ``make up``):
+
+1. one labelled volume per node, and a one-off container per node running ``--show-identity`` in it,
+   which creates the node's key inside its volume and prints its public key;
+2. ``bootstrap.yaml`` pinning every introducer's key, and ``docker-compose.yaml`` from
+   ``compose/node.template.yaml`` (:mod:`testbed.compose`), both in the run's ``workdir``;
+3. ``docker compose up -d`` (or ``docker-compose`` v1), the first introducer before the others,
+   then the Docker SDK for everything else: published ports, health, kill, stop, start, restart,
+   pause, and partitions (disconnect from / reconnect to the federation network; see
+   :mod:`testbed.compose` for the two networks).
+
+The host only ever talks to ``127.0.0.1``: every node's port is published as ``127.0.0.1::<port>`` and
+:meth:`DockerCluster.url` reads the host port docker chose. The ``docker`` SDK is imported lazily, so
+importing this module never needs Docker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from testbed import compose
+from testbed.backend import ClusterSpec, register_backend
+from testbed.local import probe_health, wait_mesh_healthy, wait_until
+
+IMAGE_ENV = "SOCP_IMAGE"
+"""Environment variable naming the node image (default ``socp-node:latest``)."""
+
+
+class DockerUnavailable(RuntimeError):
+    """Docker (daemon, compose CLI or the node image) cannot be used; the message says how to fix it."""
+
+
+def node_image() -> str:
+    """The node image: ``$SOCP_IMAGE`` or ``socp-node:latest``."""
+    return os.environ.get(IMAGE_ENV) or compose.DEFAULT_IMAGE
+
+
+def docker_client() -> Any:
+    """A Docker SDK client that has answered a ping; raises :class:`DockerUnavailable` otherwise."""
+    try:
+        import docker
+        from docker.errors import DockerException
+    except ImportError as exc:  # pragma: no cover - the SDK is a dev dependency
+        raise DockerUnavailable(f"the Docker SDK for Python is not installed ({exc}); run `make venv`") from None
+    try:
+        client = docker.from_env()
+        client.ping()
+    except DockerException as exc:
+        where = os.environ.get("DOCKER_HOST") or "the default socket"
+        raise DockerUnavailable(f"the Docker daemon is not reachable at {where}: {exc}") from None
+    return client
+
+
+def docker_problem() -> str | None:
+    """Why the docker backend cannot run here (daemon, compose CLI, image), or None when it can."""
+    try:
+        client = docker_client()
+        require_image(client, node_image())
+        compose.compose_command()
+    except (DockerUnavailable, RuntimeError) as exc:
+        return str(exc)
+    return None
+
+
+def require_image(client: Any, image: str) -> None:
+    """Raise :class:`DockerUnavailable` unless ``image`` exists locally (it is never pulled)."""
+    from docker.errors import ImageNotFound
+
+    try:
+        client.images.get(image)
+    except ImageNotFound:
+        raise DockerUnavailable(f"the node image {image} is missing: run `make image` to build it "
+                                f"(no registry needed)") from None
+
+
+def run_containers(client: Any, project: str, *, all_states: bool = True) -> list[Any]:
+    """The node containers of compose project ``project``, sorted introducers first then by name."""
+    found = client.containers.list(all=all_states, filters={"label": [f"{compose.RUN_LABEL}={project}",
+                                                                      compose.NODE_LABEL]})
+    return sorted(found, key=lambda c: _node_order(c.labels.get(compose.NODE_LABEL, "")))
+
+
+def published_port(container: Any, port: int) -> int | None:
+    """The host port (on 127.0.0.1) that ``container``'s ``port`` is published on, None when it is not."""
+    bindings = ((container.attrs.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{port}/tcp") or []
+    for binding in bindings:
+        if binding.get("HostIp") in ("127.0.0.1", "") and binding.get("HostPort"):
+            return int(binding["HostPort"])
+    return None
+
+
+def container_port(container: Any) -> int:
+    """The node's WebSocket port inside its container (9001 for introducers, 8765 for peers)."""
+    role = container.labels.get(compose.ROLE_LABEL)
+    return compose.INTRODUCER_PORT if role == "introducer" else compose.PEER_PORT
+
+
+def remove_run(client: Any, project: str) -> list[str]:
+    """Remove every container, network and volume labelled with run ``project``; returns what went."""
+    from docker.errors import APIError, NotFound
+
+    removed: list[str] = []
+    label = {"label": [f"{compose.RUN_LABEL}={project}"]}
+    for container in client.containers.list(all=True, filters=label):
+        try:
+            container.remove(force=True, v=True)
+            removed.append(f"container {container.name}")
+        except NotFound:
+            pass
+    for network in client.networks.list(filters=label):
+        try:
+            network.reload()
+            for attached in (network.attrs.get("Containers") or {}):
+                network.disconnect(attached, force=True)
+            network.remove()
+            removed.append(f"network {network.name}")
+        except NotFound:
+            pass
+    for volume in client.volumes.list(filters=label):
+        for attempt in range(10):
+            try:
+                volume.remove(force=True)
+                removed.append(f"volume {volume.name}")
+                break
+            except NotFound:
+                break
+            except APIError:  # still in use by a container being removed
+                if attempt == 9:
+                    raise
+                time.sleep(0.5)
+    return removed
+
+
+class DockerCluster:
+    """The ``docker`` backend: a compose project of containers, driven by compose and the Docker SDK.
+
+    ``project`` defaults to a fresh ``socp-<8 hex>``; ``progress`` receives one line per phase of
+    :meth:`start` (the ``up`` command prints them).
+    """
+
+    name = "docker"
+
+    def __init__(self, workdir: Path, spec: ClusterSpec | None = None, *, project: str | None = None,
+                 image: str | None = None, healthcheck_interval: float = 5.0,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.workdir = workdir.absolute()
+        self.spec = spec or ClusterSpec()
+        self.project = project or compose.new_project_name()
+        self.image = image or node_image()
+        self.healthcheck_interval = healthcheck_interval
+        self.progress = progress or (lambda line: None)
+        self.plan = compose.plan_nodes(self.spec)
+        self.compose_file = self.workdir / "docker-compose.yaml"
+        self.bootstrap_file = self.workdir / "bootstrap.yaml"
+        self.server_ids: dict[str, str] = {}
+        self.timings: dict[str, float] = {}
+        """Seconds taken by each phase of :meth:`start` (``keys``, ``compose_up``, ``healthy``, ``total``)."""
+        self._client: Any = None
+        self._ports: dict[str, int] = {}
+        self._partitioned: set[str] = set()
+
+    # --- names -------------------------------------------------------------------------------------
+
+    @property
+    def node_names(self) -> list[str]:
+        """Every node, introducers first."""
+        return [node.name for node in self.plan]
+
+    @property
+    def peer_names(self) -> list[str]:
+        """The peer nodes."""
+        return [node.name for node in self.plan if not node.introducer]
+
+    @property
+    def network(self) -> str:
+        """The federation network (server links), which :meth:`partition` cuts a node off."""
+        return compose.network_name(self.project)
+
+    def container_name(self, node: str) -> str:
+        """``node``'s container name."""
+        return compose.container_name(self.project, self._plan(node).name)
+
+    def url(self, node: str) -> str:
+        """``ws://127.0.0.1:<host port>`` of ``node``; the port is re-read after every restart or heal."""
+        port = self._ports.get(node)
+        if port is None:
+            port = self._read_port(node)
+        return f"ws://127.0.0.1:{port}"
+
+    # --- whole federation --------------------------------------------------------------------------
+
+    async def start(self, timeout: float = 120.0) -> None:
+        """Create volumes and keys, write the files, ``compose up``, wait for a healthy full mesh."""
+        began = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        client = self._docker()
+        require_image(client, self.image)
+        command = compose.compose_command()
+
+        self.progress(f"creating {len(self.plan)} volumes and node keys")
+        step = time.monotonic()
+        identities = await self._create_identities()
+        self.server_ids = {name: identity["server_id"] for name, identity in identities.items()}
+        self.timings["keys"] = time.monotonic() - step
+
+        compose.write_bootstrap(self.bootstrap_file, [(node.name, node.port, identities[node.name]["pubkey"])
+                                                      for node in self.plan if node.introducer])
+        compose.write_compose(self.compose_file, compose.render_compose(
+            self.project, self.spec, image=self.image, bootstrap_file=self.bootstrap_file,
+            server_ids=self.server_ids, healthcheck_interval=self.healthcheck_interval))
+        (self.workdir / "cluster.json").write_text(json.dumps(
+            {"project": self.project, "image": self.image, "compose": " ".join(command),
+             "nodes": [{"name": node.name, "role": node.role, "container": self.container_name(node.name),
+                        "port": node.port, **identities[node.name]} for node in self.plan]}, indent=2) + "\n")
+
+        # The first introducer is the seed: it must be serving before anyone joins, or nodes starting
+        # together may join through each other and form islands that never merge.
+        seed = self.plan[0].name
+        self.progress(f"starting {len(self.plan)} containers ({' '.join(command)} up, project {self.project}): "
+                      f"{seed} first")
+        step = time.monotonic()
+        await asyncio.to_thread(self._compose, "up", "-d", "--no-build", self.container_name(seed))
+        await wait_mesh_healthy({seed: self.server_ids[seed]}, self.health, max(5.0, timeout / 2),
+                                self._where_logs())
+        if len(self.plan) > 1:
+            await asyncio.to_thread(self._compose, "up", "-d", "--no-build")
+        self.timings["compose_up"] = time.monotonic() - step
+
+        self.progress("waiting for every node to be healthy and fully meshed")
+        remaining = max(5.0, timeout - (time.monotonic() - began))
+        self.timings["healthy"] = await self.wait_healthy(remaining)
+        self.timings["total"] = time.monotonic() - began
+
+    async def stop(self) -> None:
+        """``compose down``, then remove whatever is left labelled with this run (idempotent)."""
+        try:
+            client = self._docker()
+        except DockerUnavailable:
+            return  # nothing can have been created
+        await asyncio.to_thread(self._save_logs)
+        if self.compose_file.exists():
+            # Errors are ignored: the sweep below removes whatever compose could not.
+            with contextlib.suppress(RuntimeError, OSError, subprocess.SubprocessError):
+                await asyncio.to_thread(self._compose, "down", "--volumes", "--remove-orphans", "--timeout", "5")
+        await asyncio.to_thread(remove_run, client, self.project)
+        self._ports.clear()
+        self._partitioned.clear()
+
+    async def wait_healthy(self, timeout: float = 60.0) -> float:
+        """Wait until every running, unpaused, connected node is healthy and linked to all the others."""
+        states = await asyncio.to_thread(self._states)
+        live = {name: sid for name, sid in self._ids().items()
+                if states.get(name) == "running" and name not in self._partitioned}
+        return await wait_mesh_healthy(live, self.health, timeout, self._where_logs())
+
+    async def health(self, node: str) -> tuple[int, dict[str, object]]:
+        """``GET /healthz`` of ``node`` through its published port; (0, {}) when unreachable."""
+        cached = self._ports.get(node)
+        port = cached if cached is not None else await asyncio.to_thread(self._port_or_none, node)
+        if port is None:
+            return 0, {}
+        answer = await probe_health(port)
+        if answer[0] == 0 and cached is not None:
+            # Restarted behind our back (docker CLI)? Its host port may have changed: look once more.
+            fresh = await asyncio.to_thread(self._port_or_none, node)
+            if fresh is not None and fresh != port:
+                answer = await probe_health(fresh)
+        return answer
+
+    async def container_health(self, node: str) -> str:
+        """Docker's HEALTHCHECK state of ``node``'s container: ``starting``, ``healthy``, ``unhealthy`` or ``""``."""
+        def read() -> str:
+            state = self._container(node).attrs.get("State") or {}
+            return str((state.get("Health") or {}).get("Status", ""))
+        return await asyncio.to_thread(read)
+
+    # --- one node ----------------------------------------------------------------------------------
+
+    async def kill(self, node: str) -> None:
+        """SIGKILL the node's container, as a crash would."""
+        await self._act(node, lambda c: c.kill())
+        await self._wait_state(node, "exited")
+
+    async def stop_node(self, node: str) -> None:
+        """Stop the container gracefully (SIGTERM, SIGKILL after 10 s)."""
+        await self._act(node, lambda c: c.stop(timeout=10))
+
+    async def start_node(self, node: str) -> None:
+        """Start the node's container again: same volume (identity, database), same hostname."""
+        await self._act(node, lambda c: c.start())
+        await self._wait_state(node, "running")
+        await asyncio.to_thread(self._read_port, node)
+
+    async def restart(self, node: str) -> None:
+        """Stop then start the node's container (docker may publish it on a new host port)."""
+        await self._act(node, lambda c: c.restart(timeout=10))
+        await self._wait_state(node, "running")
+        await asyncio.to_thread(self._read_port, node)
+
+    async def pause(self, node: str) -> None:
+        """Freeze every process of the container (cgroup freezer); its connections stay open."""
+        await self._act(node, lambda c: c.pause(), forget_port=False)
+
+    async def unpause(self, node: str) -> None:
+        """Resume a paused container."""
+        await self._act(node, lambda c: c.unpause(), forget_port=False)
+
+    async def partition(self, node: str) -> None:
+        """Disconnect the container from the federation network: its server links die by timeout.
+
+        Its users stay connected: the published port lives on the separate access network.
+        """
+        if node in self._partitioned:
+            return
+        await asyncio.to_thread(lambda: self._docker().networks.get(self.network).disconnect(self._container(node)))
+        self._partitioned.add(node)
+
+    async def heal(self, node: str) -> None:
+        """Reconnect a partitioned container to the federation network under its node name."""
+        if node not in self._partitioned:
+            return
+        await asyncio.to_thread(lambda: self._docker().networks.get(self.network).connect(
+            self._container(node), aliases=[node]))
+        self._partitioned.discard(node)
+        self._ports.pop(node, None)
+        await wait_until(lambda: self._port_or_none(node) is not None, timeout=10.0,
+                         what=f"{node}'s port to be published")
+
+    def collect_logs(self, destination: Path) -> list[Path]:
+        """Write every node container's log (stdout and stderr) to ``destination/<node>.log``.
+
+        After :meth:`stop` the containers are gone; the logs it saved in ``workdir/logs`` are copied instead.
+        """
+        from docker.errors import NotFound
+
+        destination.mkdir(parents=True, exist_ok=True)
+        written = []
+        for node in self.node_names:
+            target = destination / f"{node}.log"
+            try:
+                data = self._container(node).logs(stdout=True, stderr=True)
+            except (NotFound, DockerUnavailable):
+                saved = self.saved_logs / f"{node}.log"
+                if not saved.exists():
+                    continue
+                data = saved.read_bytes()
+            target.write_bytes(data)
+            written.append(target)
+        return written
+
+    @property
+    def saved_logs(self) -> Path:
+        """Where :meth:`stop` keeps every node's log before removing the containers."""
+        return self.workdir / "logs"
+
+    def _save_logs(self) -> None:
+        from docker.errors import APIError, NotFound
+
+        for node in self.node_names:
+            try:
+                data = self._container(node).logs(stdout=True, stderr=True)
+            except (NotFound, APIError):
+                continue
+            self.saved_logs.mkdir(parents=True, exist_ok=True)
+            (self.saved_logs / f"{node}.log").write_bytes(data)
+
+    async def __aenter__(self) -> DockerCluster:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _docker(self) -> Any:
+        if self._client is None:
+            self._client = docker_client()
+        return self._client
+
+    def _plan(self, node: str) -> compose.NodePlan:
+        for plan in self.plan:
+            if plan.name == node:
+                return plan
+        raise KeyError(f"no node named {node!r}; have {self.node_names}")
+
+    def _container(self, node: str) -> Any:
+        return self._docker().containers.get(self.container_name(node))
+
+    def _read_port(self, node: str) -> int:
+        port = self._port_or_none(node)
+        if port is None:
+            raise RuntimeError(f"{node} ({self.container_name(node)}) is not running: no published port")
+        return port
+
+    def _port_or_none(self, node: str) -> int | None:
+        from docker.errors import NotFound
+
+        try:
+            port = published_port(self._container(node), self._plan(node).port)
+        except NotFound:
+            port = None
+        if port is None:
+            self._ports.pop(node, None)
+        else:
+            self._ports[node] = port
+        return port
+
+    def _states(self) -> dict[str, str]:
+        """Container state (``running``, ``paused``, ``exited``, …) of every node of this run."""
+        return {c.labels.get(compose.NODE_LABEL, ""): c.status for c in run_containers(self._docker(), self.project)}
+
+    def _ids(self) -> dict[str, str]:
+        if not self.server_ids:  # attached to a running federation: read the ids from the labels
+            self.server_ids = {c.labels[compose.NODE_LABEL]: c.labels.get(compose.SERVER_ID_LABEL, "")
+                               for c in run_containers(self._docker(), self.project)}
+        return {name: self.server_ids[name] for name in self.node_names if name in self.server_ids}
+
+    async def _act(self, node: str, action: Callable[[Any], object], *, forget_port: bool = True) -> None:
+        await asyncio.to_thread(lambda: action(self._container(node)))
+        if forget_port:
+            self._ports.pop(node, None)
+
+    async def _wait_state(self, node: str, status: str, timeout: float = 20.0) -> None:
+        def current() -> str:
+            return str(self._container(node).status)
+        last: list[str] = [""]
+
+        def reached() -> bool:
+            last[0] = current()
+            return last[0] == status
+        await wait_until(reached, timeout=timeout, what=f"{node} to be {status}", seen=lambda: last[0],
+                         interval=0.1)
+
+    async def _create_identities(self) -> dict[str, dict[str, str]]:
+        """Create each node's labelled volume and key (one-off containers, a few at a time)."""
+        client = self._docker()
+        limit = asyncio.Semaphore(2 * (os.cpu_count() or 2))  # container start-up overlaps key generation
+
+        def create(node: compose.NodePlan) -> dict[str, str]:
+            volume = compose.volume_name(self.project, node.name)
+            client.volumes.create(name=volume, labels=compose.node_labels(self.project, node))
+            args = ["--show-identity", "--data-dir", compose.DATA_DIR, "--name", node.name]
+            if node.introducer:
+                args.append("--introducer")
+            from docker.errors import ContainerError
+            try:
+                output = client.containers.run(
+                    self.image, args, remove=True, stdout=True, stderr=False, network_mode="none",
+                    name=f"{compose.container_name(self.project, node.name)}-keygen",
+                    labels=compose.run_labels(self.project) | {compose.KEYGEN_LABEL: node.name},
+                    volumes={volume: {"bind": compose.DATA_MOUNT, "mode": "rw"}})
+            except ContainerError as exc:
+                raise RuntimeError(f"{node.name}: --show-identity failed in {self.image}: "
+                                   f"{(exc.stderr or b'').decode(errors='replace').strip()}") from None
+            identity: dict[str, str] = json.loads(output)
+            return identity
+
+        async def one(node: compose.NodePlan) -> tuple[str, dict[str, str]]:
+            async with limit:
+                return node.name, await asyncio.to_thread(create, node)
+
+        return dict(await asyncio.gather(*(one(node) for node in self.plan)))
+
+    def _compose(self, *args: str) -> None:
+        command = [*compose.compose_command(), "--project-name", self.project, "--file", str(self.compose_file),
+                   *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False,
+                                cwd=self.workdir)
+        with (self.workdir / "compose.log").open("a") as log:
+            log.write(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}\n")
+        if result.returncode != 0:
+            raise RuntimeError(f"`{' '.join(command)}` failed ({result.returncode}): "
+                               f"{(result.stderr or result.stdout).strip()[-2000:]}")
+
+    def _where_logs(self) -> str:
+        return f"docker logs {self.container_name(self.node_names[0])} (and the other {self.project}-* containers)"
+
+
+def _node_order(name: str) -> tuple[int, int, str]:
+    """Sort key: introducers before peers, then by number (peer2 before peer10)."""
+    role = 0 if name.startswith("introducer") else 1
+    digits = "".join(ch for ch in name if ch.isdigit())
+    return role, int(digits) if digits else 0, name
+
+
+register_backend("docker", lambda workdir, spec: DockerCluster(workdir, spec))
+

@@ -1,0 +1,1 @@
+"""The docker backend's suite: a federation of real containers (``@pytest.mark.docker``)."""
