@@ -27,7 +27,7 @@ from client.connection import ClientConnection
 from client.keystore import Identity
 from socp import crypto
 from socp.errors import ProtocolError
-from socp.user import ClientEvent, DirectMessage
+from socp.user import ClientEvent, DirectMessage, PublicMessage
 from testbed import checks
 from testbed.backend import BackendUnsupported, ClusterBackend, ClusterSpec, create_backend
 from testbed.scenario import NODE_ACTIONS, Scenario, ScenarioError, Step, load_scenario
@@ -135,6 +135,14 @@ class User:
 
 
 @dataclass(slots=True)
+class _Broadcast:
+    sender: str
+    text: str
+    recipients: dict[str, Cursor]
+    sent_at: float
+
+
+@dataclass(slots=True)
 class _Traffic:
     run: str
     task: asyncio.Task[None]
@@ -164,6 +172,7 @@ class ScenarioRunner:
         self._next_user = 1
         self._keys_used = 0
         self._traffic: _Traffic | None = None
+        self._broadcasts: list[_Broadcast] = []
         self._started = False
         self._count = sum(_count(step) for step in scenario.steps)
         self._done = 0
@@ -282,11 +291,55 @@ class ScenarioRunner:
 
     async def _step_broadcast(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         sender = self._online(str(args["from"]))
-        send_public = getattr(sender.client, "send_public", None)
-        if send_public is None:
-            raise StepFailed("this client library has no public channel (send_public) yet")
-        await send_public(str(args.get("text", "hello all")))
-        return "broadcast sent", {}
+        assert sender.client is not None
+        recipients = {u.name: u.mailbox.cursor() for u in self.users.values() if u.online and u is not sender}
+        text = str(args.get("text", f"hello all {secrets.token_hex(4)}"))
+        await sender.client.send_public(text)
+        self._broadcasts.append(_Broadcast(sender.name, text, recipients, time.monotonic()))
+        return f"sent to {len(recipients)} members", {}
+
+    async def _expect_broadcasts(self, within: float) -> tuple[str, dict[str, Any]]:
+        """Every broadcast since the last check reached every member online at the time, exactly once."""
+        pending, self._broadcasts = self._broadcasts, []
+        if not pending:
+            raise StepFailed("no broadcast to check")
+        problems: list[str] = []
+        latencies: list[float] = []
+        total = 0
+        for broadcast in pending:
+            sender = self._online(broadcast.sender)
+            assert sender.client is not None
+            marker = f"bmark {secrets.token_hex(4)}"
+            # Per-path ordering: a duplicate of the broadcast would arrive before this marker.
+            await sender.client.send_public(marker)
+            sender_id = sender.identity.user_id
+
+            async def count(name: str, cursor: Cursor, text: str = broadcast.text, sent: float = broadcast.sent_at,
+                            marker: str = marker, sender_id: str = sender_id) -> int:
+                seen = 0
+                while True:
+                    event = await cursor.next(within)
+                    if isinstance(event, PublicMessage) and event.sender_id == sender_id:
+                        if event.text == marker:
+                            return seen
+                        if event.text == text:
+                            if not seen:
+                                latencies.append(time.monotonic() - sent)
+                            seen += 1
+
+            live = {name: cursor for name, cursor in broadcast.recipients.items() if self.users[name].online}
+            try:
+                async with asyncio.timeout(within):
+                    counts = await asyncio.gather(*(count(name, cursor) for name, cursor in live.items()))
+            except TimeoutError:
+                raise StepFailed(f"broadcast from {broadcast.sender} or its marker did not reach every member "
+                                 f"within {within:g}s") from None
+            total += len(live)
+            problems += [f"{name} got it {n} times" for name, n in zip(live, counts, strict=True) if n != 1]
+        detail = f"{len(pending)} broadcasts, {total} deliveries"
+        if problems:
+            raise StepFailed(f"{detail}; {', '.join(problems)}")
+        return detail + ", each exactly once", {"deliveries": total, "latency_s": checks.percentiles(latencies)}
 
     async def _step_expect(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         what = args["what"]
@@ -307,6 +360,8 @@ class ScenarioRunner:
             return await self._expect_received(args, within)
         elif what == "traffic_delivered":
             return await self._expect_traffic(within)
+        elif what == "broadcast_delivered":
+            return await self._expect_broadcasts(within)
         else:  # validated by the scenario parser
             raise StepFailed(f"unknown expectation {what}")
         if not result.ok:

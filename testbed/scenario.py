@@ -26,6 +26,9 @@
       - kill: peer2                               # also stop, start, restart, pause, unpause, partition, heal
       - wait_healthy: {within: 30}
       - reconnect: {node: peer2}                  # users that were on peer2 come back on peer2
+      - broadcast: {from: alice, text: hello}     # public channel (/all)
+      - expect: broadcast_delivered               # every member online at the time, exactly once
+        within: 10
       - traffic: {rate: 20}                       # background DMs between users online throughout
       - expect: traffic_delivered
         within: 20
@@ -46,7 +49,7 @@ import yaml
 from testbed.backend import NodeTimings
 
 NODE_ACTIONS = ("kill", "stop", "start", "restart", "pause", "unpause", "partition", "heal")
-EXPECTATIONS = ("converged", "delivered", "received", "traffic_delivered", "healthy")
+EXPECTATIONS = ("converged", "delivered", "received", "traffic_delivered", "broadcast_delivered", "healthy")
 STEP_KINDS = ("up", "connect", "disconnect", "reconnect", "send", "broadcast", "expect", "wait_healthy",
               "traffic", "repeat", *NODE_ACTIONS)
 
