@@ -124,6 +124,6 @@ async def test_unreachable_server_exits_with_a_message(tmp_path: Path, key_pool:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "client", "--user", "erin", "--server", "ws://127.0.0.1:1", "--key-dir", str(tmp_path),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    stdout, stderr = await asyncio.wait_for(process.communicate(), scaled(15))
+    _, stderr = await asyncio.wait_for(process.communicate(), scaled(15))
     assert process.returncode == 1
     assert "cannot connect to ws://127.0.0.1:1" in stderr.decode()
