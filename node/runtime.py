@@ -121,7 +121,9 @@ class NodeRuntime:
             async with asyncio.timeout(DIAL_TIMEOUT_S):
                 connection = await connect(uri, max_size=self.config.max_frame_bytes * 2,
                                            logger=logging.getLogger("socp.node.ws"))
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+        except Exception as exc:  # whatever the dial hit, it fails this dial, never the node
+            if not isinstance(exc, OSError | TimeoutError | InvalidHandshake | InvalidURI):
+                self._log.warning("unexpected error dialing %s: %r", uri, exc)
             self._log.info("cannot reach %s: %s", uri, exc or type(exc).__name__)
             state.dial_failed(link_id, now_ms())
             self._flush()
@@ -171,6 +173,9 @@ class NodeRuntime:
             try:
                 await link.connection.send(str(item))
             except ConnectionClosed:
+                return
+            except Exception:  # a broken connection ends its writer, never the node's task group
+                self._log.exception("cannot send on link %d", link_id)
                 return
 
     async def _close_connection(self, link_id: LinkId, connection: Connection, code: int, reason: str) -> None:
@@ -233,7 +238,11 @@ class NodeRuntime:
                 async with asyncio.timeout(delay):
                     await self._wakeup.wait()
             if now_ms() >= state.next_deadline():
-                state.handle_timer(now_ms())
+                try:
+                    state.handle_timer(now_ms())
+                except Exception:
+                    # A bug in a timer must not stop every future timer (heartbeats, reconnects).
+                    self._log.exception("internal error in timers")
                 self._flush()
 
     # --- HTTP --------------------------------------------------------------------------------------
