@@ -1,0 +1,347 @@
+"""Password login, the user registry and directory lookups (project extension, PROTOCOL.md §9): no event loop.
+
+Registration records are made and signed on the client; servers store and replicate them, check a presented
+verifier against a salted hash, rate-limit failures per user id, and never see the password or the clear key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+
+from socp import crypto
+from socp import envelope as env
+from socp.actions import RegistrationStored
+from socp.codec import b64url_decode, b64url_encode
+from socp.envelope import FrameType
+from socp.errors import BadFrame, CryptoError
+from socp.login import LoginChallenged, LoginGranted, LoginRefused, LoginSession, make_login_record, register_frame
+from socp.registry import LoginRecord, LoginThrottle, Registration, normalize_login, registration_from_wire
+from socp.server import LOGIN_GRACE_MS
+from socp.user import DirectoryEntry, UserSession
+from tests.unit.harness import FakeUser, Net, Node
+from tests.unit.test_public_channel_support import SessionUser, session_users
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def record_key(key_pool: Any) -> crypto.PrivateKey:
+    return key_pool.key(20)
+
+
+@pytest.fixture(scope="module")
+def alice_record(record_key: crypto.PrivateKey) -> LoginRecord:
+    """One slow derivation shared by the tests that only inspect a record."""
+    return make_login_record(record_key, "a11ce000-0000-4000-8000-0000000000a1", "Alice", PASSWORD, 1)
+
+
+# --- records, made on the client -----------------------------------------------------------------
+
+def test_the_record_seals_the_key_and_holds_only_a_verifier_hash(alice_record: LoginRecord,
+                                                                 record_key: crypto.PrivateKey) -> None:
+    user_id = "a11ce000-0000-4000-8000-0000000000a1"
+    assert alice_record.login == "alice"
+    kdf = alice_record.privkey_store["kdf"]
+    assert kdf["alg"] == "PBKDF2-SHA256" and kdf["iterations"] >= 600_000 and kdf == alice_record.pake_password["kdf"]
+    assert PASSWORD not in repr(alice_record.to_wire())
+    pubkey = crypto.encode_public_key(record_key.public_key())
+    assert alice_record.verify(user_id, pubkey)
+    sealing, verifier = crypto.derive_password_keys(PASSWORD, b64url_decode(kdf["salt"]), kdf["iterations"])
+    opened = crypto.open_private_key(alice_record.privkey_store["sealed"], sealing, user_id)
+    assert crypto.encode_public_key(opened.public_key()) == pubkey
+    pake = alice_record.pake_password
+    assert crypto.verifier_matches(verifier, b64url_decode(pake["salt"]), b64url_decode(pake["verifier_hash"]))
+    wrong_sealing, wrong_verifier = crypto.derive_password_keys("wrong", b64url_decode(kdf["salt"]),
+                                                                kdf["iterations"])
+    assert not crypto.verifier_matches(wrong_verifier, b64url_decode(pake["salt"]),
+                                       b64url_decode(pake["verifier_hash"]))
+    with pytest.raises(CryptoError, match="does not open with this password"):
+        crypto.open_private_key(alice_record.privkey_store["sealed"], wrong_sealing, user_id)
+    with pytest.raises(CryptoError, match="does not open"):  # bound to its user id
+        crypto.open_private_key(alice_record.privkey_store["sealed"], sealing, "b0b00000-0000-4000-8000-0000000000b0")
+
+
+def test_records_are_checked_whole(alice_record: LoginRecord, record_key: crypto.PrivateKey) -> None:
+    user_id = "a11ce000-0000-4000-8000-0000000000a1"
+    pubkey = crypto.encode_public_key(record_key.public_key())
+    item = {"user_id": user_id, "pubkey": pubkey, "home_server": "s", "meta": {}, "login": alice_record.to_wire()}
+    assert registration_from_wire(item).login == alice_record
+    tampered = {**item, "login": {**alice_record.to_wire(), "version": 2}}
+    with pytest.raises(BadFrame, match="not signed by the user's key"):
+        registration_from_wire(tampered)
+    weak_kdf = {**alice_record.privkey_store["kdf"], "iterations": 1000}
+    weak = {**alice_record.to_wire(), "privkey_store": {**alice_record.privkey_store, "kdf": weak_kdf},
+            "pake_password": {**alice_record.pake_password, "kdf": weak_kdf}}
+    with pytest.raises(BadFrame, match="iterations"):
+        LoginRecord.from_wire(weak)
+    with pytest.raises(BadFrame, match="case-folded"):
+        LoginRecord.from_wire({**alice_record.to_wire(), "login": "Alice"})
+    with pytest.raises(CryptoError):
+        make_login_record(record_key, user_id, "alice", "", 1)
+    with pytest.raises(CryptoError, match="iterations"):
+        crypto.derive_password_keys("pw", b"salt" * 4, 100_000)
+    for bad in ["", ".hidden", "-x", "a/b", "x" * 65, 5]:
+        with pytest.raises(BadFrame):
+            normalize_login(bad)
+
+
+def test_the_throttle_allows_five_failures_a_minute() -> None:
+    throttle = LoginThrottle(max_failures=5, window_ms=60_000)
+    for i in range(5):
+        throttle.check("u", 1000 + i, "alice")
+        throttle.failed("u", 1000 + i)
+    with pytest.raises(Exception, match="too many failed logins for alice: try again in 60 s"):
+        throttle.check("u", 1010, "alice")
+    throttle.check("other", 1010, "bob")
+    throttle.check("u", 61_001, "alice")  # the oldest failure left the window
+    throttle.succeeded("u")
+    throttle.check("u", 61_002, "alice")
+
+
+# --- through ServerState --------------------------------------------------------------------------
+
+@dataclass
+class Net3:
+    net: Net
+    a: Node
+    b: Node
+    alice: SessionUser
+    bob: SessionUser
+
+
+@pytest.fixture
+def net3(net: Net) -> Net3:
+    intro = net.introducer("I")
+    a, b = net.peer("A", intro), net.peer("B", intro)
+    [alice] = session_users(net, a, "alice")
+    [bob] = session_users(net, b, "bob")
+    return Net3(net, a, b, alice, bob)
+
+
+@pytest.fixture
+def registered(net3: Net3) -> Net3:
+    """alice registered the password; her record reached every server."""
+    alice = net3.alice
+    record = make_login_record(alice.key, alice.user_id, "alice", PASSWORD, net3.net.now)
+    alice.send(register_frame(record, alice.user_id, net3.a.server_id, net3.net.now))
+    return net3
+
+
+def login_at(net: Net, node: Node, name: str, password: str) -> tuple[FakeUser, LoginSession, list[Any]]:
+    """Run a login against ``node`` from a fresh connection; returns the connection, the session, the events."""
+    conn = FakeUser(net, f"login{len(net.users)}", net.pool.key(23), "", {})
+    net.users[conn.name] = conn
+    conn.open(node)
+    attempt = LoginSession(name, password)
+    events: list[Any] = []
+
+    def feed() -> None:
+        for frame in conn.inbox:
+            events.extend(attempt.receive_text(frame.to_wire(), net.now))
+        conn.clear()
+
+    conn.send(attempt.request(net.now))
+    feed()
+    if events and isinstance(events[-1], LoginChallenged):
+        conn.send(attempt.prove(net.now))
+        feed()
+    return conn, attempt, events
+
+
+def test_registration_is_acknowledged_stored_and_replicated(registered: Net3) -> None:
+    net, a, b, alice = registered.net, registered.a, registered.b, registered.alice
+    [ack] = alice.frames(FrameType.ACK)[-1:]
+    assert ack.payload["msg_ref"].startswith(f"USER_REGISTER:{alice.user_id}:") and alice.signed_by_server(ack)
+    [stored] = [e for e in a.events_of(RegistrationStored) if e.registration.user_id == alice.user_id]
+    assert stored.registration.login is not None and stored.registration.login.login == "alice"
+    for node in (a, b):
+        registration = node.state.registration(alice.user_id)
+        assert registration is not None and registration.login is not None
+        assert registration.pubkey == alice.pubkey and registration.home_server == a.server_id
+    records = [p for p in net.packets(src="A", dst="B", frame_type="SERVER_USER_RECORDS") if "privkey_store" in p.text]
+    assert records and PASSWORD not in "".join(p.text for p in net.delivered)
+
+
+def test_login_from_nothing_on_another_server(registered: Net3) -> None:
+    net, b, alice = registered.net, registered.b, registered.alice
+    alice.disconnect()
+    conn, attempt, events = login_at(net, b, "ALICE", PASSWORD)
+    challenged, granted = events
+    assert isinstance(challenged, LoginChallenged) and challenged.user_id == alice.user_id
+    assert isinstance(granted, LoginGranted) and granted.user_id == alice.user_id
+    assert crypto.encode_public_key(granted.key.public_key()) == alice.pubkey
+    session = UserSession(granted.user_id, granted.key, {"display_name": "alice"}, granted.server_pub,
+                          login_nonce=attempt.nonce)
+    hello = session.hello(net.now)
+    assert env.parse(hello).payload["login_nonce"] == attempt.nonce
+    conn.send(hello)
+    for frame in conn.inbox:
+        session.receive_text(frame.to_wire(), net.now)
+    assert session.welcomed and b.server_id == session.server_id
+    assert alice.user_id in b.state.local_users
+
+
+def test_a_wrong_password_is_refused_clearly_and_costs_the_challenge(registered: Net3) -> None:
+    net, b = registered.net, registered.b
+    conn, attempt, events = login_at(net, b, "alice", "wrong password")
+    assert isinstance(events[-1], LoginRefused)
+    assert (events[-1].code, events[-1].detail) == ("AUTH_FAILED", "wrong password for alice")
+    assert not conn.closed
+    # The same nonce cannot be tried twice.
+    retry = env.make(FrameType.USER_LOGIN_PROOF, "*", "*", net.now, {"login": "alice", "nonce": attempt.nonce or "",
+                                                                   "verifier": b64url_encode(b"x" * 32)})
+    conn.send(retry)
+    [error] = conn.errors()
+    assert error.payload["code"] == "BAD_FRAME" and "without a matching" in error.payload["detail"]
+
+
+def test_failed_logins_are_rate_limited_per_user(registered: Net3) -> None:
+    net, b = registered.net, registered.b
+    for _ in range(5):
+        _, _, events = login_at(net, b, "alice", "guess")
+        assert events[-1].code == "AUTH_FAILED"
+    _, _, events = login_at(net, b, "alice", PASSWORD)  # even the right password waits now
+    assert isinstance(events[-1], LoginRefused) and events[-1].code == "RATE_LIMITED"
+    assert "too many failed logins for alice: try again in" in events[-1].detail
+    net.run(61_000)
+    _, _, events = login_at(net, b, "alice", PASSWORD)
+    assert isinstance(events[-1], LoginGranted)
+
+
+def test_unknown_logins_and_mismatched_nonces_are_refused(registered: Net3) -> None:
+    net, b, alice = registered.net, registered.b, registered.alice
+    _, _, events = login_at(net, b, "nobody", PASSWORD)
+    assert isinstance(events[-1], LoginRefused) and events[-1].code == "USER_NOT_FOUND"
+    assert "nobody registered the login 'nobody'" in events[-1].detail
+    alice.disconnect()
+    conn, _, events = login_at(net, b, "alice", PASSWORD)
+    assert isinstance(events[-1], LoginGranted)
+    forged = UserSession(alice.user_id, alice.key, {}, login_nonce="not-the-nonce")
+    conn.send(forged.hello(net.now))
+    [error] = conn.errors()
+    assert error.payload["code"] == "BAD_FRAME" and "login_nonce" in error.payload["detail"] and conn.closed
+
+
+def test_a_login_in_progress_may_outlast_the_peer_timeout(registered: Net3) -> None:
+    net, b = registered.net, registered.b
+    conn = FakeUser(net, "slow", net.pool.key(23), "", {})
+    net.users["slow"] = conn
+    conn.open(b)
+    conn.send(LoginSession("alice", PASSWORD).request(net.now))
+    net.run(10_000)  # far beyond the 3 s peer timeout of the fake network
+    assert not conn.closed
+    net.run(LOGIN_GRACE_MS)
+    assert conn.closed
+
+
+def test_the_client_refuses_a_weak_challenge_and_a_blob_that_does_not_match(registered: Net3) -> None:
+    net, b = registered.net, registered.b
+    key = b.key
+    weak = env.make(FrameType.USER_LOGIN_CHALLENGE, b.server_id, "*", net.now, {
+        "login": "alice", "user_id": registered.alice.user_id, "nonce": "n", "server_id": b.server_id,
+        "server_pub": b.pubkey, "kdf": {"alg": "PBKDF2-SHA256", "iterations": 1, "salt": "AAAAAAAAAAAAAAAAAAAAAA"}},
+        key)
+    attempt = LoginSession("alice", PASSWORD)
+    attempt.request(net.now)
+    [refused] = attempt.receive_text(weak.to_wire(), net.now)
+    assert isinstance(refused, LoginRefused) and "refusing the server's password parameters" in refused.detail
+    # A server that hands out a blob for another key is caught after decryption.
+    _, _, events = login_at(net, b, "alice", PASSWORD)
+    assert isinstance(events[-1], LoginGranted)
+    registration = b.state.registration(registered.alice.user_id)
+    assert registration is not None and registration.login is not None
+    fresh = LoginSession("alice", PASSWORD)
+    fresh.request(net.now)
+    challenge = env.make(FrameType.USER_LOGIN_CHALLENGE, b.server_id, "*", net.now, {
+        "login": "alice", "user_id": registered.alice.user_id, "nonce": "n", "server_id": b.server_id,
+        "server_pub": b.pubkey, "kdf": dict(registration.login.pake_password["kdf"])}, key)
+    fresh.receive_text(challenge.to_wire(), net.now)
+    fresh.prove(net.now)
+    granted = env.make(FrameType.USER_LOGIN_GRANTED, b.server_id, "*", net.now, {
+        "user_id": registered.alice.user_id, "pubkey": registered.bob.pubkey,
+        "privkey_store": dict(registration.login.privkey_store)}, key)
+    [refused] = fresh.receive_text(granted.to_wire(), net.now)
+    assert isinstance(refused, LoginRefused) and "does not match the registered public key" in refused.detail
+
+
+def test_the_server_refuses_bad_registrations(net3: Net3) -> None:
+    net, a, alice, bob = net3.net, net3.a, net3.alice, net3.bob
+    record = make_login_record(alice.key, alice.user_id, "alice", PASSWORD, 5)
+    forged = replace(record, content_sig=crypto.sign(bob.key, b"x"))
+    older = make_login_record(alice.key, alice.user_id, "alice", PASSWORD, 4)
+    bobs = make_login_record(bob.key, bob.user_id, "alice", PASSWORD, 6)
+    cases = [(alice, forged, "INVALID_SIG", "does not verify"), (alice, record, None, None),
+             (alice, older, "BAD_FRAME", "older than the stored"), (bob, bobs, "NAME_IN_USE", "another user")]
+    for user, candidate, code, words in cases:
+        user.clear()
+        user.send(register_frame(candidate, user.user_id, user.node.server_id if user.node else "", net.now))
+        errors = user.errors()
+        if code is None:
+            assert errors == []
+        else:
+            [error] = errors
+            assert error.payload["code"] == code and words in error.payload["detail"], error.payload
+            assert not user.closed
+    registration = a.state.registration(alice.user_id)
+    assert registration is not None and registration.login is not None and registration.login.version == 5
+
+
+def test_directory_answers_for_offline_users_signed_by_the_server(registered: Net3) -> None:
+    net, alice, bob = registered.net, registered.alice, registered.bob
+    alice.disconnect()
+    for query in ({"user_id": alice.user_id}, {"login": "Alice"}):
+        bob.send(bob.session.directory_query(net.now, **query))
+        [entry] = bob.of(DirectoryEntry)[-1:]
+        assert (entry.user_id, entry.pubkey, entry.online, entry.login) == (alice.user_id, alice.pubkey, False, "alice")
+        assert entry.label == "alice" and entry.home_server == registered.a.server_id
+        [response] = bob.frames(FrameType.DIRECTORY_RESPONSE)[-1:]
+        assert bob.signed_by_server(response)
+    bob.send(bob.session.directory_query(net.now, user_id=bob.user_id))
+    assert bob.of(DirectoryEntry)[-1].online is True
+    bob.clear()
+    bob.send(bob.session.directory_query(net.now, login="nobody"))
+    [error] = bob.errors()
+    assert error.payload["code"] == "USER_NOT_FOUND"
+
+
+def test_the_registry_binds_ids_to_keys_network_wide(registered: Net3) -> None:
+    net, b, alice = registered.net, registered.b, registered.alice
+    alice.disconnect()
+    impostor = FakeUser(net, "impostor", registered.bob.key, alice.user_id, {"display_name": "alice"})
+    net.users["impostor"] = impostor
+    impostor.connect(b)
+    [error] = impostor.errors()
+    assert error.payload["code"] == "BAD_KEY" and impostor.closed
+
+
+def test_records_from_servers_are_merged_carefully(registered: Net3) -> None:
+    net, a, b, alice, bob = registered.net, registered.a, registered.b, registered.alice, registered.bob
+    current = b.state.registration(alice.user_id)
+    assert current is not None and current.login is not None
+
+    def push(registration: Registration) -> None:
+        frame = env.make(FrameType.SERVER_USER_RECORDS, a.server_id, "*", net.now + 1,
+                         {"records": [registration.to_wire()]}, a.key)
+        net.inject("A", "B", frame.to_wire())
+        net.now += 1
+
+    push(replace(current, pubkey=bob.pubkey))            # another key for a bound id: ignored
+    newer = make_login_record(alice.key, alice.user_id, "alice", "new password", current.login.version + 10)
+    push(current.with_login(newer))                       # a newer record signed by the user: taken
+    stored = b.state.registration(alice.user_id)
+    assert stored is not None and stored.pubkey == alice.pubkey and stored.login == newer
+    push(current)                                         # an older one: ignored
+    assert b.state.registration(alice.user_id) == stored
+    thief = make_login_record(bob.key, bob.user_id, "alice", PASSWORD, 10**15)
+    bob_now = b.state.registration(bob.user_id)
+    assert bob_now is not None
+    push(bob_now.with_login(thief))                       # a login that belongs to someone else: ignored
+    bob_after = b.state.registration(bob.user_id)
+    assert bob_after is not None and bob_after.login is None
+    malformed = env.make(FrameType.SERVER_USER_RECORDS, a.server_id, "*", net.now + 1,
+                         {"records": [{"user_id": 5}, "junk"]}, a.key)
+    net.inject("A", "B", malformed.to_wire())             # bad records are skipped; the link stays up
+    assert a.server_id in b.state.linked_servers
