@@ -257,7 +257,11 @@ class ServerState:
         own_address = (settings.advertise_host, settings.advertise_port)
         # A shared bootstrap file lists every introducer, this one too: joining ourselves makes no sense.
         self._bootstrap = tuple(entry for entry in settings.bootstrap if (entry.host, entry.port) != own_address)
-        self.joined = settings.introducer and not self._bootstrap
+        # Introducers that share a bootstrap list must not all found networks of their own: the first listed
+        # founds at once, the k-th only after k rounds in which no fellow introducer welcomed it.
+        listed = [(entry.host, entry.port) for entry in settings.bootstrap]
+        self._founder_rank = listed.index(own_address) if own_address in listed else 1
+        self.joined = settings.introducer and (not self._bootstrap or self._founder_rank == 0)
         self._join_index = 0
         self._join_attempt = 0
         self._join_due: int | None = None
@@ -271,7 +275,7 @@ class ServerState:
 
     def start(self, now: int) -> None:
         """Begin joining the network through the bootstrap list (an introducer joins its fellow introducers)."""
-        if self._bootstrap:
+        if self._bootstrap and not self.joined:
             self._join_due = now
 
     def accept_link(self, now: int) -> LinkId:
@@ -493,6 +497,10 @@ class ServerState:
     # --- server links ----------------------------------------------------------------------------
 
     def _on_hello_join(self, link: _Link, frame: Envelope, now: int) -> None:
+        if not self.joined:
+            # Welcoming servers before we are part of the network would found a separate island.
+            raise BadFrame("this server has not joined the network yet; try another introducer or retry",
+                           msg_ref=frame.msg_ref, fatal=True)
         key_text = crypto.normalize_public_key(frame.payload["pubkey"])
         if frame.sig and not frame.verify(crypto.decode_public_key(key_text)):
             raise InvalidSignature("SERVER_HELLO_JOIN signature does not verify with its pubkey",
@@ -1274,6 +1282,11 @@ class ServerState:
         if self._join_index % len(self._bootstrap) == 0:
             # Every introducer failed once: back off before the next round.
             self._join_attempt += 1
+            if self.settings.introducer and self._join_attempt >= self._founder_rank:
+                self.joined = True
+                self._log.warning("no fellow introducer welcomed us in %d rounds; founding the network",
+                                  self._join_attempt)
+                return
             self._join_due = now + self._backoff(self._join_attempt)
             self._log.warning("no introducer reachable; retrying in %d ms", self._join_due - now)
         else:
