@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +97,27 @@ class ClusterBackend(Protocol):
 
     def collect_logs(self, destination: Path) -> list[Path]:
         """Copy every node's log into ``destination``; returns the files written."""
+
+
+class ManagedCluster:
+    """``async with backend:`` starts the federation and always stops it, for any backend class."""
+
+    async def start(self) -> None:  # pragma: no cover - provided by the backend
+        raise NotImplementedError
+
+    async def stop(self) -> None:  # pragma: no cover - provided by the backend
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
 
 BackendFactory = Callable[[Path, ClusterSpec], ClusterBackend]

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed import compose
-from testbed.backend import ClusterSpec, register_backend
+from testbed.backend import ClusterSpec, ManagedCluster, register_backend
 from testbed.local import probe_health, wait_mesh_healthy, wait_until
 
 IMAGE_ENV = "SOCP_IMAGE"
@@ -141,7 +141,7 @@ def remove_run(client: Any, project: str) -> list[str]:
     return removed
 
 
-class DockerCluster:
+class DockerCluster(ManagedCluster):
     """The ``docker`` backend: a compose project of containers, driven by compose and the Docker SDK.
 
     ``project`` defaults to a fresh ``socp-<8 hex>``; ``progress`` receives one line per phase of
@@ -373,17 +373,6 @@ class DockerCluster:
                 continue
             self.saved_logs.mkdir(parents=True, exist_ok=True)
             (self.saved_logs / f"{node}.log").write_bytes(data)
-
-    async def __aenter__(self) -> DockerCluster:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # --- helpers -----------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testbed.backend import BackendUnsupported, ClusterSpec, NodeTimings, register_backend
+from testbed.backend import BackendUnsupported, ClusterSpec, ManagedCluster, NodeTimings, register_backend
 
 _LISTENING = re.compile(r"^\[(?P<id>[0-9a-f-]{36})\] Listening on ws://(?P<host>[^:]+):(?P<port>\d+)$", re.M)
 
@@ -162,7 +162,7 @@ class LocalNode:
             await wait_until(lambda: process.poll() is not None, timeout=5.0, what=f"{self.name} to die")
 
 
-class LocalCluster:
+class LocalCluster(ManagedCluster):
     """The ``local`` backend: introducers and peers as processes on 127.0.0.1.
 
     ``prepare`` is called with each node's name and data directory before its identity is created;
@@ -293,17 +293,6 @@ class LocalCluster:
     async def stop(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL)."""
         await asyncio.gather(*(node.stop() for node in self.nodes), return_exceptions=True)
-
-    async def __aenter__(self) -> LocalCluster:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
 
 async def wait_mesh_healthy(server_ids: dict[str, str],
