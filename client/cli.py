@@ -501,9 +501,10 @@ class ChatShell:
         except ProtocolError as exc:
             self._say(f"[error] {exc.code}: {_clean(exc.detail)}")
         except ClientError as exc:
-            if isinstance(exc, ConnectionLost):
-                raise
+            # Never let a background transfer end the shell: a lost connection is reported by the event pump.
             self._say(f"[error] {_clean(str(exc))}")
+        except TimeoutError as exc:
+            self._say(f"[error] {exc}")
         else:
             size = path.stat().st_size if path.exists() else 0
             self._say(f"[file] sent {_clean(path.name)} to {_clean(label)} ({_size_text(size)})")

@@ -83,6 +83,8 @@ RECORDS_PER_FRAME = 50
 MAX_SHARES = 5_000
 """Most shares one PUBLIC_CHANNEL_KEY_SHARE may carry (a bound on the work one frame can cause)."""
 _FILE_SLACK = 64 * 1024
+MAX_FILES_PER_SENDER = 64
+"""Transfers one user may have in flight through this server at once (bounded memory)."""
 
 
 class _SilentDrop(Exception):
@@ -992,6 +994,10 @@ class ServerState:
         sender = payload.pop("sender", None)
         if not isinstance(sender, str):
             raise BadFrame("SERVER_DELIVER to 'public' needs the sending user in 'sender'", msg_ref=frame.msg_ref)
+        for name, types in env.PAYLOAD_SCHEMA[kind].items():
+            # Our users must only ever get well-formed frames, even from a faulty peer.
+            if not isinstance(payload.get(name), types) or isinstance(payload.get(name), bool):
+                raise BadFrame(f"SERVER_DELIVER of {kind} lacks a valid '{name}'", msg_ref=frame.msg_ref)
         if kind is FrameType.PUBLIC_CHANNEL_KEY_SHARE:
             shares = payload.get("shares")
             if isinstance(shares, list):
@@ -1048,6 +1054,9 @@ class ServerState:
         if frame.type is FrameType.FILE_START:
             if file_key in self._files or file_key in self._refused_files:
                 raise BadFrame(f"file_id {payload['file_id']} was used already", msg_ref=frame.msg_ref)
+            if sum(1 for sender, _ in self._files if sender == frame.sender) >= MAX_FILES_PER_SENDER:
+                raise RateLimited(f"{MAX_FILES_PER_SENDER} files are already in flight; finish one first",
+                                  msg_ref=frame.msg_ref)
             try:
                 self._check_file_start(link, frame)
             except ProtocolError:

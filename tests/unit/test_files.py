@@ -16,6 +16,7 @@ import pytest
 from socp import crypto
 from socp import envelope as env
 from socp.envelope import FrameType
+from socp.server import MAX_FILES_PER_SENDER
 from socp.user import (
     DM_CHUNK_BYTES,
     FILE_IDLE_MS,
@@ -244,3 +245,15 @@ def test_stalled_transfers_are_abandoned(pair: Pair) -> None:
 def test_the_sender_refuses_files_above_its_limit(pair: Pair) -> None:
     with pytest.raises(Exception, match="above the limit of 65536 bytes"):
         pair.carol.session.send_file(pair.bob.user_id, "big", b"x" * 65537, pair.net.now)
+
+
+def test_a_sender_may_have_only_so_many_files_in_flight(pair: Pair) -> None:
+    alice, net = pair.alice, pair.net
+    starts = []
+    for i in range(MAX_FILES_PER_SENDER + 1):
+        outgoing = alice.session.send_file(pair.bob.user_id, f"f{i}", b"x", net.now)
+        starts.append(outgoing.next_frame(net.now) or "")
+    alice.send_frames(starts)
+    codes = [error.payload["code"] for error in alice.errors()]
+    assert codes == ["RATE_LIMITED"]
+    assert len(pair.bob.frames(FrameType.FILE_START)) == MAX_FILES_PER_SENDER

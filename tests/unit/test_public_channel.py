@@ -233,3 +233,18 @@ def test_users_cannot_send_membership_announcements(channel: Channel) -> None:
     alice.send(alice.frame(FrameType.PUBLIC_CHANNEL_ADD, "*", {"add": [alice.user_id], "if_version": 0}))
     [error] = alice.errors()
     assert error.payload["code"] == "BAD_FRAME"
+
+
+def test_a_malformed_public_delivery_from_a_server_reaches_nobody(channel: Channel) -> None:
+    net, a, b = channel.net, channel.a, channel.b
+    for payload in ({"user_id": "public", "sender": channel.alice.user_id, "kind": "MSG_PUBLIC_CHANNEL",
+                     "sender_pub": channel.alice.pubkey, "content_sig": "x"},
+                    {"user_id": "public", "sender": channel.alice.user_id, "kind": "USER_HELLO", "pubkey": "x"},
+                    {"user_id": "public", "kind": "MSG_PUBLIC_CHANNEL", "ciphertext": "x", "sender_pub": "x",
+                     "content_sig": "x"}):
+        frame = env.make(FrameType.SERVER_DELIVER, a.server_id, b.server_id, net.now, payload, a.key)
+        net.inject("A", "B", frame.to_wire())
+        net.now += 1
+    errors = [env.parse(p.text) for p in net.packets(src="B", dst="A", frame_type="ERROR")]
+    assert [e.payload["code"] for e in errors] == ["BAD_FRAME"] * 3
+    assert channel.bob.frames(FrameType.MSG_PUBLIC_CHANNEL) == [] and a.server_id in b.state.linked_servers
