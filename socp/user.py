@@ -601,16 +601,18 @@ class UserSession:
                 logger.debug("ignoring %s: not something a server sends a user", frame.type)
                 return []
             return [FrameRejected(f"{frame.type} refused: session is {self._state.value}", frame.type.value)]
+        # Any frame is a tick of the clock for incoming files: stalled ones are abandoned (and said so).
+        stalled = self.expire_transfers(now) if self._incoming else []
         try:
             if self._state is SessionState.AWAITING_ACK:
                 return self._before_welcome(frame)
             if self._server_key is None or not frame.verify(self._server_key):
                 raise _Rejected(f"{frame.type} signature does not verify with the pinned key of server "
                                 f"{self._server_id}")
-            return self._after_welcome(frame, now)
+            return [*stalled, *self._after_welcome(frame, now)]
         except _Rejected as exc:
             logger.debug("rejected %s: %s", frame.msg_ref, exc.reason)
-            return [FrameRejected(exc.reason, frame.type.value)]
+            return [*stalled, FrameRejected(exc.reason, frame.type.value)]
 
     # --- state handlers --------------------------------------------------------------------------
 
@@ -659,7 +661,7 @@ class UserSession:
         if frame.type is FrameType.MSG_PUBLIC_CHANNEL:
             return self._on_public_message(frame, now)
         if frame.type in (FrameType.FILE_START, FrameType.FILE_CHUNK, FrameType.FILE_END):
-            return [*self.expire_transfers(now), *self._on_file_frame(frame, now)]
+            return self._on_file_frame(frame, now)
         if frame.type is FrameType.DIRECTORY_RESPONSE:
             return [self._on_directory_response(frame)]
         if frame.type is FrameType.ERROR:

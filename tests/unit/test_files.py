@@ -257,3 +257,13 @@ def test_a_sender_may_have_only_so_many_files_in_flight(pair: Pair) -> None:
     codes = [error.payload["code"] for error in alice.errors()]
     assert codes == ["RATE_LIMITED"]
     assert len(pair.bob.frames(FrameType.FILE_START)) == MAX_FILES_PER_SENDER
+
+
+def test_any_frame_abandons_a_stalled_transfer(pair: Pair) -> None:
+    net, bob = pair.net, pair.bob
+    frames = pair.alice.file_frames(bob.user_id, "a.bin", os.urandom(2 * DM_CHUNK_BYTES))
+    pair.alice.send_frames(frames[:2])
+    net.now += FILE_IDLE_MS + 1
+    pair.alice.public("still there?")  # unrelated traffic after the idle time
+    [rejected] = bob.of(FileRejected)
+    assert "abandoned" in rejected.reason and received(bob) == []
