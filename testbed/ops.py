@@ -14,6 +14,7 @@ import contextlib
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     times = cluster.timings
     print(f"  up in {times['total']:.1f} s: keys {times['keys']:.1f} s, containers {times['compose_up']:.1f} s, "
           f"healthy full mesh {times['healthy']:.1f} s")
+    try:
+        waited = asyncio.run(_await_container_health(cluster, args.timeout))
+        print(f"  docker HEALTHCHECK healthy on every container after {waited:.1f} s more")
+    except WaitTimeout as exc:
+        print(f"  warning: {exc}", file=sys.stderr)
     print()
     return _show(args.workdir)
 
@@ -180,6 +186,28 @@ def cmd_down(args: argparse.Namespace) -> int:
     if left:
         return _fail("still there: " + ", ".join(f"{count} {kind}" for kind, count in left.items()))
     return 0
+
+
+async def _await_container_health(cluster: Any, timeout: float) -> float:
+    """Wait until Docker's own HEALTHCHECK reports every container healthy (``make ps`` then agrees)."""
+    from testbed.local import WaitTimeout
+
+    states: dict[str, str] = {}
+
+    async def refresh() -> None:
+        for node in cluster.node_names:
+            states[node] = await cluster.container_health(node)
+
+    async def all_healthy() -> bool:
+        await refresh()
+        return all(state == "healthy" for state in states.values())
+
+    start = time.monotonic()
+    while not await all_healthy():
+        if time.monotonic() - start > timeout:
+            raise WaitTimeout(f"docker HEALTHCHECK not healthy everywhere after {timeout:.0f} s: {states}")
+        await asyncio.sleep(0.5)
+    return time.monotonic() - start
 
 
 def render_table(rows: Sequence[Sequence[str]]) -> str:
