@@ -32,10 +32,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.bench_core import raw_rsa
 from client.connection import ClientConnection
 from client.keystore import Identity
 from socp import crypto
@@ -47,28 +47,6 @@ from tests.keypool import KeyPool
 NODE_KEYS = {"introducer": 0, "peer1": 1, "peer2": 2, "peer3": 3}
 USER_KEYS = range(4, 24)
 """Pool keys the members cycle through (ids differ; a key may serve several members)."""
-
-
-def _median_ms(fn: Callable[[], object], runs: int) -> float:
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
-
-
-def raw_rsa(pool: KeyPool, runs: int = 40) -> dict[str, float]:
-    """Median ms of one RSA-4096 PSS sign and verify, and one OAEP encrypt and decrypt (one 446-byte block)."""
-    key = pool.key(4)
-    public = key.public_key()
-    data = os.urandom(crypto.OAEP_MAX_PLAINTEXT)
-    signature = crypto.sign(key, data)
-    ciphertext = crypto.rsa_encrypt(public, data)
-    return {"sign_ms": _median_ms(lambda: crypto.sign(key, data), runs),
-            "verify_ms": _median_ms(lambda: crypto.verify(public, data, signature), runs),
-            "encrypt_ms": _median_ms(lambda: crypto.rsa_encrypt(public, data), runs),
-            "decrypt_ms": _median_ms(lambda: crypto.rsa_decrypt(key, ciphertext), runs)}
 
 
 async def connect_members(cluster: LocalCluster, pool: KeyPool, count: int, tag: str) -> list[ClientConnection]:

@@ -6,29 +6,20 @@ unless ``SOCP_REQUIRE_DOCKER=1`` (set by CI through ``.ci/run``): then they fail
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 
-from client.connection import ClientConnection
-from client.keystore import Identity
-from testbed.backend import ClusterSpec, NodeTimings
+from testbed.backend import ClusterSpec
 from testbed.docker_backend import DockerCluster, docker_problem
+from testbed.pytest_plugin import FAST_TIMINGS
 from tests import scaled
+from tests.clients import UserFactory
 from tests.keypool import KeyPool
 
 REQUIRE_ENV = "SOCP_REQUIRE_DOCKER"
-FAST_TIMINGS = NodeTimings(heartbeat_interval=0.5, peer_timeout=2.0, presence_sync_interval=2.0)
-FIRST_USER_KEY = 10
-"""Pool keys of scripted users: 10..23 (nodes make their own keys inside their volumes)."""
-USER_KEYS = 14
-
-Connect = Callable[[str, str], Awaitable[ClientConnection]]
 
 
 def docker_required() -> bool:
@@ -60,18 +51,8 @@ async def docker_cluster(docker_ready: None, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def connect(docker_cluster: DockerCluster, key_pool: KeyPool) -> AsyncIterator[Connect]:
+async def connect(docker_cluster: DockerCluster, key_pool: KeyPool) -> AsyncIterator[UserFactory]:
     """``await connect("peer1", "alice")``: a scripted user with a pool key, closed after the test."""
-    opened: list[ClientConnection] = []
-
-    async def open_user(node: str, name: str) -> ClientConnection:
-        identity = Identity(str(uuid.uuid4()), name, key_pool.key(FIRST_USER_KEY + len(opened) % USER_KEYS))
-        client = await ClientConnection.connect(docker_cluster.url(node), identity, timeout=scaled(10))
-        opened.append(client)
-        return client
-
-    yield open_user
-    for client in opened:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):
-                await client.close()
+    users = UserFactory(docker_cluster.url, key_pool)
+    yield users
+    await users.close_all()

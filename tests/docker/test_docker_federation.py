@@ -15,7 +15,7 @@ from testbed import checks, compose
 from testbed.backend import ClusterSpec
 from testbed.docker_backend import DockerCluster, DockerUnavailable, docker_client
 from tests import scaled
-from tests.docker.conftest import Connect
+from tests.clients import UserFactory
 
 pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="module")]
 
@@ -59,7 +59,7 @@ async def test_every_container_is_labelled_and_published_on_loopback_only(docker
 
 
 async def test_users_on_every_peer_converge_and_delivery_is_exactly_once(
-        connect: Connect, docker_cluster: DockerCluster) -> None:
+        connect: UserFactory, docker_cluster: DockerCluster) -> None:
     clients = [await connect(node, f"user{i}") for i, node in enumerate(docker_cluster.peer_names * 2)]
     result = await checks.converged(clients, {client.user_id for client in clients}, timeout=scaled(15))
     assert result.ok, result.detail
@@ -70,7 +70,7 @@ async def test_users_on_every_peer_converge_and_delivery_is_exactly_once(
 
 
 async def test_killed_peer_leaves_every_directory_and_reconverges_after_restart(
-        connect: Connect, docker_cluster: DockerCluster) -> None:
+        connect: UserFactory, docker_cluster: DockerCluster) -> None:
     survivors = [await connect("peer1", "s1"), await connect("peer2", "s2")]
     doomed = await connect("peer3", "doomed")
     result = await checks.converged(survivors, {c.user_id for c in [*survivors, doomed]}, timeout=scaled(15))
@@ -92,7 +92,7 @@ async def test_killed_peer_leaves_every_directory_and_reconverges_after_restart(
 
 
 async def test_partitioned_peer_loses_its_users_everywhere_and_heals(
-        connect: Connect, docker_cluster: DockerCluster) -> None:
+        connect: UserFactory, docker_cluster: DockerCluster) -> None:
     survivors = [await connect("peer1", "p1"), await connect("peer2", "p2")]
     cut_off = await connect("peer3", "cut-off")
     everyone = [*survivors, cut_off]

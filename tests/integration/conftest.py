@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients import FIRST_USER_KEY
 from tests.keypool import KeyPool
 
-# Pool key indexes: nodes take 0..4, users 10 upwards (see user_key()).
+__all__ = ["FIRST_USER_KEY", "pool_prepare"]
+
+# Pool key indexes: nodes take 0..4, users FIRST_USER_KEY upwards (tests/clients.py).
 NODE_KEYS = {"introducer": 0, "peer1": 1, "peer2": 2, "peer3": 3, "peer4": 4}
-FIRST_USER_KEY = 10
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -105,7 +105,7 @@ async def test_hello_signed_by_another_key_is_refused(cluster: ClusterBackend, k
 @pytest.mark.parametrize(("bits", "exponent"), [(1024, 65537), (2048, 65537), (4096, 3)])
 async def test_weak_user_keys_are_refused(cluster: ClusterBackend, key_pool: KeyPool, bits: int, exponent: int) -> None:
     weak = key_pool.weak_key(bits, exponent)
-    user = await RawUser.open(cluster.url("peer1"), weak)  # type: ignore[arg-type]
+    user = await RawUser.open(cluster.url("peer1"), weak)
     await user.send(user.hello())
     error = await user.error()
     assert error["code"] == "BAD_KEY", error

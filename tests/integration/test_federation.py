@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 
-from client.connection import ClientConnection
-from client.keystore import Identity
 from socp import envelope as env
 from socp.envelope import FrameType
 from socp.errors import UserNotFound
@@ -18,33 +15,23 @@ from socp.user import DirectMessage, ServerError, UserOffline
 from testbed import checks
 from testbed.backend import ClusterBackend
 from tests import scaled
-from tests.integration.conftest import FIRST_USER_KEY
+from tests.clients import UserFactory
 from tests.integration.wire import now_ms
 from tests.keypool import KeyPool
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-Connect = Callable[[str, str], Awaitable[ClientConnection]]
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def connect(cluster: ClusterBackend, key_pool: KeyPool) -> AsyncIterator[Connect]:
+async def connect(cluster: ClusterBackend, key_pool: KeyPool) -> AsyncIterator[UserFactory]:
     """``await connect("peer1", "alice")``: a scripted user with a pool key, closed after the test."""
-    opened: list[ClientConnection] = []
-
-    async def open_user(node: str, name: str) -> ClientConnection:
-        identity = Identity(str(uuid.uuid4()), name, key_pool.key(FIRST_USER_KEY + len(opened) % 8))
-        client = await ClientConnection.connect(cluster.url(node), identity, timeout=scaled(10))
-        opened.append(client)
-        return client
-
-    yield open_user
-    for client in opened:
-        with contextlib.suppress(Exception):
-            await client.close()
+    users = UserFactory(cluster.url, key_pool)
+    yield users
+    await users.close_all()
 
 
-async def test_cross_node_direct_message(connect: Connect) -> None:
+async def test_cross_node_direct_message(connect: UserFactory) -> None:
     alice = await connect("peer1", "alice")
     bob = await connect("peer2", "bob")
     assert (await checks.converged([alice, bob], {alice.user_id, bob.user_id}, timeout=scaled(10))).ok
@@ -54,7 +41,7 @@ async def test_cross_node_direct_message(connect: Connect) -> None:
     assert (message.sender_id, message.sender_label, message.text) == (alice.user_id, "alice", "hey there!")
 
 
-async def test_long_unicode_message_spans_several_rsa_blocks(connect: Connect) -> None:
+async def test_long_unicode_message_spans_several_rsa_blocks(connect: UserFactory) -> None:
     alice = await connect("peer1", "alice")
     carol = await connect("peer3", "carol")
     result = await checks.converged([alice, carol], {alice.user_id, carol.user_id}, timeout=scaled(10))
@@ -65,7 +52,7 @@ async def test_long_unicode_message_spans_several_rsa_blocks(connect: Connect) -
     assert isinstance(message, DirectMessage) and message.text == text
 
 
-async def test_list_is_identical_on_every_node_and_delivery_is_exactly_once(connect: Connect,
+async def test_list_is_identical_on_every_node_and_delivery_is_exactly_once(connect: UserFactory,
                                                                              cluster: ClusterBackend) -> None:
     clients = [await connect(node, f"user{i}") for i, node in enumerate(cluster.peer_names * 2)]
     expected = {client.user_id for client in clients}
@@ -76,7 +63,7 @@ async def test_list_is_identical_on_every_node_and_delivery_is_exactly_once(conn
     assert delivered.data["delivered"] == len(clients) * (len(clients) - 1)
 
 
-async def test_disconnect_removes_user_everywhere(connect: Connect) -> None:
+async def test_disconnect_removes_user_everywhere(connect: UserFactory) -> None:
     stays = [await connect("peer1", "stays1"), await connect("peer3", "stays3")]
     leaver = await connect("peer2", "leaver")
     result = await checks.converged(stays, {c.user_id for c in [*stays, leaver]}, timeout=scaled(10))
@@ -89,7 +76,7 @@ async def test_disconnect_removes_user_everywhere(connect: Connect) -> None:
     assert result.ok, result.detail
 
 
-async def test_message_to_user_who_left_reports_user_not_found(connect: Connect) -> None:
+async def test_message_to_user_who_left_reports_user_not_found(connect: UserFactory) -> None:
     alice = await connect("peer1", "alice")
     dave = await connect("peer2", "dave")
     assert (await checks.converged([alice, dave], {alice.user_id, dave.user_id}, timeout=scaled(10))).ok
@@ -100,7 +87,7 @@ async def test_message_to_user_who_left_reports_user_not_found(connect: Connect)
 
 
 async def test_killed_node_users_leave_every_directory_and_return_after_restart(
-        connect: Connect, cluster: ClusterBackend) -> None:
+        connect: UserFactory, cluster: ClusterBackend) -> None:
     survivors = [await connect("peer1", "s1"), await connect("peer2", "s2")]
     doomed = await connect("peer3", "doomed")
     everyone = {c.user_id for c in [*survivors, doomed]}
@@ -120,7 +107,7 @@ async def test_killed_node_users_leave_every_directory_and_return_after_restart(
     assert delivered.ok, delivered.detail
 
 
-async def test_server_reports_errors_as_events(connect: Connect) -> None:
+async def test_server_reports_errors_as_events(connect: UserFactory) -> None:
     alice = await connect("peer1", "alice")
     # A frame the server must refuse: a list request claiming another sender.
     forged = env.make(FrameType.LIST_REQUEST, str(uuid.uuid4()), "*", now_ms(), {}, None)

@@ -3,57 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import sys
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from client.connection import ClientConnection
-from client.keystore import Identity
 from socp import crypto
 from socp import envelope as env
 from socp.envelope import FrameType
 from socp.user import DM_CHUNK_BYTES, FileIncoming, FileProgress, FileReceived, FileRejected
-from testbed import checks
 from testbed.local import LocalCluster
 from tests import scaled
+from tests.clients import UserFactory, converge
 from tests.integration.conftest import FIRST_USER_KEY
 from tests.integration.wire import RawUser, now_ms
 from tests.keypool import KeyPool
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-Connect = Callable[..., Awaitable[ClientConnection]]
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def connect(cluster: LocalCluster, key_pool: KeyPool, tmp_path: Path) -> AsyncIterator[Connect]:
-    """``await connect("peer1", "alice")``: a scripted user saving files to ``tmp_path/<name>``."""
-    opened: list[ClientConnection] = []
-
-    async def open_user(node: str, name: str, **options: object) -> ClientConnection:
-        identity = Identity(str(uuid.uuid4()), name, key_pool.key(FIRST_USER_KEY + len(opened) % 8))
-        client = await ClientConnection.connect(cluster.url(node), identity, timeout=scaled(10),
-                                                downloads=tmp_path / name, **options)  # type: ignore[arg-type]
-        opened.append(client)
-        return client
-
-    yield open_user
-    for client in opened:
-        with contextlib.suppress(Exception):
-            await client.close()
-
-
-async def converge(clients: list[ClientConnection], *others: str) -> None:
-    result = await checks.converged(clients, {c.user_id for c in clients} | set(others), timeout=scaled(15))
-    assert result.ok, result.detail
+async def connect(cluster: LocalCluster, key_pool: KeyPool, tmp_path: Path) -> AsyncIterator[UserFactory]:
+    """``await connect("peer1", "alice")``: a scripted user with a pool key, closed after the test."""
+    users = UserFactory(cluster.url, key_pool, downloads=tmp_path)
+    yield users
+    await users.close_all()
 
 
 def raw_file(sender: RawUser, to: str, name: str, data: bytes, *, recipient_pub: str | None = None,
@@ -79,7 +59,7 @@ def files_in(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-async def test_a_file_of_several_hundred_kib_crosses_nodes_intact(connect: Connect, tmp_path: Path) -> None:
+async def test_a_file_of_several_hundred_kib_crosses_nodes_intact(connect: UserFactory, tmp_path: Path) -> None:
     alice = await connect("peer1", "alice")
     bob = await connect("peer3", "bob")
     await converge([alice, bob])
@@ -96,7 +76,7 @@ async def test_a_file_of_several_hundred_kib_crosses_nodes_intact(connect: Conne
     assert Path(done.path).read_bytes() == data and done.sha256 == hashlib.sha256(data).hexdigest()
 
 
-async def test_a_public_file_reaches_everyone_with_progress(connect: Connect, tmp_path: Path) -> None:
+async def test_a_public_file_reaches_everyone_with_progress(connect: UserFactory, tmp_path: Path) -> None:
     alice = await connect("peer1", "alice")
     others = [await connect("peer2", "bob"), await connect("peer3", "carol")]
     await converge([alice, *others])
@@ -113,7 +93,7 @@ async def test_a_public_file_reaches_everyone_with_progress(connect: Connect, tm
 
 
 async def test_hash_mismatch_and_tampered_chunks_are_rejected_and_nothing_is_written(
-        connect: Connect, cluster: LocalCluster, key_pool: KeyPool, tmp_path: Path) -> None:
+        connect: UserFactory, cluster: LocalCluster, key_pool: KeyPool, tmp_path: Path) -> None:
     bob = await connect("peer2", "bob")
     mallory = await RawUser.open(cluster.url("peer1"), key_pool.key(FIRST_USER_KEY + 9))
     try:
@@ -137,7 +117,7 @@ async def test_hash_mismatch_and_tampered_chunks_are_rejected_and_nothing_is_wri
         await mallory.close()
 
 
-async def test_path_traversal_names_are_neutralised(connect: Connect, cluster: LocalCluster, key_pool: KeyPool,
+async def test_path_traversal_names_are_neutralised(connect: UserFactory, cluster: LocalCluster, key_pool: KeyPool,
                                                     tmp_path: Path) -> None:
     bob = await connect("peer3", "bob")
     mallory = await RawUser.open(cluster.url("peer1"), key_pool.key(FIRST_USER_KEY + 9))
@@ -156,7 +136,7 @@ async def test_path_traversal_names_are_neutralised(connect: Connect, cluster: L
         await mallory.close()
 
 
-async def test_size_limits_are_enforced_with_a_clear_error(connect: Connect, cluster: LocalCluster,
+async def test_size_limits_are_enforced_with_a_clear_error(connect: UserFactory, cluster: LocalCluster,
                                                            key_pool: KeyPool, tmp_path: Path) -> None:
     small = await connect("peer2", "small", max_file_bytes=1000)
     mallory = await RawUser.open(cluster.url("peer1"), key_pool.key(FIRST_USER_KEY + 9))

@@ -2,54 +2,36 @@
 
 from __future__ import annotations
 
-import contextlib
 import secrets
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 
 from client.connection import ClientConnection
-from client.keystore import Identity
 from socp.envelope import FrameType
 from socp.user import PublicKeyReceived, PublicMessage, PublicMessageUnreadable, UserOffline
-from testbed import checks
 from testbed.local import LocalCluster
 from tests import scaled
+from tests.clients import UserFactory, converge
 from tests.integration.conftest import FIRST_USER_KEY
 from tests.integration.wire import RawUser
 from tests.keypool import KeyPool
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-Connect = Callable[[str, str], Awaitable[ClientConnection]]
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def connect(cluster: LocalCluster, key_pool: KeyPool) -> AsyncIterator[Connect]:
+async def connect(cluster: LocalCluster, key_pool: KeyPool) -> AsyncIterator[UserFactory]:
     """``await connect("peer1", "alice")``: a scripted user with a pool key, closed after the test."""
-    opened: list[ClientConnection] = []
-
-    async def open_user(node: str, name: str) -> ClientConnection:
-        identity = Identity(str(uuid.uuid4()), name, key_pool.key(FIRST_USER_KEY + len(opened) % 8))
-        client = await ClientConnection.connect(cluster.url(node), identity, timeout=scaled(10))
-        opened.append(client)
-        return client
-
-    yield open_user
-    for client in opened:
-        with contextlib.suppress(Exception):
-            await client.close()
+    users = UserFactory(cluster.url, key_pool)
+    yield users
+    await users.close_all()
 
 
-async def converge(clients: list[ClientConnection], *others: str) -> None:
-    result = await checks.converged(clients, {c.user_id for c in clients} | set(others), timeout=scaled(15))
-    assert result.ok, result.detail
-
-
-async def test_all_from_each_node_reaches_every_user_exactly_once(connect: Connect, cluster: LocalCluster) -> None:
+async def test_all_from_each_node_reaches_every_user_exactly_once(connect: UserFactory, cluster: LocalCluster) -> None:
     clients = [await connect(node, f"u{i}") for i, node in enumerate(cluster.peer_names * 2)]
     await converge(clients)
     run = secrets.token_hex(4)
@@ -79,7 +61,7 @@ async def test_all_from_each_node_reaches_every_user_exactly_once(connect: Conne
         assert all(count == 1 for count in seen.values()), seen
 
 
-async def test_a_user_who_left_cannot_read_messages_sent_after(connect: Connect, cluster: LocalCluster,
+async def test_a_user_who_left_cannot_read_messages_sent_after(connect: UserFactory, cluster: LocalCluster,
                                                                key_pool: KeyPool) -> None:
     alice = await connect("peer1", "alice")
     bob = await connect("peer2", "bob")
@@ -124,7 +106,7 @@ async def check_leaver_is_locked_out(alice: ClientConnection, bob: ClientConnect
     assert isinstance(event, PublicMessageUnreadable) and "never shared" in event.reason
 
 
-async def test_a_newcomer_reads_messages_sent_after_joining(connect: Connect) -> None:
+async def test_a_newcomer_reads_messages_sent_after_joining(connect: UserFactory) -> None:
     alice = await connect("peer1", "alice")
     bob = await connect("peer2", "bob")
     await converge([alice, bob])

@@ -5,8 +5,6 @@ Server ids are fixed here because which of two duplicate links survives depends 
 
 from __future__ import annotations
 
-import pytest
-
 from socp import crypto
 from socp import envelope as env
 from socp.actions import LinkDown, PeerFault
