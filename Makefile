@@ -50,9 +50,10 @@ $(VENV_STAMP): pyproject.toml
 	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -e '.[dev]'
 	@touch $@
 
-# With SOCP_REQUIRE_DOCKER=1 (CI) the Docker tests must run, so the image they
-# use is built (or found up to date) first.
-test: venv $(if $(filter 1,$(SOCP_REQUIRE_DOCKER)),image) ## Run pytest (PYTEST_ARGS=...; builds the image first when SOCP_REQUIRE_DOCKER=1)
+# The Docker tests need the image: it is built (or found up to date) first whenever Docker answers, and
+# always with SOCP_REQUIRE_DOCKER=1 (CI), where an unusable Docker must fail the run rather than skip.
+DOCKER_USABLE := $(shell docker info >/dev/null 2>&1 && echo 1)
+test: venv $(if $(filter 1,$(SOCP_REQUIRE_DOCKER) $(DOCKER_USABLE)),image) ## Run pytest: unit, local and Docker suites (PYTEST_ARGS=...)
 	SOCP_IMAGE=$(SOCP_IMAGE) $(VENV_PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv ## ruff check and mypy --strict
