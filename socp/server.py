@@ -346,7 +346,8 @@ class ServerState:
         link = self._links.get(link_id)
         if link is None or link.closing:
             return
-        link.last_seen = now
+        if link.role is not LinkRole.SERVER:
+            link.last_seen = now  # a server link lives on verified frames only (see _verified_from_server)
         try:
             if link.role is LinkRole.USER or link.role is LinkRole.PENDING:
                 self._rate_limit(link, now)
@@ -641,6 +642,10 @@ class ServerState:
             raise InvalidSignature(f"{frame.type} signature does not verify with the pinned key of "
                                    f"{frame.sender}", msg_ref=frame.msg_ref)
         info.proven = True
+        # Garbage or forgeries must not keep a link alive, nor a link that never carries a verified frame
+        # reset the reconnection backoff: only now does the peer count as alive.
+        link.last_seen = now
+        self._servers[link.peer].reconnect_attempt = 0
         return self.replay.admit(frame, now)
 
     def _on_heartbeat(self, link: _Link, frame: Envelope, now: int) -> None:
@@ -1335,7 +1340,6 @@ class ServerState:
         self._server_links[server_id] = link.link_id
         info = self._servers[server_id]
         info.ever_linked = True
-        info.reconnect_attempt = 0
         info.reconnect_due = None
         self._events.append(LinkUp(server_id, link.link_id))
         self._log.info("linked with server %s (link %d, %s)", server_id[:8], link.link_id,

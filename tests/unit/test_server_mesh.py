@@ -295,3 +295,35 @@ def _parse(text: str):  # type: ignore[no-untyped-def]
     from socp import envelope
 
     return envelope.parse(text)
+
+
+def test_a_server_link_carrying_only_garbage_is_declared_dead(net: Net) -> None:
+    intro = net.introducer("I")
+    a, b = net.peer("A", intro), net.peer("B", intro)
+    garbage = "{not a frame"
+    net.drop = lambda packet: packet.src == "B" and packet.text != garbage   # only B's garbage gets through
+
+    def babble() -> bool:
+        if b.server_id not in a.state.linked_servers:
+            return True
+        net.inject("B", "A", garbage, pump=False)
+        return False
+
+    elapsed = net.run_until(babble, 3 * TIMEOUT, "A to give up on a link that carries only garbage")
+    assert elapsed <= TIMEOUT + HEARTBEAT + TICK
+    assert any(event.server_id == b.server_id for event in a.events_of(LinkDown))
+    assert any(fault.code == "BAD_FRAME" for fault in a.events_of(PeerFault)), "the garbage did arrive"
+
+
+def test_backoff_keeps_growing_while_a_redialed_peer_never_proves_itself(net: Net) -> None:
+    intro = net.introducer("I")
+    a, b = net.peer("A", intro), net.peer("B", intro)
+    net.drop = drop_between("A", "B")                # dials connect, but no frame ever crosses
+    net.run_until(lambda: b.server_id not in a.state.linked_servers, 2 * TIMEOUT, "A drops B")
+    died = net.now
+    net.run(4 * (TIMEOUT + BACKOFF_MAX))
+    redials = [dial.at for dial in net.dials if dial.src == "A" and dial.dst == "B" and dial.at > died and dial.ok]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(redials)]
+    # Each half-open attempt lasts a peer timeout and then waits a backoff that doubles up to the cap.
+    assert len(gaps) >= 3
+    assert gaps[-1] >= TIMEOUT + 0.75 * BACKOFF_MAX - TICK, gaps
