@@ -188,6 +188,20 @@ def test_unknown_recipient_gets_user_not_found_with_msg_ref(two: TwoServers) -> 
     assert not two.alice.closed
 
 
+def test_recipient_gone_at_the_far_end_bounces_user_not_found_to_the_sender(two: TwoServers) -> None:
+    net, alice, bob = two.net, two.alice, two.bob
+    # B's news of bob leaving is lost, so A still routes to B: B must answer, and A tell alice.
+    net.drop = lambda packet: packet.src == "B" and packet.type in ("USER_REMOVE", "SERVER_PRESENCE_SYNC")
+    bob.disconnect()
+    assert two.a.state.directory.location(bob.user_id) == two.b.server_id
+    sent = alice.send_direct(bob, b"are you there?")
+    assert len(server_delivers(net)) == 1
+    error = only_error(alice, "USER_NOT_FOUND")
+    assert error.payload["msg_ref"] == sent.msg_ref
+    assert error.sender == two.a.server_id and alice.signed_by_server(error)
+    assert not alice.closed
+
+
 @pytest.mark.parametrize("how", ["other_key", "other_ts", "other_recipient", "garbage"])
 def test_bad_content_sig_is_invalid_sig_and_nothing_is_forwarded(two: TwoServers, how: str) -> None:
     alice, bob, net = two.alice, two.bob, two.net
