@@ -47,8 +47,9 @@ from client.connection import ClientConnection, _looks_like_uuid, _size_text
 from client.downloads import DEFAULT_DOWNLOADS
 from client.errors import ClientError, ConnectionFailed, ConnectionLost
 from client.keystore import DEFAULT_KEY_DIR, identity_paths, load_or_create_identity
+from client.trust import KnownServers
 from socp.crypto import key_fingerprint as crypto_fingerprint
-from socp.errors import AuthFailed, ConfigError, CryptoError, ErrorCode, ProtocolError, UserNotFound
+from socp.errors import AuthFailed, BadKey, ConfigError, CryptoError, ErrorCode, ProtocolError, UserNotFound
 from socp.presence import UserRecord
 from socp.user import (
     DEFAULT_MAX_FILE_BYTES,
@@ -242,19 +243,34 @@ async def run(config: ClientConfig, say: Callable[[str], None] | None = None) ->
     except CryptoError as exc:
         _fail(f"{exc} ({config.key_dir.expanduser() / (config.user + '.key.pem')})")
         return EXIT_CONNECTION
+    known_servers = KnownServers(config.key_dir)
+    expected = known_servers.expected(config.server)
     try:
         conn = await ClientConnection.connect(config.server, identity, timeout=config.timeout,
-                                              downloads=config.downloads, max_file_bytes=config.max_file_bytes)
+                                              downloads=config.downloads, max_file_bytes=config.max_file_bytes,
+                                              expected_server_pub=expected)
     except ConnectionFailed as exc:
         _fail(str(exc))
+        return EXIT_CONNECTION
+    except BadKey as exc:
+        if expected is None or "was expected" not in exc.detail:
+            _fail(f"{config.server} refused us: {exc.code}: {_clean(exc.detail)}")
+        else:
+            _fail(f"{config.server} presented a different server key than on earlier visits (pinned in "
+                  f"{known_servers.path}); refusing to talk to a possible impostor. If the server's key really "
+                  "changed, remove its line from that file.")
         return EXIT_CONNECTION
     except ProtocolError as exc:
         # The server's own words name the precise reason here ("this server is an introducer", …).
         _fail(f"{config.server} refused us: {exc.code}: {_clean(exc.detail) or _ERROR_SENTENCES.get(exc.code)}")
         return EXIT_CONNECTION
+    first_contact = known_servers.remember(config.server, conn.server_pub)
     async with conn:
         out(f"Connected to {config.server} as {config.user}")
-        out(f"[bootstrap] learned SERVER pubkey for {conn.server_id[:8]}")
+        if first_contact:
+            out(f"[bootstrap] learned SERVER pubkey for {conn.server_id[:8]} (pinned for next time)")
+        else:
+            out(f"[bootstrap] SERVER pubkey for {conn.server_id[:8]} matches the one pinned earlier")
         return await ChatShell(conn, out, timeout=config.timeout).run(_stdin_lines())
 
 

@@ -125,6 +125,7 @@ class NodeRuntime:
             if not isinstance(exc, OSError | TimeoutError | InvalidHandshake | InvalidURI):
                 self._log.warning("unexpected error dialing %s: %r", uri, exc)
             self._log.info("cannot reach %s: %s", uri, exc or type(exc).__name__)
+            self._links.pop(link_id, None)
             state.dial_failed(link_id, now_ms())
             self._flush()
             return
@@ -203,7 +204,11 @@ class NodeRuntime:
                 self._links[action.link_id] = _LinkIO()
                 tasks.create_task(self._dial(action.link_id, action.host, action.port))
         for event in state.events_received():
-            self._record(event)
+            try:
+                self._record(event)
+            except Exception:
+                # A full disk or a locked database loses this record (logged), not the whole node.
+                self._log.exception("cannot record %s", type(event).__name__)
         self._wakeup.set()
 
     def _record(self, event: object) -> None:

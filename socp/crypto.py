@@ -36,6 +36,13 @@ RSA_EXPONENT = 65537
 OAEP_BLOCK_BYTES = RSA_BITS // 8
 OAEP_MAX_PLAINTEXT = OAEP_BLOCK_BYTES - 2 * hashes.SHA256.digest_size - 2  # 446
 PSS_SALT_LENGTH = 32
+MAX_DIRECT_BLOCKS = 64
+"""RSA-OAEP blocks a direct message may carry (28 KiB of text): decrypting one block costs milliseconds, so an
+unbounded ciphertext would let one frame stall its recipient for seconds."""
+MAX_FILE_CHUNK_BLOCKS = 8
+"""RSA-OAEP blocks per dm FILE_CHUNK (WIRE §5)."""
+MAX_KEY_WRAP_BLOCKS = 1
+"""A wrapped 256-bit group key is exactly one block."""
 AES_NONCE_BYTES = 12
 
 _OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
@@ -128,8 +135,18 @@ def rsa_encrypt(key: PublicKey, plaintext: bytes) -> str:
     return b64url_encode(b"".join(key.encrypt(piece, _OAEP) for piece in pieces or [b""]))
 
 
-def rsa_decrypt(key: PrivateKey, ciphertext: str) -> bytes:
-    """Inverse of :func:`rsa_encrypt`; raises :class:`CryptoError` when it does not decrypt."""
+def rsa_block_count(ciphertext: str) -> int:
+    """How many 512-byte RSA blocks a base64url ciphertext holds, from its length alone (no decoding)."""
+    return (len(ciphertext.rstrip("=")) * 3 // 4 + OAEP_BLOCK_BYTES - 1) // OAEP_BLOCK_BYTES
+
+
+def rsa_decrypt(key: PrivateKey, ciphertext: str, max_blocks: int | None = None) -> bytes:
+    """Inverse of :func:`rsa_encrypt`; raises :class:`CryptoError` when it does not decrypt.
+
+    ``max_blocks`` refuses longer ciphertexts before any RSA work is done.
+    """
+    if max_blocks is not None and rsa_block_count(ciphertext) > max_blocks:
+        raise CryptoError(f"ciphertext of {rsa_block_count(ciphertext)} RSA blocks exceeds {max_blocks}")
     try:
         blob = b64url_decode(ciphertext)
     except BadFrame as exc:

@@ -362,6 +362,10 @@ class ServerState:
         try:
             self._dispatch(link, frame, now)
         except ProtocolError as exc:
+            if frame.type in (FrameType.ERROR, FrameType.ACK):
+                # Never answer an ERROR or ACK with an ERROR: two peers that disagree would ping-pong forever.
+                self._log.info("ignored %s from %s: %s", frame.type, link.peer[:8] or link.link_id, exc)
+                return
             if exc.msg_ref is None:
                 exc.msg_ref = frame.msg_ref  # errors raised deep inside (key parsing) still name the frame
             self._fault(link, exc, now)
@@ -810,10 +814,6 @@ class ServerState:
             raise BadKey(f"user {user_id} is registered under another key", msg_ref=frame.msg_ref, fatal=True)
         if user_id in self._locals:
             raise NameInUse(f"user {user_id} is already connected to this server", msg_ref=frame.msg_ref)
-        if known is not None and known.server_id != self.server_id:
-            # One attachment per user: a second one would be undone network-wide by its own USER_REMOVE.
-            raise NameInUse(f"user {user_id} is already connected via server {known.server_id}",
-                            msg_ref=frame.msg_ref)
         meta = {k: v for k, v in meta_of(frame.payload).items() if k != "pubkey"}
         if registration is None or registration.meta != meta:
             registration = (Registration(user_id, key_text, self.server_id, meta) if registration is None
@@ -891,6 +891,10 @@ class ServerState:
         if frame.type is FrameType.MSG_DIRECT:
             if crypto.normalize_public_key(payload["sender_pub"]) != local_sender.pubkey:
                 raise BadFrame("sender_pub is not the key this user registered", msg_ref=frame.msg_ref)
+            if crypto.rsa_block_count(payload["ciphertext"]) > crypto.MAX_DIRECT_BLOCKS:
+                raise TooLarge(f"a direct message may carry at most {crypto.MAX_DIRECT_BLOCKS} RSA blocks "
+                               f"({crypto.MAX_DIRECT_BLOCKS * crypto.OAEP_MAX_PLAINTEXT} bytes); send a file",
+                               msg_ref=frame.msg_ref, fatal=False)
             if not crypto.verify_direct(self._public_key(local_sender.pubkey), payload["content_sig"],
                                         payload["ciphertext"], frame.sender, frame.to, frame.ts):
                 raise InvalidSignature("content_sig does not verify", msg_ref=frame.msg_ref)
@@ -1373,12 +1377,24 @@ class ServerState:
 
         One bad record must not cost the whole server link, which would be re-sent the same snapshot forever.
         """
+        user_id = str(item.get("user_id"))
         try:
-            return crypto.normalize_public_key(item.get("pubkey") or meta.get("pubkey"))
+            key_text = crypto.normalize_public_key(item.get("pubkey") or meta.get("pubkey"))
         except BadKey as exc:
-            self._log.warning("ignoring user %s gossiped by %s: %s", str(item.get("user_id"))[:8],
-                              frame.sender[:8], exc.detail)
+            self._log.warning("ignoring user %s gossiped by %s: %s", user_id[:8], frame.sender[:8], exc.detail)
             return None
+        # A user id stays bound to its first key (registry, else directory): a server that gossips another
+        # key for a known user is attempting to take that user over, and its record is refused.
+        registration = self._registry.get(user_id)
+        known = registration.pubkey if registration is not None else None
+        if known is None and (record := self.directory.get(user_id)) is not None:
+            known = record.pubkey
+        if known is not None and known != key_text:
+            self._log.error("IMPERSONATION ATTEMPT: server %s gossiped user %s with key %s, bound to %s",
+                            frame.sender[:8], user_id[:8], crypto.key_fingerprint(key_text),
+                            crypto.key_fingerprint(known))
+            return None
+        return key_text
 
     def _public_key(self, key_text: str) -> crypto.PublicKey:
         key = self._pubkey_cache.get(key_text)

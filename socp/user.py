@@ -418,6 +418,9 @@ class UserSession:
         self._server_pub: str | None = None
         self._server_key: crypto.PublicKey | None = None
         self._directory = Directory()
+        # Every user id this session has seen, bound to the first key seen for it: servers refuse a second key
+        # for a known id, so a change can only come from a lying or compromised server.
+        self._user_keys: dict[str, str] = {}
         # Only direct messages are deduplicated here: a replayed delivery would show a message twice, while a
         # replayed advert or list merely restates what the (trusted) server already said.
         self._replay = ReplayCache(replay_window_ms)
@@ -501,6 +504,10 @@ class UserSession:
         record = self._directory.get(recipient)
         if record is None:
             raise UserNotFound(f"user {recipient} is not online (not in this client's directory)")
+        size = len(text.encode("utf-8"))
+        if size > crypto.MAX_DIRECT_BLOCKS * crypto.OAEP_MAX_PLAINTEXT:
+            raise TooLarge(f"message of {size} bytes exceeds {crypto.MAX_DIRECT_BLOCKS * crypto.OAEP_MAX_PLAINTEXT} "
+                           "bytes; send it as a file", fatal=False)
         ciphertext = crypto.rsa_encrypt(self._public_key(record.pubkey), text.encode("utf-8"))
         payload = {"ciphertext": ciphertext, "sender_pub": self.pubkey,
                    "content_sig": crypto.sign_direct(self._key, ciphertext, self.user_id, recipient, now)}
@@ -675,22 +682,27 @@ class UserSession:
         record = self._record(frame.payload, frame.payload["server_id"])
         if record is None:
             raise _Rejected(f"USER_ADVERTISE for {frame.payload['user_id']} carries no usable RSA-4096 pubkey")
+        self._check_user_key(record)
         previous = self._directory.get(record.user_id)
         is_new = previous is None
-        if previous is not None and previous.pubkey != record.pubkey:
-            self._member_left(record.user_id)  # a new key is a new member: it must not hold our old key
         if not self._directory.advertise(record):
             return []
         return [UserOnline(record, is_new)]
 
     def _on_list(self, frame: Envelope) -> list[ClientEvent]:
         records: list[UserRecord] = []
+        rejected: list[ClientEvent] = []
         for item in frame.payload["users"]:
             server_id = item.get("server_id") if isinstance(item, dict) else None
             record = self._record(item, server_id) if isinstance(server_id, str) else None
             if record is None:
                 # One unusable entry (another implementation's key format, say) must not hide the others.
                 logger.debug("LIST_RESPONSE entry skipped: needs user_id, server_id and an RSA-4096 pubkey")
+                continue
+            try:
+                self._check_user_key(record)
+            except _Rejected as exc:
+                rejected.append(FrameRejected(exc.reason, frame.type.value))
                 continue
             records.append(record)
         listed = {record.user_id: record.pubkey for record in records}
@@ -700,7 +712,15 @@ class UserSession:
             self._directory.remove(stale.user_id, stale.server_id)
         for record in records:
             self._directory.advertise(record)
-        return [UserList(tuple(self._directory.listing()))]
+        return [*rejected, UserList(tuple(self._directory.listing()))]
+
+    def _check_user_key(self, record: UserRecord) -> None:
+        """Pin ``record``'s key to its user id on first sight; refuse (``_Rejected``) a different one later."""
+        pinned = self._user_keys.setdefault(record.user_id, record.pubkey)
+        if pinned != record.pubkey:
+            raise _Rejected(f"the key of {record.label} ({record.user_id}) changed from "
+                            f"{crypto.key_fingerprint(pinned)} to {crypto.key_fingerprint(record.pubkey)}: refused, "
+                            "the server may be impersonating this user")
 
     def _on_deliver(self, frame: Envelope, now: int) -> ClientEvent:
         payload = frame.payload
@@ -725,7 +745,7 @@ class UserSession:
         except ProtocolError as exc:
             raise _Rejected(f"message {original_ref} refused: {exc.detail}") from None
         try:
-            text = crypto.rsa_decrypt(self._key, payload["ciphertext"]).decode("utf-8")
+            text = crypto.rsa_decrypt(self._key, payload["ciphertext"], crypto.MAX_DIRECT_BLOCKS).decode("utf-8")
         except SocpError:
             # The crypto error's own text may describe the key; the reason stays generic on purpose.
             raise _Rejected(f"message from {sender}: ciphertext does not decrypt with this user's key") from None
@@ -801,7 +821,7 @@ class UserSession:
         if not mine or not isinstance(mine[0].get("wrapped_public_channel_key"), str):
             return []  # a share for other members only
         try:
-            key = crypto.rsa_decrypt(self._key, mine[0]["wrapped_public_channel_key"])
+            key = crypto.rsa_decrypt(self._key, mine[0]["wrapped_public_channel_key"], crypto.MAX_KEY_WRAP_BLOCKS)
         except CryptoError:
             raise _Rejected(f"key share from {label}: our share does not decrypt with this user's key") from None
         if len(key) != 32:
@@ -876,7 +896,7 @@ class UserSession:
             if transfer.group_key is not None:
                 piece = crypto.aes_decrypt(transfer.group_key, frame.payload["ciphertext"])
             else:
-                piece = crypto.rsa_decrypt(self._key, frame.payload["ciphertext"])
+                piece = crypto.rsa_decrypt(self._key, frame.payload["ciphertext"], crypto.MAX_FILE_CHUNK_BLOCKS)
         except CryptoError:
             return [self._discard(transfer, f"chunk {index} does not decrypt (altered in transit?)")]
         transfer.data += piece

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from client.connection import ClientConnection
-from socp.user import ClientEvent, DirectMessage
+from socp.user import ClientEvent, DirectMessage, FrameRejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,12 @@ def percentiles(samples: Sequence[float]) -> dict[str, float]:
 
     return {"p50": statistics.median(ordered), "p90": pick(0.90), "p99": pick(0.99), "max": ordered[-1],
             "mean": statistics.fmean(ordered)}
+
+
+def is_duplicate_delivery(event: ClientEvent) -> bool:
+    """True for a delivery the client refused as a duplicate: a network that delivers twice must fail checks
+    even though the client library hides the second copy from its user."""
+    return isinstance(event, FrameRejected) and event.reason.startswith("duplicate delivery")
 
 
 async def converged(clients: Sequence[ClientConnection], expected: set[str], *, timeout: float,
@@ -106,10 +112,15 @@ async def delivery(clients: Sequence[ClientConnection], *, timeout: float, recei
     received: dict[str, Counter[str]] = {client.user_id: Counter() for client in clients}
     latencies: list[float] = []
 
+    refused_duplicates = [0]
+
     async def collect(client: ClientConnection) -> None:
         markers = {f"marker {run} {other.user_id}" for other in clients if other is not client}
         while markers:
             event = await receive(client, max(0.01, timeout - (time.monotonic() - start)))
+            if is_duplicate_delivery(event):
+                refused_duplicates[0] += 1
+                continue
             if not isinstance(event, DirectMessage):
                 continue
             if event.text in markers:
@@ -126,7 +137,8 @@ async def delivery(clients: Sequence[ClientConnection], *, timeout: float, recei
     except TimeoutError:
         timed_out = True
     missing = sum(len(expected[uid] - set(got)) for uid, got in received.items())
-    duplicates = sum(count - 1 for got in received.values() for count in got.values() if count > 1)
+    duplicates = refused_duplicates[0] + sum(count - 1 for got in received.values() for count in got.values()
+                                             if count > 1)
     total = sum(len(bodies) for bodies in expected.values())
     ok = not timed_out and missing == 0 and duplicates == 0
     detail = (f"{total - missing}/{total} messages delivered, {duplicates} duplicates"

@@ -150,6 +150,7 @@ class _Traffic:
     sent: Counter[tuple[str, str]] = field(default_factory=Counter)   # (sender, recipient) -> count
     participants: set[str] = field(default_factory=set)
     sent_at: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
 
 
 KeySource = Callable[[int], crypto.PrivateKey]
@@ -319,6 +320,8 @@ class ScenarioRunner:
                 seen = 0
                 while True:
                     event = await cursor.next(within)
+                    if checks.is_duplicate_delivery(event):
+                        seen += 1  # a second copy the client refused still means the network duplicated it
                     if isinstance(event, PublicMessage) and event.sender_id == sender_id:
                         if event.text == marker:
                             return seen
@@ -409,10 +412,14 @@ class ScenarioRunner:
                 body = f"traffic {traffic.run} {sequence}"
                 sequence += 1
                 traffic.sent_at[body] = time.monotonic()
-                with contextlib.suppress(Exception):  # the sender may be going away under churn
+                # Counted before sending: a send that fails between steady users is a lost message, not one
+                # that never existed (participants are spared by random disconnects).
+                traffic.sent[(sender_name, recipient_name)] += 1
+                try:
                     assert sender.client is not None
                     await sender.client.send_direct(recipient.identity.user_id, body)
-                    traffic.sent[(sender_name, recipient_name)] += 1
+                except Exception as exc:  # recorded and judged by traffic_delivered
+                    traffic.failures.append(f"{sender_name} -> {recipient_name}: {exc}")
             await asyncio.sleep(interval)
 
     async def _expect_traffic(self, within: float) -> tuple[str, dict[str, Any]]:
@@ -435,11 +442,16 @@ class ScenarioRunner:
         latencies: list[float] = []
         ids = {self.users[name].identity.user_id: name for name in steady}
 
+        refused = [0]
+
         async def collect(name: str) -> None:
             pending = {f"tmark {traffic.run} {other}" for other in steady if other != name}
             cursor = traffic.cursors[name]
             while pending:
                 event = await cursor.next(within)
+                if checks.is_duplicate_delivery(event):
+                    refused[0] += 1
+                    continue
                 if not isinstance(event, DirectMessage) or event.sender_id not in ids:
                     continue
                 if event.text in pending:
@@ -455,10 +467,12 @@ class ScenarioRunner:
             raise StepFailed(f"traffic markers did not all arrive within {within:g}s") from None
         total = sum(expected.values())
         received = sum(min(got[pair], n) for pair, n in expected.items())
-        duplicates = sum(max(0, got[pair] - n) for pair, n in expected.items())
+        duplicates = refused[0] + sum(max(0, got[pair] - n) for pair, n in expected.items())
         data = {"messages": total, "delivered": received, "duplicates": duplicates,
-                "latency_s": checks.percentiles(latencies), "users": len(steady)}
+                "latency_s": checks.percentiles(latencies), "users": len(steady), "send_failures": traffic.failures}
         detail = f"{received}/{total} traffic messages between {len(steady)} steady users, {duplicates} duplicates"
+        if traffic.failures:
+            detail += f"; {len(traffic.failures)} sends failed, first: {traffic.failures[0]}"
         if received != total or duplicates:
             raise StepFailed(detail)
         return detail, data

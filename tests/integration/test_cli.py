@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -62,7 +63,8 @@ async def console(tmp_path: Path, key_pool: KeyPool, cluster: ClusterBackend) ->
 
     async def start(user: str, node: str, *extra: str) -> Console:
         key_dir = tmp_path / "keys"
-        key_pool.write_pem(FIRST_USER_KEY + len(started), key_dir / f"{user}.key.pem")
+        if not (key_dir / f"{user}.key.pem").exists():  # the same user again keeps its key
+            key_pool.write_pem(FIRST_USER_KEY + len(started), key_dir / f"{user}.key.pem")
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "client", "--user", user, "--server", cluster.url(node), "--key-dir", str(key_dir),
             *extra, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -127,3 +129,23 @@ async def test_unreachable_server_exits_with_a_message(tmp_path: Path, key_pool:
     _, stderr = await asyncio.wait_for(process.communicate(), scaled(15))
     assert process.returncode == 1
     assert "cannot connect to ws://127.0.0.1:1" in stderr.decode()
+
+
+async def test_server_key_is_pinned_across_sessions(console: object, cluster: ClusterBackend, tmp_path: Path,
+                                                    key_pool: KeyPool) -> None:
+    first = await console("frank", "peer1")  # type: ignore[operator]
+    assert "pinned for next time" in await first.expect("[bootstrap]")
+    await first.type("/quit")
+    assert await asyncio.wait_for(first.process.wait(), scaled(10)) == 0
+    again = await console("frank", "peer1")  # type: ignore[operator]
+    assert "matches the one pinned earlier" in await again.expect("[bootstrap]")
+    await again.type("/quit")
+    await asyncio.wait_for(again.process.wait(), scaled(10))
+    # Another server answering at a pinned URL is refused: pin a different key for peer2's URL.
+    known = tmp_path / "keys" / "known_servers.json"
+    pins = json.loads(known.read_text())
+    pins[cluster.url("peer2")] = key_pool.public_text(3)
+    known.write_text(json.dumps(pins))
+    impostor = await console("frank", "peer2")  # type: ignore[operator]
+    assert "different server key" in await impostor.expect("socp-client:")
+    assert await asyncio.wait_for(impostor.process.wait(), scaled(10)) == 1

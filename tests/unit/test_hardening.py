@@ -1,0 +1,96 @@
+"""Refusals added after review: gossip impersonation, oversized ciphertexts, key changes, ERROR ping-pong."""
+
+from __future__ import annotations
+
+import pytest
+
+from socp import crypto
+from socp import envelope as env
+from socp.envelope import FrameType
+from socp.errors import CryptoError, TooLarge
+from socp.user import FrameRejected, UserList, UserSession
+from tests.keypool import KeyPool
+from tests.unit.conftest import TwoServers
+from tests.unit.harness import Net
+
+
+def test_a_server_cannot_rebind_a_known_user_to_its_own_key(two: TwoServers, key_pool: KeyPool) -> None:
+    net, a, b, alice, bob = two.net, two.a, two.b, two.alice, two.bob
+    rogue_key = key_pool.key(21)
+    forged = env.make(FrameType.USER_ADVERTISE, b.server_id, "*", net.now,
+                      {"user_id": alice.user_id, "server_id": b.server_id,
+                       "pubkey": crypto.encode_public_key(rogue_key.public_key()), "meta": {}}, b.key)
+    net.inject("B", "A", forged.to_wire())
+    record = a.state.directory.get(alice.user_id)
+    assert record is not None and record.pubkey == alice.pubkey and record.server_id == a.server_id
+    # The same forgery in a snapshot is refused too, and bob's own presence survives it.
+    snapshot = env.make(FrameType.SERVER_PRESENCE_SYNC, b.server_id, a.server_id, net.now + 1,
+                        {"server_id": b.server_id, "version": 99, "users": [
+                            {"user_id": bob.user_id, "pubkey": bob.pubkey, "meta": {}},
+                            {"user_id": alice.user_id, "pubkey": crypto.encode_public_key(rogue_key.public_key()),
+                             "meta": {}}]}, b.key)
+    net.inject("B", "A", snapshot.to_wire())
+    assert a.state.directory.get(alice.user_id).pubkey == alice.pubkey  # type: ignore[union-attr]
+    assert a.state.directory.location(bob.user_id) == b.server_id
+
+
+def test_server_refuses_a_direct_message_beyond_the_block_limit(two: TwoServers) -> None:
+    alice, bob = two.alice, two.bob
+    alice.send_direct(bob, b"x" * (crypto.MAX_DIRECT_BLOCKS * crypto.OAEP_MAX_PLAINTEXT + 1))
+    errors = alice.errors("TOO_LARGE")
+    assert len(errors) == 1 and "RSA blocks" in errors[0].payload["detail"]
+    assert bob.received(FrameType.USER_DELIVER) == [] and not alice.closed
+
+
+def test_an_error_is_never_answered_with_an_error(two: TwoServers) -> None:
+    net, a, b = two.net, two.a, two.b
+    unverifiable = env.make(FrameType.ERROR, b.server_id, a.server_id, net.now,
+                            {"code": "BAD_FRAME", "detail": "whatever"})           # unsigned: fails verification
+    before = len(net.packets(src="A", dst="B", frame_type="ERROR"))
+    net.inject("B", "A", unverifiable.to_wire())
+    assert len(net.packets(src="A", dst="B", frame_type="ERROR")) == before
+
+
+def _welcomed_session(key_pool: KeyPool, net: Net) -> tuple[UserSession, crypto.PrivateKey, str]:
+    server_key = key_pool.key(22)
+    server_id = net.new_id()
+    session = UserSession(net.new_id(), key_pool.key(23), {"display_name": "me"})
+    session.hello(net.now)
+    ack = env.make(FrameType.ACK, server_id, session.user_id, net.now,
+                   {"msg_ref": "USER_HELLO", "server_id": server_id,
+                    "server_pub": crypto.encode_public_key(server_key.public_key())}, server_key)
+    session.receive_text(ack.to_wire(), net.now)
+    return session, server_key, server_id
+
+
+def test_client_refuses_a_changed_key_for_a_known_user(key_pool: KeyPool, net: Net) -> None:
+    session, server_key, server_id = _welcomed_session(key_pool, net)
+    carol = net.new_id()
+
+    def advert(key_index: int, ts: int) -> str:
+        return env.make(FrameType.USER_ADVERTISE, server_id, session.user_id, ts,
+                        {"user_id": carol, "server_id": server_id, "pubkey": key_pool.public_text(key_index),
+                         "meta": {"display_name": "carol"}}, server_key).to_wire()
+
+    session.receive_text(advert(10, net.now), net.now)
+    events = session.receive_text(advert(11, net.now + 1), net.now + 1)
+    assert len(events) == 1 and isinstance(events[0], FrameRejected) and "changed" in events[0].reason
+    assert session.directory.get(carol).pubkey == key_pool.public_text(10)  # type: ignore[union-attr]
+    listing = env.make(FrameType.LIST_RESPONSE, server_id, session.user_id, net.now + 2, {"users": [
+        {"user_id": carol, "server_id": server_id, "pubkey": key_pool.public_text(11), "meta": {}}]}, server_key)
+    events = session.receive_text(listing.to_wire(), net.now + 2)
+    assert isinstance(events[0], FrameRejected) and isinstance(events[-1], UserList)
+    assert all(record.user_id != carol for record in events[-1].records)
+
+
+def test_client_refuses_to_send_or_decrypt_oversized_direct_messages(key_pool: KeyPool, net: Net) -> None:
+    session, server_key, server_id = _welcomed_session(key_pool, net)
+    dave = net.new_id()
+    session.receive_text(env.make(FrameType.USER_ADVERTISE, server_id, session.user_id, net.now,
+                                  {"user_id": dave, "server_id": server_id, "pubkey": key_pool.public_text(10),
+                                   "meta": {}}, server_key).to_wire(), net.now)
+    with pytest.raises(TooLarge, match="send it as a file"):
+        session.direct_message(dave, "x" * (crypto.MAX_DIRECT_BLOCKS * crypto.OAEP_MAX_PLAINTEXT + 1), net.now)
+    huge = crypto.rsa_encrypt(key_pool.key(23).public_key(), b"y" * (crypto.MAX_DIRECT_BLOCKS + 1) * 446)
+    with pytest.raises(CryptoError, match="exceeds"):
+        crypto.rsa_decrypt(key_pool.key(23), huge, crypto.MAX_DIRECT_BLOCKS)
