@@ -205,11 +205,19 @@ def parse(data: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelo
         json.dumps(payload, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise BadFrame("payload is not valid Unicode (lone surrogate)", msg_ref=msg_ref) from None
+    check_payload(frame_type, payload, msg_ref)
+    return Envelope(frame_type, frame["from"], frame["to"], frame["ts"], payload, sig)
+
+
+def check_payload(frame_type: FrameType, payload: Mapping[str, Any], msg_ref: str | None = None) -> None:
+    """Raise :class:`BadFrame` unless ``payload`` has every field :data:`PAYLOAD_SCHEMA` requires of the type.
+
+    Used at parsing, and by servers before handing a forwarded payload to a user under its own type.
+    """
     for name, types in PAYLOAD_SCHEMA[frame_type].items():
         if not _has_type(payload.get(name), types):
             raise BadFrame(f"{frame_type} payload field '{name}' missing or not {types[0].__name__}",
                            msg_ref=msg_ref)
-    return Envelope(frame_type, frame["from"], frame["to"], frame["ts"], payload, sig)
 
 
 def is_uuid(value: object) -> bool:

@@ -391,6 +391,12 @@ class ServerState:
             elif (link.role is LinkRole.PENDING and now - link.opened_at > self.settings.peer_timeout_ms
                   and now > link.pending_until):
                 self._close(link, "no hello within the peer timeout")
+            elif link.role is LinkRole.JOINING and now - link.opened_at > self.settings.peer_timeout_ms:
+                # An introducer that accepted the connection but never welcomes us must not stall the join.
+                self._log.warning("no SERVER_WELCOME within %d ms; trying the next introducer",
+                                  self.settings.peer_timeout_ms)
+                self._close(link, "no welcome within the peer timeout")
+                self.link_closed(link.link_id, now, reason="no welcome")
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.settings.heartbeat_interval_ms
             for link in self._server_link_list():
@@ -415,7 +421,7 @@ class ServerState:
         deadlines.extend(link.last_seen + timeout if link.role is LinkRole.SERVER
                          else max(link.opened_at + timeout, link.pending_until + 1)
                          for link in self._links.values()
-                         if link.role in (LinkRole.SERVER, LinkRole.PENDING) and not link.closing)
+                         if link.role in (LinkRole.SERVER, LinkRole.PENDING, LinkRole.JOINING) and not link.closing)
         if self._join_due is not None:
             deadlines.append(self._join_due)
         deadlines.extend(info.reconnect_due for info in self._servers.values() if info.reconnect_due is not None)
@@ -740,14 +746,20 @@ class ServerState:
                                              self._key, frame.msg_ref))
             return
         sender = payload.get("sender", "")
+        # A malformed forward is refused here, so that the ERROR reaches the origin (and its sender) instead of
+        # our user silently dropping a frame it cannot read.
         if kind_name == FrameType.MSG_DIRECT.value:
+            env.check_payload(FrameType.USER_DELIVER, payload, frame.msg_ref)
             out = self._make_at(FrameType.USER_DELIVER, self.server_id, recipient, frame.ts, payload)
         else:
             try:
                 kind = FrameType(kind_name)
             except ValueError:
                 raise BadFrame(f"unknown SERVER_DELIVER kind {kind_name!r}", msg_ref=frame.msg_ref) from None
+            if not isinstance(sender, str) or not sender:
+                raise BadFrame(f"SERVER_DELIVER of {kind} needs the sending user in 'sender'", msg_ref=frame.msg_ref)
             payload.pop("sender", None)
+            env.check_payload(kind, payload, frame.msg_ref)
             out = self._make_at(kind, sender, recipient, frame.ts, payload)
         self._send(self._links[local.link_id], out)
 
@@ -1003,10 +1015,8 @@ class ServerState:
         sender = payload.pop("sender", None)
         if not isinstance(sender, str):
             raise BadFrame("SERVER_DELIVER to 'public' needs the sending user in 'sender'", msg_ref=frame.msg_ref)
-        for name, types in env.PAYLOAD_SCHEMA[kind].items():
-            # Our users must only ever get well-formed frames, even from a faulty peer.
-            if not isinstance(payload.get(name), types) or isinstance(payload.get(name), bool):
-                raise BadFrame(f"SERVER_DELIVER of {kind} lacks a valid '{name}'", msg_ref=frame.msg_ref)
+        # Our users must only ever get well-formed frames, even from a faulty peer.
+        env.check_payload(kind, payload, frame.msg_ref)
         if kind is FrameType.PUBLIC_CHANNEL_KEY_SHARE:
             shares = payload.get("shares")
             if isinstance(shares, list):

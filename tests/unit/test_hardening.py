@@ -94,3 +94,28 @@ def test_client_refuses_to_send_or_decrypt_oversized_direct_messages(key_pool: K
     huge = crypto.rsa_encrypt(key_pool.key(23).public_key(), b"y" * (crypto.MAX_DIRECT_BLOCKS + 1) * 446)
     with pytest.raises(CryptoError, match="exceeds"):
         crypto.rsa_decrypt(key_pool.key(23), huge, crypto.MAX_DIRECT_BLOCKS)
+
+
+def test_a_silent_introducer_does_not_stall_the_join(net: Net) -> None:
+    from tests.unit.harness import FAST
+    intro = net.introducer("I")
+    net.drop = lambda packet: packet.src == "I"      # accepts connections, never answers
+    peer = net.peer("P", via=intro)
+    net.run(FAST["peer_timeout_ms"] + 1_000)
+    joins = [dial for dial in net.dials if dial.src == "P"]
+    assert len(joins) >= 2, "P gave up on the silent introducer and dialed again"
+    net.drop = None
+    net.run_until(lambda: peer.state.joined and net.full_mesh(), 30_000, "P joins once I answers")
+
+
+def test_a_malformed_forward_bounces_an_error_to_the_sender(two: TwoServers) -> None:
+    net, a, b, alice, bob = two.net, two.a, two.b, two.alice, two.bob
+    # A (faulty or foreign) forwards alice's message without its content_sig: B must refuse it, and alice hear.
+    original = alice.direct_frame(bob, b"hi")
+    broken = env.make(FrameType.SERVER_DELIVER, a.server_id, b.server_id, original.ts,
+                      {"user_id": bob.user_id, "sender": alice.user_id, "ciphertext": original.payload["ciphertext"],
+                       "sender_pub": alice.pubkey}, a.key)
+    net.inject("A", "B", broken.to_wire())
+    assert bob.received(FrameType.USER_DELIVER) == []
+    errors = [p for p in net.packets(src="B", dst="A", frame_type="ERROR")]
+    assert errors and "content_sig" in errors[-1].text
