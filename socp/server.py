@@ -44,7 +44,7 @@ from socp.actions import (
     UserLeft,
     UserRegistered,
 )
-from socp.codec import b64url_decode
+from socp.codec import b64url_decode, canonical_json
 from socp.envelope import BROADCAST, PUBLIC_GROUP, Envelope, FrameType
 from socp.errors import (
     AuthFailed,
@@ -89,6 +89,10 @@ MAX_FILES_PER_SENDER = 64
 
 class _SilentDrop(Exception):
     """A frame dropped without an answer (a flood already told it is rate-limited)."""
+
+
+SIGNATURE_CACHE_SIZE = 4096
+"""Distinct payloads whose transport signature is kept for reuse."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +256,7 @@ class ServerState:
         self._forwards: dict[str, list[_Forward]] = {}
         self._introducers: set[str] = set()
         self._link_openers: dict[bytes, int] = {}
+        self._signatures: dict[bytes, str] = {}
         self._legacy_peers: set[str] = set()
         self._actions: list[Action] = []
         self._events: list[Event] = []
@@ -1483,10 +1488,25 @@ class ServerState:
         self._send(self._links[local.link_id], self._make(FrameType.ERROR, user_id, now, payload))
 
     def _make(self, frame_type: FrameType, to: str, now: int, payload: Mapping[str, Any]) -> Envelope:
-        return env.make(frame_type, self.server_id, to, now, payload, self._key)
+        return self._make_at(frame_type, self.server_id, to, now, payload)
 
     def _make_at(self, frame_type: FrameType, sender: str, to: str, ts: int, payload: Mapping[str, Any]) -> Envelope:
-        return env.make(frame_type, sender, to, ts, payload, self._key)
+        return Envelope(frame_type, sender, to, int(ts), dict(payload), self._signature(payload))
+
+    def _signature(self, payload: Mapping[str, Any]) -> str:
+        """Transport signature of ``payload``, computed once per distinct payload.
+
+        The signature covers the payload only (WIRE §2), so the same advert pushed to a hundred users, or the
+        empty HEARTBEAT payload, need one RSA-4096 signature each, not one per copy.
+        """
+        canonical = canonical_json(payload)
+        signature = self._signatures.get(canonical)
+        if signature is None:
+            signature = crypto.sign(self._key, canonical)
+            if len(self._signatures) >= SIGNATURE_CACHE_SIZE:
+                self._signatures.clear()
+            self._signatures[canonical] = signature
+        return signature
 
     def _send(self, link: _Link, frame: Envelope) -> None:
         if logger.isEnabledFor(logging.DEBUG):

@@ -119,3 +119,13 @@ def test_a_malformed_forward_bounces_an_error_to_the_sender(two: TwoServers) -> 
     assert bob.received(FrameType.USER_DELIVER) == []
     errors = [p for p in net.packets(src="B", dst="A", frame_type="ERROR")]
     assert errors and "content_sig" in errors[-1].text
+
+
+def test_identical_payloads_are_signed_once(two: TwoServers) -> None:
+    net, a = two.net, two.a
+    signatures = [env.parse(p.text).sig for p in net.packets(src="A", frame_type="HEARTBEAT")]
+    net.run(3 * 1_000)
+    signatures += [env.parse(p.text).sig for p in net.packets(src="A", frame_type="HEARTBEAT")]
+    assert len(signatures) > 2 and len(set(signatures)) == 1, "one signature serves every HEARTBEAT {}"
+    # ...and each is still a valid signature by A over the (empty) payload.
+    assert env.parse(net.packets(src="A", frame_type="HEARTBEAT")[-1].text).verify(a.key.public_key())
