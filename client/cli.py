@@ -229,26 +229,19 @@ def main(argv: Sequence[str] | None = None, env_passphrase: str | None = None,
 
 
 async def run(config: ClientConfig, say: Callable[[str], None] | None = None) -> int:
-    """Load the identity, connect, and run the chat shell until /quit, end of input or a lost connection."""
+    """Load the identity (or log in), connect, and run the chat shell until /quit, end of input or a lost
+    connection."""
     out = say or _say
-    if config.use_password:
-        return await _run_with_password(config, out)
-    try:
-        # Generating a key takes about half a second of CPU: keep the event loop free meanwhile.
-        identity = await asyncio.to_thread(load_or_create_identity, config.key_dir, config.user, config.user_id,
-                                           config.passphrase)
-    except ConfigError as exc:
-        _fail(str(exc))
-        return EXIT_USAGE
-    except CryptoError as exc:
-        _fail(f"{exc} ({config.key_dir.expanduser() / (config.user + '.key.pem')})")
-        return EXIT_CONNECTION
     known_servers = KnownServers(config.key_dir)
     expected = known_servers.expected(config.server)
     try:
-        conn = await ClientConnection.connect(config.server, identity, timeout=config.timeout,
-                                              downloads=config.downloads, max_file_bytes=config.max_file_bytes,
-                                              expected_server_pub=expected)
+        if config.use_password:
+            conn, notices = await _password_session(config, expected)
+        else:
+            conn, notices = await _connect_local(config, expected), []
+    except AuthFailed:
+        _fail(f"login refused: wrong password for {config.user}")
+        return EXIT_CONNECTION
     except ConnectionFailed as exc:
         _fail(str(exc))
         return EXIT_CONNECTION
@@ -264,85 +257,70 @@ async def run(config: ClientConfig, say: Callable[[str], None] | None = None) ->
         # The server's own words name the precise reason here ("this server is an introducer", …).
         _fail(f"{config.server} refused us: {exc.code}: {_clean(exc.detail) or _ERROR_SENTENCES.get(exc.code)}")
         return EXIT_CONNECTION
-    first_contact = known_servers.remember(config.server, conn.server_pub)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return EXIT_USAGE
+    except CryptoError as exc:
+        _fail(f"{exc} ({config.key_dir.expanduser() / (config.user + '.key.pem')})")
+        return EXIT_CONNECTION
+    except TimeoutError as exc:
+        _fail(str(exc))
+        return EXIT_CONNECTION
+    # A password login on a borrowed machine writes nothing there, not even the server pin.
+    borrowed = config.use_password and not identity_paths(config.key_dir.expanduser(), config.user)[1].exists()
+    first_contact = expected is None if borrowed else known_servers.remember(config.server, conn.server_pub)
     async with conn:
         out(f"Connected to {config.server} as {config.user}")
-        if first_contact:
+        if borrowed:
+            out(f"[bootstrap] learned SERVER pubkey for {conn.server_id[:8]}"
+                + ("" if first_contact else " (matches the one pinned earlier)"))
+        elif first_contact:
             out(f"[bootstrap] learned SERVER pubkey for {conn.server_id[:8]} (pinned for next time)")
         else:
             out(f"[bootstrap] SERVER pubkey for {conn.server_id[:8]} matches the one pinned earlier")
+        for notice in notices:
+            out(notice)
         return await ChatShell(conn, out, timeout=config.timeout).run(_stdin_lines())
 
 
-async def _run_with_password(config: ClientConfig, out: Callable[[str], None]) -> int:
+async def _password_session(config: ClientConfig, expected: str | None) -> tuple[ClientConnection, list[str]]:
     """``--password``: use the local key and (re)register the password, or log in with the password alone.
 
     - the key dir holds this user's key: connect with it and store it sealed under the password (again);
     - it does not: log in by name; the server network hands over the sealed key, opened here in memory
       (nothing is written to the key dir, so a borrowed machine keeps no trace);
     - nobody has that login yet: create a new identity in the key dir and register it.
+
+    Returns the connection and the lines to show once connected; raises what :func:`run` reports.
     """
     assert config.password is not None
     password = config.password
     _json_path, pem_path = identity_paths(config.key_dir.expanduser(), config.user)
-    registered = False
+    if pem_path.exists():
+        conn = await _connect_local(config, expected)
+    else:
+        try:
+            conn = await ClientConnection.login(config.server, config.user, password, timeout=config.timeout,
+                                                downloads=config.downloads, max_file_bytes=config.max_file_bytes)
+            return conn, [f"[login] logged in as {config.user} with a password (key recovered from the network)"]
+        except UserNotFound:
+            conn = await _connect_local(config, expected)
     try:
-        if pem_path.exists():
-            conn = await _connect_local(config)
-            if conn is None:
-                return EXIT_USAGE
-            registered = True
-        else:
-            try:
-                conn = await ClientConnection.login(config.server, config.user, password, timeout=config.timeout,
-                                                    downloads=config.downloads,
-                                                    max_file_bytes=config.max_file_bytes)
-            except UserNotFound:
-                conn = await _connect_local(config)
-                if conn is None:
-                    return EXIT_USAGE
-                registered = True
-        if registered:
-            try:
-                await conn.register_password(password, login=config.user, timeout=config.timeout)
-            except BaseException:
-                await conn.close()
-                raise
-    except AuthFailed:
-        _fail(f"login refused: wrong password for {config.user}")
-        return EXIT_CONNECTION
-    except ConnectionFailed as exc:
-        _fail(str(exc))
-        return EXIT_CONNECTION
-    except ProtocolError as exc:
-        _fail(f"{config.server} refused us: {exc.code}: {_clean(exc.detail) or _ERROR_SENTENCES.get(exc.code)}")
-        return EXIT_CONNECTION
-    except (ConfigError, CryptoError) as exc:
-        _fail(str(exc))
-        return EXIT_USAGE
-    except TimeoutError as exc:
-        _fail(str(exc))
-        return EXIT_CONNECTION
-    async with conn:
-        out(f"Connected to {config.server} as {config.user}")
-        out(f"[bootstrap] learned SERVER pubkey for {conn.server_id[:8]}")
-        if registered:
-            out(f"[login] password registered for {config.user}: log in from any node with --password")
-        else:
-            out(f"[login] logged in as {config.user} with a password (key recovered from the network)")
-        return await ChatShell(conn, out, timeout=config.timeout).run(_stdin_lines())
+        await conn.register_password(password, login=config.user, timeout=config.timeout)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn, [f"[login] password registered for {config.user}: log in from any node with --password"]
 
 
-async def _connect_local(config: ClientConfig) -> ClientConnection | None:
-    """Load or create the identity in the key dir and connect with it (None: already reported)."""
-    try:
-        identity = await asyncio.to_thread(load_or_create_identity, config.key_dir, config.user, config.user_id,
-                                           config.passphrase)
-    except ConfigError as exc:
-        _fail(str(exc))
-        return None
+async def _connect_local(config: ClientConfig, expected: str | None) -> ClientConnection:
+    """Load or create the identity in the key dir and connect with it (the server key must be ``expected``)."""
+    # Generating a key takes about half a second of CPU: keep the event loop free meanwhile.
+    identity = await asyncio.to_thread(load_or_create_identity, config.key_dir, config.user, config.user_id,
+                                       config.passphrase)
     return await ClientConnection.connect(config.server, identity, timeout=config.timeout,
-                                          downloads=config.downloads, max_file_bytes=config.max_file_bytes)
+                                          downloads=config.downloads, max_file_bytes=config.max_file_bytes,
+                                          expected_server_pub=expected)
 
 
 class _Finished(Exception):

@@ -72,12 +72,17 @@ def private_key_from_pem(data: bytes, passphrase: bytes | None = None) -> Privat
     except (ValueError, TypeError) as exc:
         # The message of the underlying library may say too much about the key; keep ours generic.
         raise CryptoError("cannot load private key (wrong passphrase or not a PEM RSA key)") from exc
+    return _strong_rsa_private_key(key, "private key")
+
+
+def _strong_rsa_private_key(key: object, what: str) -> PrivateKey:
+    """``key`` if it is an RSA-4096 / e=65537 private key, else :class:`CryptoError` naming ``what``."""
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise CryptoError("private key is not an RSA key")
+        raise CryptoError(f"{what} is not an RSA key")
     try:
         check_key_strength(key.public_key())
     except BadKey as exc:
-        raise CryptoError(f"private key is too weak: {exc.detail}") from None
+        raise CryptoError(f"{what} is too weak: {exc.detail}") from None
     return key
 
 
@@ -387,10 +392,4 @@ def open_private_key(sealed: str, sealing_key: bytes, user_id: str) -> PrivateKe
         key = serialization.load_der_private_key(der, password=None)
     except (ValueError, TypeError):
         raise CryptoError("privkey_store does not hold a private key") from None
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise CryptoError("privkey_store does not hold an RSA key")
-    try:
-        check_key_strength(key.public_key())
-    except BadKey as exc:
-        raise CryptoError(f"privkey_store holds a weak key: {exc.detail}") from None
-    return key
+    return _strong_rsa_private_key(key, "the key in privkey_store")
