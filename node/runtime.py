@@ -47,7 +47,8 @@ from socp.server import ServerSettings, ServerState
 logger = logging.getLogger("socp.node")
 
 DIAL_TIMEOUT_S = 5.0
-OUTBOX_LIMIT = 10_000  # frames queued for one slow peer before it is cut off
+OUTBOX_BYTES = 32 * 1024 * 1024  # bytes queued for one peer before it is cut off as too slow
+SEND_TIMEOUT_S = 30.0  # a peer that takes longer to accept one frame is cut off
 _CLOSE = object()
 
 
@@ -61,6 +62,7 @@ class _LinkIO:
     connection: Connection | None = None
     outbox: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     writer: asyncio.Task[None] | None = None
+    queued_bytes: int = 0
 
 
 class NodeRuntime:
@@ -171,8 +173,15 @@ class NodeRuntime:
             if item is _CLOSE:
                 await self._close_connection(link_id, link.connection, 1000, "closed by server")
                 return
+            text = str(item)
+            link.queued_bytes -= len(text)
             try:
-                await link.connection.send(str(item))
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    await link.connection.send(text)
+            except TimeoutError:
+                self._log.warning("link %d accepted nothing for %.0f s: cutting it off", link_id, SEND_TIMEOUT_S)
+                link.connection.transport.abort()
+                return
             except ConnectionClosed:
                 return
             except Exception:  # a broken connection ends its writer, never the node's task group
@@ -193,10 +202,14 @@ class NodeRuntime:
                 link = self._links.get(action.link_id)
                 if link is None or link.connection is None:
                     continue
-                if link.outbox.qsize() >= OUTBOX_LIMIT:
-                    self._log.warning("link %d too slow (%d frames queued): closing", action.link_id,
-                                      link.outbox.qsize())
-                    action = CloseLink(action.link_id, "peer too slow")
+                if isinstance(action, Send) and link.queued_bytes + len(action.text) > OUTBOX_BYTES:
+                    # Queueing more (or a polite close behind the backlog) would only grow memory: cut it off now.
+                    self._log.warning("link %d too slow (%d bytes queued): cutting it off", action.link_id,
+                                      link.queued_bytes)
+                    link.connection.transport.abort()
+                    continue
+                if isinstance(action, Send):
+                    link.queued_bytes += len(action.text)
                 link.outbox.put_nowait(action.text if isinstance(action, Send) else _CLOSE)
                 if link.writer is None and tasks is not None:
                     link.writer = tasks.create_task(self._write(action.link_id, link))
