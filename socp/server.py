@@ -194,6 +194,7 @@ class _Forward:
     user_msg_ref: str    # msg_ref of the user's original frame
     expires: int
     file_key: tuple[str, str] | None = None  # (sender, file_id) of a forwarded file frame
+    recipient: str = ""
 
 
 @dataclass(slots=True)
@@ -746,9 +747,11 @@ class ServerState:
             return
         local = self._locals.get(recipient)
         if local is None:
-            self._send(link, env.error_frame(self.server_id, link.peer, now, ErrorCode.USER_NOT_FOUND,
-                                             f"user {recipient} is not attached to this server",
-                                             self._key, frame.msg_ref))
+            # ``user_id`` and ``sender`` (our extension) tell the origin which of several forwards sharing this
+            # msg_ref (same servers, same millisecond) bounced.
+            self._send(link, self._make(FrameType.ERROR, link.peer, now, {
+                "code": ErrorCode.USER_NOT_FOUND.value, "detail": f"user {recipient} is not attached to this server",
+                "msg_ref": frame.msg_ref, "user_id": recipient, "sender": payload.get("sender", "")}))
             return
         sender = payload.get("sender", "")
         # A malformed forward is refused here, so that the ERROR reaches the origin (and its sender) instead of
@@ -773,7 +776,11 @@ class ServerState:
             return
         ref = frame.payload.get("msg_ref")
         forwards = self._forwards.get(ref, []) if isinstance(ref, str) else []
-        forward = forwards.pop(0) if forwards else None
+        about_user, about_sender = frame.payload.get("user_id"), frame.payload.get("sender")
+        matching = [f for f in forwards if about_user in (None, f.recipient) and about_sender in (None, f.sender)]
+        forward = matching[0] if matching else (forwards[0] if forwards else None)
+        if forward is not None:
+            forwards.remove(forward)
         if isinstance(ref, str) and not forwards:
             self._forwards.pop(ref, None)
         if frame.payload.get("code") == ErrorCode.UNKNOWN_TYPE and str(ref).startswith("SERVER_PRESENCE_SYNC:"):
@@ -939,7 +946,7 @@ class ServerState:
             body["kind"] = frame.type.value
         out = self._make_at(FrameType.SERVER_DELIVER, self.server_id, location, frame.ts, body)
         self._forwards.setdefault(out.msg_ref, []).append(
-            _Forward(frame.sender, frame.msg_ref, now + self.settings.replay_window_ms, file_key))
+            _Forward(frame.sender, frame.msg_ref, now + self.settings.replay_window_ms, file_key, recipient))
         self._send(self._links[server_link_id], out)
 
     # --- public channel (WIRE §5) ----------------------------------------------------------------

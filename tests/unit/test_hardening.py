@@ -129,3 +129,19 @@ def test_identical_payloads_are_signed_once(two: TwoServers) -> None:
     assert len(signatures) > 2 and len(set(signatures)) == 1, "one signature serves every HEARTBEAT {}"
     # ...and each is still a valid signature by A over the (empty) payload.
     assert env.parse(net.packets(src="A", frame_type="HEARTBEAT")[-1].text).verify(a.key.public_key())
+
+
+def test_bounces_of_forwards_sharing_a_millisecond_reach_their_own_senders(two: TwoServers) -> None:
+    net, a, b, alice, bob = two.net, two.a, two.b, two.alice, two.bob
+    carol, dave = net.user("carol", a), net.user("dave", b)
+    net.drop = lambda packet: packet.src == "B" and packet.type in ("USER_REMOVE", "SERVER_PRESENCE_SYNC")
+    dave.disconnect()
+    # Same servers, same millisecond: both SERVER_DELIVERs carry the msg_ref SERVER_DELIVER:A:B:<now>; alice's
+    # is delivered, carol's bounces, and the bounce must not be pinned on alice's (earlier) forward.
+    alice.send_direct(bob, b"bob?", pump=False)
+    to_dave = carol.send_direct(dave, b"dave?", pump=False)
+    net.pump()
+    assert len(bob.received(FrameType.USER_DELIVER)) == 1
+    assert alice.errors("USER_NOT_FOUND") == []
+    [carol_error] = carol.errors("USER_NOT_FOUND")
+    assert carol_error.payload["msg_ref"] == to_dave.msg_ref
