@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,8 +145,8 @@ class _Broadcast:
 @dataclass(slots=True)
 class _Traffic:
     run: str
-    task: asyncio.Task[None]
     cursors: dict[str, Cursor]
+    task: asyncio.Task[None] | None = None
     sent: Counter[tuple[str, str]] = field(default_factory=Counter)   # (sender, recipient) -> count
     participants: set[str] = field(default_factory=set)
     sent_at: dict[str, float] = field(default_factory=dict)
@@ -174,6 +174,7 @@ class ScenarioRunner:
         self._keys_used = 0
         self._traffic: _Traffic | None = None
         self._broadcasts: list[_Broadcast] = []
+        self._tasks: asyncio.TaskGroup | None = None
         self._started = False
         self._count = sum(_count(step) for step in scenario.steps)
         self._done = 0
@@ -187,12 +188,25 @@ class ScenarioRunner:
                            dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), str(self.results_dir))
         start = time.monotonic()
         try:
-            report.passed = await self._run_steps(self.scenario.steps, "", report)
+            # Every background task (event pumps, traffic) lives in this group; the teardown inside it
+            # cancels them, so none outlives the run.
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                try:
+                    report.passed = await self._run_steps(self.scenario.steps, "", report)
+                finally:
+                    await self._teardown(report)
         finally:
-            await self._teardown(report)
+            self._tasks = None
             report.duration_s = round(time.monotonic() - start, 3)
             write_reports(report, self.results_dir)
         return report
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        if self._tasks is None:
+            coro.close()
+            raise StepFailed("background work needs a running scenario")
+        return self._tasks.create_task(coro)
 
     async def _run_steps(self, steps: tuple[Step, ...], prefix: str, report: RunReport) -> bool:
         for number, step in enumerate(steps, 1):
@@ -396,8 +410,8 @@ class ScenarioRunner:
             raise StepFailed("traffic needs at least two online users")
         run = secrets.token_hex(4)
         cursors = {name: self.users[name].mailbox.cursor() for name in participants}
-        traffic = _Traffic(run, asyncio.create_task(asyncio.sleep(0)), cursors, participants=participants)
-        traffic.task = asyncio.create_task(self._generate_traffic(traffic, rate))
+        traffic = _Traffic(run, cursors, participants=participants)
+        traffic.task = self._spawn(self._generate_traffic(traffic, rate))
         self._traffic = traffic
         return f"{rate:g} msg/s between {len(participants)} users", {"rate": rate}
 
@@ -427,9 +441,7 @@ class ScenarioRunner:
         if traffic is None:
             raise StepFailed("no traffic was started")
         self._traffic = None
-        traffic.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await traffic.task
+        await _cancel(traffic.task)
         # Only users online throughout are judged: a message to someone who left may rightly be refused.
         steady = {name for name in traffic.participants if self.users[name].online}
         expected = {(s, r): n for (s, r), n in traffic.sent.items() if s in steady and r in steady}
@@ -502,7 +514,7 @@ class ScenarioRunner:
         user.mailbox = Mailbox()
         user.client = await ClientConnection.connect(self.backend.url(node), user.identity,
                                                      timeout=10 * self.factor)
-        user.pump = asyncio.create_task(user.mailbox.pump(user.client))
+        user.pump = self._spawn(user.mailbox.pump(user.client))
 
     async def _identity(self, name: str) -> Identity:
         if self.key_source is not None:
@@ -516,10 +528,7 @@ class ScenarioRunner:
         if user.client is not None:
             with contextlib.suppress(Exception):
                 await user.client.close()
-        if user.pump is not None:
-            user.pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await user.pump
+        await _cancel(user.pump)
         user.client, user.pump = None, None
 
     def _user(self, name: str) -> User:
@@ -540,14 +549,20 @@ class ScenarioRunner:
 
     async def _teardown(self, report: RunReport) -> None:
         if self._traffic is not None:
-            self._traffic.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._traffic.task
+            await _cancel(self._traffic.task)
         for user in self.users.values():
             await self._close(user)
         with contextlib.suppress(Exception):
             self.backend.collect_logs(self.results_dir / "logs")
         await self.backend.stop()
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _count(step: Step) -> int:
