@@ -6,7 +6,6 @@ import asyncio
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -98,7 +97,7 @@ class LocalNode:
                 "--presence-sync-interval", str(self.timings.presence_sync_interval), *self.extra_args]
         if self.introducer:
             args.append("--introducer")
-        elif self.bootstrap_file is not None:
+        if self.bootstrap_file is not None:  # introducers after the first join their predecessors
             args += ["--bootstrap", str(self.bootstrap_file)]
         with self.log_path.open("ab") as log:
             log.write(f"\n===== start {' '.join(args)}\n".encode())
@@ -226,13 +225,14 @@ class LocalCluster(ManagedCluster):
             if self.prepare is not None:
                 self.prepare(node.name, node.data_dir)
         identities = await asyncio.gather(*(asyncio.to_thread(node.identity) for node in self.introducers))
-        # Introducers need their ports before the bootstrap file can name them.
-        for introducer in self.introducers:
-            introducer.port = introducer.port or _free_port()
-        self.bootstrap_file.write_text("bootstrap_servers:\n" + "".join(
-            f"  - {{host: \"127.0.0.1\", port: {node.port}, pubkey: \"{identity['pubkey']}\"}}\n"
-            for node, identity in zip(self.introducers, identities, strict=True)))
-        for node in self.nodes:
+        # Each introducer binds any free port and reports it; the bootstrap file grows as they come up, so the
+        # k-th introducer joins the ones before it and every peer gets the full list (no port is guessed).
+        for count, introducer in enumerate(self.introducers, 1):
+            await introducer.start()
+            self.bootstrap_file.write_text("bootstrap_servers:\n" + "".join(
+                f"  - {{host: \"127.0.0.1\", port: {node.port}, pubkey: \"{identity['pubkey']}\"}}\n"
+                for node, identity in zip(self.introducers[:count], identities[:count], strict=True)))
+        for node in self.peers:
             await node.start()
         await self.wait_healthy(timeout)
 
@@ -343,13 +343,6 @@ async def probe_health(port: int, host: str = "127.0.0.1", timeout: float = 2.0)
         return int(head.split()[1]), json.loads(body or b"{}")
     except (IndexError, ValueError):
         return 0, {}
-
-
-def _free_port() -> int:
-    """A port free on 127.0.0.1 right now (introducers need theirs before the bootstrap file is written)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 register_backend("local", lambda workdir, spec: LocalCluster(workdir, spec))
