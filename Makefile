@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 SOCP_IMAGE ?= socp-node:latest
 PROJECT_LABEL := org.socp-testbed.project=socp-testbed
 # Only the paths that exist: ruff reports a missing path as an error.
-LINT_PATHS := $(wildcard socp node client testbed tests)
+LINT_PATHS := $(wildcard socp node client testbed tests bench)
 # Compose CLI for targets that drive containers: the v2 plugin when present,
 # else the v1 `docker-compose` binary.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
@@ -60,9 +60,9 @@ lint: venv ## ruff check and mypy --strict
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 
-bench: venv ## Benchmarks: protocol core (and end-to-end operations when bench/bench_ops.py exists) -> results/
+bench: venv ## Benchmarks: protocol core and end-to-end operations -> results/bench-core.json, bench-ops.json
 	$(VENV_PY) -m bench.bench_core
-	@if [ -f bench/bench_ops.py ]; then $(VENV_PY) -m bench.bench_ops; fi
+	$(VENV_PY) -m bench.bench_ops
 
 image: ## Build the node image socp-node:latest (no registry needed: see compose/build-image.sh)
 	SOCP_IMAGE=$(SOCP_IMAGE) PYTHON=$(PYTHON) compose/build-image.sh
