@@ -211,16 +211,22 @@ def aes_encrypt(key: bytes, plaintext: bytes) -> str:
     return b64url_encode(nonce + AESGCM(key).encrypt(nonce, plaintext, None))
 
 
+def _nonce_and_body(text: str, what: str) -> tuple[bytes, bytes]:
+    """Split base64url ``nonce ‖ AES-GCM ciphertext`` (the form :func:`aes_encrypt` emits); CryptoError if not."""
+    try:
+        blob = b64url_decode(text)
+    except BadFrame as exc:
+        raise CryptoError(f"{what} is not base64url") from exc
+    if len(blob) < AES_NONCE_BYTES + 16:
+        raise CryptoError(f"{what} is too short")
+    return blob[:AES_NONCE_BYTES], blob[AES_NONCE_BYTES:]
+
+
 def aes_decrypt(key: bytes, ciphertext: str) -> bytes:
     """Inverse of :func:`aes_encrypt`; raises :class:`CryptoError` on tampering or a wrong key."""
+    nonce, body = _nonce_and_body(ciphertext, "ciphertext")
     try:
-        blob = b64url_decode(ciphertext)
-    except BadFrame as exc:
-        raise CryptoError("ciphertext is not base64url") from exc
-    if len(blob) < AES_NONCE_BYTES + 16:
-        raise CryptoError("ciphertext too short")
-    try:
-        return AESGCM(key).decrypt(blob[:AES_NONCE_BYTES], blob[AES_NONCE_BYTES:], None)
+        return AESGCM(key).decrypt(nonce, body, None)
     except InvalidTag as exc:
         raise CryptoError("ciphertext failed authentication") from exc
 
@@ -378,14 +384,9 @@ def seal_private_key(key: PrivateKey, sealing_key: bytes, user_id: str) -> str:
 
 def open_private_key(sealed: str, sealing_key: bytes, user_id: str) -> PrivateKey:
     """Inverse of :func:`seal_private_key`; raises :class:`CryptoError` (wrong password, altered blob, weak key)."""
+    nonce, body = _nonce_and_body(sealed, "privkey_store")
     try:
-        blob = b64url_decode(sealed)
-    except BadFrame as exc:
-        raise CryptoError("privkey_store is not base64url") from exc
-    if len(blob) < AES_NONCE_BYTES + 16:
-        raise CryptoError("privkey_store is too short")
-    try:
-        der = AESGCM(sealing_key).decrypt(blob[:AES_NONCE_BYTES], blob[AES_NONCE_BYTES:], _store_aad(user_id))
+        der = AESGCM(sealing_key).decrypt(nonce, body, _store_aad(user_id))
     except InvalidTag:
         raise CryptoError("privkey_store does not open with this password") from None
     try:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
-from tests.clients import FIRST_USER_KEY
+from testbed.backend import ClusterBackend
+from tests.clients import FIRST_USER_KEY, UserFactory
 from tests.keypool import KeyPool
 
 __all__ = ["FIRST_USER_KEY", "pool_prepare"]
@@ -36,3 +38,12 @@ def pool_prepare(key_pool: KeyPool) -> Callable[[str, Path], None]:
 def socp_cluster_prepare(key_pool: KeyPool) -> Callable[[str, Path], None]:
     """Local nodes start with pool keys instead of generating their own."""
     return pool_prepare(key_pool)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def connect(cluster: ClusterBackend, key_pool: KeyPool, tmp_path: Path) -> AsyncIterator[UserFactory]:
+    """``await connect("peer1", "alice")``: a scripted user with a pool key (files land in ``tmp_path/<name>``),
+    closed after the test."""
+    users = UserFactory(cluster.url, key_pool, downloads=tmp_path)
+    yield users
+    await users.close_all()

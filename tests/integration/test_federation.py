@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 
 from socp import envelope as env
 from socp.envelope import FrameType
@@ -17,18 +15,8 @@ from testbed.backend import ClusterBackend
 from tests import scaled
 from tests.clients import UserFactory
 from tests.integration.wire import now_ms
-from tests.keypool import KeyPool
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def connect(cluster: ClusterBackend, key_pool: KeyPool) -> AsyncIterator[UserFactory]:
-    """``await connect("peer1", "alice")``: a scripted user with a pool key, closed after the test."""
-    users = UserFactory(cluster.url, key_pool)
-    yield users
-    await users.close_all()
 
 
 async def test_cross_node_direct_message(connect: UserFactory) -> None:

@@ -6,11 +6,9 @@ import asyncio
 import hashlib
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 from socp import crypto
 from socp import envelope as env
@@ -26,14 +24,6 @@ from tests.keypool import KeyPool
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def connect(cluster: LocalCluster, key_pool: KeyPool, tmp_path: Path) -> AsyncIterator[UserFactory]:
-    """``await connect("peer1", "alice")``: a scripted user with a pool key, closed after the test."""
-    users = UserFactory(cluster.url, key_pool, downloads=tmp_path)
-    yield users
-    await users.close_all()
 
 
 def raw_file(sender: RawUser, to: str, name: str, data: bytes, *, recipient_pub: str | None = None,

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 
 from client.connection import ClientConnection
 from socp.envelope import FrameType
@@ -20,15 +18,6 @@ from tests.integration.wire import RawUser
 from tests.keypool import KeyPool
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def connect(cluster: LocalCluster, key_pool: KeyPool) -> AsyncIterator[UserFactory]:
-    """``await connect("peer1", "alice")``: a scripted user with a pool key, closed after the test."""
-    users = UserFactory(cluster.url, key_pool)
-    yield users
-    await users.close_all()
 
 
 async def test_all_from_each_node_reaches_every_user_exactly_once(connect: UserFactory, cluster: LocalCluster) -> None:
