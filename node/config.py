@@ -14,6 +14,17 @@ import yaml
 from socp import crypto
 from socp.errors import ConfigError, ProtocolError
 from socp.server import BootstrapEntry
+from socp.settings import (
+    DEFAULT_LOGIN_ATTEMPTS,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_RATE_BURST,
+    DEFAULT_RATE_PER_SECOND,
+    DEFAULT_TIMINGS,
+    LOGIN_WINDOW_MS,
+    MIB,
+    Timings,
+)
 
 DEFAULT_BOOTSTRAP = "ws://127.0.0.1:9001"
 
@@ -42,14 +53,8 @@ class NodeConfig:
     """Introducers to join through (peer mode)."""
     log_level: str
     """Python logging level name."""
-    heartbeat_interval: float
-    """Seconds between HEARTBEATs on server links."""
-    peer_timeout: float
-    """Seconds of silence before a server link is declared dead."""
-    presence_sync_interval: float
-    """Seconds between SERVER_PRESENCE_SYNC snapshots."""
-    replay_window: float
-    """Seconds of clock distance beyond which frames are STALE."""
+    timings: Timings
+    """Heartbeat, peer timeout, presence sync and replay window (seconds)."""
     max_frame_bytes: int
     """Largest accepted frame."""
     rate_limit: float
@@ -60,9 +65,9 @@ class NodeConfig:
     """Interop switch: accept unsigned USER_HELLO."""
     show_identity: bool
     """Create the identity if needed, print it as JSON and exit."""
-    max_file_bytes: int = 16 * 1024 * 1024
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     """Largest file (FILE_START ``size``) routed; larger ones get TOO_LARGE."""
-    login_attempts: int = 5
+    login_attempts: int = DEFAULT_LOGIN_ATTEMPTS
     """Failed password logins allowed per user id per minute."""
 
 
@@ -85,24 +90,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", action="append", default=None, metavar="FILE.yaml|ws://HOST:PORT",
                         help=f"bootstrap introducers: a YAML file or URLs, repeatable (default {DEFAULT_BOOTSTRAP})")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument("--heartbeat-interval", type=float, default=15.0, metavar="SECONDS",
-                        help="HEARTBEAT period on server links (default 15)")
-    parser.add_argument("--peer-timeout", type=float, default=45.0, metavar="SECONDS",
-                        help="silence after which a server link is dead and reconnected (default 45)")
-    parser.add_argument("--presence-sync-interval", type=float, default=30.0, metavar="SECONDS",
-                        help="period of SERVER_PRESENCE_SYNC anti-entropy snapshots (default 30)")
-    parser.add_argument("--replay-window", type=float, default=600.0, metavar="SECONDS",
-                        help="frames further than this from our clock are STALE (default 600)")
-    parser.add_argument("--max-frame-bytes", type=int, default=2 * 1024 * 1024, metavar="BYTES",
-                        help="larger frames get TOO_LARGE and the connection is closed (default 2 MiB)")
-    parser.add_argument("--rate-limit", type=float, default=200.0, metavar="FRAMES_PER_S",
-                        help="sustained frames/s per user connection (default 200)")
-    parser.add_argument("--rate-burst", type=int, default=1000, metavar="FRAMES",
-                        help="burst of frames per user connection (default 1000)")
-    parser.add_argument("--max-file-size", type=int, default=16 * 1024 * 1024, metavar="BYTES",
-                        help="largest file routed; larger ones get TOO_LARGE (default 16 MiB)")
-    parser.add_argument("--login-attempts", type=int, default=5, metavar="N",
-                        help="failed password logins allowed per user id per minute (default 5)")
+    timings = DEFAULT_TIMINGS
+    parser.add_argument("--heartbeat-interval", type=float, default=timings.heartbeat_interval, metavar="SECONDS",
+                        help="HEARTBEAT period on server links (default %(default)g)")
+    parser.add_argument("--peer-timeout", type=float, default=timings.peer_timeout, metavar="SECONDS",
+                        help="silence after which a server link is dead and reconnected (default %(default)g)")
+    parser.add_argument("--presence-sync-interval", type=float, default=timings.presence_sync_interval,
+                        metavar="SECONDS", help="period of SERVER_PRESENCE_SYNC anti-entropy snapshots "
+                                                "(default %(default)g)")
+    parser.add_argument("--replay-window", type=float, default=timings.replay_window, metavar="SECONDS",
+                        help="frames further than this from our clock are STALE (default %(default)g)")
+    parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES, metavar="BYTES",
+                        help=f"larger frames get TOO_LARGE and the connection is closed "
+                             f"(default {DEFAULT_MAX_FRAME_BYTES // MIB} MiB)")
+    parser.add_argument("--rate-limit", type=float, default=DEFAULT_RATE_PER_SECOND, metavar="FRAMES_PER_S",
+                        help="sustained frames/s per user connection (default %(default)g)")
+    parser.add_argument("--rate-burst", type=int, default=DEFAULT_RATE_BURST, metavar="FRAMES",
+                        help="burst of frames per user connection (default %(default)d)")
+    parser.add_argument("--max-file-size", type=int, default=DEFAULT_MAX_FILE_BYTES, metavar="BYTES",
+                        help=f"largest file routed; larger ones get TOO_LARGE "
+                             f"(default {DEFAULT_MAX_FILE_BYTES // MIB} MiB)")
+    parser.add_argument("--login-attempts", type=int, default=DEFAULT_LOGIN_ATTEMPTS, metavar="N",
+                        help=f"failed password logins allowed per user id per {LOGIN_WINDOW_MS // 1000} s "
+                             f"(default %(default)d)")
     parser.add_argument("--allow-unsigned-hello", action="store_true",
                         help="interop switch: accept USER_HELLO without a signature")
     parser.add_argument("--show-identity", action="store_true",
@@ -124,12 +134,14 @@ def config_from_args(args: argparse.Namespace, hostname: str) -> NodeConfig:
         raise ConfigError(f"--port {port} is out of range")
     if min(args.heartbeat_interval, args.peer_timeout, args.presence_sync_interval, args.replay_window) <= 0:
         raise ConfigError("intervals and timeouts must be positive")
+    if args.peer_timeout <= args.heartbeat_interval:
+        raise ConfigError("--peer-timeout must be longer than --heartbeat-interval")
+    timings = Timings(heartbeat_interval=args.heartbeat_interval, peer_timeout=args.peer_timeout,
+                      presence_sync_interval=args.presence_sync_interval, replay_window=args.replay_window)
     if args.rate_limit <= 0 or args.rate_burst < 1:
         raise ConfigError("--rate-limit and --rate-burst must be positive")
     if args.max_file_size < 0 or args.login_attempts < 1:
         raise ConfigError("--max-file-size must not be negative and --login-attempts must be at least 1")
-    if args.peer_timeout <= args.heartbeat_interval:
-        raise ConfigError("--peer-timeout must be longer than --heartbeat-interval")
     advertise_host = args.advertise_host or (hostname if args.host in ("0.0.0.0", "::") else args.host)
     data_dir = args.data_dir or Path(os.path.expanduser("~/.local/share/socp")) / name
     bootstrap: tuple[BootstrapEntry, ...] = ()
@@ -140,8 +152,7 @@ def config_from_args(args: argparse.Namespace, hostname: str) -> NodeConfig:
         name=name, server_id=args.server_id.lower() if args.server_id else None, introducer=args.introducer,
         host=args.host, port=port, advertise_host=advertise_host, advertise_port=args.advertise_port,
         data_dir=data_dir, bootstrap=bootstrap, log_level=args.log_level,
-        heartbeat_interval=args.heartbeat_interval, peer_timeout=args.peer_timeout,
-        presence_sync_interval=args.presence_sync_interval, replay_window=args.replay_window,
+        timings=timings,
         max_frame_bytes=args.max_frame_bytes, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
         allow_unsigned_hello=args.allow_unsigned_hello,
         show_identity=args.show_identity, max_file_bytes=args.max_file_size, login_attempts=args.login_attempts,

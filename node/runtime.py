@@ -294,12 +294,12 @@ class NodeRuntime:
         return ServerSettings(
             server_id=self.identity.server_id, advertise_host=config.advertise_host,
             advertise_port=config.advertise_port or port, introducer=config.introducer,
-            bootstrap=config.bootstrap, heartbeat_interval_ms=int(config.heartbeat_interval * 1000),
-            peer_timeout_ms=int(config.peer_timeout * 1000),
-            presence_sync_interval_ms=int(config.presence_sync_interval * 1000),
-            replay_window_ms=int(config.replay_window * 1000), max_frame_bytes=config.max_frame_bytes,
+            bootstrap=config.bootstrap, heartbeat_interval_ms=config.timings.heartbeat_interval_ms,
+            peer_timeout_ms=config.timings.peer_timeout_ms,
+            presence_sync_interval_ms=config.timings.presence_sync_interval_ms,
+            replay_window_ms=config.timings.replay_window_ms, max_frame_bytes=config.max_frame_bytes,
             allow_unsigned_hello=config.allow_unsigned_hello, rate_per_second=config.rate_limit,
             rate_burst=config.rate_burst,
-            backoff_initial_ms=min(500, int(config.heartbeat_interval * 1000)),
+            backoff_initial_ms=min(500, config.timings.heartbeat_interval_ms),
             max_file_bytes=config.max_file_bytes, login_max_failures=config.login_attempts,
         )

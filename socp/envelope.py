@@ -13,8 +13,8 @@ from typing import Any
 from socp import crypto
 from socp.codec import canonical_json
 from socp.errors import BadFrame, ErrorCode, ProtocolError, TooLarge, UnknownType
+from socp.settings import DEFAULT_MAX_FRAME_BYTES
 
-DEFAULT_MAX_FRAME_BYTES = 2 * 1024 * 1024
 BROADCAST = "*"
 PUBLIC_GROUP = "public"
 

@@ -29,6 +29,7 @@ from typing import Any
 from socp import crypto
 from socp.codec import b64url_decode, canonical_json
 from socp.errors import BadFrame, RateLimited
+from socp.settings import DEFAULT_LOGIN_ATTEMPTS, LOGIN_WINDOW_MS
 
 KDF_ALG = "PBKDF2-SHA256"
 """The only password derivation this project emits and accepts."""
@@ -194,7 +195,8 @@ class LoginThrottle:
     server. A success clears the user's record.
     """
 
-    def __init__(self, max_failures: int = 5, window_ms: int = 60_000, max_users: int = 100_000) -> None:
+    def __init__(self, max_failures: int = DEFAULT_LOGIN_ATTEMPTS, window_ms: int = LOGIN_WINDOW_MS,
+                 max_users: int = 100_000) -> None:
         self.max_failures = max_failures
         self.window_ms = window_ms
         self.max_users = max_users

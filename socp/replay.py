@@ -6,8 +6,9 @@ from collections import OrderedDict
 
 from socp.envelope import Envelope
 from socp.errors import StaleFrame
+from socp.settings import DEFAULT_TIMINGS
 
-DEFAULT_WINDOW_MS = 10 * 60 * 1000
+DEFAULT_WINDOW_MS = DEFAULT_TIMINGS.replay_window_ms
 DEFAULT_CAPACITY = 100_000
 
 

@@ -60,7 +60,16 @@ from socp.errors import (
 )
 from socp.presence import Directory, UserRecord, display_label, meta_of
 from socp.registry import LoginRecord, LoginThrottle, Registration, normalize_login, registration_from_wire
-from socp.replay import DEFAULT_WINDOW_MS, ReplayCache
+from socp.replay import ReplayCache
+from socp.settings import (
+    DEFAULT_LOGIN_ATTEMPTS,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_RATE_BURST,
+    DEFAULT_RATE_PER_SECOND,
+    DEFAULT_TIMINGS,
+    LOGIN_WINDOW_MS,
+)
 
 logger = logging.getLogger("socp.server")
 
@@ -75,7 +84,6 @@ PUBLIC_FRAMES = frozenset({FrameType.MSG_PUBLIC_CHANNEL, FrameType.PUBLIC_CHANNE
 # public-mode files.
 PUBLIC_KINDS = PUBLIC_FRAMES | FILE_FRAMES
 
-DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
 LOGIN_GRACE_MS = 60_000
 """How long a connection may take from USER_LOGIN_CHALLENGE to USER_HELLO (the client runs a slow KDF)."""
 RECORDS_PER_FRAME = 50
@@ -118,19 +126,19 @@ class ServerSettings:
     """Introducer mode: registry of servers, no users, joins nobody."""
     bootstrap: tuple[BootstrapEntry, ...] = ()
     """Introducers to join through, tried in order (peer mode)."""
-    heartbeat_interval_ms: int = 15_000
+    heartbeat_interval_ms: int = DEFAULT_TIMINGS.heartbeat_interval_ms
     """HEARTBEAT period on every server link."""
-    peer_timeout_ms: int = 45_000
+    peer_timeout_ms: int = DEFAULT_TIMINGS.peer_timeout_ms
     """Silence after which a server link is declared dead."""
-    presence_sync_interval_ms: int = 30_000
+    presence_sync_interval_ms: int = DEFAULT_TIMINGS.presence_sync_interval_ms
     """Period of SERVER_PRESENCE_SYNC anti-entropy snapshots."""
-    replay_window_ms: int = DEFAULT_WINDOW_MS
+    replay_window_ms: int = DEFAULT_TIMINGS.replay_window_ms
     """Frames further than this from our clock are STALE."""
-    max_frame_bytes: int = env.DEFAULT_MAX_FRAME_BYTES
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     """Larger frames get TOO_LARGE and the connection is closed."""
-    rate_per_second: float = 200.0
+    rate_per_second: float = DEFAULT_RATE_PER_SECOND
     """Sustained frames per second allowed on one user connection."""
-    rate_burst: int = 1000
+    rate_burst: int = DEFAULT_RATE_BURST
     """Burst of frames allowed on one user connection."""
     backoff_initial_ms: int = 500
     """First reconnection delay; doubles on each failure."""
@@ -140,9 +148,9 @@ class ServerSettings:
     """Interop switch: accept USER_HELLO without a proof-of-possession signature."""
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     """Largest file (FILE_START ``size``) this server routes; larger ones get TOO_LARGE."""
-    login_max_failures: int = 5
+    login_max_failures: int = DEFAULT_LOGIN_ATTEMPTS
     """Failed password logins allowed per user id within ``login_window_ms``."""
-    login_window_ms: int = 60_000
+    login_window_ms: int = LOGIN_WINDOW_MS
     """Window of the login rate limit."""
 
 

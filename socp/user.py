@@ -48,6 +48,7 @@ from socp.envelope import BROADCAST, PUBLIC_GROUP, Envelope, FrameType
 from socp.errors import BadFrame, BadKey, CryptoError, ProtocolError, SocpError, TooLarge, UnknownType, UserNotFound
 from socp.presence import Directory, UserRecord, display_label, meta_of
 from socp.replay import DEFAULT_WINDOW_MS, ReplayCache
+from socp.settings import DEFAULT_MAX_FILE_BYTES
 
 logger = logging.getLogger("socp.user")
 
@@ -59,8 +60,6 @@ MIN_ID_PREFIX = 4
 
 _MAX_KEY_CACHE = 1024
 
-DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
-"""Largest file a session sends or accepts unless told otherwise (WIRE §5; configurable at both ends)."""
 DM_CHUNK_BYTES = 8 * crypto.OAEP_MAX_PLAINTEXT
 """Plaintext per FILE_CHUNK in dm mode: 8 RSA-OAEP blocks of 446 bytes (WIRE §5: up to 8 blocks a chunk)."""
 PUBLIC_CHUNK_BYTES = 48 * 1024

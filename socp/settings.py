@@ -1,0 +1,72 @@
+"""Protocol timings and limits: the one place their defaults are written.
+
+The node's command line, the server core (:class:`socp.server.ServerSettings`), the client, the testbed and
+the unit harness all take their defaults from here, so a default changes in one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+DEFAULT_MAX_FILE_BYTES = 16 * MIB
+"""Largest file a sender sends, a server routes and a receiver accepts (FILE_START ``size``)."""
+DEFAULT_MAX_FRAME_BYTES = 2 * MIB
+"""Largest frame a server or client accepts; larger ones get TOO_LARGE."""
+DEFAULT_RATE_PER_SECOND = 200.0
+"""Sustained frames per second allowed on one user connection."""
+DEFAULT_RATE_BURST = 1000
+"""Burst of frames allowed on one user connection."""
+DEFAULT_LOGIN_ATTEMPTS = 5
+"""Failed password logins allowed per user id within :data:`LOGIN_WINDOW_MS`."""
+LOGIN_WINDOW_MS = 60_000
+"""Window of the login rate limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """The protocol's timers, in seconds (the units of the node's flags and of scenario files)."""
+
+    heartbeat_interval: float = 15.0
+    """HEARTBEAT period on server links."""
+    peer_timeout: float = 45.0
+    """Silence after which a server link is declared dead (must exceed ``heartbeat_interval``)."""
+    presence_sync_interval: float = 30.0
+    """Period of SERVER_PRESENCE_SYNC anti-entropy snapshots."""
+    replay_window: float = 600.0
+    """Frames further than this from the receiver's clock are STALE."""
+
+    def __post_init__(self) -> None:
+        if min(self.heartbeat_interval, self.peer_timeout, self.presence_sync_interval, self.replay_window) <= 0:
+            raise ValueError("intervals and timeouts must be positive")
+        if self.peer_timeout <= self.heartbeat_interval:
+            raise ValueError("the peer timeout must be longer than the heartbeat interval")
+
+    @property
+    def heartbeat_interval_ms(self) -> int:
+        """:attr:`heartbeat_interval` in milliseconds (the core's unit)."""
+        return round(self.heartbeat_interval * 1000)
+
+    @property
+    def peer_timeout_ms(self) -> int:
+        """:attr:`peer_timeout` in milliseconds."""
+        return round(self.peer_timeout * 1000)
+
+    @property
+    def presence_sync_interval_ms(self) -> int:
+        """:attr:`presence_sync_interval` in milliseconds."""
+        return round(self.presence_sync_interval * 1000)
+
+    @property
+    def replay_window_ms(self) -> int:
+        """:attr:`replay_window` in milliseconds."""
+        return round(self.replay_window * 1000)
+
+
+DEFAULT_TIMINGS = Timings()
+"""What a node runs with unless told otherwise: cheap on a real network (one heartbeat per link per 15 s)."""
+FAST_TIMINGS = Timings(heartbeat_interval=0.5, peer_timeout=2.0, presence_sync_interval=2.0)
+"""Short timers for tests and failure scenarios: a dead peer is noticed within about two seconds."""
+FEDERATION_TIMINGS = Timings(heartbeat_interval=2.0, peer_timeout=6.0, presence_sync_interval=10.0)
+"""The ``make up`` federation's timers: failures show within seconds, yet an idle federation stays quiet."""
