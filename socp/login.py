@@ -37,6 +37,7 @@ from socp.envelope import BROADCAST, FrameType
 from socp.errors import BadFrame, BadKey, CryptoError, ProtocolError, SocpError
 from socp.presence import meta_of
 from socp.registry import KDF_ALG, LoginRecord, check_kdf, normalize_login, registration_content
+from socp.user.common import OutboundFrame
 
 logger = logging.getLogger("socp.login")
 
@@ -64,9 +65,10 @@ def make_login_record(key: crypto.PrivateKey, user_id: str, login: str, password
     return LoginRecord(login, store, pake, version, signature)
 
 
-def register_frame(record: LoginRecord, user_id: str, server_id: str, now: int) -> str:
-    """The USER_REGISTER frame carrying ``record``; the server answers ``ACK`` naming its msg_ref."""
-    return env.make(FrameType.USER_REGISTER, user_id, server_id, now, record.to_wire()).to_wire()
+def register_frame(record: LoginRecord, user_id: str, server_id: str, now: int) -> OutboundFrame:
+    """The USER_REGISTER frame carrying ``record``; the server answers ``ACK`` naming its ``msg_ref``."""
+    frame = env.make(FrameType.USER_REGISTER, user_id, server_id, now, record.to_wire())
+    return OutboundFrame(frame.to_wire(), frame.msg_ref)
 
 
 class LoginState(enum.Enum):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from client.connection import ClientConnection
-from socp.user import ClientEvent, DirectMessage, FrameRejected
+from socp.user import ClientEvent, DirectMessage, DuplicateDelivery
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +44,9 @@ def percentiles(samples: Sequence[float]) -> dict[str, float]:
 
 
 def is_duplicate_delivery(event: ClientEvent) -> bool:
-    """True for a delivery the client refused as a duplicate: a network that delivers twice must fail checks
-    even though the client library hides the second copy from its user."""
-    return isinstance(event, FrameRejected) and event.reason.startswith("duplicate delivery")
+    """True for a second copy of a message, which the client dropped (:class:`DuplicateDelivery`): a network that
+    delivers twice must fail checks even though the client library never shows the copy as a message."""
+    return isinstance(event, DuplicateDelivery)
 
 
 async def converged(clients: Sequence[ClientConnection], expected: set[str], *, timeout: float,

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from socp.user import ClientEvent, DirectMessage, FrameRejected
+from socp.user import ClientEvent, DirectMessage, DuplicateDelivery, FrameRejected
 from testbed import checks
 
 
@@ -44,7 +44,7 @@ class FakeNetwork:
         inbox.put_nowait(DirectMessage(sender, sender, text, 0, f"MSG_DIRECT:{sender}:{recipient}:0"))
         if self.duplicate and text.startswith("matrix"):
             # What the client library reports when the network delivers the same frame twice.
-            inbox.put_nowait(FrameRejected(f"duplicate delivery of MSG_DIRECT:{sender}:{recipient}:0"))
+            inbox.put_nowait(DuplicateDelivery(sender, sender, f"MSG_DIRECT:{sender}:{recipient}:0"))
 
 
 def clients(network: FakeNetwork) -> list[FakeClient]:
@@ -69,7 +69,8 @@ async def test_a_lost_message_fails_the_check() -> None:
 
 
 @pytest.mark.parametrize("event,expected", [
-    (FrameRejected("duplicate delivery of MSG_DIRECT:a:b:1"), True),
+    (DuplicateDelivery("a", "a", "MSG_DIRECT:a:b:1"), True),
+    (FrameRejected("duplicate delivery of MSG_DIRECT:a:b:1"), False),
     (FrameRejected("bad signature"), False),
     (DirectMessage("a", "a", "duplicate delivery", 0, "x"), False),
 ])

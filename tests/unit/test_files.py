@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,8 @@ from socp.user import (
     FileReceived,
     FileRejected,
     FrameRejected,
+    OutboundFrame,
+    OutgoingFile,
 )
 from tests.unit.harness import Net, Node
 from tests.unit.test_public_channel_support import SessionUser, session_users
@@ -267,3 +270,35 @@ def test_any_frame_abandons_a_stalled_transfer(pair: Pair) -> None:
     pair.alice.public("still there?")  # unrelated traffic after the idle time
     [rejected] = bob.of(FileRejected)
     assert "abandoned" in rejected.reason and received(bob) == []
+
+
+class RecordingSigner:
+    """All an :class:`OutgoingFile` needs of its sender (socp.user.FileSigner): no session, no private key."""
+
+    user_id = "sender"
+    pubkey = "SENDER-PUB"
+
+    def __init__(self) -> None:
+        self.signed: list[tuple[str, str, int, str, str, int]] = []
+
+    def sign_file(self, file_id: str, name: str, size: int, sha256: str, to: str, ts: int) -> str:
+        self.signed.append((file_id, name, size, sha256, to, ts))
+        return "SIG"
+
+    def frame(self, frame_type: FrameType, to: str, now: int, payload: dict[str, Any], *,
+              signed: bool = False) -> OutboundFrame:
+        made = env.make(frame_type, self.user_id, to, now, payload)
+        return OutboundFrame(made.to_wire(), made.msg_ref)
+
+
+def test_an_outgoing_file_needs_only_a_signer() -> None:
+    signer = RecordingSigner()
+    data = b"x" * 100
+    outgoing = OutgoingFile(signer, "public", "a.txt", data, "f1", [], (bytes(32), "k1"), None)
+    frames = []
+    while (text := outgoing.next_frame(10 + len(frames))) is not None:
+        frames.append(env.parse(text))
+    assert [f.type for f in frames] == [FrameType.FILE_START, FrameType.FILE_CHUNK, FrameType.FILE_END]
+    assert frames[0].payload["content_sig"] == "SIG" and frames[0].payload["key_id"] == "k1"
+    assert signer.signed == [("f1", "a.txt", 100, hashlib.sha256(data).hexdigest(), "public", 10)]
+    assert outgoing.done and outgoing.sent_bytes == 100

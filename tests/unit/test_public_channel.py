@@ -17,7 +17,7 @@ from socp import envelope as env
 from socp.actions import PublicChannelVersion, PublicWrapStored
 from socp.codec import b64url_decode, b64url_encode, canonical_json
 from socp.envelope import FrameType
-from socp.user import FrameRejected, PublicKeyReceived, PublicMessage, PublicMessageUnreadable
+from socp.user import DuplicateDelivery, FrameRejected, PublicKeyReceived, PublicMessage, PublicMessageUnreadable
 from tests.unit.harness import Net, Node
 from tests.unit.test_public_channel_support import SessionUser, session_users
 
@@ -56,6 +56,14 @@ def test_all_reaches_every_other_member_exactly_once(channel: Channel) -> None:
         [share] = user.of(PublicKeyReceived)
         assert share.sender_id == channel.alice.user_id
     assert channel.alice.of(PublicMessage) == [] and channel.alice.frames(FrameType.MSG_PUBLIC_CHANNEL) == []
+
+
+def test_a_second_copy_of_a_public_message_is_reported_not_shown(channel: Channel) -> None:
+    sent = channel.alice.public("once")
+    [delivered] = channel.bob.frames(FrameType.MSG_PUBLIC_CHANNEL)
+    [event] = channel.bob.session.receive_text(delivered.to_wire(), channel.net.now)
+    assert event == DuplicateDelivery(channel.alice.user_id, "alice", sent[-1].msg_ref)
+    assert texts(channel.bob) == [("alice", "once")]
 
 
 def test_the_key_is_shared_once_then_messages_reuse_it(channel: Channel) -> None:

@@ -18,10 +18,13 @@ from socp.errors import BadKey, SocpError, UserNotFound
 from socp.server import ServerSettings, ServerState
 from socp.user import (
     CLIENT_NAME,
+    ROUTES,
     Acked,
     ClientEvent,
     DirectMessage,
+    DuplicateDelivery,
     FrameRejected,
+    MsgRef,
     ServerError,
     ServerKeyChanged,
     SessionState,
@@ -410,9 +413,11 @@ def test_undecryptable_or_non_utf8_plaintext_is_rejected(keys: Keys, bob: UserSe
 
 def test_duplicate_stale_or_misaddressed_deliveries_are_rejected(keys: Keys, alice: UserSession,
                                                                  bob: UserSession) -> None:
-    delivery = deliver_from(keys, alice.direct_message(BOB, "once", NOW))
-    assert isinstance(only(bob.receive_text(delivery, NOW)), DirectMessage)
-    rejected(bob.receive_text(delivery, NOW), "duplicate")
+    sent = alice.direct_message(BOB, "once", NOW)
+    delivery = deliver_from(keys, sent)
+    first = only(bob.receive_text(delivery, NOW))
+    assert isinstance(first, DirectMessage) and first.msg_ref == sent.msg_ref
+    assert only(bob.receive_text(delivery, NOW)) == DuplicateDelivery(ALICE, "alice", sent.msg_ref)
     old = deliver_from(keys, alice.direct_message(BOB, "old", NOW - 11 * 60 * 1000))
     rejected(bob.receive_text(old, NOW), "behind")
     misaddressed = deliver_from(keys, alice.direct_message(BOB, "x", NOW + 2))
@@ -501,3 +506,26 @@ def test_two_sessions_through_server_state(keys: Keys) -> None:
     pump(NOW + 3)
     assert any(isinstance(e, UserOffline) and e.record.user_id == BOB for e in inbox[ALICE])
     assert not any(isinstance(e, FrameRejected) for events in inbox.values() for e in events)
+
+
+def test_one_route_table_says_what_each_state_accepts_and_what_is_verified() -> None:
+    assert set(ROUTES[SessionState.AWAITING_ACK]) == {FrameType.ACK, FrameType.ERROR}
+    assert not any(route.verified for route in ROUTES[SessionState.AWAITING_ACK].values())  # nothing pinned yet
+    assert ROUTES[SessionState.REFUSED] == {}
+    welcomed_routes = ROUTES[SessionState.WELCOMED]
+    assert {FrameType.USER_DELIVER, FrameType.MSG_PUBLIC_CHANNEL, FrameType.FILE_CHUNK, FrameType.HEARTBEAT,
+            FrameType.DIRECTORY_RESPONSE} <= set(welcomed_routes)
+    assert FrameType.USER_HELLO not in welcomed_routes and FrameType.SERVER_DELIVER not in welcomed_routes
+    assert all(route.verified for route in welcomed_routes.values())
+
+
+def test_frames_to_send_carry_their_msg_ref(keys: Keys, alice: UserSession) -> None:
+    sent = alice.direct_message(BOB, "hi", NOW + 3)
+    assert sent.msg_ref == env.parse(sent).msg_ref == f"MSG_DIRECT:{ALICE}:{BOB}:{NOW + 3}"
+    assert MsgRef.parse(sent.msg_ref) == MsgRef("MSG_DIRECT", ALICE, BOB, NOW + 3)
+    assert str(MsgRef.parse(sent.msg_ref)) == sent.msg_ref
+    for text in (alice.list_request(NOW), alice.directory_query(NOW, login="bob"), alice.hello(NOW)):
+        assert text.msg_ref == env.parse(text).msg_ref
+    refused = ServerError("USER_NOT_FOUND", "gone", sent.msg_ref)
+    assert refused.about is not None and refused.about.to == BOB
+    assert ServerError("BAD_FRAME", "").about is None and MsgRef.parse("not:a:ref") is None

@@ -1,0 +1,393 @@
+"""The client's protocol logic as a sans-I/O state machine (WIRE §5): :class:`UserSession`.
+
+The asyncio shell (``client/``) owns the socket and the clock and drives :class:`UserSession` like this::
+
+    session = UserSession(user_id, key, {"display_name": "alice"})
+    send(session.hello(now))                          # USER_HELLO, the first frame
+    for text in incoming:
+        for event in session.receive_text(text, now): # ClientEvent values, in order
+            ...
+    frame = session.direct_message(recipient_id, "hi", now)
+    send(frame)                                       # frame.msg_ref names it in the server's ACK or ERROR
+    for text in session.public_message("hello all", now): send(text)   # key share first when needed
+    outgoing = session.send_file(recipient_id_or_public, "a.txt", data, now)
+    while (text := outgoing.next_frame(now)) is not None: send(text)
+    send(session.list_request(now))
+
+Trust model: the first ``ACK`` of ``USER_HELLO`` names the server and its key; the session pins that key
+(or refuses it when it contradicts ``expected_server_pub``) and verifies every later frame with it.
+
+The session is a facade over components of one shape (frames in, events out), each owning one concern:
+:class:`ServerLink` (the welcome and the pinned server key), :class:`socp.user.keys.PeerDirectory` (who is
+online, pinned user keys), :class:`socp.user.direct.DirectMessages`, :class:`socp.user.public.PublicChannel`
+and :class:`socp.user.files.FileTransfers`. The directory tells the public channel when a member left
+through a hook. One table, :data:`ROUTES`, says for each state which frames are accepted, whether the
+server's transport signature is checked first (in :meth:`UserSession.receive_text`, the one place) and which
+component handles them. Replay admission stays in the handlers: only frames whose end-to-end signature
+verified may enter the replay cache.
+
+States::
+
+    AWAITING_ACK --ACK(USER_HELLO), key accepted--> WELCOMED
+    AWAITING_ACK --ACK(USER_HELLO), key contradicts the pin--> REFUSED   (terminal)
+
+Time is ``now`` in integer milliseconds since the Unix epoch; this module reads no clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from socp import crypto
+from socp import envelope as env
+from socp.envelope import BROADCAST, Envelope, FrameType
+from socp.errors import BadKey, ProtocolError, SocpError, UnknownType
+from socp.presence import Directory, UserRecord, meta_of
+from socp.replay import DEFAULT_WINDOW_MS, ReplayCache
+from socp.settings import DEFAULT_MAX_FILE_BYTES
+from socp.user.common import LocalUser, OutboundFrame, Rejected, logger
+from socp.user.direct import DirectMessages
+from socp.user.events import (
+    Acked,
+    ClientEvent,
+    DirectoryEntry,
+    FrameRejected,
+    ServerError,
+    ServerKeyChanged,
+    Welcomed,
+)
+from socp.user.files import FileTransfers, OutgoingFile
+from socp.user.keys import PeerDirectory
+from socp.user.public import PublicChannel
+
+CLIENT_NAME = "socp-testbed/0.1"
+"""The ``client`` field of our USER_HELLO."""
+
+
+class SessionState(enum.Enum):
+    """Where the session stands with its server."""
+
+    AWAITING_ACK = "awaiting the server's ACK of USER_HELLO"
+    WELCOMED = "welcomed"
+    REFUSED = "refused (server key contradicts the pinned key)"
+
+
+class ServerLink:
+    """The session's standing with its server: the state, and the server key pinned at the welcome."""
+
+    def __init__(self, peers: PeerDirectory, expected_pub: str | None) -> None:
+        self._peers = peers
+        self.expected_pub = expected_pub
+        self.state = SessionState.AWAITING_ACK
+        self.server_id: str | None = None
+        self.server_pub: str | None = None
+        self._server_key: crypto.PublicKey | None = None
+
+    def verify(self, frame: Envelope) -> None:
+        """Raise :class:`Rejected` unless ``frame`` carries the pinned server's transport signature."""
+        if self._server_key is None or not frame.verify(self._server_key):
+            raise Rejected(f"{frame.type} signature does not verify with the pinned key of server {self.server_id}")
+
+    def require_welcomed(self, what: str) -> None:
+        """Raise :class:`SocpError` unless the session may send ``what`` now."""
+        if self.state is not SessionState.WELCOMED:
+            raise SocpError(f"cannot send {what}: session is {self.state.value}, expected welcomed")
+
+    def to_server(self) -> str:
+        """The ``to`` of a request for the server."""
+        return self.server_id or BROADCAST
+
+    def on_welcome(self, frame: Envelope) -> list[ClientEvent]:
+        """The ACK of USER_HELLO: pin the server's key, or refuse one that contradicts the expected key."""
+        payload = frame.payload
+        if payload["msg_ref"] != FrameType.USER_HELLO.value:
+            raise Rejected(f"expected the ACK of USER_HELLO, got an ACK of {payload['msg_ref']!r}")
+        server_id, server_pub = payload.get("server_id"), payload.get("server_pub")
+        if not isinstance(server_id, str) or not server_id:
+            raise Rejected("ACK of USER_HELLO lacks a 'server_id' string")
+        try:
+            key_text = crypto.normalize_public_key(server_pub)
+        except BadKey as exc:
+            raise Rejected(f"ACK of USER_HELLO carries an unusable server_pub: {exc.detail}") from None
+        key = self._peers.public_key(key_text)
+        if not frame.verify(key):
+            raise Rejected("ACK of USER_HELLO is not signed by the server_pub it carries")
+        if self.expected_pub is not None and key_text != self.expected_pub:
+            self.state = SessionState.REFUSED
+            logger.warning("server %s presented key %s, expected %s: refusing it", server_id[:8],
+                           crypto.key_fingerprint(key_text), crypto.key_fingerprint(self.expected_pub))
+            return [ServerKeyChanged(server_id, self.expected_pub, key_text)]
+        self.state = SessionState.WELCOMED
+        self.server_id, self.server_pub, self._server_key = server_id, key_text, key
+        logger.info("welcomed by server %s (key %s)", server_id[:8], crypto.key_fingerprint(key_text))
+        return [Welcomed(server_id, key_text)]
+
+
+def server_error(frame: Envelope) -> ServerError:
+    """The :class:`ServerError` an ERROR frame reports."""
+    detail = frame.payload.get("detail")
+    msg_ref = frame.payload.get("msg_ref")
+    return ServerError(frame.payload["code"], detail if isinstance(detail, str) else "",
+                       msg_ref if isinstance(msg_ref, str) else None)
+
+
+def directory_entry(frame: Envelope) -> DirectoryEntry:
+    """The :class:`DirectoryEntry` a DIRECTORY_RESPONSE reports."""
+    payload = frame.payload
+    try:
+        key_text = crypto.normalize_public_key(payload["pubkey"])
+    except BadKey as exc:
+        raise Rejected(f"DIRECTORY_RESPONSE carries an unusable key ({exc.detail})") from None
+
+    def text(name: str) -> str:
+        value = payload.get(name)
+        return value if isinstance(value, str) else ""
+
+    return DirectoryEntry(payload["user_id"], key_text, meta_of(payload), text("home_server"), text("login"),
+                          payload.get("online") is True, text("server_id"), text("msg_ref"))
+
+
+# --- the route table --------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """The session's components, as the route handlers see them."""
+
+    link: ServerLink
+    peers: PeerDirectory
+    direct: DirectMessages
+    public: PublicChannel
+    files: FileTransfers
+
+
+Handler = Callable[[Parts, Envelope, int], list[ClientEvent]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """How one frame type is handled in one state."""
+
+    handler: Handler
+    """The component method that turns the frame into events (raising :class:`Rejected` to refuse it)."""
+    verified: bool = True
+    """Whether the pinned server key must have signed the frame; only frames before the pin cannot be."""
+
+
+def _ignore(parts: Parts, frame: Envelope, now: int) -> list[ClientEvent]:
+    logger.debug("ignoring %s (not handled by this client yet)", frame.type)
+    return []
+
+
+_FILES: Final = Route(lambda p, frame, now: p.files.on_frame(frame, now))
+_IGNORED: Final = Route(_ignore)
+
+ROUTES: Final[Mapping[SessionState, Mapping[FrameType, Route]]] = {
+    SessionState.AWAITING_ACK: {
+        FrameType.ACK: Route(lambda p, frame, now: p.link.on_welcome(frame), verified=False),
+        # Nothing is pinned yet, so an early ERROR cannot be authenticated; surface it all the same,
+        # it usually explains why we are not welcome (NAME_IN_USE, BAD_KEY, …).
+        FrameType.ERROR: Route(lambda p, frame, now: [server_error(frame)], verified=False),
+    },
+    SessionState.WELCOMED: {
+        FrameType.ACK: Route(lambda p, frame, now: [Acked(frame.payload["msg_ref"])]),
+        FrameType.ERROR: Route(lambda p, frame, now: [server_error(frame)]),
+        FrameType.USER_ADVERTISE: Route(lambda p, frame, now: p.peers.on_advertise(frame)),
+        FrameType.USER_REMOVE: Route(lambda p, frame, now: p.peers.on_remove(frame)),
+        FrameType.LIST_RESPONSE: Route(lambda p, frame, now: p.peers.on_list(frame)),
+        FrameType.DIRECTORY_RESPONSE: Route(lambda p, frame, now: [directory_entry(frame)]),
+        FrameType.USER_DELIVER: Route(lambda p, frame, now: p.direct.on_deliver(frame, now)),
+        FrameType.PUBLIC_CHANNEL_KEY_SHARE: Route(lambda p, frame, now: p.public.on_key_share(frame, now)),
+        FrameType.MSG_PUBLIC_CHANNEL: Route(lambda p, frame, now: p.public.on_message(frame, now)),
+        FrameType.FILE_START: _FILES,
+        FrameType.FILE_CHUNK: _FILES,
+        FrameType.FILE_END: _FILES,
+        # Membership announcements are for servers (a client's member set is its directory), and HEARTBEAT
+        # carries nothing for a user: accepted (and verified) but ignored.
+        FrameType.PUBLIC_CHANNEL_ADD: _IGNORED,
+        FrameType.PUBLIC_CHANNEL_UPDATED: _IGNORED,
+        FrameType.HEARTBEAT: _IGNORED,
+    },
+    SessionState.REFUSED: {},
+}
+"""For each state, the frames it accepts: any other is ignored once welcomed and refused before."""
+
+
+class UserSession:
+    """One user's side of a SOCP connection as a pure state machine; see the module docstring.
+
+    ``meta`` is sent in USER_HELLO (``display_name``, …); ``expected_server_pub``, when given, pins the
+    server's key in advance (any accepted encoding) and the session refuses a server presenting another.
+    Raises :class:`BadKey` when ``expected_server_pub`` is not a valid RSA-4096 key.
+    """
+
+    def __init__(self, user_id: str, key: crypto.PrivateKey, meta: Mapping[str, Any],
+                 expected_server_pub: str | None = None, *, replay_window_ms: int = DEFAULT_WINDOW_MS,
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, login_nonce: str | None = None) -> None:
+        self._user = LocalUser(user_id, key)
+        self.user_id = user_id
+        self.pubkey = self._user.pubkey
+        self.meta: dict[str, Any] = dict(meta)
+        expected_pub = (crypto.normalize_public_key(expected_server_pub)
+                        if expected_server_pub is not None else None)
+        self._login_nonce = login_nonce
+        # Only verified messages are deduplicated: a replayed delivery would show a message twice, while a
+        # replayed advert or list merely restates what the (trusted) server already said.
+        replay = ReplayCache(replay_window_ms)
+        peers = PeerDirectory()
+        public = PublicChannel(self._user, peers, replay)
+        peers.on_member_left(public.member_left)
+        self._parts = Parts(ServerLink(peers, expected_pub), peers, DirectMessages(self._user, peers, replay),
+                            public, FileTransfers(self._user, peers, public, replay, max_file_bytes))
+
+    # --- read-only views -------------------------------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        """The current :class:`SessionState`."""
+        return self._parts.link.state
+
+    @property
+    def welcomed(self) -> bool:
+        """True once the server acknowledged USER_HELLO with an acceptable key."""
+        return self._parts.link.state is SessionState.WELCOMED
+
+    @property
+    def server_id(self) -> str | None:
+        """The server's id from its ACK, or None before it."""
+        return self._parts.link.server_id
+
+    @property
+    def server_pub(self) -> str | None:
+        """The pinned server key (canonical encoding), or None before the ACK."""
+        return self._parts.link.server_pub
+
+    @property
+    def directory(self) -> Directory:
+        """Users known online, as the server reported them."""
+        return self._parts.peers.directory
+
+    @property
+    def max_file_bytes(self) -> int:
+        """Largest file this session sends or accepts."""
+        return self._parts.files.max_file_bytes
+
+    @max_file_bytes.setter
+    def max_file_bytes(self, value: int) -> None:
+        self._parts.files.max_file_bytes = value
+
+    @property
+    def group_key_id(self) -> str | None:
+        """The id of our current public-channel sender key (None before the first public message)."""
+        group_key = self._parts.public.group_key
+        return group_key[1] if group_key is not None else None
+
+    def has_group_key(self, sender_id: str, key_id: str | None = None) -> bool:
+        """True when ``sender_id`` shared a public-channel key with us (``key_id``, or any)."""
+        return self._parts.public.has_group_key(sender_id, key_id)
+
+    def resolve(self, name_or_id: str) -> UserRecord:
+        """The online user called ``name_or_id``: a user id, a display label, or a unique id prefix.
+
+        Raises :class:`UserNotFound` when nobody matches, and when a label is ambiguous (the detail lists
+        the candidates' ids so that the caller can pick one).
+        """
+        return self._parts.peers.resolve(name_or_id)
+
+    # --- frames to send (each an OutboundFrame: the wire text, with its msg_ref) ----------------------
+
+    def hello(self, now: int) -> OutboundFrame:
+        """The USER_HELLO frame, signed with the user's key (proof of possession).
+
+        After a password login it carries the server's ``login_nonce``, so the signature also proves
+        possession of the key to that very challenge.
+        """
+        payload: dict[str, Any] = {"client": CLIENT_NAME, "pubkey": self.pubkey, "enc_pubkey": self.pubkey,
+                                   "meta": dict(self.meta)}
+        if self._login_nonce is not None:
+            payload["login_nonce"] = self._login_nonce
+        return self._user.frame(FrameType.USER_HELLO, BROADCAST, now, payload, signed=True)
+
+    def list_request(self, now: int) -> OutboundFrame:
+        """A LIST_REQUEST frame; the answer arrives as a :class:`UserList` event."""
+        self._parts.link.require_welcomed("LIST_REQUEST")
+        return self._user.frame(FrameType.LIST_REQUEST, self._parts.link.to_server(), now, {}, signed=True)
+
+    def direct_message(self, recipient: str, text: str, now: int) -> OutboundFrame:
+        """A MSG_DIRECT frame carrying ``text`` end-to-end encrypted to ``recipient`` (a user id).
+
+        Raises :class:`UserNotFound` when ``recipient`` is not in the directory (its key is unknown).
+        """
+        self._parts.link.require_welcomed("MSG_DIRECT")
+        return self._parts.direct.message(recipient, text, now)
+
+    def public_message(self, text: str, now: int) -> list[OutboundFrame]:
+        """Frames that send ``text`` to the public channel: key shares when needed, then MSG_PUBLIC_CHANNEL.
+
+        The text is encrypted with AES-256-GCM under our sender key, which every current member receives
+        (wrapped with its RSA key) before this message; the key is replaced first when a member it was
+        shared with has left since. The last frame is the message (its ``msg_ref`` names it).
+        """
+        self._parts.link.require_welcomed("MSG_PUBLIC_CHANNEL")
+        return self._parts.public.message(text, now)
+
+    def send_file(self, recipient: str, name: str, data: bytes, now: int, *, file_id: str | None = None
+                  ) -> OutgoingFile:
+        """An :class:`OutgoingFile` carrying ``data`` as ``name`` to ``recipient`` (a user id, or ``"public"``).
+
+        dm mode encrypts each chunk with RSA-OAEP under the recipient's key; public mode with AES-GCM under our
+        public-channel key (shared first with members who lack it). Raises :class:`UserNotFound` for an
+        unknown recipient, :class:`TooLarge` above :attr:`max_file_bytes` and :class:`BadFrame` for an
+        unusable name.
+        """
+        self._parts.link.require_welcomed("FILE_START")
+        return self._parts.files.send(recipient, name, data, now, file_id)
+
+    def directory_query(self, now: int, *, user_id: str | None = None, login: str | None = None) -> OutboundFrame:
+        """A DIRECTORY_QUERY for a registered user's key (online or not); answered as :class:`DirectoryEntry`."""
+        self._parts.link.require_welcomed("DIRECTORY_QUERY")
+        payload = {"user_id": user_id} if user_id is not None else {"login": login or ""}
+        return self._user.frame(FrameType.DIRECTORY_QUERY, self._parts.link.to_server(), now, payload)
+
+    def expire_transfers(self, now: int) -> list[ClientEvent]:
+        """Discard incoming files that stalled for :data:`socp.user.files.FILE_IDLE_MS`; one
+        :class:`FileRejected` each."""
+        return self._parts.files.expire(now)
+
+    # --- frames received -------------------------------------------------------------------------
+
+    def receive_text(self, text: str | bytes, now: int) -> list[ClientEvent]:
+        """Process one text message from the server; the events it produced, in order.
+
+        Never raises for anything the server sends: a frame that is malformed, unsigned, badly signed,
+        or carries a message that does not verify or decrypt becomes a :class:`FrameRejected` event.
+        """
+        try:
+            frame = env.parse(text)
+        except UnknownType as exc:
+            # A type from a newer protocol revision: nothing to do with it, and nothing wrong either.
+            logger.debug("< ignoring frame of unknown type: %s", exc.detail)
+            return []
+        except ProtocolError as exc:
+            return [FrameRejected(f"malformed frame from the server: {exc.detail}")]
+        state = self._parts.link.state
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("< %s %s (user %s, %s)", frame.type, frame.msg_ref, self.user_id[:8], state.name)
+        route = ROUTES[state].get(frame.type)
+        if route is None:
+            if state is SessionState.WELCOMED:
+                logger.debug("ignoring %s: not something a server sends a user", frame.type)
+                return []
+            return [FrameRejected(f"{frame.type} refused: session is {state.value}", frame.type.value)]
+        # Any frame is a tick of the clock for incoming files: stalled ones are abandoned (and said so).
+        stalled = self._parts.files.expire(now) if self._parts.files.arriving else []
+        try:
+            if route.verified:
+                self._parts.link.verify(frame)
+            return [*stalled, *route.handler(self._parts, frame, now)]
+        except Rejected as exc:
+            logger.debug("rejected %s: %s", frame.msg_ref, exc.reason)
+            return [*stalled, FrameRejected(exc.reason, frame.type.value)]
