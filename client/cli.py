@@ -43,18 +43,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from client.connection import ClientConnection, _looks_like_uuid, _size_text
+from client.connection import ClientConnection, _size_text
 from client.downloads import DEFAULT_DOWNLOADS
 from client.errors import ClientError, ConnectionFailed, ConnectionLost
 from client.keystore import DEFAULT_KEY_DIR, identity_paths, load_or_create_identity
 from client.trust import KnownServers
 from socp.crypto import key_fingerprint as crypto_fingerprint
+from socp.envelope import is_uuid
 from socp.errors import AuthFailed, BadKey, ConfigError, CryptoError, ErrorCode, ProtocolError, UserNotFound
 from socp.presence import UserRecord
+from socp.settings import DEFAULT_MAX_FILE_BYTES
 from socp.user import (
-    DEFAULT_MAX_FILE_BYTES,
     ClientEvent,
     DirectMessage,
+    DuplicateDelivery,
     FileIncoming,
     FileProgress,
     FileReceived,
@@ -408,15 +410,16 @@ class ChatShell:
             self._say(f"[error] {_clean(event.code)}: {self._error_sentence(event)}")
         elif isinstance(event, FrameRejected):
             self._say(f"[warning] ignored a frame from the server: {_clean(event.reason)}")
+        elif isinstance(event, DuplicateDelivery):
+            self._say(f"[warning] ignored a second copy of a message from {_clean(event.sender_label)}")
 
     def _error_sentence(self, event: ServerError) -> str:
+        about = event.about
         if event.code == ErrorCode.USER_NOT_FOUND and event.msg_ref:
-            parts = event.msg_ref.split(":")
-            recipient = parts[2] if len(parts) >= 4 else ""
-            name = self._sent.get(event.msg_ref) or self._label_of(recipient)
+            name = self._sent.get(event.msg_ref) or self._label_of(about.to if about is not None else "")
             if name:
                 return f"user {_clean(name)} is not online"
-        if (event.msg_ref or "").startswith("FILE_") and event.detail:
+        if about is not None and about.type.startswith("FILE_") and event.detail:
             # The server's words say which file and which limit; the generic sentence would not.
             return _clean(event.detail)
         return _ERROR_SENTENCES.get(event.code) or _clean(event.detail) or "the server reported an error"
@@ -507,7 +510,7 @@ class ChatShell:
         if not target:
             self._say("[error] usage: /whois <name|id>")
             return
-        if not _looks_like_uuid(target):
+        if not is_uuid(target):
             with contextlib.suppress(UserNotFound):  # not online: ask the registry by login name
                 target = self._conn.session.resolve(target).user_id
         entry = await self._conn.lookup_user(target, self._timeout)

@@ -39,15 +39,17 @@ from client.downloads import SaveError, save_file
 from client.errors import ConnectionFailed, ConnectionLost, FileTransferError, LoginFailed
 from client.keystore import Identity
 from socp import crypto
-from socp.envelope import PUBLIC_GROUP
+from socp.envelope import PUBLIC_GROUP, FrameType, is_uuid
 from socp.errors import ERROR_BY_CODE, BadKey, ErrorCode, ProtocolError, SocpError
 from socp.login import LoginChallenged, LoginGranted, LoginRefused, LoginSession, make_login_record, register_frame
 from socp.presence import Directory, UserRecord
+from socp.ratelimit import TokenBucket
+from socp.settings import DEFAULT_MAX_FILE_BYTES
 from socp.user import (
-    DEFAULT_MAX_FILE_BYTES,
     Acked,
     ClientEvent,
     DirectoryEntry,
+    DuplicateDelivery,
     FileReceived,
     FileRejected,
     FrameRejected,
@@ -86,6 +88,11 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _monotonic_ms() -> int:
+    """Monotonic time in integer milliseconds: the clock of the file pace (never jumps with the wall clock)."""
+    return time.monotonic_ns() // 1_000_000
+
+
 class ClientConnection:
     """A welcomed SOCP user connection; create it with :meth:`connect`.
 
@@ -104,8 +111,7 @@ class ClientConnection:
         self.identity: Identity | None = None
         """Who we are: set by :meth:`connect` and by :meth:`login` (with the recovered key)."""
         self._waiters: list[tuple[Callable[[ClientEvent], bool], asyncio.Future[ClientEvent]]] = []
-        self._file_tokens = float(FILE_FRAME_BURST)
-        self._file_tokens_at = time.monotonic()
+        self._file_pace = TokenBucket(FILE_FRAMES_PER_SECOND, FILE_FRAME_BURST)
         self._queue: asyncio.Queue[ClientEvent | _Closed] = asyncio.Queue(maxsize=EVENT_QUEUE_LIMIT)
         self._reader: asyncio.Task[None] | None = None
         self._closed_reason: str | None = None
@@ -275,20 +281,19 @@ class ClientConnection:
         recipient gone meanwhile is reported later as a :class:`ServerError` event naming that msg_ref.
         """
         record = self._session.resolve(name_or_id)
-        now = now_ms()
-        frame = self._session.direct_message(record.user_id, text, now)
+        frame = self._session.direct_message(record.user_id, text, now_ms())
         await self._send(frame)
-        return f"MSG_DIRECT:{self.user_id}:{record.user_id}:{now}"
+        return frame.msg_ref
 
     async def send_public(self, text: str) -> str:
         """Send ``text`` to everyone on the public channel; returns the MSG_PUBLIC_CHANNEL's msg_ref.
 
         Our sender key is shared first with members who lack it, and replaced when a member has left.
         """
-        now = now_ms()
-        for frame in self._session.public_message(text, now):
+        frames = self._session.public_message(text, now_ms())
+        for frame in frames:
             await self._send(frame)
-        return f"MSG_PUBLIC_CHANNEL:{self.user_id}:{PUBLIC_GROUP}:{now}"
+        return frames[-1].msg_ref  # the message itself comes after any key shares
 
     async def send_file(self, name_or_id: str, path: Path | str, *,
                         progress: Callable[[int, int], None] | None = None) -> str:
@@ -327,10 +332,9 @@ class ClientConnection:
         ``name_or_id`` is a user id, else a login name. Raises :class:`socp.errors.UserNotFound`.
         """
         now = now_ms()
-        query = (self._session.directory_query(now, user_id=name_or_id) if _looks_like_uuid(name_or_id)
+        query = (self._session.directory_query(now, user_id=name_or_id) if is_uuid(name_or_id)
                  else self._session.directory_query(now, login=name_or_id))
-        ref = f"DIRECTORY_QUERY:{self.user_id}:{self.server_id}:{now}"
-        event = await self._request(query, ref, timeout, "DIRECTORY_RESPONSE")
+        event = await self._request(query, query.msg_ref, timeout, "DIRECTORY_RESPONSE")
         assert isinstance(event, DirectoryEntry)
         return event
 
@@ -349,9 +353,8 @@ class ClientConnection:
         now = now_ms()
         record = await asyncio.to_thread(make_login_record, identity.key, self.user_id, name, password, now,
                                          iterations=iterations)
-        now = now_ms()
-        frame = register_frame(record, self.user_id, self.server_id, now)
-        await self._request(frame, f"USER_REGISTER:{self.user_id}:{self.server_id}:{now}", timeout, "ACK")
+        frame = register_frame(record, self.user_id, self.server_id, now_ms())
+        await self._request(frame, frame.msg_ref, timeout, "ACK")
 
     async def request_list(self) -> None:
         """Send LIST_REQUEST; the answer arrives as a :class:`socp.user.UserList` event."""
@@ -452,15 +455,10 @@ class ClientConnection:
         await _send_on(self._ws, text, self.url, lost=True)
 
     async def _pace(self) -> None:
-        now = time.monotonic()
-        self._file_tokens = min(float(FILE_FRAME_BURST),
-                                self._file_tokens + (now - self._file_tokens_at) * FILE_FRAMES_PER_SECOND)
-        self._file_tokens_at = now
-        if self._file_tokens < 1:
-            await asyncio.sleep((1 - self._file_tokens) / FILE_FRAMES_PER_SECOND)
-            self._file_tokens = 1.0
-            self._file_tokens_at = time.monotonic()
-        self._file_tokens -= 1
+        """Wait until the file pace allows one more frame (:data:`FILE_FRAMES_PER_SECOND`, burst
+        :data:`FILE_FRAME_BURST`), and spend it."""
+        while not self._file_pace.take(now := _monotonic_ms()):
+            await asyncio.sleep(max(1.0, self._file_pace.wait_ms(now)) / 1000)
 
     async def _request(self, frame: str, msg_ref: str, timeout: float, answer: str) -> ClientEvent:
         """Send ``frame`` and wait for the event answering it (matched by ``msg_ref``); a refusal raises."""
@@ -517,10 +515,12 @@ class ClientConnection:
             if self._silent_lists:
                 self._silent_lists -= 1
                 return
-        elif isinstance(event, ServerError) and (event.msg_ref or "").startswith("LIST_REQUEST:"):
+        elif isinstance(event, ServerError) and event.about is not None and event.about.type == FrameType.LIST_REQUEST:
             self._fail_list_waiters(_refusal(event))
         elif isinstance(event, FrameRejected):
             logger.info("refused a frame from %s: %s", self.url, event.reason)
+        elif isinstance(event, DuplicateDelivery):
+            logger.info("dropped a second copy of %s from %s", event.msg_ref, self.url)
         self._enqueue(event)
 
     def _save(self, event: FileReceived) -> ClientEvent:
@@ -566,11 +566,6 @@ async def _send_on(websocket: WebSocket, text: str, url: str, *, lost: bool = Fa
     except ConnectionClosed as exc:
         message = f"connection to {url} is closed ({_close_text(exc)})"
         raise (ConnectionLost(message) if lost else ConnectionFailed(message)) from None
-
-
-def _looks_like_uuid(text: str) -> bool:
-    parts = text.split("-")
-    return len(text) == 36 and [len(part) for part in parts] == [8, 4, 4, 4, 12]
 
 
 def _size_text(size: int) -> str:

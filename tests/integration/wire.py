@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from client.connection import now_ms
 from socp import crypto
 from socp import envelope as env
 from socp.envelope import Envelope, FrameType
 from tests import scaled
-
-
-def now_ms() -> int:
-    """Wall clock in ms, as SOCP timestamps are."""
-    return time.time_ns() // 1_000_000
 
 
 class RawUser:

@@ -11,6 +11,7 @@ from client.cli import ChatShell
 from socp.errors import UserNotFound
 from socp.presence import Directory, UserRecord
 from socp.user import (
+    DuplicateDelivery,
     FileIncoming,
     FileProgress,
     FileReceived,
@@ -83,12 +84,16 @@ def test_file_events_are_shown_one_line_each(shell: tuple[ChatShell, StubConnect
     chat.show(FileRejected(BOB, "bob", "f", "../x", "SHA-256 mismatch: the file was altered in transit"))
     chat.show(ServerError("TOO_LARGE", "file of 99999999 bytes exceeds this server's limit of 16777216 bytes (16 MiB)",
                           f"FILE_START:{ME}:{BOB}:1"))
+    chat.show(ServerError("USER_NOT_FOUND", "gone", f"MSG_DIRECT:{ME}:{BOB}:2"))
+    chat.show(DuplicateDelivery(BOB, "bob", f"MSG_DIRECT:{BOB}:{ME}:3"))
     assert lines == [
         "[file] bob is sending report.pdf (1.2 MiB)",
         "[file] report.pdf from bob: 40% (491.5 KiB of 1.2 MiB)",
         "[file] received report.pdf from bob (1.2 MiB, SHA-256 verified): downloads/report.pdf",
         "[file] rejected ../x from bob: SHA-256 mismatch: the file was altered in transit; nothing was saved",
         "[error] TOO_LARGE: file of 99999999 bytes exceeds this server's limit of 16777216 bytes (16 MiB)",
+        "[error] USER_NOT_FOUND: user bob is not online",
+        "[warning] ignored a second copy of a message from bob",
     ]
 
 
