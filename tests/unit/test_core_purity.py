@@ -16,7 +16,21 @@ import pytest
 from tests import scaled
 
 SOCP_DIR = Path(__file__).resolve().parents[2] / "socp"
-MODULES = sorted(SOCP_DIR.glob("*.py"))
+MODULES = sorted(SOCP_DIR.rglob("*.py"))
+"""Every module of the core, subpackages included (``socp/server/…``)."""
+
+
+def _rel(path: Path) -> str:
+    """``path`` relative to ``socp/`` (``server/state.py``): test ids and messages."""
+    return path.relative_to(SOCP_DIR).as_posix()
+
+
+def _module(path: Path) -> str:
+    """The dotted module name below ``socp`` (``server.state``; ``server`` for its ``__init__``; "" for socp)."""
+    parts = list(path.relative_to(SOCP_DIR).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
 
 FORBIDDEN_MODULES = {"asyncio", "socket", "time", "websockets", "selectors", "ssl", "subprocess", "threading",
                      "multiprocessing", "concurrent", "http", "urllib", "importlib", "signal", "trio", "anyio"}
@@ -47,18 +61,19 @@ def _imported_roots(tree: ast.Module) -> dict[str, int]:
 
 
 def test_core_modules_found() -> None:
-    names = {path.stem for path in MODULES}
-    assert {"errors", "codec", "crypto", "envelope", "replay", "presence", "actions", "server"} <= names
+    names = {_module(path) for path in MODULES}
+    assert {"errors", "codec", "crypto", "envelope", "replay", "presence", "actions", "server", "server.state",
+            "server.routes"} <= names
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", MODULES, ids=_rel)
 def test_no_forbidden_imports(path: Path) -> None:
     roots = _imported_roots(_tree(path))
     bad = {name: line for name, line in roots.items() if name in FORBIDDEN_MODULES}
-    assert not bad, f"{path.name} imports {bad} (module: line)"
+    assert not bad, f"{_rel(path)} imports {bad} (module: line)"
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", MODULES, ids=_rel)
 def test_no_environment_clock_or_hidden_randomness(path: Path) -> None:
     tree = _tree(path)
     problems = []
@@ -78,7 +93,7 @@ def test_no_environment_clock_or_hidden_randomness(path: Path) -> None:
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in {
                 "__import__", "open", "input", "print"}:
             problems.append(f"line {node.lineno}: {node.func.id}()")
-    assert not problems, f"{path.name}: " + "; ".join(problems)
+    assert not problems, f"{_rel(path)}: " + "; ".join(problems)
 
 
 def test_plain_text_grep_for_environment_and_clock() -> None:
@@ -87,17 +102,17 @@ def test_plain_text_grep_for_environment_and_clock() -> None:
         source = path.read_text(encoding="utf-8")
         for needle in ("os.environ", "getenv", "time.time", "time.monotonic", "perf_counter", "import time",
                        "import asyncio", "import socket", "websockets"):
-            assert needle not in source, f"{path.name} mentions {needle!r}"
+            assert needle not in source, f"{_rel(path)} mentions {needle!r}"
 
 
 def test_only_crypto_imports_cryptography_and_os() -> None:
-    importers = {path.name: _imported_roots(_tree(path)) for path in MODULES}
+    importers = {_rel(path): _imported_roots(_tree(path)) for path in MODULES}
     assert {name for name, roots in importers.items() if "cryptography" in roots} == {"crypto.py"}
     assert {name for name, roots in importers.items() if "os" in roots} <= {"crypto.py"}
 
 
 def test_importing_the_core_loads_no_io_modules() -> None:
-    modules = ", ".join(f"socp.{path.stem}" for path in MODULES if path.stem != "__init__")
+    modules = ", ".join(f"socp.{_module(path)}" for path in MODULES if _module(path))
     code = (f"import sys\nimport {modules}\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
             "{'asyncio', 'socket', 'websockets', 'selectors', 'ssl', 'subprocess'})\n"

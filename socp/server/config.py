@@ -1,0 +1,93 @@
+"""What one server is told once, by its shell: :class:`ServerSettings`, the bootstrap list, fixed limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from socp.envelope import FrameType
+from socp.settings import (
+    DEFAULT_LOGIN_ATTEMPTS,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_RATE_BURST,
+    DEFAULT_RATE_PER_SECOND,
+    DEFAULT_TIMINGS,
+    LOGIN_WINDOW_MS,
+)
+
+# User frames a server routes to one recipient without reading them: delivered under their own type locally,
+# wrapped in SERVER_DELIVER with ``kind`` between servers (WIRE §4.6). File frames are routed only once their
+# FILE_START passed the sender-binding and content_sig checks (see socp.server.files).
+ROUTED_USER_FRAMES = frozenset({FrameType.MSG_DIRECT, FrameType.FILE_START, FrameType.FILE_CHUNK,
+                                FrameType.FILE_END})
+FILE_FRAMES = frozenset({FrameType.FILE_START, FrameType.FILE_CHUNK, FrameType.FILE_END})
+PUBLIC_FRAMES = frozenset({FrameType.MSG_PUBLIC_CHANNEL, FrameType.PUBLIC_CHANNEL_KEY_SHARE})
+# What may travel in SERVER_DELIVER with ``user_id: "public"`` (WIRE §4.6): public-channel frames and
+# public-mode files.
+PUBLIC_KINDS = PUBLIC_FRAMES | FILE_FRAMES
+
+LOGIN_GRACE_MS = 60_000
+"""How long a connection may take from USER_LOGIN_CHALLENGE to USER_HELLO (the client runs a slow KDF)."""
+RECORDS_PER_FRAME = 50
+"""Registry records per SERVER_USER_RECORDS frame (about 5 kB each, far below the frame limit)."""
+MAX_SHARES = 5_000
+"""Most shares one PUBLIC_CHANNEL_KEY_SHARE may carry (a bound on the work one frame can cause)."""
+FILE_SLACK = 64 * 1024
+"""Ciphertext characters a transfer may carry beyond twice its announced size (encoding overhead)."""
+MAX_FILES_PER_SENDER = 64
+"""Transfers one user may have in flight through this server at once (bounded memory)."""
+SIGNATURE_CACHE_SIZE = 4096
+"""Distinct payloads whose transport signature is kept for reuse."""
+PUBKEY_CACHE_SIZE = 10_000
+"""Decoded public keys kept for reuse (the cache is cleared when it grows past this)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapEntry:
+    """One introducer of the bootstrap list; ``pubkey`` pins it (None: trust on first use)."""
+
+    host: str
+    port: int
+    pubkey: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Everything the protocol logic of one server needs to know; built once by the shell."""
+
+    server_id: str
+    """This server's UUID v4 (the introducer may assign another at join)."""
+    advertise_host: str
+    """Host other servers dial to reach this one."""
+    advertise_port: int
+    """Port other servers dial to reach this one."""
+    introducer: bool = False
+    """Introducer mode: registry of servers, no users, joins nobody."""
+    bootstrap: tuple[BootstrapEntry, ...] = ()
+    """Introducers to join through, tried in order (peer mode)."""
+    heartbeat_interval_ms: int = DEFAULT_TIMINGS.heartbeat_interval_ms
+    """HEARTBEAT period on every server link."""
+    peer_timeout_ms: int = DEFAULT_TIMINGS.peer_timeout_ms
+    """Silence after which a server link is declared dead."""
+    presence_sync_interval_ms: int = DEFAULT_TIMINGS.presence_sync_interval_ms
+    """Period of SERVER_PRESENCE_SYNC anti-entropy snapshots."""
+    replay_window_ms: int = DEFAULT_TIMINGS.replay_window_ms
+    """Frames further than this from our clock are STALE."""
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    """Larger frames get TOO_LARGE and the connection is closed."""
+    rate_per_second: float = DEFAULT_RATE_PER_SECOND
+    """Sustained frames per second allowed on one user connection."""
+    rate_burst: int = DEFAULT_RATE_BURST
+    """Burst of frames allowed on one user connection."""
+    backoff_initial_ms: int = 500
+    """First reconnection delay; doubles on each failure."""
+    backoff_max_ms: int = 30_000
+    """Cap of the reconnection delay."""
+    allow_unsigned_hello: bool = False
+    """Interop switch: accept USER_HELLO without a proof-of-possession signature."""
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    """Largest file (FILE_START ``size``) this server routes; larger ones get TOO_LARGE."""
+    login_max_failures: int = DEFAULT_LOGIN_ATTEMPTS
+    """Failed password logins allowed per user id within ``login_window_ms``."""
+    login_window_ms: int = LOGIN_WINDOW_MS
+    """Window of the login rate limit."""

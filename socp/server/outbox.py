@@ -1,0 +1,135 @@
+"""The one place a server makes, signs and sends frames, closes links and reports faults and events.
+
+Cost: a frame costs one RSA-4096 signature per *distinct* payload (the transport signature covers the payload
+only, WIRE §2), so the same advert pushed to every local user or the empty HEARTBEAT payload sent on n server
+links is signed once while the payload stays in the cache of :data:`SIGNATURE_CACHE_SIZE` entries. ERROR
+frames (:meth:`Outbox.fault`) are signed one by one; they are rare.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from socp import crypto
+from socp import envelope as env
+from socp.actions import Action, CloseLink, Dial, Event, LinkId, PeerFault, Send
+from socp.codec import canonical_json
+from socp.envelope import Envelope, FrameType
+from socp.errors import ProtocolError
+from socp.server.config import PUBKEY_CACHE_SIZE, SIGNATURE_CACHE_SIZE
+from socp.server.links import Link
+
+logger = logging.getLogger("socp.server")
+
+
+class Outbox:
+    """This server's identity (id, key) and its queues of actions and events.
+
+    Components never append to the queues themselves: they call :meth:`send`, :meth:`close`, :meth:`dial`,
+    :meth:`emit` or :meth:`fault`, so signing, the closing rule (nothing is sent on a closing link) and
+    logging live here.
+    """
+
+    def __init__(self, server_id: str, key: crypto.PrivateKey) -> None:
+        self.server_id = server_id
+        self.key = key
+        self.pubkey = crypto.encode_public_key(key.public_key())
+        self.log = logging.LoggerAdapter(logger, {"node": server_id[:8]})
+        self._actions: list[Action] = []
+        self._events: list[Event] = []
+        self._signatures: dict[bytes, str] = {}
+        self._pubkeys: dict[str, crypto.PublicKey] = {}
+
+    def rename(self, server_id: str) -> None:
+        """Adopt the id an introducer assigned (frames made from now on carry it)."""
+        self.server_id = server_id
+        self.log = logging.LoggerAdapter(logger, {"node": server_id[:8]})
+
+    # --- making frames -----------------------------------------------------------------------------
+
+    def make(self, frame_type: FrameType, to: str, now: int, payload: Mapping[str, Any]) -> Envelope:
+        """A frame from this server, transport-signed (through the signature cache)."""
+        return self.make_at(frame_type, self.server_id, to, now, payload)
+
+    def make_at(self, frame_type: FrameType, sender: str, to: str, ts: int, payload: Mapping[str, Any]) -> Envelope:
+        """A frame with any ``from`` and ``ts`` (a user frame delivered under its own type), signed by us."""
+        return Envelope(frame_type, sender, to, int(ts), dict(payload), self.signature(payload))
+
+    def signature(self, payload: Mapping[str, Any]) -> str:
+        """Transport signature of ``payload``, computed once per distinct payload.
+
+        The signature covers the payload only (WIRE §2), so the same advert pushed to a hundred users, or the
+        empty HEARTBEAT payload, need one RSA-4096 signature each, not one per copy.
+        """
+        canonical = canonical_json(payload)
+        signature = self._signatures.get(canonical)
+        if signature is None:
+            signature = crypto.sign(self.key, canonical)
+            if len(self._signatures) >= SIGNATURE_CACHE_SIZE:
+                self._signatures.clear()
+            self._signatures[canonical] = signature
+        return signature
+
+    def sign_uncached(self, payload: Mapping[str, Any]) -> str:
+        """A transport signature that is not worth caching (a payload seen once, e.g. a public message)."""
+        return crypto.sign_payload(self.key, payload)
+
+    def public_key(self, key_text: str) -> crypto.PublicKey:
+        """``key_text`` decoded, from a bounded cache (verifying the same keys again and again is common)."""
+        key = self._pubkeys.get(key_text)
+        if key is None:
+            key = crypto.decode_public_key(key_text)
+            if len(self._pubkeys) > PUBKEY_CACHE_SIZE:
+                self._pubkeys.clear()
+            self._pubkeys[key_text] = key
+        return key
+
+    # --- actions and events ------------------------------------------------------------------------
+
+    def send(self, link: Link, frame: Envelope) -> None:
+        """Queue ``frame`` on ``link`` (logged at DEBUG with the ``>`` prefix)."""
+        if logger.isEnabledFor(logging.DEBUG):
+            self.log.debug("> %s %s on link %d", frame.type, frame.msg_ref, link.link_id)
+        self.send_text(link, frame.to_wire())
+
+    def send_text(self, link: Link, text: str) -> None:
+        """Queue already-serialised ``text`` on ``link`` (one frame text shared by many links)."""
+        if not link.closing:
+            self._actions.append(Send(link.link_id, text))
+
+    def close(self, link: Link, reason: str, *, again: bool = False) -> None:
+        """Close ``link`` once (after what was queued on it); ``again`` asks even if it is already closing."""
+        if again or not link.closing:
+            link.closing = True
+            self._actions.append(CloseLink(link.link_id, reason))
+
+    def dial(self, link_id: LinkId, host: str, port: int) -> None:
+        """Ask the shell to connect ``link_id`` to ``ws://host:port``."""
+        self._actions.append(Dial(link_id, host, port))
+
+    def emit(self, event: Event) -> None:
+        """Report ``event`` to the shell."""
+        self._events.append(event)
+
+    def fault(self, link: Link, exc: ProtocolError, now: int) -> None:
+        """Answer a refused frame with an ERROR (closing the link when ``exc.fatal``) and report it."""
+        peer = link.peer or f"link {link.link_id}"
+        self._events.append(PeerFault(link.link_id, peer, exc.code.value, exc.detail, exc.fatal))
+        self.log.info("refused frame from %s: %s%s", peer[:8] if link.peer else peer, exc,
+                      " (closing)" if exc.fatal else "")
+        to = link.peer or "*"
+        self.send(link, env.error_from_exception(self.server_id, to, now, exc, self.key))
+        if exc.fatal:
+            self.close(link, f"{exc.code}: {exc.detail}")
+
+    def take_actions(self) -> list[Action]:
+        """Actions queued since the last call, in order."""
+        actions, self._actions = self._actions, []
+        return actions
+
+    def take_events(self) -> list[Event]:
+        """Events queued since the last call, in order."""
+        events, self._events = self._events, []
+        return events

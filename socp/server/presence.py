@@ -1,0 +1,282 @@
+"""Who is online (WIRE §4.5): local users attaching and leaving, USER_ADVERTISE / USER_REMOVE gossip, and
+SERVER_PRESENCE_SYNC anti-entropy snapshots; owns the local users and the presence directory's updates.
+
+Cost, for n servers in a full mesh and u users: a user joining or leaving is signed once here and sent on n - 1
+links; every receiver verifies it (one RSA check) and relays it to its other links, so the network carries
+O(n²) frames and O(n²) signature checks per join or leave (O(n) per server) — duplicates are dropped by the
+replay cache only after their signature check. Every local user is also pushed the change (one signature,
+u frames). Each sync round every server sends one snapshot of its local users per link: O(n) frames and
+O(n) checks per server per interval, O(n²) network-wide, each O(local users) bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from socp import crypto
+from socp import envelope as env
+from socp.actions import UserJoined, UserLeft
+from socp.envelope import BROADCAST, Envelope, FrameType
+from socp.errors import BadFrame, BadKey, InvalidSignature, NameInUse
+from socp.presence import Directory, UserRecord, display_label, meta_of
+from socp.replay import ReplayCache
+from socp.server.config import ServerSettings
+from socp.server.hooks import Hooks, Local
+from socp.server.links import Link, LinkRole, LinkTable
+from socp.server.outbox import Outbox
+from socp.server.registry import Registry
+
+
+class Presence:
+    """Local users and the directory of remote ones, kept in step with the other servers."""
+
+    def __init__(self, settings: ServerSettings, out: Outbox, links: LinkTable, directory: Directory,
+                 replay: ReplayCache, registry: Registry, hooks: Hooks, now: int) -> None:
+        self._settings = settings
+        self._out = out
+        self._links = links
+        self._directory = directory
+        self._replay = replay
+        self._registry = registry
+        self._hooks = hooks
+        self._locals: dict[str, Local] = {}
+        self._version = 0
+        self._legacy_peers: set[str] = set()
+        self._next_sync = now + settings.presence_sync_interval_ms
+
+    # --- queries -----------------------------------------------------------------------------------
+
+    def local(self, user_id: str) -> Local | None:
+        """The local user ``user_id``, or None."""
+        return self._locals.get(user_id)
+
+    @property
+    def local_ids(self) -> list[str]:
+        """Ids of users attached to this server, sorted."""
+        return sorted(self._locals)
+
+    def local_users(self) -> list[Local]:
+        """Every local user, in the order they attached."""
+        return list(self._locals.values())
+
+    def push(self, frame_type: FrameType, now: int, payload: Mapping[str, Any], exclude: str | None = None) -> None:
+        """Send one frame per local user (but ``exclude``); one signature serves every copy."""
+        for local in list(self._locals.values()):
+            if local.user_id != exclude:
+                self._out.send(self._links[local.link_id], self._out.make(frame_type, local.user_id, now, payload))
+
+    # --- users attaching and leaving ---------------------------------------------------------------
+
+    def on_user_hello(self, link: Link, frame: Envelope, now: int) -> None:
+        """USER_HELLO on a new connection: check the user's key binding, then fire ``user_joined``.
+
+        Verification and replay are special: the proof-of-possession signature is by the key the hello
+        announces (optional under ``allow_unsigned_hello``), a ``login_nonce`` must match a login granted on
+        this connection, and only then does the frame enter the replay cache (a duplicate is dropped
+        silently; the connection then times out).
+        """
+        user_id = frame.sender
+        if not env.is_uuid(user_id):
+            raise BadFrame("user id must be a UUID", msg_ref=frame.msg_ref, fatal=True)
+        key_text = crypto.normalize_public_key(frame.payload["pubkey"])
+        enc_key = frame.payload.get("enc_pubkey")
+        if enc_key is not None:
+            crypto.decode_public_key(enc_key)
+        if frame.sig:
+            if not frame.verify(self._out.public_key(key_text)):
+                raise InvalidSignature("USER_HELLO signature does not verify with its pubkey",
+                                       msg_ref=frame.msg_ref, fatal=True)
+        elif not self._settings.allow_unsigned_hello:
+            raise InvalidSignature("USER_HELLO must be signed with the user's key", msg_ref=frame.msg_ref,
+                                   fatal=True)
+        login_nonce = frame.payload.get("login_nonce")
+        if login_nonce is not None and not (link.login_granted and login_nonce == link.login_nonce
+                                            and user_id == link.login_user):
+            raise BadFrame("USER_HELLO login_nonce does not match a granted login on this connection",
+                           msg_ref=frame.msg_ref, fatal=True)
+        if not self._replay.admit(frame, now):
+            return  # a replayed hello is dropped silently like every duplicate; the link times out
+        registration = self._registry.registration(user_id)
+        registered = registration.pubkey if registration is not None else None
+        known = self._directory.get(user_id)
+        if (registered and registered != key_text) or (known and known.pubkey != key_text):
+            raise BadKey(f"user {user_id} is registered under another key", msg_ref=frame.msg_ref, fatal=True)
+        if user_id in self._locals:
+            raise NameInUse(f"user {user_id} is already connected to this server", msg_ref=frame.msg_ref)
+        meta = {k: v for k, v in meta_of(frame.payload).items() if k != "pubkey"}
+        local = Local(user_id, link.link_id, key_text, meta)
+        self._hooks.user_joined.fire(link, local, now)
+        label = display_label(user_id, meta)
+        self._out.emit(UserJoined(user_id, label))
+        self._out.log.info("user %s (%s) connected", user_id[:8], label)
+
+    def attach(self, link: Link, local: Local, now: int) -> None:
+        """``user_joined`` subscriber: attach the user, welcome it with the directory, advertise it."""
+        server_id = self._out.server_id
+        link.role, link.peer = LinkRole.USER, local.user_id
+        self._locals[local.user_id] = local
+        record = UserRecord(local.user_id, server_id, local.pubkey, local.meta)
+        self._directory.advertise(record)
+        self._version += 1
+        self._out.send(link, self._out.make(FrameType.ACK, local.user_id, now,
+                                            {"msg_ref": "USER_HELLO", "server_id": server_id,
+                                             "server_pub": self._out.pubkey}))
+        for known_record in self._directory.listing():
+            self._out.send(link, self._out.make(FrameType.USER_ADVERTISE, local.user_id, now,
+                                                _advert_payload(known_record)))
+        advert = self._out.make(FrameType.USER_ADVERTISE, BROADCAST, now, _advert_payload(record))
+        self._replay.admit(advert, now)
+        for server_link in self._links.server_links():
+            self._out.send_text(server_link, advert.to_wire())
+        self.push(FrameType.USER_ADVERTISE, now, _advert_payload(record), exclude=local.user_id)
+
+    def link_closed(self, link: Link, now: int) -> None:
+        """A user connection went away: fire ``user_left`` (if it had attached)."""
+        local = self._locals.get(link.peer)
+        if local is None:
+            return
+        self._hooks.user_left.fire(local, now)
+        label = display_label(local.user_id, local.meta)
+        self._out.emit(UserLeft(local.user_id, label))
+        self._out.log.info("user %s (%s) disconnected", local.user_id[:8], label)
+
+    def detach(self, local: Local, now: int) -> None:
+        """``user_left`` subscriber: forget the user and tell every server and local user."""
+        del self._locals[local.user_id]
+        self._version += 1
+        server_id = self._out.server_id
+        self._directory.remove(local.user_id, server_id)
+        payload = {"user_id": local.user_id, "server_id": server_id}
+        removal = self._out.make(FrameType.USER_REMOVE, BROADCAST, now, payload)
+        self._replay.admit(removal, now)
+        for server_link in self._links.server_links():
+            self._out.send_text(server_link, removal.to_wire())
+        self.push(FrameType.USER_REMOVE, now, payload)
+
+    # --- frame handlers ----------------------------------------------------------------------------
+
+    def on_list_request(self, link: Link, frame: Envelope, now: int) -> None:
+        """LIST_REQUEST from a local user: every user known online."""
+        users = [record.to_wire() for record in self._directory.listing()]
+        self._out.send(link, self._out.make(FrameType.LIST_RESPONSE, link.peer, now, {"users": users}))
+
+    def on_user_advertise(self, link: Link, frame: Envelope, now: int) -> None:
+        """USER_ADVERTISE gossip (verified and de-duplicated by the route): record, relay, tell our users."""
+        payload = frame.payload
+        if payload["server_id"] != frame.sender:
+            raise BadFrame("USER_ADVERTISE server_id must be its signer", msg_ref=frame.msg_ref)
+        meta = meta_of(payload)
+        pubkey = self._gossiped_user_key(payload, meta, frame)
+        if pubkey is None:
+            return
+        record = UserRecord(payload["user_id"], frame.sender, pubkey, meta)
+        if record.user_id in self._locals:
+            self._out.log.info("user %s advertised by %s but attached here; keeping local", record.user_id[:8],
+                               frame.sender[:8])
+            return
+        self._directory.advertise(record)
+        self._relay(link, frame)
+        self.push(FrameType.USER_ADVERTISE, now, _advert_payload(record))
+
+    def on_user_remove(self, link: Link, frame: Envelope, now: int) -> None:
+        """USER_REMOVE gossip (verified and de-duplicated by the route): relay, forget, tell our users."""
+        if frame.payload["server_id"] != frame.sender:
+            raise BadFrame("USER_REMOVE server_id must be its signer", msg_ref=frame.msg_ref)
+        self._relay(link, frame)
+        if self._directory.remove(frame.payload["user_id"], frame.sender) is not None:
+            self.push(FrameType.USER_REMOVE, now, {"user_id": frame.payload["user_id"], "server_id": frame.sender})
+
+    def on_presence_sync(self, link: Link, frame: Envelope, now: int) -> None:
+        """SERVER_PRESENCE_SYNC from the linked server: its users replace what we held for it."""
+        if frame.payload["server_id"] != link.peer:
+            raise BadFrame("SERVER_PRESENCE_SYNC must describe its sender", msg_ref=frame.msg_ref)
+        records = []
+        for item in frame.payload["users"]:
+            if not isinstance(item, dict) or not isinstance(item.get("user_id"), str):
+                raise BadFrame("SERVER_PRESENCE_SYNC users entries need user_id", msg_ref=frame.msg_ref)
+            meta = meta_of(item)
+            pubkey = self._gossiped_user_key(item, meta, frame)
+            if item["user_id"] in self._locals or pubkey is None:
+                continue
+            records.append(UserRecord(item["user_id"], link.peer, pubkey, meta))
+        added, removed = self._directory.replace_server(link.peer, records)
+        for record in added:
+            self.push(FrameType.USER_ADVERTISE, now, _advert_payload(record))
+        for record in removed:
+            self.push(FrameType.USER_REMOVE, now, {"user_id": record.user_id, "server_id": link.peer})
+
+    # --- timers and hooks --------------------------------------------------------------------------
+
+    def handle_timer(self, now: int) -> None:
+        """A sync round when due: a snapshot on every server link, then the ``sweep`` housekeeping."""
+        if now >= self._next_sync:
+            self._next_sync = now + self._settings.presence_sync_interval_ms
+            for link in self._links.server_links():
+                self.send_sync(link, now)
+            self._hooks.sweep.fire(now)
+
+    def next_deadline(self) -> int:
+        """When the next sync round is due."""
+        return self._next_sync
+
+    def send_sync(self, link: Link, now: int) -> None:
+        """Our local users to one server: a snapshot, or one advert each for a peer without snapshots."""
+        if link.peer in self._legacy_peers:
+            for local in self._locals.values():
+                record = UserRecord(local.user_id, self._out.server_id, local.pubkey, local.meta)
+                self._out.send(link, self._out.make(FrameType.USER_ADVERTISE, BROADCAST, now,
+                                                    _advert_payload(record)))
+            return
+        users = [{"user_id": local.user_id, "pubkey": local.pubkey, "meta": dict(local.meta)}
+                 for local in self._locals.values()]
+        self._out.send(link, self._out.make(FrameType.SERVER_PRESENCE_SYNC, link.peer, now,
+                                            {"server_id": self._out.server_id, "users": users,
+                                             "version": self._version}))
+
+    def server_lost(self, server_id: str, dropped: list[UserRecord], now: int) -> None:
+        """``link_down`` subscriber: tell our users that the dead server's users are gone."""
+        for record in dropped:
+            self.push(FrameType.USER_REMOVE, now, {"user_id": record.user_id, "server_id": server_id})
+
+    def peer_lacks(self, link: Link, frame_type: str, now: int) -> None:
+        """``peer_lacks`` subscriber: a peer without SERVER_PRESENCE_SYNC gets adverts instead."""
+        if frame_type == FrameType.SERVER_PRESENCE_SYNC.value:
+            # A peer without snapshots gets our users one advert at a time (WIRE §4.5).
+            self._legacy_peers.add(link.peer)
+            self.send_sync(link, now)
+
+    def _relay(self, received_on: Link, frame: Envelope) -> None:
+        text = frame.to_wire()
+        for link in self._links.server_links():
+            if link.link_id != received_on.link_id and link.peer != frame.sender:
+                self._out.send_text(link, text)
+
+    def _gossiped_user_key(self, item: Mapping[str, Any], meta: Mapping[str, Any], frame: Envelope) -> str | None:
+        """The user key of a gossiped record, or None (logged) when it is weak or malformed.
+
+        One bad record must not cost the whole server link, which would be re-sent the same snapshot forever.
+        """
+        user_id = str(item.get("user_id"))
+        try:
+            key_text = crypto.normalize_public_key(item.get("pubkey") or meta.get("pubkey"))
+        except BadKey as exc:
+            self._out.log.warning("ignoring user %s gossiped by %s: %s", user_id[:8], frame.sender[:8], exc.detail)
+            return None
+        # A user id stays bound to its first key (registry, else directory): a server that gossips another
+        # key for a known user is attempting to take that user over, and its record is refused.
+        registration = self._registry.registration(user_id)
+        known = registration.pubkey if registration is not None else None
+        if known is None and (record := self._directory.get(user_id)) is not None:
+            known = record.pubkey
+        if known is not None and known != key_text:
+            self._out.log.error("IMPERSONATION ATTEMPT: server %s gossiped user %s with key %s, bound to %s",
+                                frame.sender[:8], user_id[:8], crypto.key_fingerprint(key_text),
+                                crypto.key_fingerprint(known))
+            return None
+        return key_text
+
+
+def _advert_payload(record: UserRecord) -> dict[str, Any]:
+    return {"user_id": record.user_id, "server_id": record.server_id, "pubkey": record.pubkey,
+            "meta": dict(record.meta)}

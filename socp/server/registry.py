@@ -1,0 +1,216 @@
+"""The user registry (project extension, PROTOCOL.md §9): user id → key binding and password records,
+replicated to every server with SERVER_USER_RECORDS; password login and DIRECTORY_QUERY answered from it.
+
+Cost, for n servers and r registered users: a new or changed record is one frame (signed once) on each of the
+n - 1 links, not relayed: O(n) frames per change. A new link gets the whole registry, ceil(r / 50) frames.
+A password login costs one salted hash comparison, throttled per user id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+from socp import crypto
+from socp.actions import RegistrationStored, UserRegistered
+from socp.codec import b64url_decode
+from socp.envelope import BROADCAST, Envelope, FrameType
+from socp.errors import AuthFailed, BadFrame, InvalidSignature, NameInUse, ProtocolError, UserNotFound
+from socp.presence import Directory
+from socp.registry import LoginRecord, LoginThrottle, Registration, normalize_login, registration_from_wire
+from socp.server.config import LOGIN_GRACE_MS, RECORDS_PER_FRAME, ServerSettings
+from socp.server.hooks import Local
+from socp.server.links import Link, LinkTable
+from socp.server.outbox import Outbox
+
+
+class Registry:
+    """Registrations by user id, logins by name, the login throttle, and peers that do not take records."""
+
+    def __init__(self, settings: ServerSettings, out: Outbox, links: LinkTable, directory: Directory,
+                 registrations: Iterable[Registration] = ()) -> None:
+        self._out = out
+        self._links = links
+        self._directory = directory
+        self._registry: dict[str, Registration] = {}
+        self._logins: dict[str, str] = {}
+        for registration in registrations:
+            self._registry[registration.user_id] = registration
+        for registration in self._registry.values():
+            if registration.login is not None:
+                self._logins.setdefault(registration.login.login, registration.user_id)
+        self._throttle = LoginThrottle(settings.login_max_failures, settings.login_window_ms)
+        self._no_records_peers: set[str] = set()
+
+    def registration(self, user_id: str) -> Registration | None:
+        """What the registry holds for ``user_id`` (any server's user), or None."""
+        return self._registry.get(user_id)
+
+    def __len__(self) -> int:
+        return len(self._registry)
+
+    # --- hooks -------------------------------------------------------------------------------------
+
+    def bind_user(self, link: Link, local: Local, now: int) -> None:
+        """``user_joined`` subscriber: record the user's key binding and profile, replicate a change."""
+        registration = self._registry.get(local.user_id)
+        meta = dict(local.meta)
+        if registration is None or registration.meta != meta:
+            registration = (Registration(local.user_id, local.pubkey, self._out.server_id, meta)
+                            if registration is None else replace(registration, meta=meta))
+            self._registry[local.user_id] = registration
+            self.send_records([registration], now)
+        self._out.emit(UserRegistered(local.user_id, local.pubkey, meta))
+
+    def send_all(self, link: Link, now: int) -> None:
+        """``link_up`` subscriber: the whole registry to a newly linked server."""
+        self.send_records(list(self._registry.values()), now, [link])
+
+    def peer_lacks(self, link: Link, frame_type: str, now: int) -> None:
+        """``peer_lacks`` subscriber: stop sending records to an implementation without our extension."""
+        if frame_type == FrameType.SERVER_USER_RECORDS.value:
+            self._no_records_peers.add(link.peer)
+
+    # --- frame handlers ----------------------------------------------------------------------------
+
+    def on_register(self, link: Link, frame: Envelope, now: int) -> None:
+        """USER_REGISTER: store the user's own password records (made and signed on the client)."""
+        user_id = link.peer
+        # An attached user always has a registration (bound at USER_HELLO, never rebound to another key).
+        current = self._registry[user_id]
+        record = LoginRecord.from_wire({**frame.payload, "login": normalize_login(frame.payload["login"])})
+        if not record.verify(user_id, current.pubkey):
+            raise InvalidSignature("USER_REGISTER content_sig does not verify with this user's key",
+                                   msg_ref=frame.msg_ref)
+        owner = self._logins.get(record.login)
+        if owner is not None and owner != user_id:
+            raise NameInUse(f"login {record.login!r} belongs to another user", msg_ref=frame.msg_ref, fatal=False)
+        if current.login is not None and current.login.version > record.version:
+            raise BadFrame("USER_REGISTER is older than the stored password record", msg_ref=frame.msg_ref)
+        self._store_login(current, record)
+        self._out.send(link, self._out.make(FrameType.ACK, user_id, now, {"msg_ref": frame.msg_ref}))
+        self._out.log.info("user %s registered a password login", user_id[:8])
+        self.send_records([self._registry[user_id]], now)
+
+    def on_login_request(self, link: Link, frame: Envelope, now: int) -> None:
+        """USER_LOGIN_REQUEST on a new connection: challenge it with the login's KDF parameters."""
+        login = normalize_login(frame.payload["login"])
+        user_id = self._logins.get(login)
+        registration = self._registry.get(user_id) if user_id else None
+        if registration is None or registration.login is None or user_id is None:
+            raise UserNotFound(f"nobody registered the login {login!r} with a password (as far as this server "
+                               f"knows)", msg_ref=frame.msg_ref)
+        self._throttle.check(user_id, now, login)
+        link.login_user, link.login_nonce, link.login_granted = user_id, crypto.random_token(), False
+        link.pending_until = now + LOGIN_GRACE_MS
+        self._out.send(link, self._out.make(FrameType.USER_LOGIN_CHALLENGE, user_id, now, {
+            "login": login, "user_id": user_id, "kdf": dict(registration.login.pake_password["kdf"]),
+            "nonce": link.login_nonce, "server_id": self._out.server_id, "server_pub": self._out.pubkey}))
+
+    def on_login_proof(self, link: Link, frame: Envelope, now: int) -> None:
+        """USER_LOGIN_PROOF: grant the login (the user's stored key material) or count a failure."""
+        registration = self._registry.get(link.login_user)
+        if (registration is None or registration.login is None or not link.login_nonce or link.login_granted
+                or frame.payload["nonce"] != link.login_nonce):
+            raise BadFrame("USER_LOGIN_PROOF without a matching USER_LOGIN_CHALLENGE on this connection",
+                           msg_ref=frame.msg_ref)
+        login = registration.login
+        self._throttle.check(registration.user_id, now, login.login)
+        try:
+            verifier = b64url_decode(frame.payload["verifier"])
+        except BadFrame:
+            verifier = b""
+        pake = login.pake_password
+        if not crypto.verifier_matches(verifier, b64url_decode(pake["salt"]), b64url_decode(pake["verifier_hash"])):
+            self._throttle.failed(registration.user_id, now)
+            link.login_nonce = ""  # one proof per challenge
+            self._out.log.info("failed password login for %s", registration.user_id[:8])
+            raise AuthFailed(f"wrong password for {login.login}", msg_ref=frame.msg_ref)
+        self._throttle.succeeded(registration.user_id)
+        link.login_granted = True
+        self._out.send(link, self._out.make(FrameType.USER_LOGIN_GRANTED, registration.user_id, now, {
+            "user_id": registration.user_id, "pubkey": registration.pubkey,
+            "privkey_store": dict(login.privkey_store), "meta": dict(registration.meta)}))
+
+    def on_directory_query(self, link: Link, frame: Envelope, now: int) -> None:
+        """DIRECTORY_QUERY {user_id} or {login}: the registry's record, online or not, signed by this server."""
+        user_id, login = frame.payload.get("user_id"), frame.payload.get("login")
+        if isinstance(login, str) and not isinstance(user_id, str):
+            user_id = self._logins.get(normalize_login(login))
+        elif not isinstance(user_id, str):
+            raise BadFrame("DIRECTORY_QUERY needs a 'user_id' or 'login' string", msg_ref=frame.msg_ref)
+        registration = self._registry.get(user_id) if user_id else None
+        if registration is None:
+            wanted = user_id or login
+            raise UserNotFound(f"no user {wanted} is registered (as far as this server knows)",
+                               msg_ref=frame.msg_ref)
+        location = self._directory.location(registration.user_id)
+        record = self._directory.get(registration.user_id)
+        meta = dict(record.meta) if record is not None else dict(registration.meta)
+        self._out.send(link, self._out.make(FrameType.DIRECTORY_RESPONSE, link.peer, now, {
+            "user_id": registration.user_id, "pubkey": registration.pubkey, "meta": meta,
+            "home_server": registration.home_server, "login": registration.login.login if registration.login else "",
+            "online": location is not None, "server_id": location or "", "msg_ref": frame.msg_ref}))
+
+    def on_user_records(self, link: Link, frame: Envelope, now: int) -> None:
+        """SERVER_USER_RECORDS from the linked server: merge each record (a bad one is skipped, logged)."""
+        records = frame.payload["records"]
+        if len(records) > 10 * RECORDS_PER_FRAME:
+            raise BadFrame(f"SERVER_USER_RECORDS carries more than {10 * RECORDS_PER_FRAME} records",
+                           msg_ref=frame.msg_ref)
+        for item in records:
+            try:
+                incoming = registration_from_wire(item)
+            except ProtocolError as exc:
+                # One bad record must not cost the link (it would be re-sent forever).
+                self._out.log.warning("ignoring a user record from %s: %s", link.peer[:8], exc.detail)
+                continue
+            self._merge(incoming, link.peer)
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def send_records(self, registrations: list[Registration], now: int, links: list[Link] | None = None) -> None:
+        """Replicate registry records to ``links`` (default: every server link), in bounded batches."""
+        targets = [link for link in (self._links.server_links() if links is None else links)
+                   if link.peer not in self._no_records_peers]
+        for start in range(0, len(registrations), RECORDS_PER_FRAME):
+            batch = [registration.to_wire() for registration in registrations[start:start + RECORDS_PER_FRAME]]
+            frame = self._out.make(FrameType.SERVER_USER_RECORDS, BROADCAST, now, {"records": batch})
+            for link in targets:
+                self._out.send_text(link, frame.to_wire())
+
+    def _store_login(self, current: Registration, record: LoginRecord) -> None:
+        if current.login is not None and current.login.login != record.login:
+            self._logins.pop(current.login.login, None)
+        self._logins[record.login] = current.user_id
+        updated = current.with_login(record)
+        self._registry[current.user_id] = updated
+        self._out.emit(RegistrationStored(updated))
+
+    def _merge(self, incoming: Registration, source: str) -> None:
+        current = self._registry.get(incoming.user_id)
+        log = self._out.log
+        if current is None:
+            login = incoming.login
+            if login is not None and self._logins.get(login.login, incoming.user_id) != incoming.user_id:
+                log.warning("user %s from %s claims login %r, which belongs to another user; dropping the login",
+                            incoming.user_id[:8], source[:8], login.login)
+                incoming = replace(incoming, login=None)
+            self._registry[incoming.user_id] = incoming
+            if incoming.login is not None:
+                self._logins[incoming.login.login] = incoming.user_id
+            self._out.emit(RegistrationStored(incoming))
+            return
+        if current.pubkey != incoming.pubkey:
+            log.warning("server %s sent user %s with key %s, registered here under %s; ignored", source[:8],
+                        incoming.user_id[:8], crypto.key_fingerprint(incoming.pubkey),
+                        crypto.key_fingerprint(current.pubkey))
+            return
+        login = incoming.login
+        if login is None or (current.login is not None and login.version <= current.login.version):
+            return
+        if self._logins.get(login.login, incoming.user_id) != incoming.user_id:
+            log.warning("user %s claims login %r, which belongs to another user; ignored",
+                        incoming.user_id[:8], login.login)
+            return
+        self._store_login(current, login)

@@ -1,0 +1,186 @@
+"""Routing user frames (WIRE §4.6): direct messages and file frames to a local recipient or, wrapped in
+SERVER_DELIVER, to the recipient's server; USER_NOT_FOUND bounces back to the origin; server ERROR and ACK.
+
+Cost: a routed frame is one frame on one link, plus one signature by this server (the transport signature of
+the re-made frame; forwards of distinct payloads are not cached usefully) and, for MSG_DIRECT, one content
+signature check: O(1) per message, independent of n. A bounce is one ERROR back on the same link.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from socp import crypto
+from socp import envelope as env
+from socp.envelope import PUBLIC_GROUP, Envelope, FrameType
+from socp.errors import BadFrame, ErrorCode, InvalidSignature, TooLarge, UserNotFound
+from socp.presence import Directory
+from socp.server.config import ServerSettings
+from socp.server.hooks import Hooks
+from socp.server.links import Link, LinkTable
+from socp.server.outbox import Outbox
+from socp.server.presence import Presence
+from socp.server.public import PublicChannel
+
+Bounce = Callable[[int], bool]
+"""Called with ``now`` when a forward bounces; False when the sender was already told (stay quiet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A user frame this server forwarded to another server, kept to route a bounce back to its sender."""
+
+    sender: str          # local user who sent it
+    user_msg_ref: str    # msg_ref of the user's original frame
+    expires: int
+    on_bounce: Bounce | None = None
+    recipient: str = ""
+
+
+class Routing:
+    """Routes user frames and handles what comes back; owns the forwards awaiting a possible bounce."""
+
+    def __init__(self, settings: ServerSettings, out: Outbox, links: LinkTable, directory: Directory,
+                 presence: Presence, public: PublicChannel, hooks: Hooks) -> None:
+        self._settings = settings
+        self._out = out
+        self._links = links
+        self._directory = directory
+        self._presence = presence
+        self._public = public
+        self._hooks = hooks
+        self._forwards: dict[str, list[Forward]] = {}
+
+    def sweep(self, now: int) -> None:
+        """``sweep`` subscriber: forget forwards too old to bounce."""
+        self._forwards = {ref: live for ref, forwards in self._forwards.items()
+                          if (live := [fwd for fwd in forwards if fwd.expires > now])}
+
+    # --- from local users --------------------------------------------------------------------------
+
+    def on_direct(self, link: Link, frame: Envelope, now: int) -> None:
+        """MSG_DIRECT from a local user."""
+        self.route(link, frame, now)
+
+    def route(self, link: Link, frame: Envelope, now: int, on_bounce: Bounce | None = None) -> None:
+        """Deliver a user frame to its recipient here, or forward it to the recipient's server."""
+        local_sender = self._presence.local(link.peer)
+        assert local_sender is not None, "user frames arrive on attached links only"
+        payload = frame.payload
+        if frame.type is FrameType.MSG_DIRECT:
+            if crypto.normalize_public_key(payload["sender_pub"]) != local_sender.pubkey:
+                raise BadFrame("sender_pub is not the key this user registered", msg_ref=frame.msg_ref)
+            if crypto.rsa_block_count(payload["ciphertext"]) > crypto.MAX_DIRECT_BLOCKS:
+                raise TooLarge(f"a direct message may carry at most {crypto.MAX_DIRECT_BLOCKS} RSA blocks "
+                               f"({crypto.MAX_DIRECT_BLOCKS * crypto.OAEP_MAX_PLAINTEXT} bytes); send a file",
+                               msg_ref=frame.msg_ref, fatal=False)
+            if not crypto.verify_direct(self._out.public_key(local_sender.pubkey), payload["content_sig"],
+                                        payload["ciphertext"], frame.sender, frame.to, frame.ts):
+                raise InvalidSignature("content_sig does not verify", msg_ref=frame.msg_ref)
+        recipient = frame.to
+        location = self._directory.location(recipient)
+        if location is None:
+            raise UserNotFound(f"user {recipient} is not online", msg_ref=frame.msg_ref)
+        out = self._out
+        if location == out.server_id:
+            local = self._presence.local(recipient)
+            assert local is not None
+            target = self._links[local.link_id]
+            if frame.type is FrameType.MSG_DIRECT:
+                made = out.make_at(FrameType.USER_DELIVER, out.server_id, recipient, frame.ts,
+                                   {"ciphertext": payload["ciphertext"], "sender": frame.sender,
+                                    "sender_pub": payload["sender_pub"], "content_sig": payload["content_sig"]})
+            else:
+                made = out.make_at(frame.type, frame.sender, recipient, frame.ts, payload)
+            out.send(target, made)
+            return
+        server_link = self._links.server_link(location)
+        if server_link is None:
+            raise UserNotFound(f"user {recipient} is on server {location}, which is unreachable",
+                               msg_ref=frame.msg_ref)
+        body = {k: v for k, v in payload.items() if k not in ("user_id", "kind", "sender")}
+        body.update({"user_id": recipient, "sender": frame.sender})
+        if frame.type is not FrameType.MSG_DIRECT:
+            body["kind"] = frame.type.value
+        made = out.make_at(FrameType.SERVER_DELIVER, out.server_id, location, frame.ts, body)
+        self._forwards.setdefault(made.msg_ref, []).append(
+            Forward(frame.sender, frame.msg_ref, now + self._settings.replay_window_ms, on_bounce, recipient))
+        out.send(server_link, made)
+
+    def on_user_heartbeat(self, link: Link, frame: Envelope, now: int) -> None:
+        """HEARTBEAT from a user: nothing to do."""
+
+    def on_user_reply(self, link: Link, frame: Envelope, now: int) -> None:
+        """ACK or ERROR from a user: logged only."""
+        self._out.log.debug("user %s sent %s %s", link.peer[:8], frame.type, dict(frame.payload))
+
+    # --- from servers ------------------------------------------------------------------------------
+
+    def on_server_deliver(self, link: Link, frame: Envelope, now: int) -> None:
+        """SERVER_DELIVER for one of our users (or ``public``): check the payload, deliver, or bounce."""
+        out = self._out
+        if frame.to != out.server_id:
+            raise BadFrame("SERVER_DELIVER addressed to another server", msg_ref=frame.msg_ref)
+        payload = dict(frame.payload)
+        recipient = payload.pop("user_id")
+        kind_name = payload.pop("kind", FrameType.MSG_DIRECT.value)
+        if recipient == PUBLIC_GROUP:
+            self._public.on_deliver(frame, kind_name, payload, now)
+            return
+        local = self._presence.local(recipient)
+        if local is None:
+            # ``user_id`` and ``sender`` (our extension) tell the origin which of several forwards sharing this
+            # msg_ref (same servers, same millisecond) bounced.
+            out.send(link, out.make(FrameType.ERROR, link.peer, now, {
+                "code": ErrorCode.USER_NOT_FOUND.value, "detail": f"user {recipient} is not attached to this server",
+                "msg_ref": frame.msg_ref, "user_id": recipient, "sender": payload.get("sender", "")}))
+            return
+        sender = payload.get("sender", "")
+        # A malformed forward is refused here, so that the ERROR reaches the origin (and its sender) instead of
+        # our user silently dropping a frame it cannot read.
+        if kind_name == FrameType.MSG_DIRECT.value:
+            env.check_payload(FrameType.USER_DELIVER, payload, frame.msg_ref)
+            made = out.make_at(FrameType.USER_DELIVER, out.server_id, recipient, frame.ts, payload)
+        else:
+            try:
+                kind = FrameType(kind_name)
+            except ValueError:
+                raise BadFrame(f"unknown SERVER_DELIVER kind {kind_name!r}", msg_ref=frame.msg_ref) from None
+            if not isinstance(sender, str) or not sender:
+                raise BadFrame(f"SERVER_DELIVER of {kind} needs the sending user in 'sender'", msg_ref=frame.msg_ref)
+            payload.pop("sender", None)
+            env.check_payload(kind, payload, frame.msg_ref)
+            made = out.make_at(kind, sender, recipient, frame.ts, payload)
+        out.send(self._links[local.link_id], made)
+
+    def on_server_error(self, link: Link, frame: Envelope, now: int) -> None:
+        """ERROR from a server: bounce it to the local sender of the forward it names (once per file)."""
+        ref = frame.payload.get("msg_ref")
+        forwards = self._forwards.get(ref, []) if isinstance(ref, str) else []
+        about_user, about_sender = frame.payload.get("user_id"), frame.payload.get("sender")
+        matching = [f for f in forwards if about_user in (None, f.recipient) and about_sender in (None, f.sender)]
+        forward = matching[0] if matching else (forwards[0] if forwards else None)
+        if forward is not None:
+            forwards.remove(forward)
+        if isinstance(ref, str) and not forwards:
+            self._forwards.pop(ref, None)
+        if frame.payload.get("code") == ErrorCode.UNKNOWN_TYPE:
+            # Another implementation without one of our extensions: msg_ref names the frame type it lacks.
+            frame_type, colon, _ = str(ref).partition(":")
+            if colon:
+                self._hooks.peer_lacks.fire(link, frame_type, now)
+        if forward is not None and forward.on_bounce is not None and not forward.on_bounce(now):
+            return
+        self._out.log.info("server %s reported %s: %s", link.peer[:8], frame.payload.get("code"),
+                           frame.payload.get("detail"))
+        if forward is not None and (local := self._presence.local(forward.sender)) is not None:
+            payload: dict[str, Any] = {"code": str(frame.payload.get("code")),
+                                       "detail": str(frame.payload.get("detail", ""))}
+            if forward.user_msg_ref:
+                payload["msg_ref"] = forward.user_msg_ref
+            self._out.send(self._links[local.link_id], self._out.make(FrameType.ERROR, forward.sender, now, payload))
+
+    def on_server_ack(self, link: Link, frame: Envelope, now: int) -> None:
+        """ACK from a server: its verification (by the route) is all there is to do."""
