@@ -33,7 +33,7 @@ import random
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from socp import crypto
@@ -41,6 +41,7 @@ from socp import envelope as env
 from socp.actions import CloseLink, Dial, Event, Send
 from socp.envelope import BROADCAST, Envelope, FrameType
 from socp.server import BootstrapEntry, ServerSettings, ServerState
+from socp.settings import FAST_TIMINGS
 from tests.keypool import KeyPool
 
 T0 = 1_760_000_000_000
@@ -49,10 +50,15 @@ T0 = 1_760_000_000_000
 TICK = 50
 """Clock step of :meth:`Net.tick`, in ms."""
 
+TIMINGS = replace(FAST_TIMINGS, heartbeat_interval=1.0, peer_timeout=3.0)
+"""The test timings (:data:`socp.settings.FAST_TIMINGS`, with a heartbeat and a peer timeout twice as long so a
+lost frame or two never kills a simulated link; presence sync and replay window as there)."""
+
 FAST: dict[str, int] = {
-    "heartbeat_interval_ms": 1_000,
-    "peer_timeout_ms": 3_000,
-    "presence_sync_interval_ms": 2_000,
+    "heartbeat_interval_ms": TIMINGS.heartbeat_interval_ms,
+    "peer_timeout_ms": TIMINGS.peer_timeout_ms,
+    "presence_sync_interval_ms": TIMINGS.presence_sync_interval_ms,
+    "replay_window_ms": TIMINGS.replay_window_ms,
     "backoff_initial_ms": 400,
     "backoff_max_ms": 3_200,
 }
