@@ -510,7 +510,7 @@ class ChatShell:
         if not target:
             self._say("[error] usage: /whois <name|id>")
             return
-        if not is_uuid(target):
+        if not is_uuid(target.lower()):
             with contextlib.suppress(UserNotFound):  # not online: ask the registry by login name
                 target = self._conn.session.resolve(target).user_id
         entry = await self._conn.lookup_user(target, self._timeout)

@@ -332,7 +332,8 @@ class ClientConnection:
         ``name_or_id`` is a user id, else a login name. Raises :class:`socp.errors.UserNotFound`.
         """
         now = now_ms()
-        query = (self._session.directory_query(now, user_id=name_or_id) if is_uuid(name_or_id)
+        # Ids are compared in their canonical lower-case form; a pasted upper-case id is still an id.
+        query = (self._session.directory_query(now, user_id=name_or_id.lower()) if is_uuid(name_or_id.lower())
                  else self._session.directory_query(now, login=name_or_id))
         event = await self._request(query, query.msg_ref, timeout, "DIRECTORY_RESPONSE")
         assert isinstance(event, DirectoryEntry)
