@@ -1,7 +1,8 @@
 """The checks a testbed run is judged by: presence convergence and exactly-once delivery.
 
-Each check polls under a deadline, measures how long it took, and returns a :class:`CheckResult`
-that says what was expected and what was seen when it fails.
+Each check polls under a deadline (:func:`testbed.waiting.poll`), measures how long it took, and returns a
+:class:`CheckResult` that says what was expected and what was seen when it fails. Exactly-once delivery is
+judged by one algorithm, :func:`count_until_markers`, shared by the DM matrix, traffic and broadcasts.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import secrets
 import statistics
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from client.connection import ClientConnection
 from socp.user import ClientEvent, DirectMessage, DuplicateDelivery
+from testbed.waiting import Diagnose, Pending, WaitFailed, WaitTimeout, poll
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,30 +52,85 @@ def is_duplicate_delivery(event: ClientEvent) -> bool:
 
 
 async def converged(clients: Sequence[ClientConnection], expected: set[str], *, timeout: float,
-                    interval: float = 0.1) -> CheckResult:
-    """Every client's LIST_RESPONSE shows exactly the user ids in ``expected``, in the same order."""
+                    interval: float = 0.1, diagnose: Diagnose | None = None) -> CheckResult:
+    """Every client's LIST_RESPONSE shows exactly the user ids in ``expected``, in the same order.
+
+    ``diagnose`` (e.g. ``backend.diagnose()``) ends the check at once when a node that should run has exited.
+    """
     start = time.monotonic()
-    last: dict[str, list[str]] = {}
-    while True:
+
+    async def agreed() -> bool | Pending:
         listings = await asyncio.gather(*(client.list_users(timeout=max(1.0, timeout)) for client in clients))
-        last = {client.user_id: [record.user_id for record in listing] for client, listing in zip(clients, listings,
-                                                                                                   strict=True)}
+        last = {client.user_id: [record.user_id for record in listing]
+                for client, listing in zip(clients, listings, strict=True)}
         orders = {tuple(ids) for ids in last.values()}
         if all(set(ids) == expected for ids in last.values()) and len(orders) <= 1:
-            return CheckResult("converged", True, time.monotonic() - start,
-                               f"{len(clients)} clients list the same {len(expected)} users")
-        if time.monotonic() - start >= timeout:
-            problems = []
-            for user_id, ids in last.items():
-                missing, extra = expected - set(ids), set(ids) - expected
-                if missing or extra:
-                    problems.append(f"client {user_id[:8]}: missing {sorted(m[:8] for m in missing)}, "
-                                    f"unexpected {sorted(x[:8] for x in extra)}")
-            if not problems:
-                problems.append(f"clients disagree on the order: {sorted(orders)}")
-            return CheckResult("converged", False, time.monotonic() - start,
-                               f"after {timeout:g}s: expected {len(expected)} users everywhere; " + "; ".join(problems))
-        await asyncio.sleep(interval)
+            return True
+        problems = []
+        for user_id, ids in last.items():
+            missing, extra = expected - set(ids), set(ids) - expected
+            if missing or extra:
+                problems.append(f"client {user_id[:8]}: missing {sorted(m[:8] for m in missing)}, "
+                                f"unexpected {sorted(x[:8] for x in extra)}")
+        return Pending("; ".join(problems or [f"clients disagree on the order: {sorted(orders)}"]))
+
+    try:
+        await poll(agreed, timeout, f"{len(clients)} clients to list the same {len(expected)} users", diagnose,
+                   interval=interval)
+    except WaitTimeout as exc:
+        return CheckResult("converged", False, time.monotonic() - start,
+                           f"after {timeout:g}s: expected {len(expected)} users everywhere; {exc.last}")
+    except WaitFailed as exc:
+        return CheckResult("converged", False, time.monotonic() - start, str(exc))
+    return CheckResult("converged", True, time.monotonic() - start,
+                       f"{len(clients)} clients list the same {len(expected)} users")
+
+
+@dataclass(slots=True)
+class Tally:
+    """What one receiver got until its markers arrived (see :func:`count_until_markers`)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    """Copies received of each counted message (by the key ``key_of`` gave it)."""
+    refused: int = 0
+    """Copies the client dropped as duplicates (:func:`is_duplicate_delivery`): each is one copy too many."""
+    first_seen: dict[str, float] = field(default_factory=dict)
+    """``time.monotonic()`` of each counted message's first copy."""
+
+    @property
+    def duplicates(self) -> int:
+        """Copies beyond the first, dropped ones included."""
+        return self.refused + sum(count - 1 for count in self.counts.values() if count > 1)
+
+
+async def count_until_markers(next_event: Callable[[], Awaitable[ClientEvent]], markers: Iterable[str],
+                              marker_of: Callable[[ClientEvent], str | None],
+                              key_of: Callable[[ClientEvent], str | None], tally: Tally | None = None) -> Tally:
+    """The one exactly-once algorithm: count messages until every marker has arrived.
+
+    Each sender sends its messages, then a marker on the same path; ordering per path means every copy of
+    a message (a duplicate too) arrives before the marker, so once a receiver has every marker it has all it
+    will ever get, and nothing needs to be waited out. ``marker_of(event)`` is the marker an event carries (or
+    None), ``key_of(event)`` the key of a message being counted (or None for anything else). Counts go into
+    ``tally`` as they arrive (pass one to keep them when a timeout cancels the count). Raises TimeoutError
+    when ``next_event`` does.
+    """
+    pending = set(markers)
+    tally = Tally() if tally is None else tally
+    while pending:
+        event = await next_event()
+        if is_duplicate_delivery(event):
+            tally.refused += 1  # a second copy the client dropped still means the network duplicated it
+            continue
+        marker = marker_of(event)
+        if marker is not None and marker in pending:
+            pending.discard(marker)
+            continue
+        key = key_of(event)
+        if key is not None:
+            tally.counts[key] += 1
+            tally.first_seen.setdefault(key, time.monotonic())
+    return tally
 
 
 Receive = Callable[[ClientConnection, float], Awaitable[ClientEvent]]
@@ -109,26 +166,20 @@ async def delivery(clients: Sequence[ClientConnection], *, timeout: float, recei
             if recipient is not sender:
                 await sender.send_direct(recipient.user_id, f"marker {run} {sender.user_id}")
 
-    received: dict[str, Counter[str]] = {client.user_id: Counter() for client in clients}
-    latencies: list[float] = []
+    tallies = {client.user_id: Tally() for client in clients}
 
-    refused_duplicates = [0]
+    def direct_text(event: ClientEvent) -> str | None:
+        return event.text if isinstance(event, DirectMessage) else None
+
+    def matrix_body(event: ClientEvent) -> str | None:
+        text = direct_text(event)
+        return text if text is not None and text.startswith(f"matrix {run} ") else None
 
     async def collect(client: ClientConnection) -> None:
-        markers = {f"marker {run} {other.user_id}" for other in clients if other is not client}
-        while markers:
-            event = await receive(client, max(0.01, timeout - (time.monotonic() - start)))
-            if is_duplicate_delivery(event):
-                refused_duplicates[0] += 1
-                continue
-            if not isinstance(event, DirectMessage):
-                continue
-            if event.text in markers:
-                markers.discard(event.text)
-            elif event.text.startswith(f"matrix {run} "):
-                if not received[client.user_id][event.text]:
-                    latencies.append(time.monotonic() - sent_at.get(event.text, start))
-                received[client.user_id][event.text] += 1
+        await count_until_markers(
+            lambda: receive(client, max(0.01, timeout - (time.monotonic() - start))),
+            {f"marker {run} {other.user_id}" for other in clients if other is not client}, direct_text, matrix_body,
+            tallies[client.user_id])
 
     timed_out = False
     try:
@@ -136,9 +187,10 @@ async def delivery(clients: Sequence[ClientConnection], *, timeout: float, recei
             await asyncio.gather(*(collect(client) for client in clients))
     except TimeoutError:
         timed_out = True
-    missing = sum(len(expected[uid] - set(got)) for uid, got in received.items())
-    duplicates = refused_duplicates[0] + sum(count - 1 for got in received.values() for count in got.values()
-                                             if count > 1)
+    missing = sum(len(expected[uid] - set(tally.counts)) for uid, tally in tallies.items())
+    duplicates = sum(tally.duplicates for tally in tallies.values())
+    latencies = [seen - sent_at.get(body, start)
+                 for tally in tallies.values() for body, seen in tally.first_seen.items()]
     total = sum(len(bodies) for bodies in expected.values())
     ok = not timed_out and missing == 0 and duplicates == 0
     detail = (f"{total - missing}/{total} messages delivered, {duplicates} duplicates"

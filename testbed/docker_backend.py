@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from testbed import compose
-from testbed.backend import ClusterSpec, ManagedCluster, register_backend
-from testbed.local import probe_health, wait_mesh_healthy, wait_until
+from testbed import compose, nodeplan
+from testbed.backend import MESH_HINT, ClusterBackend, ClusterSpec, Health, Prepare, probe_health, wait_mesh_healthy
+from testbed.waiting import Pending, poll
 
 IMAGE_ENV = "SOCP_IMAGE"
 """Environment variable naming the node image (default ``socp-node:latest``)."""
@@ -102,64 +103,69 @@ def published_port(container: Any, port: int) -> int | None:
 def container_port(container: Any) -> int:
     """The node's WebSocket port inside its container (9001 for introducers, 8765 for peers)."""
     role = container.labels.get(compose.ROLE_LABEL)
-    return compose.INTRODUCER_PORT if role == "introducer" else compose.PEER_PORT
+    return nodeplan.INTRODUCER_PORT if role == "introducer" else nodeplan.PEER_PORT
 
 
-def remove_run(client: Any, project: str) -> list[str]:
+async def remove_run(client: Any, project: str) -> list[str]:
     """Remove every container, network and volume labelled with run ``project``; returns what went."""
     from docker.errors import APIError, NotFound
 
-    removed: list[str] = []
-    label = {"label": [f"{compose.RUN_LABEL}={project}"]}
-    for container in client.containers.list(all=True, filters=label):
-        try:
-            container.remove(force=True, v=True)
-            removed.append(f"container {container.name}")
-        except NotFound:
-            pass
-    for network in client.networks.list(filters=label):
-        try:
-            network.reload()
-            for attached in (network.attrs.get("Containers") or {}):
-                network.disconnect(attached, force=True)
-            network.remove()
-            removed.append(f"network {network.name}")
-        except NotFound:
-            pass
-    for volume in client.volumes.list(filters=label):
-        for attempt in range(10):
+    def remove_containers_and_networks() -> list[str]:
+        removed: list[str] = []
+        label = {"label": [f"{compose.RUN_LABEL}={project}"]}
+        for container in client.containers.list(all=True, filters=label):
+            try:
+                container.remove(force=True, v=True)
+                removed.append(f"container {container.name}")
+            except NotFound:
+                pass
+        for network in client.networks.list(filters=label):
+            try:
+                network.reload()
+                for attached in (network.attrs.get("Containers") or {}):
+                    network.disconnect(attached, force=True)
+                network.remove()
+                removed.append(f"network {network.name}")
+            except NotFound:
+                pass
+        return removed
+
+    removed = await asyncio.to_thread(remove_containers_and_networks)
+    volumes = await asyncio.to_thread(client.volumes.list, filters={"label": [f"{compose.RUN_LABEL}={project}"]})
+    for volume in volumes:
+        def gone(volume: Any = volume) -> bool | Pending:
             try:
                 volume.remove(force=True)
-                removed.append(f"volume {volume.name}")
-                break
             except NotFound:
-                break
-            except APIError:  # still in use by a container being removed
-                if attempt == 9:
-                    raise
-                time.sleep(0.5)
+                return True
+            except APIError as exc:  # still in use by a container being removed
+                return Pending(f"volume {volume.name} still in use: {exc}")
+            removed.append(f"volume {volume.name}")
+            return True
+
+        await poll(functools.partial(asyncio.to_thread, gone), 5.0, f"volume {volume.name} to be removed",
+                   interval=0.5)
     return removed
 
 
-class DockerCluster(ManagedCluster):
+class DockerCluster(ClusterBackend):
     """The ``docker`` backend: a compose project of containers, driven by compose and the Docker SDK.
 
     ``project`` defaults to a fresh ``socp-<8 hex>``; ``progress`` receives one line per phase of
-    :meth:`start` (the ``up`` command prints them).
+    :meth:`start` (the ``up`` command prints them). ``prepare`` is ignored: keys are made in the volumes.
     """
 
     name = "docker"
+    start_timeout = 120.0
 
-    def __init__(self, workdir: Path, spec: ClusterSpec | None = None, *, project: str | None = None,
-                 image: str | None = None, healthcheck_interval: float = 5.0,
+    def __init__(self, workdir: Path, spec: ClusterSpec | None = None, *, prepare: Prepare | None = None,
+                 project: str | None = None, image: str | None = None, healthcheck_interval: float = 5.0,
                  progress: Callable[[str], None] | None = None) -> None:
-        self.workdir = workdir.absolute()
-        self.spec = spec or ClusterSpec()
+        super().__init__(workdir.absolute(), spec, prepare=prepare)
         self.project = project or compose.new_project_name()
         self.image = image or node_image()
         self.healthcheck_interval = healthcheck_interval
         self.progress = progress or (lambda line: None)
-        self.plan = compose.plan_nodes(self.spec)
         self.compose_file = self.workdir / "docker-compose.yaml"
         self.bootstrap_file = self.workdir / "bootstrap.yaml"
         self.server_ids: dict[str, str] = {}
@@ -168,18 +174,10 @@ class DockerCluster(ManagedCluster):
         self._client: Any = None
         self._ports: dict[str, int] = {}
         self._partitioned: set[str] = set()
+        self._wanted: set[str] = set()
+        """Nodes that should be running: started, and not stopped or killed through this backend since."""
 
     # --- names -------------------------------------------------------------------------------------
-
-    @property
-    def node_names(self) -> list[str]:
-        """Every node, introducers first."""
-        return [node.name for node in self.plan]
-
-    @property
-    def peer_names(self) -> list[str]:
-        """The peer nodes."""
-        return [node.name for node in self.plan if not node.introducer]
 
     @property
     def network(self) -> str:
@@ -188,7 +186,7 @@ class DockerCluster(ManagedCluster):
 
     def container_name(self, node: str) -> str:
         """``node``'s container name."""
-        return compose.container_name(self.project, self._plan(node).name)
+        return compose.container_name(self.project, self.node_plan(node).name)
 
     def url(self, node: str) -> str:
         """``ws://127.0.0.1:<host port>`` of ``node``; the port is re-read after every restart or heal."""
@@ -199,8 +197,9 @@ class DockerCluster(ManagedCluster):
 
     # --- whole federation --------------------------------------------------------------------------
 
-    async def start(self, timeout: float = 120.0) -> None:
+    async def start(self, timeout: float | None = None) -> None:
         """Create volumes and keys, write the files, ``compose up``, wait for a healthy full mesh."""
+        timeout = self.start_timeout if timeout is None else timeout
         began = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         client = self._docker()
@@ -213,7 +212,7 @@ class DockerCluster(ManagedCluster):
         self.server_ids = {name: identity["server_id"] for name, identity in identities.items()}
         self.timings["keys"] = time.monotonic() - step
 
-        compose.write_bootstrap(self.bootstrap_file, [(node.name, node.port, identities[node.name]["pubkey"])
+        nodeplan.write_bootstrap(self.bootstrap_file, [(node.name, node.port, identities[node.name]["pubkey"])
                                                       for node in self.plan if node.introducer])
         compose.write_compose(self.compose_file, compose.render_compose(
             self.project, self.spec, image=self.image, bootstrap_file=self.bootstrap_file,
@@ -230,10 +229,12 @@ class DockerCluster(ManagedCluster):
                       f"{seed} first")
         step = time.monotonic()
         await asyncio.to_thread(self._compose, "up", "-d", "--no-build", self.container_name(seed))
+        self._wanted = {seed}
         await wait_mesh_healthy({seed: self.server_ids[seed]}, self.health, max(5.0, timeout / 2),
-                                self._where_logs())
+                                self.diagnose([seed], MESH_HINT))
         if len(self.plan) > 1:
             await asyncio.to_thread(self._compose, "up", "-d", "--no-build")
+        self._wanted = set(self.node_names)
         self.timings["compose_up"] = time.monotonic() - step
 
         self.progress("waiting for every node to be healthy and fully meshed")
@@ -252,7 +253,8 @@ class DockerCluster(ManagedCluster):
             # Errors are ignored: the sweep below removes whatever compose could not.
             with contextlib.suppress(RuntimeError, OSError, subprocess.SubprocessError):
                 await asyncio.to_thread(self._compose, "down", "--volumes", "--remove-orphans", "--timeout", "5")
-        await asyncio.to_thread(remove_run, client, self.project)
+        await remove_run(client, self.project)
+        self._wanted.clear()
         self._ports.clear()
         self._partitioned.clear()
 
@@ -261,9 +263,9 @@ class DockerCluster(ManagedCluster):
         states = await asyncio.to_thread(self._states)
         live = {name: sid for name, sid in self._ids().items()
                 if states.get(name) == "running" and name not in self._partitioned}
-        return await wait_mesh_healthy(live, self.health, timeout, self._where_logs())
+        return await wait_mesh_healthy(live, self.health, timeout, self.diagnose(live, MESH_HINT))
 
-    async def health(self, node: str) -> tuple[int, dict[str, object]]:
+    async def health(self, node: str) -> Health:
         """``GET /healthz`` of ``node`` through its published port; (0, {}) when unreachable."""
         cached = self._ports.get(node)
         port = cached if cached is not None else await asyncio.to_thread(self._port_or_none, node)
@@ -288,21 +290,25 @@ class DockerCluster(ManagedCluster):
 
     async def kill(self, node: str) -> None:
         """SIGKILL the node's container, as a crash would."""
+        self._wanted.discard(node)
         await self._act(node, lambda c: c.kill())
         await self._wait_state(node, "exited")
 
     async def stop_node(self, node: str) -> None:
         """Stop the container gracefully (SIGTERM, SIGKILL after 10 s)."""
+        self._wanted.discard(node)
         await self._act(node, lambda c: c.stop(timeout=10))
 
     async def start_node(self, node: str) -> None:
         """Start the node's container again: same volume (identity, database), same hostname."""
+        self._wanted.add(node)
         await self._act(node, lambda c: c.start())
         await self._wait_state(node, "running")
         await asyncio.to_thread(self._read_port, node)
 
     async def restart(self, node: str) -> None:
         """Stop then start the node's container (docker may publish it on a new host port)."""
+        self._wanted.add(node)
         await self._act(node, lambda c: c.restart(timeout=10))
         await self._wait_state(node, "running")
         await asyncio.to_thread(self._read_port, node)
@@ -333,8 +339,53 @@ class DockerCluster(ManagedCluster):
             self._container(node), aliases=[node]))
         self._partitioned.discard(node)
         self._ports.pop(node, None)
-        await wait_until(lambda: self._port_or_none(node) is not None, timeout=10.0,
-                         what=f"{node}'s port to be published")
+
+        def published() -> int | Pending:
+            port = self._port_or_none(node)
+            return Pending("no published port") if port is None else port
+
+        await poll(lambda: asyncio.to_thread(published), 10.0, f"{node}'s port to be published",
+                   self.diagnose([node]))
+
+    async def exited_nodes(self, nodes: Iterable[str] | None = None) -> dict[str, str]:
+        """Nodes that should run (started, not stopped or killed through this backend) whose container has
+        stopped or is gone."""
+        chosen = [name for name in (self.node_names if nodes is None else nodes) if name in self._wanted]
+        if not chosen:
+            return {}
+
+        def look() -> dict[str, str]:
+            found = {c.labels.get(compose.NODE_LABEL, ""): c for c in run_containers(self._docker(), self.project)}
+            exited = {}
+            for name in chosen:
+                container = found.get(name)
+                if container is None:
+                    exited[name] = "its container is gone"
+                elif container.status not in ("running", "paused", "restarting"):
+                    exited[name] = f"container {container.status}: {container.attrs.get('Status', '?')}"
+            return exited
+
+        return await asyncio.to_thread(look)
+
+    async def log_tails(self, lines: int, nodes: Iterable[str] | None = None) -> dict[str, str]:
+        """The last ``lines`` lines of each node container's log (of the logs saved by :meth:`stop` when gone)."""
+        from docker.errors import APIError, NotFound
+
+        def read(node: str) -> str:
+            try:
+                data = self._container(node).logs(stdout=True, stderr=True, tail=lines)
+            except (NotFound, APIError, DockerUnavailable):
+                saved = self.saved_logs / f"{node}.log"
+                data = saved.read_bytes() if saved.exists() else b""
+            return "\n".join(bytes(data).decode(errors="replace").splitlines()[-lines:])
+
+        chosen = list(self.node_names if nodes is None else nodes)
+        texts = await asyncio.gather(*(asyncio.to_thread(read, node) for node in chosen))
+        return dict(zip(chosen, texts, strict=True))
+
+    def logs_location(self) -> str:
+        """The command that shows a node's whole log."""
+        return self._where_logs()
 
     def collect_logs(self, destination: Path) -> list[Path]:
         """Write every node container's log (stdout and stderr) to ``destination/<node>.log``.
@@ -381,12 +432,6 @@ class DockerCluster(ManagedCluster):
             self._client = docker_client()
         return self._client
 
-    def _plan(self, node: str) -> compose.NodePlan:
-        for plan in self.plan:
-            if plan.name == node:
-                return plan
-        raise KeyError(f"no node named {node!r}; have {self.node_names}")
-
     def _container(self, node: str) -> Any:
         return self._docker().containers.get(self.container_name(node))
 
@@ -400,7 +445,7 @@ class DockerCluster(ManagedCluster):
         from docker.errors import NotFound
 
         try:
-            port = published_port(self._container(node), self._plan(node).port)
+            port = published_port(self._container(node), self.node_plan(node).port)
         except NotFound:
             port = None
         if port is None:
@@ -425,27 +470,23 @@ class DockerCluster(ManagedCluster):
             self._ports.pop(node, None)
 
     async def _wait_state(self, node: str, status: str, timeout: float = 20.0) -> None:
-        def current() -> str:
-            return str(self._container(node).status)
-        last: list[str] = [""]
+        def reached() -> bool | Pending:
+            current = str(self._container(node).status)
+            return True if current == status else Pending(f"{node} is {current}")
 
-        def reached() -> bool:
-            last[0] = current()
-            return last[0] == status
-        await wait_until(reached, timeout=timeout, what=f"{node} to be {status}", seen=lambda: last[0],
-                         interval=0.1)
+        # Waiting for "running": a container that exits instead ends the wait at once.
+        await poll(lambda: asyncio.to_thread(reached), timeout, f"{node} to be {status}",
+                   self.diagnose([node]) if status == "running" else None)
 
     async def _create_identities(self) -> dict[str, dict[str, str]]:
         """Create each node's labelled volume and key (one-off containers, a few at a time)."""
         client = self._docker()
         limit = asyncio.Semaphore(2 * (os.cpu_count() or 2))  # container start-up overlaps key generation
 
-        def create(node: compose.NodePlan) -> dict[str, str]:
+        def create(node: nodeplan.NodePlan) -> dict[str, str]:
             volume = compose.volume_name(self.project, node.name)
             client.volumes.create(name=volume, labels=compose.node_labels(self.project, node))
-            args = ["--show-identity", "--data-dir", compose.DATA_DIR, "--name", node.name]
-            if node.introducer:
-                args.append("--introducer")
+            args = nodeplan.identity_flags(node, data_dir=compose.DATA_DIR)
             from docker.errors import ContainerError
             try:
                 output = client.containers.run(
@@ -459,7 +500,7 @@ class DockerCluster(ManagedCluster):
             identity: dict[str, str] = json.loads(output)
             return identity
 
-        async def one(node: compose.NodePlan) -> tuple[str, dict[str, str]]:
+        async def one(node: nodeplan.NodePlan) -> tuple[str, dict[str, str]]:
             async with limit:
                 return node.name, await asyncio.to_thread(create, node)
 
@@ -486,6 +527,4 @@ def _node_order(name: str) -> tuple[int, int, str]:
     digits = "".join(ch for ch in name if ch.isdigit())
     return role, int(digits) if digits else 0, name
 
-
-register_backend("docker", lambda workdir, spec: DockerCluster(workdir, spec))
 

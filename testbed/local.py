@@ -8,53 +8,57 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testbed.backend import BackendUnsupported, ClusterSpec, ManagedCluster, NodeTimings, register_backend
+from socp.settings import Timings
+from testbed.backend import (
+    MESH_HINT,
+    BackendUnsupported,
+    ClusterBackend,
+    ClusterSpec,
+    Health,
+    Prepare,
+    probe_health,
+    wait_mesh_healthy,
+)
+from testbed.nodeplan import NodePlan, identity_flags, node_flags, write_bootstrap
+from testbed.waiting import Diagnose, Pending, WaitTimeout, poll
 
 _LISTENING = re.compile(r"^\[(?P<id>[0-9a-f-]{36})\] Listening on ws://(?P<host>[^:]+):(?P<port>\d+)$", re.M)
 
 
-class WaitTimeout(TimeoutError):
-    """A wait that ran out: says what it waited for, what it saw last, and where the logs are."""
-
-
-async def wait_until(predicate: Callable[[], object], *, timeout: float, what: str,
-                     seen: Callable[[], object] | None = None, logs: str = "", interval: float = 0.05) -> float:
-    """Poll ``predicate`` until it is truthy; returns the seconds it took.
-
-    Raises :class:`WaitTimeout` naming ``what`` was awaited, the last value of ``seen`` and ``logs``.
-    """
-    start = time.monotonic()
-    deadline = start + timeout
-    while True:
-        if predicate():
-            return time.monotonic() - start
-        if time.monotonic() >= deadline:
-            last = seen() if seen else None
-            raise WaitTimeout(f"timed out after {timeout:.1f}s waiting for {what}"
-                              + (f"; last seen: {last}" if seen else "") + (f"; logs: {logs}" if logs else ""))
-        await asyncio.sleep(interval)
+LOCAL_HINT = "the node's full log is in the run's directory; a slow machine needs SOCP_TIMEOUT_FACTOR=3"
 
 
 @dataclass
 class LocalNode:
     """One node process: its data directory, log file, and the port it keeps across restarts."""
 
-    name: str
-    introducer: bool
+    plan: NodePlan
     workdir: Path
     command: Sequence[str]
-    timings: NodeTimings
-    bootstrap_file: Path | None = None
+    timings: Timings
+    bootstrap_file: Path
+    """The bootstrap file, passed when the plan says the node joins through it."""
     extra_args: Sequence[str] = ()
     port: int = 0
     server_id: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     paused: bool = False
+    wanted: bool = False
+    """True from :meth:`start` until :meth:`stop` or :meth:`kill`: an exit in between is a crash."""
+
+    @property
+    def name(self) -> str:
+        """The node's name."""
+        return self.plan.name
+
+    @property
+    def introducer(self) -> bool:
+        """Whether the node is an introducer."""
+        return self.plan.introducer
 
     @property
     def data_dir(self) -> Path:
@@ -76,10 +80,27 @@ class LocalNode:
         """True while the process is alive."""
         return self.process is not None and self.process.poll() is None
 
+    def exit_status(self) -> str | None:
+        """How the process ended (``exit code 1``, ``killed by signal 9``), None while it runs or never ran."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        code = self.process.returncode
+        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
+    def log_tail(self, lines: int) -> str:
+        """The last ``lines`` lines of the node's log ("" when there is none)."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(0, 2)
+                log.seek(max(0, log.tell() - 256 * lines))
+                data = log.read()
+        except OSError:
+            return ""
+        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
     def identity(self) -> dict[str, str]:
         """Create the node's identity if needed and return ``{server_id, name, pubkey}``."""
-        result = subprocess.run([*self.command, "--name", self.name, "--data-dir", str(self.data_dir),
-                                 "--show-identity", *(["--introducer"] if self.introducer else [])],
+        result = subprocess.run([*self.command, *identity_flags(self.plan, data_dir=str(self.data_dir))],
                                 capture_output=True, check=False, timeout=60)
         if result.returncode != 0:
             raise RuntimeError(f"{self.name}: --show-identity failed: {result.stderr.decode(errors='replace')}")
@@ -88,35 +109,41 @@ class LocalNode:
         return identity
 
     async def start(self, timeout: float = 20.0) -> None:
-        """Start the process and wait until it reports the port it listens on."""
+        """Start the process and wait until it reports the port it listens on (:class:`NodeExited` if it dies)."""
         if self.running:
             raise RuntimeError(f"{self.name} is already running")
-        args = [*self.command, "--name", self.name, "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
-                "--port", str(self.port), "--heartbeat-interval", str(self.timings.heartbeat_interval),
-                "--peer-timeout", str(self.timings.peer_timeout),
-                "--presence-sync-interval", str(self.timings.presence_sync_interval), *self.extra_args]
-        if self.introducer:
-            args.append("--introducer")
-        if self.bootstrap_file is not None:  # introducers after the first join their predecessors
-            args += ["--bootstrap", str(self.bootstrap_file)]
+        args = [*self.command, *node_flags(self.plan, self.timings, data_dir=str(self.data_dir), host="127.0.0.1",
+                                           port=self.port, bootstrap_file=str(self.bootstrap_file),
+                                           extra=self.extra_args)]
         with self.log_path.open("ab") as log:
             log.write(f"\n===== start {' '.join(args)}\n".encode())
             log.flush()
             offset = log.tell()
             self.process = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         self.paused = False
+        self.wanted = True
 
-        def listening() -> bool:
+        async def listening() -> bool | Pending:
             match = _LISTENING.search(self.log_path.read_bytes()[offset:].decode(errors="replace"))
-            if match:
-                self.server_id, self.port = match["id"], int(match["port"])
-            return bool(match) or not self.running
+            if not match:
+                return Pending(f"no 'Listening on' line in {self.log_path.name} yet")
+            self.server_id, self.port = match["id"], int(match["port"])
+            return True
 
-        await wait_until(listening, timeout=timeout, what=f"{self.name} to listen", logs=str(self.log_path))
-        if not self.running:
-            raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
+        await poll(listening, timeout, f"{self.name} to listen", self.diagnose())
 
-    async def health(self) -> tuple[int, dict[str, object]]:
+    def diagnose(self, hint: str = LOCAL_HINT) -> Diagnose:
+        """What a wait on this node alone reports: whether it died, its log's tail."""
+        async def exited() -> dict[str, str]:
+            status = self.exit_status() if self.wanted else None
+            return {self.name: status} if status else {}
+
+        async def tails(lines: int) -> dict[str, str]:
+            return {self.name: self.log_tail(lines)}
+
+        return Diagnose(exited, tails, str(self.log_path), hint)
+
+    async def health(self) -> Health:
         """GET /healthz: (HTTP status, JSON body); (0, {}) when unreachable."""
         return await probe_health(self.port)
 
@@ -127,6 +154,7 @@ class LocalNode:
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop gracefully (SIGTERM), killing after ``timeout``."""
+        self.wanted = False
         if self.process is None:
             return
         if self.paused:
@@ -136,6 +164,7 @@ class LocalNode:
 
     async def kill(self) -> None:
         """Kill the process at once (SIGKILL), as a crash would."""
+        self.wanted = False
         if self.process is None:
             return
         self.signal(signal.SIGKILL)
@@ -154,37 +183,47 @@ class LocalNode:
     async def _reap(self, timeout: float) -> None:
         process = self.process
         assert process is not None
+
+        async def exited() -> int | Pending:
+            code = process.poll()
+            return Pending("still running") if code is None else code
+
         try:
-            await wait_until(lambda: process.poll() is not None, timeout=timeout, what=f"{self.name} to exit")
+            await poll(exited, timeout, f"{self.name} to exit")
         except WaitTimeout:
             process.kill()
-            await wait_until(lambda: process.poll() is not None, timeout=5.0, what=f"{self.name} to die")
+            await poll(exited, 5.0, f"{self.name} to die of SIGKILL")
 
 
-class LocalCluster(ManagedCluster):
+class LocalCluster(ClusterBackend):
     """The ``local`` backend: introducers and peers as processes on 127.0.0.1.
 
     ``prepare`` is called with each node's name and data directory before its identity is created;
     tests use it to drop in pre-generated keys. The introducers' keys are pinned in the generated
-    bootstrap file, so no node trusts on first use.
+    bootstrap file, so no node trusts on first use. ``command`` runs a node (default ``python -m node``):
+    any implementation that accepts the same flags (:mod:`testbed.nodeplan`) can stand in.
     """
 
     name = "local"
+    start_timeout = 30.0
 
-    def __init__(self, workdir: Path, spec: ClusterSpec | None = None, *, command: Sequence[str] | None = None,
-                 prepare: Callable[[str, Path], None] | None = None, extra_args: Sequence[str] = ()) -> None:
-        self.workdir = workdir
-        self.spec = spec or ClusterSpec()
+    def __init__(self, workdir: Path, spec: ClusterSpec | None = None, *, prepare: Prepare | None = None,
+                 command: Sequence[str] | None = None, extra_args: Sequence[str] = ()) -> None:
+        super().__init__(workdir, spec, prepare=prepare)
         self.command = list(command or [sys.executable, "-m", "node"])
-        self.prepare = prepare
         self.bootstrap_file = workdir / "bootstrap.yaml"
-        timings = self.spec.timings
-        count = self.spec.introducers
-        self.introducers = [LocalNode("introducer" if count == 1 else f"introducer{i + 1}", True, workdir,
-                                      self.command, timings, self.bootstrap_file if i else None, extra_args)
-                            for i in range(count)]
-        self.peers = [LocalNode(f"peer{i + 1}", False, workdir, self.command, timings, self.bootstrap_file,
-                                extra_args) for i in range(self.spec.peers)]
+        self._nodes = {plan.name: LocalNode(plan, workdir, self.command, self.spec.timings, self.bootstrap_file,
+                                            extra_args) for plan in self.plan}
+
+    @property
+    def nodes(self) -> list[LocalNode]:
+        """The introducers first, then the peers."""
+        return list(self._nodes.values())
+
+    @property
+    def introducers(self) -> list[LocalNode]:
+        """The introducers, first to last."""
+        return [node for node in self.nodes if node.introducer]
 
     @property
     def introducer(self) -> LocalNode:
@@ -192,57 +231,48 @@ class LocalCluster(ManagedCluster):
         return self.introducers[0]
 
     @property
-    def nodes(self) -> list[LocalNode]:
-        """The introducers first, then the peers."""
-        return [*self.introducers, *self.peers]
-
-    @property
-    def node_names(self) -> list[str]:
-        """Every node's name, introducers first."""
-        return [node.name for node in self.nodes]
-
-    @property
-    def peer_names(self) -> list[str]:
-        """The peers' names."""
-        return [node.name for node in self.peers]
+    def peers(self) -> list[LocalNode]:
+        """The peers."""
+        return [node for node in self.nodes if not node.introducer]
 
     def node(self, name: str) -> LocalNode:
         """The node called ``name``."""
-        for node in self.nodes:
-            if node.name == name:
-                return node
-        raise KeyError(f"no node named {name!r}; have {self.node_names}")
+        try:
+            return self._nodes[name]
+        except KeyError:
+            raise KeyError(f"no node named {name!r}; have {self.node_names}") from None
 
     def url(self, node: str) -> str:
         """The node's WebSocket URL."""
         return self.node(node).url
 
-    async def start(self, timeout: float = 30.0) -> None:
+    async def start(self, timeout: float | None = None) -> None:
         """Start every node and wait until all are healthy (joined and fully meshed)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         for node in self.nodes:
             node.data_dir.mkdir(parents=True, exist_ok=True)
             if self.prepare is not None:
                 self.prepare(node.name, node.data_dir)
-        identities = await asyncio.gather(*(asyncio.to_thread(node.identity) for node in self.introducers))
+        introducers = self.introducers
+        identities = await asyncio.gather(*(asyncio.to_thread(node.identity) for node in introducers))
         # Each introducer binds any free port and reports it; the bootstrap file grows as they come up, so the
         # k-th introducer joins the ones before it and every peer gets the full list (no port is guessed).
-        for count, introducer in enumerate(self.introducers, 1):
+        for count, introducer in enumerate(introducers, 1):
             await introducer.start()
-            self.bootstrap_file.write_text("bootstrap_servers:\n" + "".join(
-                f"  - {{host: \"127.0.0.1\", port: {node.port}, pubkey: \"{identity['pubkey']}\"}}\n"
-                for node, identity in zip(self.introducers[:count], identities[:count], strict=True)))
+            write_bootstrap(self.bootstrap_file, [("127.0.0.1", node.port, identity["pubkey"]) for node, identity
+                                                  in zip(introducers[:count], identities[:count], strict=True)])
         for node in self.peers:
             await node.start()
-        await self.wait_healthy(timeout)
+        await self.wait_healthy(self.start_timeout if timeout is None else timeout)
 
     async def wait_healthy(self, timeout: float = 30.0) -> float:
         """Wait until every running node answers /healthz with 200 and links to every other running node."""
-        running = [node for node in self.nodes if node.running and not node.paused]
-        return await wait_mesh_healthy({node.name: node.server_id for node in running},
-                                       lambda name: self.node(name).health(), timeout, str(self.workdir))
+        running = [node.name for node in self.nodes if node.running and not node.paused]
+        return await wait_mesh_healthy({name: self.node(name).server_id for name in running},
+                                       lambda name: self.node(name).health(), timeout,
+                                       self.diagnose(running, MESH_HINT))
 
-    async def health(self, node: str) -> tuple[int, dict[str, object]]:
+    async def health(self, node: str) -> Health:
         """GET /healthz of ``node``."""
         return await self.node(node).health()
 
@@ -279,6 +309,24 @@ class LocalCluster(ManagedCluster):
         """See :meth:`partition`."""
         raise BackendUnsupported("the local backend cannot partition a node; use --backend docker")
 
+    async def exited_nodes(self, nodes: Iterable[str] | None = None) -> dict[str, str]:
+        """Nodes started through this backend, not stopped or killed through it, whose process has ended."""
+        found = {}
+        for name in self.node_names if nodes is None else nodes:
+            node = self.node(name)
+            status = node.exit_status() if node.wanted else None
+            if status:
+                found[name] = status
+        return found
+
+    async def log_tails(self, lines: int, nodes: Iterable[str] | None = None) -> dict[str, str]:
+        """The last ``lines`` lines of each node's log file."""
+        return {name: self.node(name).log_tail(lines) for name in (self.node_names if nodes is None else nodes)}
+
+    def logs_location(self) -> str:
+        """The run's directory, where every node's ``<name>.log`` is."""
+        return str(self.workdir)
+
     def collect_logs(self, destination: Path) -> list[Path]:
         """Copy every node's log file into ``destination``."""
         destination.mkdir(parents=True, exist_ok=True)
@@ -293,56 +341,3 @@ class LocalCluster(ManagedCluster):
     async def stop(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL)."""
         await asyncio.gather(*(node.stop() for node in self.nodes), return_exceptions=True)
-
-
-async def wait_mesh_healthy(server_ids: dict[str, str],
-                            health: Callable[[str], Awaitable[tuple[int, dict[str, object]]]],
-                            timeout: float, logs: str) -> float:
-    """Wait until every node in ``server_ids`` (name → server id) is healthy and linked to all the others.
-
-    Shared by the backends: ``health(name)`` returns a node's /healthz answer. Returns the seconds taken.
-    """
-    async def problems() -> list[str]:
-        found = []
-        for name, (status, body) in zip(server_ids, await asyncio.gather(*(health(n) for n in server_ids)),
-                                        strict=True):
-            linked = body.get("linked_servers")
-            linked_ids = set(linked) if isinstance(linked, list) else set()
-            missing = sorted(other for other, sid in server_ids.items() if other != name and sid not in linked_ids)
-            if status != 200 or missing:
-                found.append(f"{name}: http {status}, not linked to {missing}")
-        return found
-
-    start = time.monotonic()
-    last: list[str] = []
-    while True:
-        last = await problems()
-        if not last:
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise WaitTimeout(f"timed out after {timeout:.1f}s waiting for a healthy full mesh; last seen: "
-                              f"{last}; logs: {logs}")
-        await asyncio.sleep(0.1)
-
-
-async def probe_health(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> tuple[int, dict[str, object]]:
-    """``GET /healthz`` on ``host:port``: (HTTP status, JSON body); (0, {}) when unreachable or garbled.
-
-    Shared by the backends (the docker backend probes the published port on 127.0.0.1).
-    """
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
-            raw = await reader.read()
-            writer.close()
-    except (OSError, TimeoutError):
-        return 0, {}
-    head, _, body = raw.partition(b"\r\n\r\n")
-    try:
-        return int(head.split()[1]), json.loads(body or b"{}")
-    except (IndexError, ValueError):
-        return 0, {}
-
-
-register_backend("local", lambda workdir, spec: LocalCluster(workdir, spec))

@@ -11,16 +11,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from socp.settings import FEDERATION_TIMINGS
 from testbed import compose
-from testbed.backend import ClusterSpec, NodeTimings
+from testbed.backend import ClusterSpec, probe_health
+from testbed.waiting import Pending, WaitFailed, WaitTimeout, poll
 
 PROJECT = compose.FEDERATION_PROJECT
 DEFAULT_WORKDIR = Path("build/federation")
@@ -39,12 +41,13 @@ def register(subparsers: Any) -> None:
                                            "meshed, and print how to connect.")
     up.add_argument("--peers", type=_count, default=3, help="number of peers (default 3)")
     up.add_argument("--introducers", type=int, choices=(1, 3), default=1, help="number of introducers (default 1)")
-    up.add_argument("--heartbeat-interval", type=_seconds, default=2.0, metavar="S",
-                    help="HEARTBEAT period on server links (default 2)")
-    up.add_argument("--peer-timeout", type=_seconds, default=6.0, metavar="S",
-                    help="silence after which a server link is dead (default 6)")
-    up.add_argument("--presence-sync-interval", type=_seconds, default=10.0, metavar="S",
-                    help="SERVER_PRESENCE_SYNC period (default 10)")
+    timings = FEDERATION_TIMINGS
+    up.add_argument("--heartbeat-interval", type=_seconds, default=timings.heartbeat_interval, metavar="S",
+                    help="HEARTBEAT period on server links (default %(default)g)")
+    up.add_argument("--peer-timeout", type=_seconds, default=timings.peer_timeout, metavar="S",
+                    help="silence after which a server link is dead (default %(default)g)")
+    up.add_argument("--presence-sync-interval", type=_seconds, default=timings.presence_sync_interval, metavar="S",
+                    help="SERVER_PRESENCE_SYNC period (default %(default)g)")
     up.add_argument("--timeout", type=_seconds, default=180.0, metavar="S",
                     help="give up when not healthy after this long (default 180)")
     workdir_option(up)
@@ -73,10 +76,14 @@ def register(subparsers: Any) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     """``up``: replace any running ``socp`` federation with a new one and wait until it is healthy."""
     from testbed.docker_backend import DockerCluster, DockerUnavailable, docker_client, remove_run, require_image
-    from testbed.local import WaitTimeout
 
-    spec = ClusterSpec(peers=args.peers, introducers=args.introducers,
-                       timings=NodeTimings(args.heartbeat_interval, args.peer_timeout, args.presence_sync_interval))
+    try:
+        timings = dataclasses.replace(FEDERATION_TIMINGS, heartbeat_interval=args.heartbeat_interval,
+                                      peer_timeout=args.peer_timeout,
+                                      presence_sync_interval=args.presence_sync_interval)
+    except ValueError as exc:
+        return _fail(f"bad timers: {exc}")
+    spec = ClusterSpec(peers=args.peers, introducers=args.introducers, timings=timings)
     try:
         client = docker_client()
         cluster = DockerCluster(args.workdir, spec, project=PROJECT, progress=lambda line: print(f"  {line}"))
@@ -88,10 +95,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     if _run_objects(client):
         print("  removing the running federation first")
         _compose_down(args.workdir)
-        remove_run(client, PROJECT)
+        asyncio.run(remove_run(client, PROJECT))
     try:
         asyncio.run(cluster.start(args.timeout))
-    except (WaitTimeout, DockerUnavailable, RuntimeError) as exc:
+    except (WaitFailed, DockerUnavailable, RuntimeError) as exc:
         logs = cluster.collect_logs(args.workdir / "logs")
         _fail(f"the federation did not come up: {exc}")
         print((f"node logs saved in {logs[0].parent}/; " if logs else "")
@@ -180,7 +187,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         print("no federation to remove")
         return 0
     _compose_down(args.workdir)
-    remove_run(client, PROJECT)
+    asyncio.run(remove_run(client, PROJECT))
     left = _run_objects(client)
     print("removed " + ", ".join(f"{count} {kind}" for kind, count in before.items()))
     if left:
@@ -190,24 +197,18 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 async def _await_container_health(cluster: Any, timeout: float) -> float:
     """Wait until Docker's own HEALTHCHECK reports every container healthy (``make ps`` then agrees)."""
-    from testbed.local import WaitTimeout
+    loop = asyncio.get_running_loop()
+    start = loop.time()
 
-    states: dict[str, str] = {}
+    async def all_healthy() -> float | Pending:
+        states = {node: await cluster.container_health(node) for node in cluster.node_names}
+        if all(state == "healthy" for state in states.values()):
+            return loop.time() - start
+        return Pending(f"docker HEALTHCHECK states: {states}")
 
-    async def refresh() -> None:
-        for node in cluster.node_names:
-            states[node] = await cluster.container_health(node)
-
-    async def all_healthy() -> bool:
-        await refresh()
-        return all(state == "healthy" for state in states.values())
-
-    start = time.monotonic()
-    while not await all_healthy():
-        if time.monotonic() - start > timeout:
-            raise WaitTimeout(f"docker HEALTHCHECK not healthy everywhere after {timeout:.0f} s: {states}")
-        await asyncio.sleep(0.5)
-    return time.monotonic() - start
+    waited: float = await poll(all_healthy, timeout, "docker HEALTHCHECK to be healthy on every container",
+                               cluster.diagnose(hint="`make logs NODE=...` shows a node's whole log"), interval=0.5)
+    return waited
 
 
 def render_table(rows: Sequence[Sequence[str]]) -> str:
@@ -220,7 +221,6 @@ def render_table(rows: Sequence[Sequence[str]]) -> str:
 def _show(workdir: Path) -> int:
     """Print the node table and the connection hints; 1 when a node is not healthy."""
     from testbed.docker_backend import DockerUnavailable, container_port, docker_client, published_port
-    from testbed.local import probe_health
 
     try:
         containers = _containers(docker_client())

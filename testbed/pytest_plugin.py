@@ -6,22 +6,25 @@
     async def test_something(cluster):                     # a started ClusterBackend
         url = cluster.url("peer1")
 
-The backend is ``--socp-backend`` (default ``local``) unless the marker names one. Override the
-``socp_cluster_prepare`` fixture to drop files (e.g. cached keys) into local node data directories.
+The backend is ``--socp-backend`` (default ``local``) unless the marker names one; it is built by
+:func:`testbed.backend.create_backend` like anywhere else. Override the ``socp_cluster_prepare`` fixture to
+drop files (e.g. cached keys) into node data directories (where the backend keeps them on the host).
+
+Installed, the plugin is loaded through the ``pytest11`` entry point; ``tests/conftest.py`` registers it
+when it is not (a checkout without ``pip install -e .``, or ``-p no:socp_testbed``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 
-from testbed.backend import ClusterBackend, ClusterSpec, NodeTimings, create_backend
-from testbed.local import LocalCluster
+from socp.settings import FAST_TIMINGS
+from testbed.backend import ClusterBackend, ClusterSpec, Prepare, create_backend
 
-FAST_TIMINGS = NodeTimings(heartbeat_interval=0.5, peer_timeout=2.0, presence_sync_interval=2.0)
+__all__ = ["FAST_TIMINGS", "cluster", "socp_cluster_prepare"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -35,14 +38,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="module")
-def socp_cluster_prepare() -> Callable[[str, Path], None] | None:
+def socp_cluster_prepare() -> Prepare | None:
     """Hook called with each local node's name and data dir before it starts (default: none)."""
     return None
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-                  socp_cluster_prepare: Callable[[str, Path], None] | None) -> AsyncIterator[ClusterBackend]:
+                  socp_cluster_prepare: Prepare | None) -> AsyncIterator[ClusterBackend]:
     """A started, healthy federation shared by the test module; stopped and removed afterwards."""
     marker = request.node.get_closest_marker("socp_cluster")
     options = dict(marker.kwargs) if marker else {}
@@ -52,11 +55,7 @@ async def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     if options:
         raise pytest.UsageError(f"unknown socp_cluster options: {sorted(options)}")
     workdir = tmp_path_factory.mktemp(f"cluster-{backend_name}")
-    backend: ClusterBackend
-    if backend_name == "local":
-        backend = LocalCluster(workdir, spec, prepare=socp_cluster_prepare)
-    else:
-        backend = create_backend(backend_name, workdir, spec)
+    backend = create_backend(backend_name, workdir, spec, prepare=socp_cluster_prepare)
     try:
         await backend.start(timeout=120)
         yield backend

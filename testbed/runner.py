@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import random
 import secrets
@@ -17,7 +18,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,24 @@ from socp.errors import ProtocolError
 from socp.user import ClientEvent, DirectMessage, PublicMessage
 from testbed import checks
 from testbed.backend import BackendUnsupported, ClusterBackend, ClusterSpec, create_backend
-from testbed.scenario import NODE_ACTIONS, Scenario, ScenarioError, Step, load_scenario
+from testbed.scenario import (
+    Broadcast,
+    Connect,
+    Disconnect,
+    Expect,
+    NodeAction,
+    Reconnect,
+    Repeat,
+    Scenario,
+    ScenarioError,
+    Send,
+    Step,
+    Traffic,
+    Up,
+    WaitHealthy,
+    load_scenario,
+)
+from testbed.waiting import WaitFailed
 
 DEFAULT_WITHIN = 30.0
 MAILBOX_LIMIT = 200_000
@@ -150,6 +168,7 @@ class _Traffic:
     sent: Counter[tuple[str, str]] = field(default_factory=Counter)   # (sender, recipient) -> count
     participants: set[str] = field(default_factory=set)
     sent_at: dict[str, float] = field(default_factory=dict)
+    sender_of: dict[str, str] = field(default_factory=dict)   # body -> sender
     failures: list[str] = field(default_factory=list)
 
 
@@ -211,7 +230,7 @@ class ScenarioRunner:
     async def _run_steps(self, steps: tuple[Step, ...], prefix: str, report: RunReport) -> bool:
         for number, step in enumerate(steps, 1):
             index = f"{prefix}{number}"
-            if step.kind == "repeat":
+            if isinstance(step, Repeat):
                 for round_number in range(1, step.times + 1):
                     if not await self._run_steps(step.steps, f"{index}.{round_number}.", report):
                         return False
@@ -232,53 +251,49 @@ class ScenarioRunner:
         try:
             detail, data = await self._dispatch(step)
             return StepResult(index, description, True, time.monotonic() - start, detail, data)
-        except (StepFailed, BackendUnsupported, TimeoutError, ScenarioError) as exc:
+        except (StepFailed, BackendUnsupported, TimeoutError, WaitFailed, ScenarioError) as exc:
             return StepResult(index, description, False, time.monotonic() - start, str(exc))
         except Exception as exc:  # a broken step must still produce a report and a teardown
             return StepResult(index, description, False, time.monotonic() - start,
                               f"{type(exc).__name__}: {exc}")
 
-    async def _dispatch(self, step: Step) -> tuple[str, dict[str, Any]]:
-        if step.kind in NODE_ACTIONS:
-            return await self._node_action(step.kind, step.args["node"])
-        handler = getattr(self, f"_step_{step.kind}")
-        result: tuple[str, dict[str, Any]] = await handler(step.args)
-        return result
+    async def _dispatch(self, step: Step) -> Outcome:
+        return await STEP_HANDLERS[type(step)](self, step)
 
-    def _within(self, args: dict[str, Any] | Any, default: float = DEFAULT_WITHIN) -> float:
-        return float(args.get("within", default)) * self.factor
+    def _within(self, within: float | None, default: float = DEFAULT_WITHIN) -> float:
+        return (default if within is None else within) * self.factor
 
     # --- steps -----------------------------------------------------------------------------------
 
-    async def _step_up(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        await self.backend.start(self._within(args, 120))
+    async def _step_up(self, step: Up) -> Outcome:
+        await self.backend.start(self._within(step.within, 120))
         self._started = True
         return f"{len(self.backend.node_names)} nodes healthy and meshed", {"nodes": self.backend.node_names}
 
-    async def _step_wait_healthy(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        seconds = await self.backend.wait_healthy(self._within(args))
+    async def _step_wait_healthy(self, step: WaitHealthy | Expect) -> Outcome:
+        seconds = await self.backend.wait_healthy(self._within(step.within))
         return f"healthy full mesh after {seconds:.2f}s", {"seconds": seconds}
 
-    async def _step_connect(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    async def _step_connect(self, step: Connect) -> Outcome:
         peers = self.backend.peer_names
         wanted: list[tuple[str, str]] = []
-        if "user" in args:
-            wanted.append((str(args["user"]), str(args.get("node", peers[0]))))
+        if step.user is not None:
+            wanted.append((step.user, step.node or peers[0]))
         else:
-            count = int(args.get("users", 1))
-            nodes = [str(args["node"])] if "node" in args else peers
+            count = step.users or 1
+            nodes = [step.node] if step.node is not None else peers
             for i in range(count):
                 wanted.append((f"user{self._next_user}", nodes[i % len(nodes)]))
                 self._next_user += 1
         await asyncio.gather(*(self._connect(name, node) for name, node in wanted))
         return f"{len(wanted)} users connected", {"users": {name: node for name, node in wanted}}
 
-    async def _step_disconnect(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        if "user" in args:
-            names = [str(args["user"])]
+    async def _step_disconnect(self, step: Disconnect) -> Outcome:
+        if step.user is not None:
+            names = [step.user]
         else:
             candidates = sorted(u.name for u in self.users.values() if u.online and u.name not in self._pinned())
-            count = int(args.get("count", 1))
+            count = step.count or 1
             if count > len(candidates):
                 raise StepFailed(f"cannot disconnect {count} users: only {len(candidates)} online")
             names = self.rng.sample(candidates, count)
@@ -286,34 +301,33 @@ class ScenarioRunner:
             await self._close(self._user(name))
         return f"disconnected {', '.join(names)}", {"users": names}
 
-    async def _step_reconnect(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        if "user" in args:
-            users = [self._user(str(args["user"]))]
+    async def _step_reconnect(self, step: Reconnect) -> Outcome:
+        if step.user is not None:
+            users = [self._user(step.user)]
         else:
-            node = args.get("node")
-            users = [u for u in self.users.values() if not u.online and (node is None or u.node == node)]
-        await asyncio.gather(*(self._connect(u.name, str(args.get("to", u.node))) for u in users))
+            users = [u for u in self.users.values() if not u.online and step.node in (None, u.node)]
+        await asyncio.gather(*(self._connect(u.name, step.to or u.node) for u in users))
         return f"reconnected {len(users)} users", {"users": [u.name for u in users]}
 
-    async def _step_send(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        sender, recipient = self._online(str(args["from"])), self._user(str(args["to"]))
+    async def _step_send(self, step: Send) -> Outcome:
+        sender, recipient = self._online(step.sender), self._user(step.to)
         assert sender.client is not None
         try:
-            await sender.client.send_direct(recipient.identity.user_id, str(args.get("text", "hello")))
+            await sender.client.send_direct(recipient.identity.user_id, step.text)
         except ProtocolError as exc:
             raise StepFailed(f"{sender.name} cannot send to {recipient.name}: {exc}") from None
         return "sent", {}
 
-    async def _step_broadcast(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        sender = self._online(str(args["from"]))
+    async def _step_broadcast(self, step: Broadcast) -> Outcome:
+        sender = self._online(step.sender)
         assert sender.client is not None
         recipients = {u.name: u.mailbox.cursor() for u in self.users.values() if u.online and u is not sender}
-        text = str(args.get("text", f"hello all {secrets.token_hex(4)}"))
+        text = step.text if step.text is not None else f"hello all {secrets.token_hex(4)}"
         await sender.client.send_public(text)
         self._broadcasts.append(_Broadcast(sender.name, text, recipients, time.monotonic()))
         return f"sent to {len(recipients)} members", {}
 
-    async def _expect_broadcasts(self, within: float) -> tuple[str, dict[str, Any]]:
+    async def _expect_broadcasts(self, step: Expect, within: float) -> Outcome:
         """Every broadcast since the last check reached every member online at the time, exactly once."""
         pending, self._broadcasts = self._broadcasts, []
         if not pending:
@@ -327,68 +341,53 @@ class ScenarioRunner:
             marker = f"bmark {secrets.token_hex(4)}"
             # Per-path ordering: a duplicate of the broadcast would arrive before this marker.
             await sender.client.send_public(marker)
-            sender_id = sender.identity.user_id
-
-            async def count(name: str, cursor: Cursor, text: str = broadcast.text, sent: float = broadcast.sent_at,
-                            marker: str = marker, sender_id: str = sender_id) -> int:
-                seen = 0
-                while True:
-                    event = await cursor.next(within)
-                    if checks.is_duplicate_delivery(event):
-                        seen += 1  # a second copy the client refused still means the network duplicated it
-                    if isinstance(event, PublicMessage) and event.sender_id == sender_id:
-                        if event.text == marker:
-                            return seen
-                        if event.text == text:
-                            if not seen:
-                                latencies.append(time.monotonic() - sent)
-                            seen += 1
-
             live = {name: cursor for name, cursor in broadcast.recipients.items() if self.users[name].online}
             try:
                 async with asyncio.timeout(within):
-                    counts = await asyncio.gather(*(count(name, cursor) for name, cursor in live.items()))
+                    tallies = await asyncio.gather(*(_count_public(cursor, within, sender.identity.user_id,
+                                                                   broadcast.text, marker)
+                                                     for cursor in live.values()))
             except TimeoutError:
                 raise StepFailed(f"broadcast from {broadcast.sender} or its marker did not reach every member "
                                  f"within {within:g}s") from None
             total += len(live)
+            latencies += [tally.first_seen[broadcast.text] - broadcast.sent_at for tally in tallies
+                          if broadcast.text in tally.first_seen]
+            counts = [tally.counts[broadcast.text] + tally.refused for tally in tallies]
             problems += [f"{name} got it {n} times" for name, n in zip(live, counts, strict=True) if n != 1]
         detail = f"{len(pending)} broadcasts, {total} deliveries"
         if problems:
             raise StepFailed(f"{detail}; {', '.join(problems)}")
         return detail + ", each exactly once", {"deliveries": total, "latency_s": checks.percentiles(latencies)}
 
-    async def _step_expect(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        what = args["what"]
-        within = self._within(args)
-        if what == "healthy":
-            return await self._step_wait_healthy(args)
-        online = [u for u in self.users.values() if u.online]
-        clients = [u.client for u in online if u.client is not None]
-        if what == "converged":
-            result = await checks.converged(clients, {u.identity.user_id for u in online}, timeout=within)
-        elif what == "delivered":
-            if len(clients) < 2:
-                raise StepFailed("expect delivered needs at least two online users")
-            cursors = {u.identity.user_id: u.mailbox.cursor() for u in online}
-            result = await checks.delivery(clients, timeout=within,
-                                           receive=lambda client, t: cursors[client.user_id].next(t))
-        elif what == "received":
-            return await self._expect_received(args, within)
-        elif what == "traffic_delivered":
-            return await self._expect_traffic(within)
-        elif what == "broadcast_delivered":
-            return await self._expect_broadcasts(within)
-        else:  # validated by the scenario parser
-            raise StepFailed(f"unknown expectation {what}")
-        if not result.ok:
-            raise StepFailed(result.detail)
-        return result.detail, {"seconds": result.seconds, **result.data}
+    async def _step_expect(self, step: Expect) -> Outcome:
+        return await EXPECTATION_HANDLERS[step.what](self, step, self._within(step.within))
 
-    async def _expect_received(self, args: dict[str, Any], within: float) -> tuple[str, dict[str, Any]]:
-        user = self._online(str(args["user"]))
-        sender = self._user(str(args["from"]))
-        text = args.get("text")
+    def _online_clients(self) -> tuple[list[User], list[ClientConnection]]:
+        online = [u for u in self.users.values() if u.online]
+        return online, [u.client for u in online if u.client is not None]
+
+    async def _expect_healthy(self, step: Expect, within: float) -> Outcome:
+        return await self._step_wait_healthy(step)
+
+    async def _expect_converged(self, step: Expect, within: float) -> Outcome:
+        online, clients = self._online_clients()
+        return _judged(await checks.converged(clients, {u.identity.user_id for u in online}, timeout=within,
+                                              diagnose=self.backend.diagnose()))
+
+    async def _expect_delivered(self, step: Expect, within: float) -> Outcome:
+        online, clients = self._online_clients()
+        if len(clients) < 2:
+            raise StepFailed("expect delivered needs at least two online users")
+        cursors = {u.identity.user_id: u.mailbox.cursor() for u in online}
+        return _judged(await checks.delivery(clients, timeout=within,
+                                             receive=lambda client, t: cursors[client.user_id].next(t)))
+
+    async def _expect_received(self, step: Expect, within: float) -> Outcome:
+        assert step.user is not None and step.sender is not None  # checked when the scenario was loaded
+        user = self._online(step.user)
+        sender = self._user(step.sender)
+        text = step.text
         cursor = Cursor(user.mailbox, 0)
         deadline = time.monotonic() + within
         while True:
@@ -401,10 +400,10 @@ class ScenarioRunner:
                     and (text is None or event.text == text)):
                 return f"{user.name} received it", {}
 
-    async def _step_traffic(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    async def _step_traffic(self, step: Traffic) -> Outcome:
         if self._traffic is not None:
             raise StepFailed("traffic is already running")
-        rate = float(args.get("rate", 10))
+        rate = step.rate
         participants = {u.name for u in self.users.values() if u.online}
         if len(participants) < 2:
             raise StepFailed("traffic needs at least two online users")
@@ -426,6 +425,7 @@ class ScenarioRunner:
                 body = f"traffic {traffic.run} {sequence}"
                 sequence += 1
                 traffic.sent_at[body] = time.monotonic()
+                traffic.sender_of[body] = sender_name
                 # Counted before sending: a send that fails between steady users is a lost message, not one
                 # that never existed (participants are spared by random disconnects).
                 traffic.sent[(sender_name, recipient_name)] += 1
@@ -436,7 +436,7 @@ class ScenarioRunner:
                     traffic.failures.append(f"{sender_name} -> {recipient_name}: {exc}")
             await asyncio.sleep(interval)
 
-    async def _expect_traffic(self, within: float) -> tuple[str, dict[str, Any]]:
+    async def _expect_traffic(self, step: Expect, within: float) -> Outcome:
         traffic = self._traffic
         if traffic is None:
             raise StepFailed("no traffic was started")
@@ -450,36 +450,34 @@ class ScenarioRunner:
             client = self.users[sender].client
             assert client is not None
             await client.send_direct(self.users[recipient].identity.user_id, f"tmark {traffic.run} {sender}")
-        got: Counter[tuple[str, str]] = Counter()
-        latencies: list[float] = []
-        ids = {self.users[name].identity.user_id: name for name in steady}
+        steady_ids = {self.users[name].identity.user_id for name in steady}
 
-        refused = [0]
+        def steady_text(event: ClientEvent) -> str | None:
+            return event.text if isinstance(event, DirectMessage) and event.sender_id in steady_ids else None
 
-        async def collect(name: str) -> None:
-            pending = {f"tmark {traffic.run} {other}" for other in steady if other != name}
-            cursor = traffic.cursors[name]
-            while pending:
-                event = await cursor.next(within)
-                if checks.is_duplicate_delivery(event):
-                    refused[0] += 1
-                    continue
-                if not isinstance(event, DirectMessage) or event.sender_id not in ids:
-                    continue
-                if event.text in pending:
-                    pending.discard(event.text)
-                elif event.text.startswith(f"traffic {traffic.run} "):
-                    got[(ids[event.sender_id], name)] += 1
-                    latencies.append(time.monotonic() - traffic.sent_at.get(event.text, time.monotonic()))
+        def traffic_body(event: ClientEvent) -> str | None:
+            text = steady_text(event)
+            return text if text is not None and text.startswith(f"traffic {traffic.run} ") else None
 
+        tallies = {name: checks.Tally() for name in steady}
         try:
             async with asyncio.timeout(within):
-                await asyncio.gather(*(collect(name) for name in steady))
+                await asyncio.gather(*(checks.count_until_markers(
+                    functools.partial(traffic.cursors[name].next, within),
+                    {f"tmark {traffic.run} {other}" for other in steady if other != name},
+                    steady_text, traffic_body, tallies[name]) for name in steady))
         except TimeoutError:
             raise StepFailed(f"traffic markers did not all arrive within {within:g}s") from None
+        got: Counter[tuple[str, str]] = Counter()
+        latencies: list[float] = []
+        for name, tally in tallies.items():
+            for body, copies in tally.counts.items():
+                got[(traffic.sender_of[body], name)] += copies
+                latencies.append(tally.first_seen[body] - traffic.sent_at[body])
         total = sum(expected.values())
         received = sum(min(got[pair], n) for pair, n in expected.items())
-        duplicates = refused[0] + sum(max(0, got[pair] - n) for pair, n in expected.items())
+        duplicates = sum(t.refused for t in tallies.values()) + sum(max(0, got[pair] - n)
+                                                                    for pair, n in expected.items())
         data = {"messages": total, "delivered": received, "duplicates": duplicates,
                 "latency_s": checks.percentiles(latencies), "users": len(steady), "send_failures": traffic.failures}
         detail = f"{received}/{total} traffic messages between {len(steady)} steady users, {duplicates} duplicates"
@@ -489,11 +487,11 @@ class ScenarioRunner:
             raise StepFailed(detail)
         return detail, data
 
-    async def _node_action(self, action: str, node: str) -> tuple[str, dict[str, Any]]:
+    async def _node_action(self, step: NodeAction) -> Outcome:
+        action, node = step.action, step.node
         if node not in self.backend.node_names:
             raise StepFailed(f"no node {node!r}; nodes are {', '.join(self.backend.node_names)}")
-        await getattr(self.backend, "stop_node" if action == "stop" else
-                      "start_node" if action == "start" else action)(node)
+        await NODE_ACTIONS[action](self.backend, node)
         if action in ("kill", "stop", "restart"):
             # Users attached to a node that went down lost their connection.
             for user in self.users.values():
@@ -557,6 +555,17 @@ class ScenarioRunner:
         await self.backend.stop()
 
 
+async def _count_public(cursor: Cursor, within: float, sender_id: str, text: str, marker: str) -> checks.Tally:
+    """Copies of public message ``text`` from ``sender_id`` read by ``cursor`` until the sender's ``marker``."""
+    def public_text(event: ClientEvent) -> str | None:
+        return event.text if isinstance(event, PublicMessage) and event.sender_id == sender_id else None
+
+    def copy_of_text(event: ClientEvent) -> str | None:
+        return text if public_text(event) == text else None
+
+    return await checks.count_until_markers(lambda: cursor.next(within), {marker}, public_text, copy_of_text)
+
+
 async def _cancel(task: asyncio.Task[None] | None) -> None:
     """Cancel ``task`` and wait until it has ended."""
     if task is not None:
@@ -566,7 +575,55 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
 
 
 def _count(step: Step) -> int:
-    return step.times * sum(_count(s) for s in step.steps) if step.kind == "repeat" else 1
+    return step.times * sum(_count(s) for s in step.steps) if isinstance(step, Repeat) else 1
+
+
+def _judged(result: checks.CheckResult) -> Outcome:
+    """A check's result as a step's outcome (:class:`StepFailed` when it failed)."""
+    if not result.ok:
+        raise StepFailed(result.detail)
+    return result.detail, {"seconds": result.seconds, **result.data}
+
+
+Outcome = tuple[str, dict[str, Any]]
+"""What a step handler returns: the report's detail and figures."""
+StepHandler = Callable[[ScenarioRunner, Any], Awaitable[Outcome]]
+
+STEP_HANDLERS: dict[type[Step], StepHandler] = {
+    Up: ScenarioRunner._step_up,
+    WaitHealthy: ScenarioRunner._step_wait_healthy,
+    Connect: ScenarioRunner._step_connect,
+    Disconnect: ScenarioRunner._step_disconnect,
+    Reconnect: ScenarioRunner._step_reconnect,
+    Send: ScenarioRunner._step_send,
+    Broadcast: ScenarioRunner._step_broadcast,
+    Expect: ScenarioRunner._step_expect,
+    Traffic: ScenarioRunner._step_traffic,
+    NodeAction: ScenarioRunner._node_action,
+}
+"""The one dispatch table: step class → handler (``repeat`` is unrolled by :meth:`ScenarioRunner._run_steps`)."""
+
+EXPECTATION_HANDLERS: dict[str, Callable[[ScenarioRunner, Expect, float], Awaitable[Outcome]]] = {
+    "healthy": ScenarioRunner._expect_healthy,
+    "converged": ScenarioRunner._expect_converged,
+    "delivered": ScenarioRunner._expect_delivered,
+    "received": ScenarioRunner._expect_received,
+    "traffic_delivered": ScenarioRunner._expect_traffic,
+    "broadcast_delivered": ScenarioRunner._expect_broadcasts,
+}
+"""``expect: WHAT`` → handler, called with the scaled ``within``."""
+
+NODE_ACTIONS: dict[str, Callable[[ClusterBackend, str], Awaitable[None]]] = {
+    "kill": lambda backend, node: backend.kill(node),
+    "stop": lambda backend, node: backend.stop_node(node),
+    "start": lambda backend, node: backend.start_node(node),
+    "restart": lambda backend, node: backend.restart(node),
+    "pause": lambda backend, node: backend.pause(node),
+    "unpause": lambda backend, node: backend.unpause(node),
+    "partition": lambda backend, node: backend.partition(node),
+    "heal": lambda backend, node: backend.heal(node),
+}
+"""A node action step → the backend call that performs it."""
 
 
 def write_reports(report: RunReport, directory: Path) -> None:

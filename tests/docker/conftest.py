@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from socp.settings import FAST_TIMINGS
 from testbed.backend import ClusterSpec
 from testbed.docker_backend import DockerCluster, docker_problem
-from testbed.pytest_plugin import FAST_TIMINGS
 from tests import scaled
 from tests.clients import UserFactory
 from tests.keypool import KeyPool

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from testbed import compose
-from testbed.backend import ClusterSpec, NodeTimings
+from socp.settings import FAST_TIMINGS
+from testbed import compose, nodeplan
+from testbed.backend import ClusterSpec
 
 
 def render(tmp_path: Path, spec: ClusterSpec, project: str = "socp-0123abcd") -> dict[str, Any]:
@@ -24,22 +25,22 @@ def flag(command: list[str], name: str) -> str | None:
 
 
 def test_node_names_match_the_local_backend() -> None:
-    assert [n.name for n in compose.plan_nodes(ClusterSpec(peers=2))] == ["introducer", "peer1", "peer2"]
-    three = compose.plan_nodes(ClusterSpec(peers=1, introducers=3))
+    assert [n.name for n in nodeplan.plan_nodes(ClusterSpec(peers=2))] == ["introducer", "peer1", "peer2"]
+    three = nodeplan.plan_nodes(ClusterSpec(peers=1, introducers=3))
     assert [(n.name, n.port, n.bootstrap) for n in three] == [
         ("introducer1", 9001, False), ("introducer2", 9001, True), ("introducer3", 9001, True),
         ("peer1", 8765, True)]
     with pytest.raises(ValueError):
-        compose.plan_nodes(ClusterSpec(introducers=0))
+        nodeplan.plan_nodes(ClusterSpec(introducers=0))
 
 
 def test_every_node_is_a_service_with_its_flags_port_volume_and_labels(tmp_path: Path) -> None:
-    spec = ClusterSpec(peers=2, introducers=3, timings=NodeTimings(0.5, 2.0, 2.0))
+    spec = ClusterSpec(peers=2, introducers=3, timings=FAST_TIMINGS)
     document = render(tmp_path, spec)
     services = document["services"]
     assert list(services) == [f"socp-0123abcd-{n}" for n in ("introducer1", "introducer2", "introducer3",
                                                              "peer1", "peer2")]
-    for node in compose.plan_nodes(spec):
+    for node in nodeplan.plan_nodes(spec):
         service = services[f"socp-0123abcd-{node.name}"]
         command = service["command"]
         assert service["container_name"] == service["hostname"] == f"socp-0123abcd-{node.name}"
@@ -47,7 +48,10 @@ def test_every_node_is_a_service_with_its_flags_port_volume_and_labels(tmp_path:
         assert (flag(command, "--host"), flag(command, "--port")) == ("0.0.0.0", str(node.port))
         assert flag(command, "--data-dir") == "/var/lib/socp/node"
         assert (flag(command, "--heartbeat-interval"), flag(command, "--peer-timeout"),
-                flag(command, "--presence-sync-interval")) == ("0.5", "2", "2")
+                flag(command, "--presence-sync-interval"), flag(command, "--replay-window")) == ("0.5", "2", "2", "600")
+        assert command == nodeplan.node_flags(node, FAST_TIMINGS, data_dir="/var/lib/socp/node", host="0.0.0.0",
+                                              port=node.port, advertise_host=node.name,
+                                              bootstrap_file="/etc/socp/bootstrap.yaml")
         assert ("--introducer" in command) == node.introducer
         assert flag(command, "--bootstrap") == ("/etc/socp/bootstrap.yaml" if node.bootstrap else None)
         mounts = service["volumes"]
@@ -70,7 +74,7 @@ def test_every_node_is_a_service_with_its_flags_port_volume_and_labels(tmp_path:
 
 
 def test_bootstrap_file_pins_every_introducer(tmp_path: Path) -> None:
-    path = compose.write_bootstrap(tmp_path / "b.yaml", [("introducer1", 9001, "KEY1"), ("introducer2", 9001, "KEY2")])
+    path = nodeplan.write_bootstrap(tmp_path / "b.yaml", [("introducer1", 9001, "KEY1"), ("introducer2", 9001, "KEY2")])
     assert yaml.safe_load(path.read_text()) == {"bootstrap_servers": [
         {"host": "introducer1", "port": 9001, "pubkey": "KEY1"},
         {"host": "introducer2", "port": 9001, "pubkey": "KEY2"}]}
