@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec
 
+from socp.actions import LinkId
 from socp.presence import UserRecord
 from socp.server.links import Link
 
@@ -41,7 +42,7 @@ class Local:
     """A user attached to this server."""
 
     user_id: str
-    link_id: int
+    link_id: LinkId
     pubkey: str
     meta: Mapping[str, Any] = field(default_factory=dict)
 

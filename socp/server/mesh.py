@@ -2,10 +2,12 @@
 links between every pair of servers, duplicate-link resolution, reconnection and heartbeats.
 
 Cost, for n servers: a join costs the introducer one SERVER_WELCOME listing n servers (O(n) bytes) and the
-joiner one SERVER_ANNOUNCE, which the introducer relays to its n - 1 links; the joiner then dials the n - 1
-others, each of which answers with its own announce: O(n) frames and signature checks per join for the
-joiner, O(1) for every other server. HEARTBEAT is one frame per link per interval, signed once per round
-(the empty payload's signature is cached): O(n) frames and O(n) signature checks per server per interval.
+joiner one SERVER_ANNOUNCE, which the introducer relays to its other links (n - 2 frames, one signature check
+each at the receivers); the joiner then dials the others and opens each link with its own SERVER_ANNOUNCE
+(signed once, checked once per receiver). So a join is O(n) frames and signature checks for the joiner and
+the introducer, O(1) for every other server; each new link then carries the ``link_up`` snapshots (see
+presence, public, registry). HEARTBEAT is one frame per link per interval, signed once per round (the empty
+payload's signature is cached): O(n) frames and O(n) signature checks per server per interval.
 """
 
 from __future__ import annotations
