@@ -22,6 +22,12 @@ DEFAULT_LOGIN_ATTEMPTS = 5
 """Failed password logins allowed per user id within :data:`LOGIN_WINDOW_MS`."""
 LOGIN_WINDOW_MS = 60_000
 """Window of the login rate limit."""
+JOIN_TIMEOUT_FLOOR_MS = 10_000
+"""Shortest wait for a SERVER_WELCOME, whatever the peer timeout: an introducer welcoming tens of joiners at
+once does tens of RSA operations for each, and a joiner that gives up too early only adds a join to the queue."""
+STALL_FLOOR_MS = 1_000
+"""A server's timer running later than ``max(heartbeat interval, this)`` counts as a stall of its own (event
+loop lag, a paused process): peers' silence during it is not held against them."""
 
 
 @dataclass(frozen=True, slots=True)

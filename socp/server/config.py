@@ -12,6 +12,7 @@ from socp.settings import (
     DEFAULT_RATE_BURST,
     DEFAULT_RATE_PER_SECOND,
     DEFAULT_TIMINGS,
+    JOIN_TIMEOUT_FLOOR_MS,
     LOGIN_WINDOW_MS,
 )
 
@@ -91,3 +92,13 @@ class ServerSettings:
     """Failed password logins allowed per user id within ``login_window_ms``."""
     login_window_ms: int = LOGIN_WINDOW_MS
     """Window of the login rate limit."""
+    join_timeout_ms: int = 0
+    """How long a joiner waits for SERVER_WELCOME before trying the next introducer; 0: the default,
+    :attr:`join_wait_ms`."""
+
+    @property
+    def join_wait_ms(self) -> int:
+        """The welcome wait in force: ``join_timeout_ms`` if set, else the longer of the peer timeout and
+        :data:`socp.settings.JOIN_TIMEOUT_FLOOR_MS` (a join is real work for a busy introducer: never give up on
+        it sooner than it can be done)."""
+        return self.join_timeout_ms or max(self.peer_timeout_ms, JOIN_TIMEOUT_FLOOR_MS)

@@ -3,6 +3,11 @@
 A link is what the shell calls a connection; its :class:`LinkRole` says what the protocol knows of it and
 decides which frames the route table (:mod:`socp.server.routes`) lets through.
 
+Liveness of server links is judged by the :class:`~socp.server.liveness.FailureDetector` the table owns
+(silence, suspicion, death, and our own stalls; see its module). Handshakes time out too: a connection that
+says nothing within the peer timeout, a join that gets no SERVER_WELCOME within the join wait
+(:attr:`ServerSettings.join_wait_ms`); both waits are measured from the end of our last stall.
+
 Cost: O(1) per frame (table look-up, one token taken); liveness and :meth:`LinkTable.next_deadline` scan the
 links, O(n + u) for n server links and u user connections, once per timer run.
 """
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from socp.actions import LinkId
 from socp.errors import RateLimited
 from socp.ratelimit import TokenBucket
+from socp.server.liveness import FailureDetector, Verdict
 
 logger = logging.getLogger("socp.server")
 
@@ -55,15 +61,22 @@ class Link:
     login_user: str = ""                 # user id a login challenge was issued for
     login_nonce: str = ""                # the challenge's nonce; USER_HELLO must echo it after a login
     login_granted: bool = False
+    suspected_at: int | None = None      # server link: when the failure detector began to suspect it
+    carried: bool = False                # server link: a frame the peer verifies was queued since our last
+    #                                      heartbeat round (the next round sends it no HEARTBEAT)
 
 
 class LinkTable:
     """Links by id, and the identified server links by server id (at most one per server)."""
 
-    def __init__(self, rate_per_second: float, rate_burst: int, peer_timeout_ms: int) -> None:
+    def __init__(self, rate_per_second: float, rate_burst: int, peer_timeout_ms: int, *,
+                 heartbeat_interval_ms: int, join_wait_ms: int, now: int) -> None:
         self._rate_per_second = rate_per_second
         self._rate_burst = rate_burst
         self._peer_timeout_ms = peer_timeout_ms
+        self._join_wait_ms = join_wait_ms
+        self.detector = FailureDetector(heartbeat_interval_ms, peer_timeout_ms, now)
+        """Judges server links' silence; counts stalls and link deaths."""
         self._links: dict[LinkId, Link] = {}
         self._by_server: dict[str, LinkId] = {}
         self._next_link_id = 1
@@ -135,28 +148,49 @@ class LinkTable:
 
     def check_liveness(self, now: int, close: Callable[[Link, str], None],
                        lost: Callable[[LinkId, int, str], None], log: logging.LoggerAdapter[logging.Logger]) -> None:
-        """Close links silent or unidentified past the peer timeout; ``lost`` repairs what depended on them."""
+        """Judge every link: close server links the detector declares dead and handshakes past their wait;
+        ``lost`` repairs what depended on them. Call once per timer run, after the detector saw ``now``."""
         timeout = self._peer_timeout_ms
+        detector = self.detector
         for link in list(self._links.values()):
             if link.closing:
                 continue
-            if link.role is LinkRole.SERVER and now - link.last_seen > timeout:
-                log.warning("server %s silent for %d ms: link declared dead", link.peer[:8], now - link.last_seen)
-                close(link, "peer timeout")
-                lost(link.link_id, now, "peer timeout")
-            elif link.role is LinkRole.PENDING and now - link.opened_at > timeout and now > link.pending_until:
+            if link.role is LinkRole.SERVER:
+                verdict = detector.judge(link.last_seen, link.suspected_at, now)
+                if verdict is Verdict.ALIVE:
+                    link.suspected_at = None
+                elif verdict is Verdict.SUSPECT:
+                    if link.suspected_at is None or link.suspected_at < detector.awake_since:
+                        link.suspected_at = now
+                        log.info("server %s silent for %d ms: suspected (dead if still silent in %d ms)",
+                                 link.peer[:8], detector.silence(link.last_seen, now),
+                                 detector.heartbeat_interval_ms)
+                else:
+                    log.warning("server %s silent for %d ms while we were awake: link declared dead",
+                                link.peer[:8], detector.silence(link.last_seen, now))
+                    close(link, "peer timeout")
+                    lost(link.link_id, now, "peer timeout")
+            elif link.role is LinkRole.PENDING and now - detector.since(link.opened_at) > timeout \
+                    and now > link.pending_until:
                 close(link, "no hello within the peer timeout")
-            elif link.role is LinkRole.JOINING and now - link.opened_at > timeout:
+            elif link.role is LinkRole.JOINING and now - detector.since(link.opened_at) > self._join_wait_ms:
                 # An introducer that accepted the connection but never welcomes us must not stall the join.
-                log.warning("no SERVER_WELCOME within %d ms; trying the next introducer", timeout)
-                close(link, "no welcome within the peer timeout")
+                log.warning("no SERVER_WELCOME within %d ms; trying the next introducer", self._join_wait_ms)
+                close(link, "no welcome within the join wait")
                 lost(link.link_id, now, "no welcome")
 
     def next_deadline(self) -> int | None:
         """When the next liveness check is due (None without links that can time out)."""
-        timeout = self._peer_timeout_ms + 1
-        deadlines = [link.last_seen + timeout if link.role is LinkRole.SERVER
-                     else max(link.opened_at + timeout, link.pending_until + 1)
-                     for link in self._links.values()
-                     if link.role in (LinkRole.SERVER, LinkRole.PENDING, LinkRole.JOINING) and not link.closing]
+        detector = self.detector
+        deadlines = []
+        for link in self._links.values():
+            if link.closing:
+                continue
+            if link.role is LinkRole.SERVER:
+                deadlines.append(detector.deadline(link.last_seen, link.suspected_at))
+            elif link.role is LinkRole.PENDING:
+                deadlines.append(max(detector.since(link.opened_at) + self._peer_timeout_ms + 1,
+                                     link.pending_until + 1))
+            elif link.role is LinkRole.JOINING:
+                deadlines.append(detector.since(link.opened_at) + self._join_wait_ms + 1)
         return min(deadlines) if deadlines else None

@@ -61,6 +61,10 @@ class Mesh:
         self._join_attempt = 0
         self._join_due: int | None = None
         self._next_heartbeat = now + settings.heartbeat_interval_ms
+        self._last_round = now
+        self.heartbeat_signatures = 0
+        """HEARTBEAT frames made (one signature each under the envelope rule of WIRE §2; at most one per
+        heartbeat interval, whatever the number of links)."""
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -110,7 +114,8 @@ class Mesh:
             self._book.schedule_reconnect(info, now)
 
     def handle_timer(self, now: int) -> None:
-        """Joins, reconnects, liveness of every link, then heartbeats (in this order)."""
+        """Joins, reconnects, liveness of every link (in this order); heartbeats come last, see
+        :meth:`heartbeat`."""
         if self._join_due is not None and now >= self._join_due:
             self._join_due = None
             self._dial_introducer(now)
@@ -119,11 +124,32 @@ class Mesh:
                 info.reconnect_due = None
                 self._dial_server(server_id, info, now)
         self._links.check_liveness(now, self._out.close, self._lost, self._out.log)
-        if now >= self._next_heartbeat:
-            self._next_heartbeat = now + self._settings.heartbeat_interval_ms
-            for link in self._links.server_links():
-                if not link.closing:
-                    self._out.send(link, self._out.make(FrameType.HEARTBEAT, link.peer, now, {}))
+
+    def heartbeat(self, now: int) -> None:
+        """A heartbeat round when due, the last thing of a timer run (so that frames other components sent in
+        the same run, e.g. presence snapshots, make the HEARTBEAT on their links unnecessary).
+
+        One HEARTBEAT frame, ``to: "*"``, made and signed once, goes on every server link that carried nothing
+        else since the previous round (WIRE §4.7); then every link starts the next interval empty.
+        """
+        if now < self._next_heartbeat:
+            return
+        interval = self._settings.heartbeat_interval_ms
+        self._next_heartbeat = now + interval
+        # A frame counts only if the previous round was about one interval ago: after a stall of ours, what a
+        # link carried before it is old news at the far end.
+        recent = now - self._last_round <= interval + interval // 2
+        self._last_round = now
+        links = [link for link in self._links.server_links() if not link.closing]
+        idle = [link for link in links if not (link.carried and recent)]
+        if idle:
+            beat = self._out.make(FrameType.HEARTBEAT, BROADCAST, now, {})
+            self.heartbeat_signatures += 1
+            text = beat.to_wire()
+            for link in idle:
+                self._out.send_text(link, text)
+        for link in links:
+            link.carried = False
 
     def next_deadline(self) -> int:
         """The earliest heartbeat, join or reconnection deadline."""
@@ -268,7 +294,13 @@ class Mesh:
                 self._dial_server(server_id, known, now)
 
     def on_heartbeat(self, link: Link, frame: Envelope, now: int) -> None:
-        """HEARTBEAT on a server link: its verification (by the route) is what keeps the link alive."""
+        """HEARTBEAT on a server link: its verification (by the route) is what keeps the link alive.
+
+        Addressed to us or to ``"*"`` (one frame serves all of the sender's links, WIRE §4.7); freshness and
+        duplicates are the route's replay rule.
+        """
+        if frame.to not in (self._out.server_id, BROADCAST):
+            raise BadFrame(f"HEARTBEAT addressed to {frame.to}, not to this server or '*'", msg_ref=frame.msg_ref)
 
     def on_mesh_announce(self, link: Link, frame: Envelope, now: int) -> None:
         """SERVER_ANNOUNCE on a server link: the peer's own (relayed onwards if it joined through us), or one
@@ -286,7 +318,8 @@ class Mesh:
         if frame.sender == link.peer and link.joined_through:
             for other in self._links.server_links():
                 if other.link_id != link.link_id:
-                    self._out.send_text(other, frame.to_wire())
+                    # Self-signed by the newcomer: it proves nothing of us to the receiver.
+                    self._out.send_text(other, frame.to_wire(), proves_life=False)
 
     # --- helpers -----------------------------------------------------------------------------------
 

@@ -94,10 +94,17 @@ class Outbox:
             self.log.debug("> %s %s on link %d", frame.type, frame.msg_ref, link.link_id)
         self.send_text(link, frame.to_wire())
 
-    def send_text(self, link: Link, text: str) -> None:
-        """Queue already-serialised ``text`` on ``link`` (one frame text shared by many links)."""
+    def send_text(self, link: Link, text: str, *, proves_life: bool = True) -> None:
+        """Queue already-serialised ``text`` on ``link`` (one frame text shared by many links).
+
+        ``proves_life``: the peer will verify the frame against our pinned key, so it keeps the link alive
+        at the far end and this interval's HEARTBEAT on the link can be skipped (False for a frame we only
+        relay, e.g. another server's self-signed SERVER_ANNOUNCE).
+        """
         if not link.closing:
             self._actions.append(Send(link.link_id, text))
+            if proves_life:
+                link.carried = True
 
     def close(self, link: Link, reason: str, *, again: bool = False) -> None:
         """Close ``link`` once (after what was queued on it); ``again`` asks even if it is already closing."""

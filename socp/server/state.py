@@ -65,7 +65,9 @@ class ServerState:
         """Frames seen within the replay window."""
         self.hooks = Hooks()
         self.out = Outbox(settings.server_id, key)
-        self.links = LinkTable(settings.rate_per_second, settings.rate_burst, settings.peer_timeout_ms)
+        self.links = LinkTable(settings.rate_per_second, settings.rate_burst, settings.peer_timeout_ms,
+                               heartbeat_interval_ms=settings.heartbeat_interval_ms,
+                               join_wait_ms=settings.join_wait_ms, now=now)
         self.book = ServerBook(settings, self.out, rng, dict(pinned_servers or {}))
         self.registry = Registry(settings, self.out, self.links, self.directory, registrations)
         self.presence = Presence(settings, self.out, self.links, self.directory, self.replay, self.registry,
@@ -157,16 +159,28 @@ class ServerState:
             self.out.fault(link, exc, now)
 
     def handle_timer(self, now: int) -> None:
-        """Run everything whose deadline has passed: joins, reconnects, liveness, heartbeats, sync."""
+        """Run everything whose deadline has passed: joins, reconnects, liveness, heartbeats, sync.
+
+        A run much later than the deadline :meth:`next_deadline` last gave is a stall of ours (see
+        :mod:`socp.server.liveness`): noticed first, so that no peer is accused of it.
+        """
+        self.links.detector.timer_fired(now, self.out.log)
         self.mesh.handle_timer(now)
         self.presence.handle_timer(now)
+        self.mesh.heartbeat(now)
 
     def next_deadline(self) -> int:
-        """The earliest ``now`` at which :meth:`handle_timer` has work."""
+        """The earliest ``now`` at which :meth:`handle_timer` has work.
+
+        The answer is also taken as the shell's promise to call :meth:`handle_timer` then: the failure
+        detector measures how late the call comes (a stall of ours) against the last answer given.
+        """
         deadlines = [self.mesh.next_deadline(), self.presence.next_deadline()]
         if (liveness := self.links.next_deadline()) is not None:
             deadlines.append(liveness)
-        return min(deadlines)
+        due = min(deadlines)
+        self.links.detector.promised(due)
+        return due
 
     def data_to_send(self) -> list[Action]:
         """Actions queued since the last call, in order."""
@@ -223,6 +237,8 @@ class ServerState:
             "known_users": len(self.directory), "registered_users": len(self.registry),
             "public_channel": {"version": self.public.version, "local_members": local_count,
                                "members": self.public.member_count()},
+            "link_deaths": self.links.detector.link_deaths, "stalls": self.links.detector.stalls,
+            "heartbeat_signatures": self.mesh.heartbeat_signatures,
         }
 
     def registration(self, user_id: str) -> Registration | None:

@@ -263,8 +263,11 @@ class Net:
         """Drop rule: a packet for which it returns True is lost (the link stays up)."""
         self.refuse_dial: Callable[[str, str], bool] | None = None
         """Dial rule: ``(dialer name, target name) -> True`` makes the dial fail."""
+        self.paused: set[str] = set()
+        """Servers stalled by :meth:`pause`: no timer runs, what reaches them waits unread."""
         self.delivered: list[Packet] = []
         self.dropped: list[Packet] = []
+        self._held: list[tuple[str, Endpoint, Endpoint | None, Any]] = []
         self.dials: list[DialRecord] = []
         self._addrs: dict[tuple[str, int], Node] = {}
         self._wires: dict[Endpoint, Endpoint] = {}
@@ -350,7 +353,7 @@ class Net:
         """Advance the clock by one TICK, run due timers, deliver."""
         self.now += TICK
         for node in list(self.nodes.values()):
-            if self.now >= node.state.next_deadline():
+            if node.name not in self.paused and self.now >= node.state.next_deadline():
                 node.state.handle_timer(self.now)
                 self._collect(node)
         self.pump()
@@ -414,6 +417,22 @@ class Net:
         if pump:
             self.pump()
 
+    def pause(self, node: Node) -> None:
+        """Stall ``node`` (a blocked event loop, a paused process): its timers stop and frames sent to it
+        wait unread; its connections stay open."""
+        self.paused.add(node.name)
+
+    def resume(self, node: Node) -> None:
+        """End the stall in the worst order for its peers: the late timer runs first, then the waiting
+        frames are read."""
+        self.paused.discard(node.name)
+        if self.now >= node.state.next_deadline():
+            node.state.handle_timer(self.now)
+            self._collect(node)
+        held, self._held = self._held, []
+        self._queue.extendleft(reversed(held))
+        self.pump()
+
     def crash(self, node: Node) -> None:
         """The server vanishes: every connection of it closes and nobody can dial it any more."""
         for end in [end for end in self._wires if end[0] == node.name]:
@@ -455,6 +474,9 @@ class Net:
             assert dst is not None
             if self._wires.get(src) != dst:
                 return                                   # the connection closed meanwhile
+            if dst[0] in self.paused:
+                self._held.append(item)
+                return
             packet = Packet(src[0], dst[0], data)
             if self.drop is not None and self.drop(packet):
                 self.dropped.append(packet)

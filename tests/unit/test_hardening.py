@@ -8,10 +8,11 @@ from socp import crypto
 from socp import envelope as env
 from socp.envelope import FrameType
 from socp.errors import CryptoError, TooLarge
+from socp.settings import JOIN_TIMEOUT_FLOOR_MS
 from socp.user import FrameRejected, UserList, UserSession
 from tests.keypool import KeyPool
 from tests.unit.conftest import TwoServers
-from tests.unit.harness import Net
+from tests.unit.harness import TICK, Net
 
 
 def test_a_server_cannot_rebind_a_known_user_to_its_own_key(two: TwoServers, key_pool: KeyPool) -> None:
@@ -97,15 +98,29 @@ def test_client_refuses_to_send_or_decrypt_oversized_direct_messages(key_pool: K
 
 
 def test_a_silent_introducer_does_not_stall_the_join(net: Net) -> None:
-    from tests.unit.harness import FAST
     intro = net.introducer("I")
     net.drop = lambda packet: packet.src == "I"      # accepts connections, never answers
     peer = net.peer("P", via=intro)
-    net.run(FAST["peer_timeout_ms"] + 1_000)
+    net.run(peer.state.settings.join_wait_ms + 1_000)
     joins = [dial for dial in net.dials if dial.src == "P"]
     assert len(joins) >= 2, "P gave up on the silent introducer and dialed again"
     net.drop = None
     net.run_until(lambda: peer.state.joined and net.full_mesh(), 30_000, "P joins once I answers")
+
+
+def test_a_busy_introducer_gets_the_whole_join_wait(net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.unit.harness import FAST
+    intro = net.introducer("I")
+    # I is busy (say, welcoming twenty others): it accepted the connection but reads nothing and runs no timer.
+    net.drop = lambda packet: "I" in (packet.src, packet.dst)
+    monkeypatch.setattr(intro.state, "next_deadline", lambda: net.now + 10**9)
+    peer = net.peer("P", via=intro)
+    wait = peer.state.settings.join_wait_ms
+    assert wait == max(FAST["peer_timeout_ms"], JOIN_TIMEOUT_FLOOR_MS) == JOIN_TIMEOUT_FLOOR_MS
+    net.run(wait - TICK)
+    assert len([dial for dial in net.dials if dial.src == "P"]) == 1, "no second join while the first may succeed"
+    net.run(2 * TICK + FAST["backoff_max_ms"])
+    assert len([dial for dial in net.dials if dial.src == "P"]) >= 2, "then the next attempt"
 
 
 def test_a_malformed_forward_bounces_an_error_to_the_sender(two: TwoServers) -> None:
@@ -123,12 +138,26 @@ def test_a_malformed_forward_bounces_an_error_to_the_sender(two: TwoServers) -> 
 
 def test_identical_payloads_are_signed_once(two: TwoServers) -> None:
     net, a = two.net, two.a
+    net.run(6 * 1_000)
     signatures = [env.parse(p.text).sig for p in net.packets(src="A", frame_type="HEARTBEAT")]
-    net.run(3 * 1_000)
-    signatures += [env.parse(p.text).sig for p in net.packets(src="A", frame_type="HEARTBEAT")]
     assert len(signatures) > 2 and len(set(signatures)) == 1, "one signature serves every HEARTBEAT {}"
     # ...and each is still a valid signature by A over the (empty) payload.
     assert env.parse(net.packets(src="A", frame_type="HEARTBEAT")[-1].text).verify(a.key.public_key())
+
+
+def test_one_heartbeat_frame_per_round_serves_every_link(two: TwoServers) -> None:
+    net, a = two.net, two.a
+    before = a.state.status()["heartbeat_signatures"]
+    net.run(6 * 1_000)
+    beats = net.packets(src="A", frame_type="HEARTBEAT")
+    rounds: dict[int, set[str]] = {}
+    for packet in beats:
+        frame = env.parse(packet.text)
+        assert frame.to == "*"
+        rounds.setdefault(frame.ts, set()).add(packet.text)
+    assert {packet.dst for packet in beats} == {"I", "B"}
+    assert all(len(texts) == 1 for texts in rounds.values()), "the same frame text on every link of a round"
+    assert a.state.status()["heartbeat_signatures"] - before == len(rounds) <= 6
 
 
 def test_bounces_of_forwards_sharing_a_millisecond_reach_their_own_senders(two: TwoServers) -> None:
