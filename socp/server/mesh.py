@@ -91,7 +91,7 @@ class Mesh:
     def link_closed(self, link: Link, now: int, reason: str) -> None:
         """A non-user link went away (already out of the link table): retry a join, or repair a server link."""
         if link.role in (LinkRole.JOINING, LinkRole.DIALING) and not link.target:
-            self._join_failed(now)
+            self._join_failed(now, busy=reason == "no welcome")
             return
         server_id = link.peer or link.target
         bound = self._links.server_link_id(server_id) if server_id else None
@@ -357,7 +357,11 @@ class Mesh:
         self._out.log.info("joining through introducer %s:%d", entry.host, entry.port)
         self._out.dial(link.link_id, entry.host, entry.port)
 
-    def _join_failed(self, now: int) -> None:
+    def _join_failed(self, now: int, *, busy: bool = False) -> None:
+        """The join attempt failed: try the next introducer at once, or after a jittered backoff once every
+        introducer failed in this round. ``busy``: the introducer accepted us but sent no welcome within the
+        join wait (overloaded, most likely by other joiners): the next attempt waits a jittered backoff too,
+        so that joiners that timed out together do not all come back together."""
         if self.joined:
             return
         self._join_index += 1
@@ -371,6 +375,8 @@ class Mesh:
                 return
             self._join_due = now + self._book.backoff(self._join_attempt)
             self._out.log.warning("no introducer reachable; retrying in %d ms", self._join_due - now)
+        elif busy:
+            self._join_due = now + self._book.backoff(self._join_attempt + 1)
         else:
             self._join_due = now
 

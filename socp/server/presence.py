@@ -1,12 +1,25 @@
 """Who is online (WIRE §4.5): local users attaching and leaving, USER_ADVERTISE / USER_REMOVE gossip, and
 SERVER_PRESENCE_SYNC anti-entropy snapshots; owns the local users and the presence directory's updates.
 
-Cost, for n servers in a full mesh and u users: a user joining or leaving is signed once here and sent on n - 1
-links; every receiver verifies it (one RSA check) and relays it to its other links, so the network carries
-O(n²) frames and O(n²) signature checks per join or leave (O(n) per server) — duplicates are dropped by the
-replay cache only after their signature check. Every local user is also pushed the change (one signature,
-u frames). Each sync round every server sends one snapshot of its local users per link: O(n) frames and
-O(n) checks per server per interval, O(n²) network-wide, each O(local users) bytes.
+**The relay rule: the origin tells every server it is linked to; nobody relays.** WIRE §4.5 asks a receiver to
+relay a presence frame only to linked servers that may lack a link to the origin. This core keeps no link
+state of other servers, so it never knows of such a server, and relays to none. Nothing is lost by it:
+
+- Routing needs a direct link to the user's server (§4.6; :mod:`socp.server.routing` refuses a location it
+  has no link to), so a record learned through a third server could be listed but never used.
+- A server that lacks a link to the origin, or loses and regains one (a partition healing), gets the
+  origin's full SERVER_PRESENCE_SYNC snapshot when the link comes up, and again every sync interval
+  (anti-entropy): that repairs every advert and removal it missed.
+- Hence the directory holds the users of servers we are linked to (and a record that another
+  implementation relays for a server we have no link to is ignored: nothing would ever remove it).
+
+Cost, for n servers in a full mesh and u local users: a user joining or leaving is signed once here (one
+frame text) and sent on n - 1 links; each receiver verifies it once and sends nothing on: n - 1 frames and
+n - 1 signature checks network-wide per join or leave, O(1) per receiver (it was O(n²) frames when every
+receiver relayed). Every local user is also pushed the change (one signature, u frames). Each sync round every
+server sends one snapshot of its local users per link (one signature: the payload is the same on every link):
+O(n) frames and O(n) checks per server per interval, O(n²) network-wide, each O(local users) bytes; a
+snapshot also stands in for that interval's HEARTBEAT on its link.
 """
 
 from __future__ import annotations
@@ -162,10 +175,15 @@ class Presence:
         self._out.send(link, self._out.make(FrameType.LIST_RESPONSE, link.peer, now, {"users": users}))
 
     def on_user_advertise(self, link: Link, frame: Envelope, now: int) -> None:
-        """USER_ADVERTISE gossip (verified and de-duplicated by the route): record, relay, tell our users."""
+        """USER_ADVERTISE gossip (verified and de-duplicated by the route): record, tell our users; never
+        relayed (see the module docstring). A record relayed for a server we have no link to is ignored."""
         payload = frame.payload
         if payload["server_id"] != frame.sender:
             raise BadFrame("USER_ADVERTISE server_id must be its signer", msg_ref=frame.msg_ref)
+        if not self._links.is_linked(frame.sender):
+            self._out.log.debug("ignoring advert of user %s relayed for unlinked server %s",
+                                str(payload["user_id"])[:8], frame.sender[:8])
+            return
         meta = meta_of(payload)
         pubkey = self._gossiped_user_key(payload, meta, frame)
         if pubkey is None:
@@ -176,14 +194,12 @@ class Presence:
                                frame.sender[:8])
             return
         self._directory.advertise(record)
-        self._relay(link, frame)
         self.push(FrameType.USER_ADVERTISE, now, _advert_payload(record))
 
     def on_user_remove(self, link: Link, frame: Envelope, now: int) -> None:
-        """USER_REMOVE gossip (verified and de-duplicated by the route): relay, forget, tell our users."""
+        """USER_REMOVE gossip (verified and de-duplicated by the route): forget, tell our users; never relayed."""
         if frame.payload["server_id"] != frame.sender:
             raise BadFrame("USER_REMOVE server_id must be its signer", msg_ref=frame.msg_ref)
-        self._relay(link, frame)
         if self._directory.remove(frame.payload["user_id"], frame.sender) is not None:
             self.push(FrameType.USER_REMOVE, now, {"user_id": frame.payload["user_id"], "server_id": frame.sender})
 
@@ -245,12 +261,6 @@ class Presence:
             # A peer without snapshots gets our users one advert at a time (WIRE §4.5).
             self._legacy_peers.add(link.peer)
             self.send_sync(link, now)
-
-    def _relay(self, received_on: Link, frame: Envelope) -> None:
-        text = frame.to_wire()
-        for link in self._links.server_links():
-            if link.link_id != received_on.link_id and link.peer != frame.sender:
-                self._out.send_text(link, text)
 
     def _gossiped_user_key(self, item: Mapping[str, Any], meta: Mapping[str, Any], frame: Envelope) -> str | None:
         """The user key of a gossiped record, or None (logged) when it is weak or malformed.

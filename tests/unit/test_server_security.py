@@ -108,7 +108,7 @@ def test_user_remove_by_another_server_is_refused(net: Net) -> None:
     net.inject("A", "I", removal.to_wire())
     assert codes(intro) == ["BAD_FRAME"]
     assert intro.state.directory.location(bob.user_id) == b.server_id
-    # A's own removal for a user that is not A's is verified, relayed, and changes nothing.
+    # A's own removal for a user that is not A's is verified and changes nothing.
     lawful = env.make(FrameType.USER_REMOVE, a.server_id, "*", net.now + 1,
                       {"user_id": bob.user_id, "server_id": a.server_id}, a.key)
     net.inject("A", "I", lawful.to_wire())
