@@ -117,7 +117,8 @@ def render_compose(project: str, spec: ClusterSpec, *, image: str, bootstrap_fil
                   "port": str(node.port), "volume": node.name}
         service: dict[str, Any] = _fill(copy.deepcopy(loaded["service"]), values)
         service["command"] = node_flags(node, spec.timings, data_dir=DATA_DIR, host="0.0.0.0", port=node.port,
-                                        advertise_host=node.name, bootstrap_file=BOOTSTRAP_PATH)
+                                        advertise_host=node.name, bootstrap_file=BOOTSTRAP_PATH,
+                                        server_id=(server_ids or {}).get(node.name))
         if node.bootstrap:
             service.setdefault("volumes", []).append(f"{bootstrap_file.resolve()}:{BOOTSTRAP_PATH}:ro")
         service["labels"] = node_labels(project, node, (server_ids or {}).get(node.name, ""))

@@ -2,8 +2,11 @@
 
 Lifecycle of a run (compose project ``socp-<8 hex>``, or ``socp`` for ``make up``):
 
-1. one labelled volume per node, and a one-off container per node running ``--show-identity`` in it,
-   which creates the node's key inside its volume and prints its public key;
+1. one labelled volume per node (a few at a time), and a one-off container per *introducer* running
+   ``--show-identity`` in its volume, which creates its key there and prints the public key to pin (the
+   introducers' keys in parallel). A peer's key is made by the peer itself at its first start, in its own
+   container, all peers at once; the testbed gives each peer its server id (``--id``), so it knows every
+   node's id before anything runs;
 2. ``bootstrap.yaml`` pinning every introducer's key, and ``docker-compose.yaml`` from
    ``compose/node.template.yaml`` (:mod:`testbed.compose`), both in the run's ``workdir``;
 3. ``docker compose up -d`` (or ``docker-compose`` v1), the first introducer before the others,
@@ -25,13 +28,33 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from testbed import compose, nodeplan
-from testbed.backend import MESH_HINT, ClusterBackend, ClusterSpec, Health, Prepare, probe_health, wait_mesh_healthy
+from testbed.backend import (
+    MESH_HINT,
+    ClusterBackend,
+    ClusterSpec,
+    Health,
+    Prepare,
+    probe_health,
+    probe_status,
+    wait_mesh_healthy,
+)
 from testbed.waiting import Pending, poll
+
+KEYGEN_CONCURRENCY = max(2, min(4, os.cpu_count() or 2))
+"""One-off key containers at once: RSA-4096 generation is CPU-bound, so about one per core."""
+API_CONCURRENCY = 4
+"""Docker API calls (volume creation) at once."""
+
+HEALTHCHECK_INTERVAL = 30.0
+"""Seconds between two runs of the image's HEALTHCHECK in a container (unless told otherwise). Each run is a
+``docker exec`` of a Python process, about 0.15 CPU seconds: every 5 s in 30 containers that is most of a core.
+The testbed polls ``/healthz`` itself; the HEALTHCHECK is only for ``docker ps`` and ``make ps``."""
 
 IMAGE_ENV = "SOCP_IMAGE"
 """Environment variable naming the node image (default ``socp-node:latest``)."""
@@ -159,7 +182,8 @@ class DockerCluster(ClusterBackend):
     start_timeout = 120.0
 
     def __init__(self, workdir: Path, spec: ClusterSpec | None = None, *, prepare: Prepare | None = None,
-                 project: str | None = None, image: str | None = None, healthcheck_interval: float = 5.0,
+                 project: str | None = None, image: str | None = None,
+                 healthcheck_interval: float = HEALTHCHECK_INTERVAL,
                  progress: Callable[[str], None] | None = None) -> None:
         super().__init__(workdir.absolute(), spec, prepare=prepare)
         self.project = project or compose.new_project_name()
@@ -206,10 +230,15 @@ class DockerCluster(ClusterBackend):
         require_image(client, self.image)
         command = compose.compose_command()
 
-        self.progress(f"creating {len(self.plan)} volumes and node keys")
+        introducers = [node for node in self.plan if node.introducer]
+        self.progress(f"creating {len(self.plan)} volumes and the introducers' keys ({len(introducers)}); "
+                      f"each peer makes its own key at first start")
         step = time.monotonic()
-        identities = await self._create_identities()
-        self.server_ids = {name: identity["server_id"] for name, identity in identities.items()}
+        await self._create_volumes()
+        identities = await self._create_identities(introducers)
+        # A peer's id is the testbed's choice (``--id``): known before the peer has made its key.
+        self.server_ids = {node.name: identities[node.name]["server_id"] if node.introducer
+                           else str(uuid.uuid4()) for node in self.plan}
         self.timings["keys"] = time.monotonic() - step
 
         nodeplan.write_bootstrap(self.bootstrap_file, [(node.name, node.port, identities[node.name]["pubkey"])
@@ -220,7 +249,8 @@ class DockerCluster(ClusterBackend):
         (self.workdir / "cluster.json").write_text(json.dumps(
             {"project": self.project, "image": self.image, "compose": " ".join(command),
              "nodes": [{"name": node.name, "role": node.role, "container": self.container_name(node.name),
-                        "port": node.port, **identities[node.name]} for node in self.plan]}, indent=2) + "\n")
+                        "port": node.port, "server_id": self.server_ids[node.name],
+                        **identities.get(node.name, {})} for node in self.plan]}, indent=2) + "\n")
 
         # The first introducer is the seed: it must be serving before anyone joins, or nodes starting
         # together may join through each other and form islands that never merge.
@@ -230,9 +260,20 @@ class DockerCluster(ClusterBackend):
         step = time.monotonic()
         await asyncio.to_thread(self._compose, "up", "-d", "--no-build", self.container_name(seed))
         self._wanted = {seed}
-        await wait_mesh_healthy({seed: self.server_ids[seed]}, self.health, max(5.0, timeout / 2),
-                                self.diagnose([seed], MESH_HINT))
-        if len(self.plan) > 1:
+        # While the seed boots, compose creates every other container (not started yet) ...
+        others = [name for name in self.node_names if name != seed]
+        created = asyncio.ensure_future(asyncio.to_thread(
+            self._compose, "up", "--no-start", "--no-build", *(self.container_name(name) for name in others))
+            if others else asyncio.sleep(0))
+        try:
+            await wait_mesh_healthy({seed: self.server_ids[seed]}, self.health, max(5.0, timeout / 2),
+                                    self.diagnose([seed], MESH_HINT))
+            self.timings["seed"] = time.monotonic() - step
+        finally:
+            await created
+        self.timings["created"] = time.monotonic() - step
+        # ... and once it serves, they all start together (compose connects their networks as it starts them).
+        if others:
             await asyncio.to_thread(self._compose, "up", "-d", "--no-build")
         self._wanted = set(self.node_names)
         self.timings["compose_up"] = time.monotonic() - step
@@ -278,6 +319,13 @@ class DockerCluster(ClusterBackend):
             if fresh is not None and fresh != port:
                 answer = await probe_health(fresh)
         return answer
+
+    async def status(self, node: str) -> Health:
+        """``GET /status`` of ``node`` through its published port; (0, {}) when it has none (not running)."""
+        port = self._ports.get(node)
+        if port is None:
+            port = await asyncio.to_thread(self._port_or_none, node)
+        return (0, {}) if port is None else await probe_status(port)
 
     async def container_health(self, node: str) -> str:
         """Docker's HEALTHCHECK state of ``node``'s container: ``starting``, ``healthy``, ``unhealthy`` or ``""``."""
@@ -478,14 +526,26 @@ class DockerCluster(ClusterBackend):
         await poll(lambda: asyncio.to_thread(reached), timeout, f"{node} to be {status}",
                    self.diagnose([node]) if status == "running" else None)
 
-    async def _create_identities(self) -> dict[str, dict[str, str]]:
-        """Create each node's labelled volume and key (one-off containers, a few at a time)."""
+    async def _create_volumes(self) -> None:
+        """Create every node's labelled data volume (a few Docker API calls at a time)."""
         client = self._docker()
-        limit = asyncio.Semaphore(2 * (os.cpu_count() or 2))  # container start-up overlaps key generation
+        limit = asyncio.Semaphore(API_CONCURRENCY)
+
+        async def one(node: nodeplan.NodePlan) -> None:
+            async with limit:
+                await asyncio.to_thread(client.volumes.create, name=compose.volume_name(self.project, node.name),
+                                        labels=compose.node_labels(self.project, node))
+
+        await asyncio.gather(*(one(node) for node in self.plan))
+
+    async def _create_identities(self, nodes: Iterable[nodeplan.NodePlan]) -> dict[str, dict[str, str]]:
+        """Create the key of each of ``nodes`` in its volume and read it back (one-off containers,
+        :data:`KEYGEN_CONCURRENCY` at a time): node name → ``{server_id, name, pubkey}``."""
+        client = self._docker()
+        limit = asyncio.Semaphore(KEYGEN_CONCURRENCY)
 
         def create(node: nodeplan.NodePlan) -> dict[str, str]:
             volume = compose.volume_name(self.project, node.name)
-            client.volumes.create(name=volume, labels=compose.node_labels(self.project, node))
             args = nodeplan.identity_flags(node, data_dir=compose.DATA_DIR)
             from docker.errors import ContainerError
             try:
@@ -504,7 +564,7 @@ class DockerCluster(ClusterBackend):
             async with limit:
                 return node.name, await asyncio.to_thread(create, node)
 
-        return dict(await asyncio.gather(*(one(node) for node in self.plan)))
+        return dict(await asyncio.gather(*(one(node) for node in nodes)))
 
     def _compose(self, *args: str) -> None:
         command = [*compose.compose_command(), "--project-name", self.project, "--file", str(self.compose_file),

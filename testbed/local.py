@@ -21,6 +21,7 @@ from testbed.backend import (
     Health,
     Prepare,
     probe_health,
+    probe_status,
     wait_mesh_healthy,
 )
 from testbed.nodeplan import NodePlan, identity_flags, node_flags, write_bootstrap
@@ -28,6 +29,9 @@ from testbed.waiting import Diagnose, Pending, WaitTimeout, poll
 
 _LISTENING = re.compile(r"^\[(?P<id>[0-9a-f-]{36})\] Listening on ws://(?P<host>[^:]+):(?P<port>\d+)$", re.M)
 
+
+START_CONCURRENCY = 4
+"""Peer processes starting at once (a start is CPU-bound: imports, and an RSA-4096 key the first time)."""
 
 LOCAL_HINT = "the node's full log is in the run's directory; a slow machine needs SOCP_TIMEOUT_FACTOR=3"
 
@@ -261,8 +265,18 @@ class LocalCluster(ClusterBackend):
             await introducer.start()
             write_bootstrap(self.bootstrap_file, [("127.0.0.1", node.port, identity["pubkey"]) for node, identity
                                                   in zip(introducers[:count], identities[:count], strict=True)])
-        for node in self.peers:
-            await node.start()
+        # The peers start together, a few at a time (each makes its key at first start unless ``prepare`` gave one).
+        limit = asyncio.Semaphore(START_CONCURRENCY)
+
+        async def start_peer(node: LocalNode) -> None:
+            async with limit:
+                await node.start()
+
+        # Every start ends (each is bounded) before a failure is raised, so none starts behind stop()'s back.
+        failures = [r for r in await asyncio.gather(*(start_peer(node) for node in self.peers), return_exceptions=True)
+                    if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]
         await self.wait_healthy(self.start_timeout if timeout is None else timeout)
 
     async def wait_healthy(self, timeout: float = 30.0) -> float:
@@ -275,6 +289,11 @@ class LocalCluster(ClusterBackend):
     async def health(self, node: str) -> Health:
         """GET /healthz of ``node``."""
         return await self.node(node).health()
+
+    async def status(self, node: str) -> Health:
+        """GET /status of ``node`` (load figures); (0, {}) when it is not running."""
+        local = self.node(node)
+        return await probe_status(local.port) if local.running and not local.paused else (0, {})
 
     async def kill(self, node: str) -> None:
         """SIGKILL ``node``."""

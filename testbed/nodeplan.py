@@ -80,11 +80,15 @@ def timing_flags(timings: Timings) -> list[str]:
 
 
 def node_flags(node: NodePlan, timings: Timings, *, data_dir: str, host: str, port: int,
-               advertise_host: str | None = None, bootstrap_file: str | None = None,
+               advertise_host: str | None = None, bootstrap_file: str | None = None, server_id: str | None = None,
                extra: Sequence[str] = ()) -> list[str]:
     """``node``'s ``socp-node`` arguments: bind ``host:port``, keep data in ``data_dir``, join through
-    ``bootstrap_file`` (when the plan says it joins), run with ``timings``; ``extra`` goes before the role flags."""
+    ``bootstrap_file`` (when the plan says it joins), run with ``timings`` and, when given, the server id
+    ``server_id`` (``--id``: the node keeps it, and creates its key at first start if it has none); ``extra``
+    goes before the role flags."""
     flags = ["--name", node.name, "--data-dir", data_dir, "--host", host, "--port", str(port)]
+    if server_id is not None:
+        flags += ["--id", server_id]
     if advertise_host is not None:
         flags += ["--advertise-host", advertise_host]
     flags += [*timing_flags(timings), *extra]

@@ -31,6 +31,7 @@ from socp.errors import ProtocolError
 from socp.user import ClientEvent, DirectMessage, PublicMessage
 from testbed import checks
 from testbed.backend import BackendUnsupported, ClusterBackend, ClusterSpec, create_backend
+from testbed.load import LoadTracker
 from testbed.scenario import (
     Broadcast,
     Connect,
@@ -68,6 +69,8 @@ class StepResult:
     seconds: float
     detail: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+    load: dict[str, Any] | None = None
+    """The federation's load after the step (:meth:`testbed.load.LoadTracker.snapshot`), once it is up."""
 
 
 @dataclass(slots=True)
@@ -84,6 +87,10 @@ class RunReport:
     passed: bool = False
     duration_s: float = 0.0
     steps: list[StepResult] = field(default_factory=list)
+    load: dict[str, Any] = field(default_factory=dict)
+    """Per node and in total: CPU, memory, event-loop lag, link deaths (:meth:`LoadTracker.to_json`)."""
+    load_summary: str = ""
+    """The one line of :meth:`LoadTracker.summary` printed after the steps."""
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON-ready data, with the headline figures gathered up front."""
@@ -197,6 +204,8 @@ class ScenarioRunner:
         self._started = False
         self._count = sum(_count(step) for step in scenario.steps)
         self._done = 0
+        self.load = LoadTracker(backend.node_names, backend.status)
+        """Every node's load, sampled from ``/status`` after each step and before the teardown."""
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -236,6 +245,9 @@ class ScenarioRunner:
                         return False
                 continue
             result = await self._run_step(index, step)
+            if self._started:
+                await self.load.sample()
+                result.load = self.load.snapshot()
             report.steps.append(result)
             self._done += 1
             status = "ok  " if result.ok else "FAIL"
@@ -491,6 +503,8 @@ class ScenarioRunner:
         action, node = step.action, step.node
         if node not in self.backend.node_names:
             raise StepFailed(f"no node {node!r}; nodes are {', '.join(self.backend.node_names)}")
+        if action in ("kill", "stop", "restart"):
+            self.load.went_down(node)
         await NODE_ACTIONS[action](self.backend, node)
         if action in ("kill", "stop", "restart"):
             # Users attached to a node that went down lost their connection.
@@ -550,8 +564,13 @@ class ScenarioRunner:
             await _cancel(self._traffic.task)
         for user in self.users.values():
             await self._close(user)
+        await self.load.sample()  # what the nodes that still run say last; the others keep their last answer
         with contextlib.suppress(Exception):
             self.backend.collect_logs(self.results_dir / "logs")
+        self.load.read_logs(self.results_dir / "logs")
+        report.load = self.load.to_json()
+        report.load_summary = self.load.summary()
+        self.progress(report.load_summary)
         await self.backend.stop()
 
 

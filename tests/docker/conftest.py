@@ -42,7 +42,7 @@ def docker_ready() -> None:
 async def docker_cluster(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DockerCluster]:
     """An introducer and three peers in containers, healthy and fully meshed, with fast timers."""
     cluster = DockerCluster(tmp_path_factory.mktemp("docker-cluster"), ClusterSpec(peers=3, timings=FAST_TIMINGS),
-                            healthcheck_interval=1.0)
+                            healthcheck_interval=2.0)
     try:
         await cluster.start(timeout=scaled(120))
         yield cluster

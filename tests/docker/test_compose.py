@@ -51,7 +51,10 @@ def test_every_node_is_a_service_with_its_flags_port_volume_and_labels(tmp_path:
                 flag(command, "--presence-sync-interval"), flag(command, "--replay-window")) == ("0.5", "2", "2", "600")
         assert command == nodeplan.node_flags(node, FAST_TIMINGS, data_dir="/var/lib/socp/node", host="0.0.0.0",
                                               port=node.port, advertise_host=node.name,
-                                              bootstrap_file="/etc/socp/bootstrap.yaml")
+                                              bootstrap_file="/etc/socp/bootstrap.yaml",
+                                              server_id="11111111-1111-4111-8111-111111111111"
+                                              if node.name == "peer1" else None)
+        assert flag(command, "--id") == ("11111111-1111-4111-8111-111111111111" if node.name == "peer1" else None)
         assert ("--introducer" in command) == node.introducer
         assert flag(command, "--bootstrap") == ("/etc/socp/bootstrap.yaml" if node.bootstrap else None)
         mounts = service["volumes"]
