@@ -2,19 +2,28 @@
 
 It does nothing clever: every received message, connection change and timer goes into the state
 machine, and every action it queues is carried out in order (see :mod:`socp.server`).
+
+The state machine lives on its own thread (:class:`node.core.CoreThread`): the event loop only does I/O, timers
+and HTTP, so RSA signing never delays a read, a heartbeat or ``/healthz``. Every call into the core goes through
+that one thread in the order the loop submits it (a frame is submitted as soon as it is read, so frames of all
+connections reach the core in arrival order; a connection with :data:`INFLIGHT_FRAMES` frames queued is not
+read further), and the actions and events each call produced are applied here, on the loop, in the same order.
+Database records are written on the loop as the events are applied. ``/status`` is the core's latest status snapshot
+plus the runtime's own load figures: ``loop_lag_ms`` and ``process`` (:mod:`node.metrics`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import http
 import json
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.connection import Connection
@@ -24,6 +33,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.http11 import Request, Response
 
 from node.config import NodeConfig
+from node.core import CoreOutput, CoreThread, now_ms
+from node.metrics import LoopLagMonitor, process_load
 from node.storage import Database, NodeIdentity, save_identity
 from socp.actions import (
     CloseLink,
@@ -49,12 +60,10 @@ logger = logging.getLogger("socp.node")
 DIAL_TIMEOUT_S = 5.0
 OUTBOX_BYTES = 32 * 1024 * 1024  # bytes queued for one peer before it is cut off as too slow
 SEND_TIMEOUT_S = 30.0  # a peer that takes longer to accept one frame is cut off
+INFLIGHT_FRAMES = 32  # frames of one connection queued at the core before the connection is read no further
 _CLOSE = object()
 
-
-def now_ms() -> int:
-    """Wall-clock time in integer milliseconds (SOCP ``ts`` unit)."""
-    return time.time_ns() // 1_000_000
+__all__ = ["NodeRuntime", "now_ms"]
 
 
 @dataclass(slots=True)
@@ -74,50 +83,72 @@ class NodeRuntime:
         self.identity = identity
         self.database = database
         self._on_listening = on_listening
-        self.state: ServerState | None = None
         self._links: dict[LinkId, _LinkIO] = {}
         self._wakeup = asyncio.Event()
+        self._deadline = 0  # the core's next_deadline(), as of the last output applied
+        self._server_id = identity.server_id  # likewise
         self._tasks: asyncio.TaskGroup | None = None
         self._log = logging.LoggerAdapter(logger, {"node": identity.server_id[:8]})
+        self._core = CoreThread(self._apply, self._log)
+        self._lag = LoopLagMonitor()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then close every connection."""
         max_size = self.config.max_frame_bytes * 2  # larger frames get our TOO_LARGE before websockets' 1009
+        try:
+            await self._serve(stop, max_size)
+        finally:
+            # Connection handlers have ended (the server waits for them); their last calls are queued.
+            await self._core.close()
+        self._log.info("stopped")
+
+    async def _serve(self, stop: asyncio.Event, max_size: int) -> None:
         async with serve(self._serve_connection, self.config.host, self.config.port, max_size=max_size,
                          process_request=self._process_request, logger=logging.getLogger("socp.node.ws"),
                          ) as server:
             port = self._bound_port(server)
-            self.state = ServerState(self._settings(port), self.identity.key, now=now_ms(), rng=random.Random(),
-                                     registrations=self.database.registrations(self.identity.server_id),
-                                     pinned_servers=self.database.pinned_servers(),
-                                     public_version=self.database.public_version(),
-                                     public_wraps=self.database.public_wraps())
-            self.state.start(now_ms())
-            self._log.info("%s %s listening on ws://%s:%d", "introducer" if self.config.introducer else "server",
-                           self.config.name, self.config.host, port)
-            if self._on_listening:
-                self._on_listening(self.config.host, port)
-            async with asyncio.TaskGroup() as tasks:
-                self._tasks = tasks
-                timer = tasks.create_task(self._timer_loop())
-                self._flush()
-                await stop.wait()
-                timer.cancel()
-                server.close(close_connections=True)
-                for link_id, link in list(self._links.items()):
-                    if link.connection is not None:
-                        tasks.create_task(self._close_connection(link_id, link.connection, 1001, "server shutdown"))
-        self._log.info("stopped")
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    self._tasks = tasks
+                    lag = tasks.create_task(self._lag.run())
+                    await self._core.start(self._make_state(port))
+                    self._log.info("%s %s listening on ws://%s:%d",
+                                   "introducer" if self.config.introducer else "server",
+                                   self.config.name, self.config.host, port)
+                    if self._on_listening:
+                        self._on_listening(self.config.host, port)
+                    timer = tasks.create_task(self._timer_loop())
+                    await stop.wait()
+                    timer.cancel()
+                    lag.cancel()
+                    server.close(close_connections=True)
+                    for link_id, link in list(self._links.items()):
+                        if link.connection is not None:
+                            tasks.create_task(self._close_connection(link_id, link.connection, 1001,
+                                                                     "server shutdown"))
+            finally:
+                self._tasks = None
+
+    def _make_state(self, port: int) -> Callable[[int], ServerState]:
+        """Read what the state starts from (on the loop: the database is the loop's); build it on the core thread."""
+        settings = self._settings(port)
+        database = self.database
+        registrations = database.registrations(self.identity.server_id)
+        pinned, version, wraps = database.pinned_servers(), database.public_version(), database.public_wraps()
+        key = self.identity.key
+        return lambda now: ServerState(settings, key, now=now, rng=random.Random(), registrations=registrations,
+                                       pinned_servers=pinned, public_version=version, public_wraps=wraps)
 
     # --- connections -----------------------------------------------------------------------------
 
     async def _serve_connection(self, connection: ServerConnection) -> None:
-        state = self._state()
-        link_id = state.accept_link(now_ms())
+        def register(link_id: LinkId) -> None:
+            self._links.setdefault(link_id, _LinkIO()).connection = connection
+
+        link_id = await self._core.call(lambda state, now: state.accept_link(now), before_apply=register)
         await self._pump(link_id, connection)
 
     async def _dial(self, link_id: LinkId, host: str, port: int) -> None:
-        state = self._state()
         uri = f"ws://{host}:{port}"
         try:
             async with asyncio.timeout(DIAL_TIMEOUT_S):
@@ -128,41 +159,57 @@ class NodeRuntime:
                 self._log.warning("unexpected error dialing %s: %r", uri, exc)
             self._log.info("cannot reach %s: %s", uri, exc or type(exc).__name__)
             self._links.pop(link_id, None)
-            state.dial_failed(link_id, now_ms())
-            self._flush()
+            self._core.post(lambda state, now: state.dial_failed(link_id, now))
             return
-        self._links.setdefault(link_id, _LinkIO())
-        self._links[link_id].connection = connection
-        state.dial_succeeded(link_id, now_ms())
+        self._links.setdefault(link_id, _LinkIO()).connection = connection
+        self._core.post(lambda state, now: state.dial_succeeded(link_id, now))
         await self._pump(link_id, connection)
 
     async def _pump(self, link_id: LinkId, connection: Connection) -> None:
-        """Feed every message of ``connection`` to the state machine until it closes."""
-        state = self._state()
+        """Feed every message of ``connection`` to the state machine until it closes.
+
+        A message goes to the core as soon as it is read, so frames of every connection reach the core in the
+        order they arrived here. At most :data:`INFLIGHT_FRAMES` of one connection wait at the core; beyond that
+        the connection is not read, so a flood waits in the socket (TCP backpressure), not in memory.
+        """
         link = self._links.setdefault(link_id, _LinkIO())
         link.connection = connection
-        self._flush()
+        failed: list[BaseException] = []
+        inflight: collections.deque[asyncio.Future[None]] = collections.deque()
+
+        def check(future: asyncio.Future[None]) -> None:
+            if future.cancelled() or (error := future.exception()) is None or failed:
+                return
+            # A bug reached by one peer's input costs that peer its session, never the node.
+            failed.append(error)
+            self._log.error("internal error handling a frame on link %d; closing it", link_id, exc_info=error)
+            if self._tasks is not None:
+                self._tasks.create_task(self._close_connection(link_id, connection, 1011, "internal error"))
+
         reason = "connection closed"
         try:
             async for message in connection:
-                try:
-                    state.receive_text(link_id, message, now_ms())
-                except Exception:
-                    # A bug reached by one peer's input costs that peer its session, never the node.
-                    self._log.exception("internal error handling a frame on link %d; closing it", link_id)
-                    reason = "internal error"
-                    await self._close_connection(link_id, connection, 1011, reason)
+                future = self._core.submit(self._receive(link_id, message))
+                future.add_done_callback(check)
+                inflight.append(future)
+                while inflight and inflight[0].done():
+                    inflight.popleft()
+                if len(inflight) >= INFLIGHT_FRAMES:
+                    await asyncio.wait([inflight.popleft()])
+                if failed:
                     break
-                finally:
-                    self._flush()
         except ConnectionClosed as exc:
             reason = f"connection closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
         finally:
+            reason = "internal error" if failed else reason
             self._links.pop(link_id, None)
             if link.writer is not None:
                 link.writer.cancel()
-            state.link_closed(link_id, now_ms(), reason)
-            self._flush()
+            self._core.post(lambda state, now: state.link_closed(link_id, now, reason))
+
+    @staticmethod
+    def _receive(link_id: LinkId, message: str | bytes) -> Callable[[ServerState, int], None]:
+        return lambda state, now: state.receive_text(link_id, message, now)
 
     async def _write(self, link_id: LinkId, link: _LinkIO) -> None:
         """Send queued frames of one link in order; a close request ends it."""
@@ -194,10 +241,11 @@ class NodeRuntime:
 
     # --- the state machine's outputs -------------------------------------------------------------
 
-    def _flush(self) -> None:
-        state = self._state()
+    def _apply(self, output: CoreOutput) -> None:
+        """Carry out one core call's output, on the loop, in call order (see :mod:`node.core`)."""
+        self._deadline, self._server_id = output.deadline, output.server_id
         tasks = self._tasks
-        for action in state.data_to_send():
+        for action in output.actions:
             if isinstance(action, Send | CloseLink):
                 link = self._links.get(action.link_id)
                 if link is None or link.connection is None:
@@ -216,7 +264,7 @@ class NodeRuntime:
             elif isinstance(action, Dial) and tasks is not None:
                 self._links[action.link_id] = _LinkIO()
                 tasks.create_task(self._dial(action.link_id, action.host, action.port))
-        for event in state.events_received():
+        for event in output.events:
             try:
                 self._record(event)
             except Exception:
@@ -227,7 +275,7 @@ class NodeRuntime:
     def _record(self, event: object) -> None:
         now = now_ms()
         if isinstance(event, UserRegistered):
-            self.database.register_user(event.user_id, event.pubkey, event.meta, now, self._state().server_id)
+            self.database.register_user(event.user_id, event.pubkey, event.meta, now, self._server_id)
         elif isinstance(event, RegistrationStored):
             self.database.store_registration(event.registration)
         elif isinstance(event, PublicChannelVersion):
@@ -248,41 +296,43 @@ class NodeRuntime:
             self._log.debug("event %s", event)
 
     async def _timer_loop(self) -> None:
-        state = self._state()
         while True:
             self._wakeup.clear()
-            delay = max(0.0, (state.next_deadline() - now_ms()) / 1000)
+            delay = max(0.0, (self._deadline - now_ms()) / 1000)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wakeup.wait()
-            if now_ms() >= state.next_deadline():
+            if now_ms() >= self._deadline:
                 try:
-                    state.handle_timer(now_ms())
+                    await self._core.call(lambda state, now: state.handle_timer(now))
                 except Exception:
                     # A bug in a timer must not stop every future timer (heartbeats, reconnects).
                     self._log.exception("internal error in timers")
-                self._flush()
 
     # --- HTTP --------------------------------------------------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """``/healthz`` and ``/status``, from the core's latest snapshot: they never wait for the core."""
         path = request.path.split("?", 1)[0]
         if path not in ("/healthz", "/status"):
             return None
-        state = self.state
-        healthy = state is not None and state.healthy
-        body = json.dumps(state.status() if state else {"healthy": False}) + "\n"
+        snapshot = self._core.status
+        healthy = bool(snapshot and snapshot.get("healthy"))
+        body = json.dumps(self.status()) + "\n"
         status = http.HTTPStatus.OK if healthy or path == "/status" else http.HTTPStatus.SERVICE_UNAVAILABLE
         response = connection.respond(status, body)
         response.headers = Headers({"Content-Type": "application/json", "Content-Length": str(len(response.body))})
         return response
 
-    # --- helpers -------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """The ``/status`` body: the core's latest ``status()`` snapshot, plus ``loop_lag_ms`` and ``process``."""
+        snapshot = self._core.status
+        body: dict[str, Any] = dict(snapshot) if snapshot is not None else {"healthy": False}
+        body["loop_lag_ms"] = self._lag.summary()
+        body["process"] = process_load()
+        return body
 
-    def _state(self) -> ServerState:
-        if self.state is None:
-            raise RuntimeError("node state used before the socket was bound")
-        return self.state
+    # --- helpers -------------------------------------------------------------------------------------
 
     def _bound_port(self, server: Server) -> int:
         for sock in server.sockets:
