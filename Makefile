@@ -64,6 +64,11 @@ bench: venv ## Benchmarks: protocol core and end-to-end operations -> results/be
 	$(VENV_PY) -m bench.bench_core
 	$(VENV_PY) -m bench.bench_ops
 
+.PHONY: simulate
+SIM_ARGS ?= --sizes 100,300
+simulate: venv ## In-memory simulation of big federations (fake clock, fake crypto) -> results/simulate.json (SIM_ARGS=...)
+	$(VENV_PY) -m bench.simulate $(SIM_ARGS)
+
 image: ## Build the node image socp-node:latest (no registry needed: see compose/build-image.sh)
 	SOCP_IMAGE=$(SOCP_IMAGE) PYTHON=$(PYTHON) compose/build-image.sh
 
