@@ -69,6 +69,12 @@ SIM_ARGS ?= --sizes 100,300
 simulate: venv ## In-memory simulation of big federations (fake clock, fake crypto) -> results/simulate.json (SIM_ARGS=...)
 	$(VENV_PY) -m bench.simulate $(SIM_ARGS)
 
+.PHONY: bench-scale
+SCALE_ARGS ?=
+bench-scale: venv image ## Presence convergence and load at 3..30 Docker and 3..50 local peers -> results/bench-scale.{json,md,png} (SCALE_ARGS=...)
+	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -e '.[dev,bench]'
+	SOCP_IMAGE=$(SOCP_IMAGE) $(VENV_PY) -m bench.bench_scale $(SCALE_ARGS)
+
 image: ## Build the node image socp-node:latest (no registry needed: see compose/build-image.sh)
 	SOCP_IMAGE=$(SOCP_IMAGE) PYTHON=$(PYTHON) compose/build-image.sh
 
