@@ -6,6 +6,7 @@ Layout (each component owns its state and handles its own frames, ``handler(link
 - :mod:`~socp.server.routes` — THE route table: handler, link roles, verification and replay rule per frame;
 - :mod:`~socp.server.hooks` — link up / down, user joined / left, peer lacks a frame type, sweep;
 - :mod:`~socp.server.links` — the link table, link roles, liveness, per-link rate limit;
+- :mod:`~socp.server.liveness` — the failure detector: our own stalls, suspicion before death, counters;
 - :mod:`~socp.server.outbox` — making, signing (signature cache) and sending frames, faults, events;
 - :mod:`~socp.server.peers` — known servers: key pins, server-frame verification, reconnection backoff;
 - :mod:`~socp.server.mesh` — join / welcome, announces, direct links, heartbeats;

@@ -6,8 +6,15 @@ joiner one SERVER_ANNOUNCE, which the introducer relays to its other links (n - 
 each at the receivers); the joiner then dials the others and opens each link with its own SERVER_ANNOUNCE
 (signed once, checked once per receiver). So a join is O(n) frames and signature checks for the joiner and
 the introducer, O(1) for every other server; each new link then carries the ``link_up`` snapshots (see
-presence, public, registry). HEARTBEAT is one frame per link per interval, signed once per round (the empty
-payload's signature is cached): O(n) frames and O(n) signature checks per server per interval.
+presence, public, registry). The join wait is at least 10 s (``ServerSettings.join_wait_ms``): thirty joiners
+at once make an introducer slow, and one that gives up early only adds to the queue; a join that timed out
+retries after a jittered backoff, so that joiners do not come back in step.
+
+Heartbeats (WIRE §4.7 as amended): one HEARTBEAT frame per interval, ``to: "*"``, made and signed **once** and
+sent on every server link that carried nothing else since the previous round (:meth:`Mesh.heartbeat`): at most
+one signature per server per interval whatever n (n per interval for the mesh, where one frame per link meant
+n(n - 1) once signatures cover the envelope), at most n - 1 frames and, at each receiver, one signature check
+per linked server per interval. Liveness itself is :mod:`socp.server.liveness`.
 """
 
 from __future__ import annotations

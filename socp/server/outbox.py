@@ -1,9 +1,12 @@
 """The one place a server makes, signs and sends frames, closes links and reports faults and events.
 
 Cost: a frame costs one RSA-4096 signature per *distinct* payload (the transport signature covers the payload
-only, WIRE §2), so the same advert pushed to every local user or the empty HEARTBEAT payload sent on n server
-links is signed once while the payload stays in the cache of :data:`SIGNATURE_CACHE_SIZE` entries. ERROR
-frames (:meth:`Outbox.fault`) are signed one by one; they are rare.
+only, WIRE §2), so the same advert pushed to every local user or the empty HEARTBEAT payload is signed once
+while the payload stays in the cache of :data:`SIGNATURE_CACHE_SIZE` entries. Fan-outs to servers (adverts,
+heartbeats, public-channel adds) make **one frame** and send its text on every link (:meth:`Outbox.send_text`),
+so they stay one signature each once the signature covers the whole envelope. ERROR frames
+(:meth:`Outbox.fault`) are signed one by one; they are rare. Every send on a link marks it ``carried``, which
+spares it the next HEARTBEAT (see :mod:`socp.server.mesh`).
 """
 
 from __future__ import annotations
