@@ -27,7 +27,7 @@ from typing import Any
 Status = Callable[[str], Awaitable[tuple[int, dict[str, Any]]]]
 """``GET /status`` of a node: (HTTP status, JSON body); (0, {}) when unreachable."""
 
-LINK_DEATH = re.compile(r"server (?P<peer>[0-9a-fA-F-]+) silent for (?P<ms>\d+) ms: link declared dead")
+LINK_DEATH = re.compile(r"server (?P<peer>[0-9a-fA-F-]+) silent for (?P<ms>\d+) ms\b[^\n]*?: link declared dead")
 """A node's log line when it declares a server link dead (``socp/server/links.py``)."""
 
 COUNTERS = ("link_deaths", "stalls", "heartbeat_signatures")

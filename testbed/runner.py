@@ -52,6 +52,12 @@ from testbed.scenario import (
 from testbed.waiting import WaitFailed
 
 DEFAULT_WITHIN = 30.0
+CONNECT_CONCURRENCY = 8
+"""Users connecting at once (each connection signs its hello on the runner's event loop)."""
+CONVERGED_POLL_PER_CLIENT = 0.02
+"""Seconds between two convergence checks per online client (0.48 s for 24 users) ..."""
+CONVERGED_POLL_MAX = 1.0
+"""... and at most this."""
 MAILBOX_LIMIT = 200_000
 
 
@@ -297,7 +303,7 @@ class ScenarioRunner:
             for i in range(count):
                 wanted.append((f"user{self._next_user}", nodes[i % len(nodes)]))
                 self._next_user += 1
-        await asyncio.gather(*(self._connect(name, node) for name, node in wanted))
+        await self._connect_all(wanted)
         return f"{len(wanted)} users connected", {"users": {name: node for name, node in wanted}}
 
     async def _step_disconnect(self, step: Disconnect) -> Outcome:
@@ -318,7 +324,7 @@ class ScenarioRunner:
             users = [self._user(step.user)]
         else:
             users = [u for u in self.users.values() if not u.online and step.node in (None, u.node)]
-        await asyncio.gather(*(self._connect(u.name, step.to or u.node) for u in users))
+        await self._connect_all([(u.name, step.to or u.node) for u in users])
         return f"reconnected {len(users)} users", {"users": [u.name for u in users]}
 
     async def _step_send(self, step: Send) -> Outcome:
@@ -384,8 +390,11 @@ class ScenarioRunner:
 
     async def _expect_converged(self, step: Expect, within: float) -> Outcome:
         online, clients = self._online_clients()
+        # Each check is a signed LIST_REQUEST per client and a LIST_RESPONSE from its node: with many users,
+        # check less often, so that the check does not load the federation it waits for.
+        interval = min(CONVERGED_POLL_MAX, max(0.1, CONVERGED_POLL_PER_CLIENT * len(clients)))
         return _judged(await checks.converged(clients, {u.identity.user_id for u in online}, timeout=within,
-                                              diagnose=self.backend.diagnose()))
+                                              interval=interval, diagnose=self.backend.diagnose()))
 
     async def _expect_delivered(self, step: Expect, within: float) -> Outcome:
         online, clients = self._online_clients()
@@ -515,6 +524,23 @@ class ScenarioRunner:
 
     # --- users -----------------------------------------------------------------------------------
 
+    async def _connect_all(self, wanted: list[tuple[str, str]]) -> None:
+        """Connect every ``(user, node)``: identities first (key loading or generation, off the event loop),
+        then :data:`CONNECT_CONCURRENCY` connections at a time, so that each connection's timeout measures
+        its node rather than the runner's own crypto for the others."""
+        new = [name for name, _ in wanted if name not in self.users]
+        identities = await asyncio.gather(*(self._identity(name) for name in new))
+        nodes = dict(wanted)
+        for name, identity in zip(new, identities, strict=True):
+            self.users[name] = User(name, identity, nodes[name])
+        limit = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+        async def one(name: str, node: str) -> None:
+            async with limit:
+                await self._connect(name, node)
+
+        await asyncio.gather(*(one(name, node) for name, node in wanted))
+
     async def _connect(self, name: str, node: str) -> None:
         user = self.users.get(name)
         if user is None:
@@ -529,12 +555,15 @@ class ScenarioRunner:
         user.pump = self._spawn(user.mailbox.pump(user.client))
 
     async def _identity(self, name: str) -> Identity:
+        # The id and the key's index are drawn before anything is awaited: the same seed, the same users.
+        user_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
         if self.key_source is not None:
-            key = self.key_source(self._keys_used)
+            index = self._keys_used
             self._keys_used += 1
+            key = await asyncio.to_thread(self.key_source, index)  # loading an RSA key checks it: slow
         else:
             key = await asyncio.to_thread(crypto.generate_private_key)
-        return Identity(str(uuid.UUID(int=self.rng.getrandbits(128), version=4)), name, key)
+        return Identity(user_id, name, key)
 
     async def _close(self, user: User) -> None:
         if user.client is not None:

@@ -69,7 +69,9 @@ def test_a_restarted_node_adds_its_incarnations_and_keeps_its_worst() -> None:
 def test_the_log_counts_link_deaths_by_the_node_they_name(tmp_path: Path) -> None:
     line = "2026-01-01 00:00:00,000 WARNING socp.server [{me}] server {peer} silent for {ms} ms: link declared dead\n"
     text = (line.format(me="aaaaaaaa", peer="bbbbbbbb", ms=2100) + "noise\n"
-            + line.format(me="aaaaaaaa", peer="bbbbbbbb", ms=2300) + line.format(me="aaaaaaaa", peer="cccccccc", ms=9))
+            + line.format(me="aaaaaaaa", peer="bbbbbbbb", ms=2300)
+            + line.format(me="aaaaaaaa", peer="cccccccc", ms=9).replace(" ms:", " ms while we were awake:")
+            + "... server dddddddd silent for 2100 ms: suspected (dead if still silent in 500 ms)\n")
     assert link_deaths_in_log(text) == {"bbbbbbbb": 2, "cccccccc": 1}
     (tmp_path / "peer1.log").write_text(text)
 
