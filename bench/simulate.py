@@ -13,8 +13,9 @@ The network and the clock
     A discrete-event loop over one heap of events, times in integer microseconds; the core sees integer
     milliseconds. Each connection has a base latency (``--latency-ms`` times uniform 0.5..1.5) plus per-frame jitter
     (uniform 0..``--jitter-ms``), delivered in order per direction (TCP), and frames between servers are lost
-    with probability ``--loss`` (the link stays up). A Dial takes one latency to reach the target and one to
-    come back; a close arrives after what was sent before it.
+    with probability ``--loss`` (the link stays up; a link's first frame each way is spared, since a lost opener
+    only makes the peer refuse the link, which real TCP never causes). A Dial takes one latency to reach the
+    target and one to come back; a close arrives after what was sent before it.
 
 The CPU model (what makes collapse visible)
     Each server has one core and one FIFO of work: frames received, timer runs, accepts, dial results and
@@ -511,7 +512,7 @@ class Simulation:
                     tally.user_frames[ftype] += 1
                     continue
                 tally.server_frames[ftype] += 1
-                if loss and self.rng.random() < loss:
+                if loss and end.last_arrival and self.rng.random() < loss:   # a link's first frame is never lost
                     tally.lost += 1
                     continue
                 arrival = max(depart + self._one_way(end), end.last_arrival)
