@@ -735,7 +735,7 @@ def _run(config: SimConfig, log: Callable[[str], None], wall0: float) -> dict[st
         rem_delta = _sum_deltas(rem_totals)
         log(f"  n={n}: probes done ({time.perf_counter() - wall0:.1f} s wall)")
         # 5. a peer with users crashes: how long until its users are gone everywhere
-        victim = peers[-1]
+        victim = max(reversed(peers), key=lambda node: len(node.state.local_users))   # a peer with users
         victim_users = set(victim.state.local_users)
         sim.crash(victim)
         crash_watch = sim.watch("crash removal",
