@@ -5,12 +5,16 @@ burst of signatures starves I/O, timers and ``/healthz``; peers then take a busy
 ``cryptography`` library releases the GIL while it signs, so with the core on its own thread the loop keeps
 reading, writing and answering HTTP, and a node uses two cores.
 
-Why exactly one: ``ServerState`` is a plain, single-threaded object. One worker (a ``ThreadPoolExecutor`` with
-``max_workers=1``) needs no locks and keeps the order of everything:
+Why exactly one: ``ServerState`` is a plain, single-threaded object. One worker thread needs no locks around
+the state and keeps the order of everything:
 
-- **calls run in submission order** (the executor's queue is FIFO), so frames of one link, and all calls
-  globally, reach the core in the order the loop submitted them; ``now`` is read on the core thread when the
-  call runs, so the core's clock never goes backwards;
+- **calls run in submission order** (a FIFO queue), so frames of one link, and all calls globally, reach the
+  core in the order the loop submitted them; ``now`` is read on the core thread when the call runs, so the
+  core's clock never goes backwards. The one exception is the timer (:meth:`CoreThread.run_timer`), which
+  runs next, ahead of queued frames: heartbeats must leave on time even when a burst of frames (each costing
+  a signature) has piled up, or an idle peer takes this busy node for a dead one. The timer tells the core
+  how far its input has been processed (``processed_until``: when the oldest frame still queued arrived), so
+  that the failure detector never holds against a peer the silence of frames still waiting in our queue;
 - **outputs are applied in the same order**: each call drains ``data_to_send()`` and ``events_received()``
   and reads ``next_deadline()`` right after it, on the core thread, and hands that :class:`CoreOutput` to the
   loop with ``call_soon_threadsafe`` (FIFO too). The runtime's ``apply`` carries it out there (sends, closes,
@@ -26,11 +30,12 @@ the callers: the runtime lets each connection queue only a few frames before it 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import copy
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -64,6 +69,18 @@ class CoreOutput:
     """The server's id after the call (an introducer may have just assigned it)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One queued call."""
+
+    call: CoreCall[Any]
+    future: asyncio.Future[Any] | None
+    before_apply: Callable[[Any], object] | None
+    number: int
+    submitted_at: int
+    """Wall-clock ms when the loop queued it (for frames: about when they arrived)."""
+
+
 class CoreThread:
     """Runs calls into one ``ServerState`` on one dedicated thread; outputs are applied on the loop in order.
 
@@ -73,7 +90,11 @@ class CoreThread:
     def __init__(self, apply: Callable[[CoreOutput], None], log: logging.LoggerAdapter[logging.Logger]) -> None:
         self._apply = apply
         self._log = log
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="socp-core")
+        self._queue: deque[_Item] = deque()  # FIFO of calls, guarded by _ready
+        self._urgent: deque[_Item] = deque()  # timer runs, served before _queue
+        self._ready = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._serve, name="socp-core", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state: ServerState | None = None  # touched on the core thread only
         self._submitted = 0  # written on the loop only
@@ -85,6 +106,7 @@ class CoreThread:
     async def start(self, make_state: Callable[[int], ServerState]) -> None:
         """Build the state on the core thread (``make_state(now)``), then start it."""
         self._loop = asyncio.get_running_loop()
+        self._thread.start()
 
         def create(_: object, now: int) -> None:
             self._state = make_state(now)
@@ -111,9 +133,23 @@ class CoreThread:
         """Queue ``call`` without waiting for it (its errors are logged); its output is applied in order."""
         self._submit(call, None, None)
 
+    def run_timer(self) -> asyncio.Future[None]:
+        """Queue ``handle_timer`` ahead of every queued frame; resolves once its output has been applied."""
+        future: asyncio.Future[None] = self._running_loop().create_future()
+
+        def timer(state: ServerState, now: int) -> None:
+            state.handle_timer(now, processed_until=self._oldest_waiting())
+
+        self._submit(timer, future, None, urgent=True)
+        return future
+
     async def close(self) -> None:
         """Stop the core thread (after the calls queued so far; none may be submitted afterwards)."""
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        with self._ready:
+            self._closing = True
+            self._ready.notify()
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join)
 
     # --- internals -----------------------------------------------------------------------------------
 
@@ -123,10 +159,34 @@ class CoreThread:
         return self._loop
 
     def _submit(self, call: CoreCall[Any], future: asyncio.Future[Any] | None,
-                before_apply: Callable[[Any], object] | None) -> None:
+                before_apply: Callable[[Any], object] | None, *, urgent: bool = False) -> None:
         self._running_loop()
         self._submitted += 1
-        self._executor.submit(self._run, call, future, before_apply, self._submitted)
+        item = _Item(call, future, before_apply, self._submitted, now_ms())
+        with self._ready:
+            if self._closing:
+                raise RuntimeError("core thread is closing")
+            (self._urgent if urgent else self._queue).append(item)
+            self._ready.notify()
+
+    def _oldest_waiting(self) -> int | None:
+        """On the core thread: when the oldest call still queued was submitted (None: nothing waits)."""
+        with self._ready:
+            return self._queue[0].submitted_at if self._queue else None
+
+    def _serve(self) -> None:
+        """The core thread: run queued calls, timers first, until closed and drained."""
+        while True:
+            with self._ready:
+                while not self._urgent and not self._queue and not self._closing:
+                    self._ready.wait()
+                if self._urgent:
+                    item = self._urgent.popleft()
+                elif self._queue:
+                    item = self._queue.popleft()
+                else:
+                    return  # closing, and nothing left to run
+            self._run(item.call, item.future, item.before_apply, item.number)
 
     def _run(self, call: CoreCall[Any], future: asyncio.Future[Any] | None,
              before_apply: Callable[[Any], object] | None, number: int) -> None:
@@ -140,14 +200,14 @@ class CoreThread:
             error = exc
             if future is None:
                 self._log.exception("internal error in the core")
-        self._done = number
+        self._done = max(self._done, number)
         state = self._state
         output = None
         if state is not None:
             try:
                 output = CoreOutput(state.data_to_send(), state.events_received(), state.next_deadline(),
                                     state.server_id)
-                self._refresh_status(state, idle=self._done >= self._submitted)
+                self._refresh_status(state, idle=not self._queue and not self._urgent)
             except Exception:
                 self._log.exception("internal error draining the core")
         loop = self._running_loop()

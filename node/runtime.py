@@ -304,7 +304,7 @@ class NodeRuntime:
                     await self._wakeup.wait()
             if now_ms() >= self._deadline:
                 try:
-                    await self._core.call(lambda state, now: state.handle_timer(now))
+                    await self._core.run_timer()
                 except Exception:
                     # A bug in a timer must not stop every future timer (heartbeats, reconnects).
                     self._log.exception("internal error in timers")

@@ -58,16 +58,23 @@ class FailureDetector:
         """Server links declared dead for silence so far."""
         self._due: int | None = None
         self._last_now = now
+        self._processed_until: int | None = None
 
     def promised(self, due: int) -> None:
         """The shell read ``due`` from ``next_deadline()``: it will call ``handle_timer`` then."""
         self._due = due
 
-    def timer_fired(self, now: int, log: logging.LoggerAdapter[logging.Logger]) -> bool:
-        """A timer run at ``now`` (before any link is judged): True, and counted, when it ends a stall."""
+    def timer_fired(self, now: int, log: logging.LoggerAdapter[logging.Logger], *,
+                    processed_until: int | None = None) -> bool:
+        """A timer run at ``now`` (before any link is judged): True, and counted, when it ends a stall.
+
+        ``processed_until``: every frame that arrived before it has been processed, later ones may still wait
+        in our queue (None: nothing waits). Silence is judged up to that moment only.
+        """
         late = now - self._due if self._due is not None else 0
         backwards = self._last_now - now
         self._last_now = now
+        self._processed_until = processed_until
         if late <= self.stall_ms and backwards <= self.stall_ms:
             return False
         self.stalls += 1
@@ -80,8 +87,10 @@ class FailureDetector:
         return True
 
     def silence(self, last_seen: int, now: int) -> int:
-        """How long a link that last proved itself at ``last_seen`` has been silent while we were awake."""
-        return now - max(last_seen, self.awake_since)
+        """How long a link that last proved itself at ``last_seen`` has been silent while we were awake, up to
+        the moment our input has been processed (frames still queued here are not the peer's silence)."""
+        horizon = now if self._processed_until is None else min(now, self._processed_until)
+        return horizon - max(last_seen, self.awake_since)
 
     def judge(self, last_seen: int, suspected_at: int | None, now: int) -> Verdict:
         """The verdict on a server link (the caller records a new suspicion's time)."""
@@ -95,10 +104,15 @@ class FailureDetector:
         return Verdict.SUSPECT
 
     def deadline(self, last_seen: int, suspected_at: int | None) -> int:
-        """When a server link next needs judging."""
+        """When a server link next needs judging (never a time already judged: while our own backlog holds the
+        verdict back, the link is judged again a quarter interval later, not in a busy loop)."""
         if suspected_at is not None and suspected_at >= self.awake_since:
-            return suspected_at + self.heartbeat_interval_ms
-        return max(last_seen, self.awake_since) + self.peer_timeout_ms + 1
+            due = suspected_at + self.heartbeat_interval_ms
+        else:
+            due = max(last_seen, self.awake_since) + self.peer_timeout_ms + 1
+        if self._processed_until is not None and due <= self._last_now:
+            due = self._last_now + max(1, self.heartbeat_interval_ms // 4)
+        return due
 
     def since(self, opened_at: int) -> int:
         """The start of a handshake's wait, stalls of ours excluded."""

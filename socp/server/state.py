@@ -158,13 +158,15 @@ class ServerState:
                 exc.msg_ref = frame.msg_ref  # errors raised deep inside (key parsing) still name the frame
             self.out.fault(link, exc, now)
 
-    def handle_timer(self, now: int) -> None:
+    def handle_timer(self, now: int, *, processed_until: int | None = None) -> None:
         """Run everything whose deadline has passed: joins, reconnects, liveness, heartbeats, sync.
 
         A run much later than the deadline :meth:`next_deadline` last gave is a stall of ours (see
-        :mod:`socp.server.liveness`): noticed first, so that no peer is accused of it.
+        :mod:`socp.server.liveness`): noticed first, so that no peer is accused of it. A shell that runs the
+        timer ahead of input still queued says when the oldest of it arrived (``processed_until``): silence
+        is then judged only up to that moment, since a peer's frames may be waiting in our own queue.
         """
-        self.links.detector.timer_fired(now, self.out.log)
+        self.links.detector.timer_fired(now, self.out.log, processed_until=processed_until)
         self.mesh.handle_timer(now)
         self.presence.handle_timer(now)
         self.mesh.heartbeat(now)

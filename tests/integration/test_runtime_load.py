@@ -143,12 +143,12 @@ async def test_core_runs_off_the_loop_and_a_failing_call_costs_one_connection(
             raise RuntimeError("a bug reached by this frame")
         receive_text(state, link_id, text, now)
 
-    def timer(state: ServerState, now: int) -> None:
+    def timer(state: ServerState, now: int, *, processed_until: int | None = None) -> None:
         nonlocal timer_calls
         timer_calls += 1
         if timer_calls == 1:
             raise RuntimeError("a bug in a timer")
-        handle_timer(state, now)
+        handle_timer(state, now, processed_until=processed_until)
 
     monkeypatch.setattr(ServerState, "receive_text", receive)
     monkeypatch.setattr(ServerState, "handle_timer", timer)

@@ -3,7 +3,10 @@ death; the counters on status()."""
 
 from __future__ import annotations
 
+import logging
+
 from socp.actions import LinkDown
+from socp.server.liveness import FailureDetector, Verdict
 from tests.unit.harness import FAST, TICK, Net, drop_from
 
 TIMEOUT = FAST["peer_timeout_ms"]
@@ -96,3 +99,38 @@ def test_status_reports_the_counters_at_top_level(net: Net) -> None:
     assert {key: type(status[key]) for key in ("link_deaths", "stalls", "heartbeat_signatures")} == {
         "link_deaths": int, "stalls": int, "heartbeat_signatures": int}
     assert status["heartbeat_signatures"] <= 3 + 1     # at most one per interval, whatever the links
+
+
+def test_silence_is_judged_only_up_to_the_input_we_have_processed() -> None:
+    # A shell that runs its timer ahead of queued frames (node/core.py) says when the oldest of them arrived:
+    # a peer whose frames may be waiting in our own queue is not silent beyond that moment.
+    log = logging.LoggerAdapter(logging.getLogger("test"), {})
+    detector = FailureDetector(HEARTBEAT, TIMEOUT, now=0)
+    last_seen = 0
+    detector.promised(TIMEOUT + 1)
+    detector.timer_fired(TIMEOUT + 1, log, processed_until=HEARTBEAT)   # our backlog began at HEARTBEAT
+    assert detector.silence(last_seen, TIMEOUT + 1) == HEARTBEAT
+    assert detector.judge(last_seen, None, TIMEOUT + 1) is Verdict.ALIVE
+    # The link is judged again a little later, not at once in a busy loop.
+    assert TIMEOUT + 1 < detector.deadline(last_seen, None) <= TIMEOUT + 1 + HEARTBEAT
+    detector.promised(detector.deadline(last_seen, None))
+    later = TIMEOUT + 1 + HEARTBEAT // 4
+    detector.timer_fired(later, log)                                    # the backlog is gone
+    assert detector.judge(last_seen, None, later) is Verdict.SUSPECT
+    assert detector.stalls == 0
+
+
+def test_a_busy_node_judges_its_peers_by_the_frames_it_has_read(net: Net) -> None:
+    intro = net.introducer("I")
+    a, b = net.peer("A", intro), net.peer("B", intro)
+    net.run(2 * HEARTBEAT)
+    link = a.state.links.server_link(b.server_id)
+    assert link is not None
+    busy_since = net.now
+    net.drop = drop_from("B")                        # B's frames "wait in A's queue" from now on
+    end = net.now + 3 * TIMEOUT
+    while net.now < end:                             # A's timers keep running, told where its input stands
+        net.now += TICK
+        if net.now >= a.state.next_deadline():
+            a.state.handle_timer(net.now, processed_until=busy_since)
+    assert b.server_id in a.state.linked_servers and a.state.status()["link_deaths"] == 0
