@@ -38,19 +38,22 @@ What it reports (stdout table, ``results/simulate.json``)
     declared (false ones: neither end crashed); memory per node (a referent walk of a few ServerStates) and
     the process's peak RSS per node; wall time.
 
-Limits (this 2-core machine, Python 3.11; measured figures are in the commit that changed them)
-    - The mesh is a full mesh: n servers hold n(n-1)/2 connections, and forming it costs O(n²) frames
-      (announces, per-link snapshots), every heartbeat round O(n²) deliveries. 100 servers take seconds,
-      300 about a minute; 1000 servers (about a million link ends and several million frames to form the
-      mesh) take many minutes and several GiB, so the sweep runs 1000 with a short quiet window
-      (``--quiet-s``, default: two heartbeat intervals) and few probes.
-    - Users cost O(u²) user-facing frames in the core (each new user is sent the whole directory and every
-      user is told of every other), so 10,000 users make ~10⁸ frames: ``--users 10000`` works but is slow;
-      the sweep default is ``--users-per-server 10`` capped by ``--max-users`` (default 3000).
+Limits (measured on this shared 2-core machine, Python 3.11)
+    - The mesh is a full mesh: n servers hold n(n-1)/2 connections, and forming it costs O(n^2) frames
+      (announces, per-link snapshots), every heartbeat round O(n^2) deliveries. Wall time, O(n) core: 100 servers
+      and 1000 users 75 s; 300 servers and 300 users 4 min (the mesh alone 1 min). 1000 servers (a million link
+      ends, several million frames before the mesh is whole) take tens of minutes and GiBs: run them with few
+      users, a short quiet window (``--quiet 15``) and ``--probes 1``.
+    - A core that relays gossip (every receiver to every link: (n-1)^2 frames per advert) makes users expensive
+      to simulate: 300 servers and 30 users took 8 min, 100 servers and 200 users 6 min. Give it few users.
+    - Users cost O(u^2) user-facing frames in the core (each new user is sent the whole directory, every user
+      is told of every other), so ``--users 10000`` is ~10^8 frames made by the core: it runs, slowly. The
+      default user count is ``--users-per-server`` (10) times the servers, capped by ``--max-users`` (3000).
     - ``next_deadline()`` scans every link (O(n)), so the simulator asks it after timer runs and at most once
       per ``--deadline-poll-ms`` per busy node: a deadline set by a frame is noticed within that poll (as the
       unit harness notices within its 50 ms tick).
-    - Only USER_HELLO users are simulated (no direct messages, files or public-channel traffic).
+    - Only USER_HELLO users are simulated (no direct messages, files or public-channel traffic), and no
+      ``socp.user.UserSession``: bulk and probe users are hand-made frames.
     Every loop is bounded: the event loop by simulated deadlines and ``--max-events``.
 """
 
