@@ -189,6 +189,12 @@ class ClusterBackend(abc.ABC):
                         logs=self.logs_location(), hint=hint)
 
 
+def _some(names: list[str], most: int = 8) -> str:
+    """``[a, b, c]``, or the first ``most`` names and how many more."""
+    shown = ", ".join(names[:most])
+    return f"[{shown}]" if len(names) <= most else f"[{shown}, … {len(names) - most} more]"
+
+
 async def wait_mesh_healthy(server_ids: Mapping[str, str], health: Callable[[str], Awaitable[Health]],
                             timeout: float, diagnose: Diagnose | None = None) -> float:
     """Wait until every node in ``server_ids`` (name → server id) is healthy and linked to all the others.
@@ -201,13 +207,20 @@ async def wait_mesh_healthy(server_ids: Mapping[str, str], health: Callable[[str
 
     async def meshed() -> float | Pending:
         answers = await asyncio.gather(*(health(name) for name in server_ids))
+        unreachable: list[str] = []
         problems = []
         for name, (status, body) in zip(server_ids, answers, strict=True):
+            if status == 0:
+                unreachable.append(name)
+                continue
             linked = body.get("linked_servers")
             linked_ids = set(linked) if isinstance(linked, list) else set()
             missing = sorted(other for other, sid in server_ids.items() if other != name and sid not in linked_ids)
             if status != 200 or missing:
-                problems.append(f"{name}: http {status}, not linked to {missing}")
+                problems.append(f"{name}: http {status}, not linked to {_some(missing)}")
+        if unreachable:
+            # Dozens of nodes that do not answer at all say one thing; listing each one's missing links hides it.
+            problems.insert(0, f"{len(unreachable)} not answering /healthz: {_some(unreachable)}")
         return Pending("; ".join(problems)) if problems else loop.time() - start
 
     # Every check asks every node: poll a big federation less often, so the testbed does not load what it measures.

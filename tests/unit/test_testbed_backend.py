@@ -11,7 +11,8 @@ import yaml
 
 from socp.settings import FAST_TIMINGS, FEDERATION_TIMINGS
 from testbed import backend, nodeplan
-from testbed.backend import ClusterBackend, ClusterSpec, backend_names, create_backend
+from testbed.backend import ClusterBackend, ClusterSpec, backend_names, create_backend, wait_mesh_healthy
+from testbed.waiting import WaitTimeout
 
 
 def test_backends_are_chosen_by_name_and_imported_only_then() -> None:
@@ -96,3 +97,22 @@ async def test_a_dead_node_stops_the_mesh_wait_at_once(tmp_path: Path) -> None:
     assert message.startswith("introducer (exit code 3) exited after ")
     assert "| boom: cannot bind" in message
     assert backend.MESH_HINT  # the hint every mesh wait carries
+
+
+async def test_a_mesh_wait_on_a_big_federation_says_who_does_not_answer_in_one_line() -> None:
+    names = ["introducer"] + [f"peer{i}" for i in range(1, 31)]
+    server_ids = {name: f"id-{name}" for name in names}
+
+    async def health(name: str) -> tuple[int, dict[str, object]]:
+        if name in ("introducer", "peer1"):           # two answer, the other 29 do not
+            others = [sid for other, sid in server_ids.items() if other not in (name, "peer2")]
+            return 503, {"linked_servers": others}
+        return 0, {}
+
+    with pytest.raises(WaitTimeout) as failure:
+        await wait_mesh_healthy(server_ids, health, timeout=0.2)
+    last = failure.value.last
+    assert last.startswith("29 not answering /healthz: [peer2, peer3, ")
+    assert "… 21 more]" in last
+    assert "introducer: http 503, not linked to [peer2]" in last
+    assert len(last) < 400, last
