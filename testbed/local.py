@@ -268,9 +268,12 @@ class LocalCluster(ClusterBackend):
         # The peers start together, a few at a time (each makes its key at first start unless ``prepare`` gave one).
         limit = asyncio.Semaphore(START_CONCURRENCY)
 
+        # A big federation on a small machine starts each peer slowly (the running ones heartbeat meanwhile).
+        listen_timeout = max(20.0, 2.0 * len(self.peers))
+
         async def start_peer(node: LocalNode) -> None:
             async with limit:
-                await node.start()
+                await node.start(listen_timeout)
 
         # Every start ends (each is bounded) before a failure is raised, so none starts behind stop()'s back.
         failures = [r for r in await asyncio.gather(*(start_peer(node) for node in self.peers), return_exceptions=True)
