@@ -16,6 +16,11 @@ Writes ``results/bench-scale.json``, ``results/bench-scale.md`` (the table) and,
 (``pip install -e '.[bench]'``), ``results/bench-scale.png``::
 
     python -m bench.bench_scale [--docker 3,5,10,20,30] [--local 3,5,10,20,30,50] [--timeout 240]
+                                [--baseline OLD.json] [--report-only NEW.json]
+
+``--baseline`` adds the rows of an earlier run (say, of the previous release) to the table and the plot,
+labelled ``(before)``, so that both are read side by side; ``--report-only`` writes the table and plot from
+a finished run without starting anything.
 """
 
 from __future__ import annotations
@@ -159,9 +164,11 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> bool:
     figure, axes = plt.subplots(figsize=(8, 4.5))
     for backend in sorted({row["backend"] for row in rows}):
         mine = [row for row in rows if row["backend"] == backend and row.get("ok")]
+        faded = "(before)" in backend
         for key, label, style in (("join_s", "new user seen everywhere", "o-"),
                                   ("kill_s", "killed node's user gone everywhere", "s--")):
-            axes.plot([row["peers"] for row in mine], [row[key] for row in mine], style, label=f"{backend}: {label}")
+            axes.plot([row["peers"] for row in mine], [row[key] for row in mine], style, label=f"{backend}: {label}",
+                      alpha=0.45 if faded else 1.0, linewidth=1.0 if faded else 1.8)
     axes.set_xlabel("peers")
     axes.set_ylabel("seconds")
     axes.set_title("Presence convergence (testbed timings: heartbeat 0.5 s, peer timeout 2 s)")
@@ -177,20 +184,31 @@ def _sizes(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()] if text else []
 
 
+def _load_rows(path: Path, label: str = "") -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = json.loads(path.read_text())["rows"]
+    return [{**row, "backend": f"{row['backend']}{label}"} for row in rows]
+
+
 async def main_async(args: argparse.Namespace) -> int:
-    pool = KeyPool()
-    pool.ensure(max(USER_KEYS) + 1)
     rows: list[dict[str, Any]] = []
-    for backend, sizes in (("local", _sizes(args.local)), ("docker", _sizes(args.docker))):
-        for peers in sizes:
-            print(f"bench-scale: {backend}, {peers} peers ...", flush=True)
-            row = await measure(backend, peers, pool, args.timeout)
-            print(f"  {json.dumps({k: v for k, v in row.items() if k != 'nodes'})}", flush=True)
-            rows.append(row)
+    if args.report_only is not None:
+        rows = _load_rows(args.report_only)
+    else:
+        pool = KeyPool()
+        pool.ensure(max(USER_KEYS) + 1)
+        for backend, sizes in (("local", _sizes(args.local)), ("docker", _sizes(args.docker))):
+            for peers in sizes:
+                print(f"bench-scale: {backend}, {peers} peers ...", flush=True)
+                row = await measure(backend, peers, pool, args.timeout)
+                print(f"  {json.dumps({k: v for k, v in row.items() if k != 'nodes'})}", flush=True)
+                rows.append(row)
+        RESULTS.mkdir(exist_ok=True)
+        document = {"machine": {"python": sys.version.split()[0], "platform": platform.platform()},
+                    "command": " ".join(sys.argv), "rows": rows}
+        (RESULTS / "bench-scale.json").write_text(json.dumps(document, indent=2) + "\n")
+    if args.baseline is not None:
+        rows = sorted(rows + _load_rows(args.baseline, " (before)"), key=lambda row: (row["backend"], row["peers"]))
     RESULTS.mkdir(exist_ok=True)
-    document = {"machine": {"python": sys.version.split()[0], "platform": platform.platform()},
-                "command": " ".join(sys.argv), "rows": rows}
-    (RESULTS / "bench-scale.json").write_text(json.dumps(document, indent=2) + "\n")
     table = markdown(rows)
     (RESULTS / "bench-scale.md").write_text(table)
     print(table)
@@ -198,7 +216,7 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"plot: {RESULTS / 'bench-scale.png'}")
     else:
         print("no plot: matplotlib is not installed (pip install -e '.[bench]')")
-    return 0 if all(row.get("ok") for row in rows) else 1
+    return 0 if all(row.get("ok") for row in rows if "(before)" not in row["backend"]) else 1
 
 
 def main() -> int:
@@ -207,6 +225,10 @@ def main() -> int:
     parser.add_argument("--local", default="3,5,10,20,30,50", help="peer counts on the local backend")
     parser.add_argument("--docker", default="3,5,10,20,30", help="peer counts on the docker backend")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds any one wait may take")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="OLD.json",
+                        help="an earlier run's bench-scale.json, shown beside this one as '(before)'")
+    parser.add_argument("--report-only", type=Path, default=None, metavar="NEW.json",
+                        help="write the table and plot of a finished run (no federation is started)")
     return asyncio.run(main_async(parser.parse_args()))
 
 
