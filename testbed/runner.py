@@ -600,7 +600,13 @@ class ScenarioRunner:
         report.load = self.load.to_json()
         report.load_summary = self.load.summary()
         self.progress(report.load_summary)
-        await self.backend.stop()
+        try:
+            await self.backend.stop()
+        except Exception as exc:  # e.g. a Docker engine that stopped answering: say so, never a traceback
+            report.passed = False
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            self.progress(f"teardown failed: {type(exc).__name__}: {first_line}; what is left of this run "
+                          f"carries its run label (`make down` removes every run's)")
 
 
 async def _count_public(cursor: Cursor, within: float, sender_id: str, text: str, marker: str) -> checks.Tally:

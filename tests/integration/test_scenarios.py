@@ -48,3 +48,21 @@ async def test_failed_step_is_reported_and_the_cluster_still_torn_down(tmp_path:
     failed = report.steps[-1]
     assert not failed.ok and "user1 cannot send to user2" in failed.detail and "not online" in failed.detail
     assert not any(node.running for node in backend.nodes)
+
+
+async def test_a_teardown_that_fails_fails_the_run_with_a_message_not_a_traceback(tmp_path: Path,
+                                                                                   key_pool: KeyPool) -> None:
+    scenario = parse_scenario({"name": "sticky", "peers": 1, "steps": ["up"]})
+
+    class StickyCluster(LocalCluster):
+        async def stop(self) -> None:
+            await super().stop()
+            raise TimeoutError("the engine did not answer\nsecond line")
+
+    backend = StickyCluster(tmp_path / "cluster", ClusterSpec(1), prepare=pool_prepare(key_pool))
+    lines: list[str] = []
+    report = await ScenarioRunner(scenario, backend, tmp_path / "results", progress=lines.append).run()
+    assert report.steps and all(step.ok for step in report.steps)
+    assert not report.passed, "a run that could not clean up after itself did not pass"
+    assert any(line.startswith("teardown failed: TimeoutError: the engine did not answer;") for line in lines), lines
+    assert not json.loads((tmp_path / "results" / "report.json").read_text())["passed"]
