@@ -76,7 +76,6 @@ class _Item:
     call: CoreCall[Any]
     future: asyncio.Future[Any] | None
     before_apply: Callable[[Any], object] | None
-    number: int
     submitted_at: int
     """Wall-clock ms when the loop queued it (for frames: about when they arrived)."""
 
@@ -97,8 +96,6 @@ class CoreThread:
         self._thread = threading.Thread(target=self._serve, name="socp-core", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._state: ServerState | None = None  # touched on the core thread only
-        self._submitted = 0  # written on the loop only
-        self._done = 0  # written on the core thread only
         self._status_at = 0.0  # core thread only
         self.status: dict[str, Any] | None = None
         """The latest ``state.status()`` snapshot (None before the state exists); never mutated once published."""
@@ -161,8 +158,7 @@ class CoreThread:
     def _submit(self, call: CoreCall[Any], future: asyncio.Future[Any] | None,
                 before_apply: Callable[[Any], object] | None, *, urgent: bool = False) -> None:
         self._running_loop()
-        self._submitted += 1
-        item = _Item(call, future, before_apply, self._submitted, now_ms())
+        item = _Item(call, future, before_apply, now_ms())
         with self._ready:
             if self._closing:
                 raise RuntimeError("core thread is closing")
@@ -186,10 +182,10 @@ class CoreThread:
                     item = self._queue.popleft()
                 else:
                     return  # closing, and nothing left to run
-            self._run(item.call, item.future, item.before_apply, item.number)
+            self._run(item.call, item.future, item.before_apply)
 
     def _run(self, call: CoreCall[Any], future: asyncio.Future[Any] | None,
-             before_apply: Callable[[Any], object] | None, number: int) -> None:
+             before_apply: Callable[[Any], object] | None) -> None:
         """On the core thread: one call, its drained output, maybe a fresh status snapshot; then to the loop."""
         result: Any = None
         error: BaseException | None = None
@@ -200,7 +196,6 @@ class CoreThread:
             error = exc
             if future is None:
                 self._log.exception("internal error in the core")
-        self._done = max(self._done, number)
         state = self._state
         output = None
         if state is not None:
