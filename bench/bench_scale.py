@@ -41,7 +41,8 @@ from typing import Any
 
 from client.connection import ClientConnection
 from client.keystore import Identity
-from testbed.backend import ClusterBackend, ClusterSpec, create_backend
+from testbed.backend import ClusterSpec, create_backend
+from testbed.load import LoadTracker
 from tests.keypool import KeyPool
 
 RESULTS = Path("results")
@@ -63,16 +64,6 @@ async def _until(condition: Callable[[], bool], timeout: float, what: str) -> fl
 
 def _listed(observers: Sequence[ClientConnection], user_id: str) -> int:
     return sum(user_id in observer.directory for observer in observers)
-
-
-async def _node_load(backend: ClusterBackend, node: str) -> dict[str, Any]:
-    code, body = await backend.status(node)
-    lag = body.get("loop_lag_ms") if isinstance(body.get("loop_lag_ms"), dict) else {}
-    process = body.get("process") if isinstance(body.get("process"), dict) else {}
-    assert isinstance(lag, dict) and isinstance(process, dict)
-    return {"node": node, "reachable": code != 0, "link_deaths": body.get("link_deaths"),
-            "loop_lag_p99_ms": lag.get("p99"), "cpu_seconds": process.get("cpu_seconds"),
-            "peak_rss_mib": process.get("peak_rss_mib")}
 
 
 async def measure(backend_name: str, peers: int, pool: KeyPool, timeout: float) -> dict[str, Any]:
@@ -105,8 +96,10 @@ async def measure(backend_name: str, peers: int, pool: KeyPool, timeout: float) 
             await _until(lambda: _listed(survivors, victim.user_id) == 0, timeout,
                          f"{victim_node}'s user removed by every survivor")
             row["kill_s"] = round(time.perf_counter() - start, 3)
-            nodes = [node for node in backend.node_names if node != victim_node]
-            row["nodes"] = await asyncio.gather(*(_node_load(backend, node) for node in nodes))
+            tracker = LoadTracker([node for node in backend.node_names if node != victim_node], backend.status)
+            await tracker.sample()
+            row["nodes"] = [load.to_json() for load in tracker.nodes.values()]
+            _summarise_load(row, tracker)
             row["ok"] = True
         except (TimeoutError, OSError, RuntimeError) as exc:
             row["ok"] = False
@@ -116,22 +109,18 @@ async def measure(backend_name: str, peers: int, pool: KeyPool, timeout: float) 
                 with contextlib.suppress(Exception):
                     await observer.close()
             await backend.stop()
-    _summarise_load(row)
     return row
 
 
-def _summarise_load(row: dict[str, Any]) -> None:
-    nodes = row.get("nodes") or []
-
-    def values(key: str) -> list[float]:
-        return [node[key] for node in nodes if isinstance(node.get(key), int | float)]
-
-    deaths, lags, cpu, rss = values("link_deaths"), values("loop_lag_p99_ms"), values("cpu_seconds"), \
-        values("peak_rss_mib")
-    row["link_deaths"] = int(sum(deaths)) if deaths else None
-    row["loop_lag_p99_ms_max"] = round(max(lags), 1) if lags else None
+def _summarise_load(row: dict[str, Any], tracker: LoadTracker) -> None:
+    """The row's load columns, from what every surviving node's ``/status`` said (see testbed.load)."""
+    totals = tracker.totals()
+    cpu = [load.cpu_seconds for load in tracker.nodes.values() if load.cpu_seconds is not None]
+    lag, rss = totals["loop_lag_p99_ms_max"], totals["peak_rss_mib_max"]
+    row["link_deaths"] = None if totals["link_deaths"] is None else int(totals["link_deaths"])
+    row["loop_lag_p99_ms_max"] = round(lag["value"], 1) if lag else None
     row["cpu_seconds_median"] = round(statistics.median(cpu), 2) if cpu else None
-    row["peak_rss_mib_max"] = round(max(rss), 1) if rss else None
+    row["peak_rss_mib_max"] = round(rss["value"], 1) if rss else None
 
 
 def _cell(value: object) -> str:
