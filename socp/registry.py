@@ -2,9 +2,12 @@
 
 Every server keeps a :class:`Registration` for each user id it has heard of: the key the id is bound to
 (first binding wins), where the user registered, its decorative ``meta``, and — when the user set a
-password — its login name with the ``privkey_store`` and ``pake_password`` records. Servers replicate
-registrations to each other (``SERVER_USER_RECORDS``), so a user can log in on any node and a key can be
-looked up while its owner is offline.
+password — its login name with the ``privkey_store`` and ``pake_password`` records. Servers replicate the
+**public** part of registrations to each other (``SERVER_USER_RECORDS``: id, key, meta, and the login name with
+the server that holds its password records), so a key can be looked up while its owner is offline. The
+password records never leave the server the user registered them on (its login home): a stranger that joins
+the mesh must not get material for an offline dictionary attack. A password login elsewhere is refused with
+an error naming the login home (PROTOCOL.md §9.2).
 
 The password records are made **on the client** and signed by the user's key (``login_sig``), so a server
 can neither read the private key nor forge or alter a record; it can only keep or drop one:
@@ -152,12 +155,14 @@ class Registration:
     login: LoginRecord | None = None
     """Password records, when the user set a password."""
 
-    def to_wire(self) -> dict[str, Any]:
-        """A SERVER_USER_RECORDS entry."""
+    def to_wire(self, login_home: str = "") -> dict[str, Any]:
+        """A SERVER_USER_RECORDS entry: public data only. ``login_home``: the server that holds this user's
+        password records (the sender, when it does); then the login name travels with it, never the records."""
         item: dict[str, Any] = {"user_id": self.user_id, "pubkey": self.pubkey, "home_server": self.home_server,
                                 "meta": dict(self.meta)}
-        if self.login is not None:
-            item["login"] = self.login.to_wire()
+        if self.login is not None and login_home:
+            item["login_name"] = self.login.login
+            item["login_home"] = login_home
         return item
 
     def with_login(self, login: LoginRecord) -> Registration:
@@ -165,10 +170,21 @@ class Registration:
         return replace(self, login=login)
 
 
-def registration_from_wire(item: object) -> Registration:
+@dataclass(frozen=True, slots=True)
+class LoginHint:
+    """Where another server says a login name's password records live (public, unverified: it only ever
+    names the server to log in on, and never overrides a login registered here)."""
+
+    login: str
+    user_id: str
+    home: str
+
+
+def registration_from_wire(item: object) -> tuple[Registration, LoginHint | None]:
     """Parse a SERVER_USER_RECORDS entry; raises :class:`BadFrame` or :class:`socp.errors.BadKey`.
 
-    The login block's signature is checked too: a record is taken whole or not at all.
+    Only public data is taken: password records (``login``, sent by older versions) are dropped unread, so
+    that a server never stores another server's users' verifiers or sealed keys.
     """
     if not isinstance(item, Mapping):
         raise BadFrame("SERVER_USER_RECORDS entries must be objects")
@@ -176,15 +192,13 @@ def registration_from_wire(item: object) -> Registration:
     if not isinstance(user_id, str) or not isinstance(home, str):
         raise BadFrame("SERVER_USER_RECORDS entry needs user_id and home_server strings")
     pubkey = crypto.normalize_public_key(item.get("pubkey"))
-    login_item = item.get("login")
-    login = None
-    if login_item is not None:
-        if not isinstance(login_item, Mapping):
-            raise BadFrame("SERVER_USER_RECORDS login must be an object")
-        login = LoginRecord.from_wire(login_item)
-        if not login.verify(user_id, pubkey):
-            raise BadFrame(f"login record of {user_id} is not signed by the user's key")
-    return Registration(user_id, pubkey, home, dict(meta) if isinstance(meta, Mapping) else {}, login)
+    hint = None
+    login_name, login_home = item.get("login_name"), item.get("login_home")
+    if login_name is not None or login_home is not None:
+        if not isinstance(login_home, str) or not login_home:
+            raise BadFrame("SERVER_USER_RECORDS login_home must name a server")
+        hint = LoginHint(normalize_login(login_name), user_id, login_home)
+    return Registration(user_id, pubkey, home, dict(meta) if isinstance(meta, Mapping) else {}), hint
 
 
 class LoginThrottle:

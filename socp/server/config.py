@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from socp.envelope import FrameType
 from socp.settings import (
@@ -11,6 +11,9 @@ from socp.settings import (
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_RATE_BURST,
     DEFAULT_RATE_PER_SECOND,
+    DEFAULT_REPLAY_CAPACITY,
+    DEFAULT_SERVER_RATE_BURST,
+    DEFAULT_SERVER_RATE_PER_SECOND,
     DEFAULT_TIMINGS,
     JOIN_TIMEOUT_FLOOR_MS,
     LOGIN_WINDOW_MS,
@@ -84,6 +87,16 @@ class ServerSettings:
     """First reconnection delay; doubles on each failure."""
     backoff_max_ms: int = 30_000
     """Cap of the reconnection delay."""
+    server_rate_per_second: float = DEFAULT_SERVER_RATE_PER_SECOND
+    """Sustained frames per second allowed on one server link."""
+    server_rate_burst: int = DEFAULT_SERVER_RATE_BURST
+    """Burst of frames allowed on one server link."""
+    replay_capacity: int = DEFAULT_REPLAY_CAPACITY
+    """Most frames the replay cache holds; a full cache refuses new frames (RATE_LIMITED)."""
+    legacy_interop: bool = False
+    """Legacy-interop switch (WIRE §2): accept transport signatures over the payload alone, and USER_HELLO /
+    link-opening SERVER_ANNOUNCE addressed to ``"*"`` instead of to this server's id. Weakens replay
+    protection (a captured frame can be re-timestamped or sent to another server); the node logs a WARNING."""
     allow_unsigned_hello: bool = False
     """Interop switch: accept USER_HELLO without a proof-of-possession signature."""
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
@@ -95,6 +108,17 @@ class ServerSettings:
     join_timeout_ms: int = 0
     """How long a joiner waits for SERVER_WELCOME before trying the next introducer; 0: the default,
     :attr:`join_wait_ms`."""
+    admit_keys: frozenset[str] = frozenset()
+    """Admission control: server keys (canonical encoding) admitted to the federation without a token."""
+    join_token: str = field(default="", repr=False)
+    """Admission control: the federation's shared join secret (never sent; joins and announces carry an
+    HMAC under it, PROTOCOL.md §4.1.1). Empty with no ``admit_keys``: open admission (the standard's)."""
+
+    @property
+    def admission(self) -> str:
+        """The admission mode, as logged: ``open``, ``keys``, ``token`` or ``keys+token``."""
+        modes = [mode for mode, on in (("keys", bool(self.admit_keys)), ("token", bool(self.join_token))) if on]
+        return "+".join(modes) or "open"
 
     @property
     def join_wait_ms(self) -> int:

@@ -15,20 +15,31 @@ sent on every server link that carried nothing else since the previous round (:m
 one signature per server per interval whatever n (n per interval for the mesh, where one frame per link meant
 n(n - 1) once signatures cover the envelope), at most n - 1 frames and, at each receiver, one signature check
 per linked server per interval. Liveness itself is :mod:`socp.server.liveness`.
+
+Admission (PROTOCOL.md §4.1.1): a SERVER_HELLO_JOIN must be signed by the key it announces (proof of
+possession); an unsigned or badly signed join is refused without a welcome. A closed federation admits a
+joiner, or a server that opens a direct link under an id nobody vouched for, only when its key is listed
+(``admit_keys``) or its join / announce carries ``join_mac``, an HMAC-SHA256 under the federation's join token
+over the canonical envelope (the token itself never travels). Both checks cost no RSA operation, and run
+before the signature check, so that a stranger is refused cheaply. A bare node runs open admission (the
+standard's) and says so in its log.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from socp import crypto
 from socp import envelope as env
 from socp.actions import IdentityAssigned, LinkDown, LinkId, LinkUp
+from socp.codec import b64url_encode, canonical_json
 from socp.envelope import BROADCAST, Envelope, FrameType
-from socp.errors import BadFrame, BadKey, InvalidSignature, ProtocolError
+from socp.errors import AuthFailed, BadFrame, BadKey, InvalidSignature, ProtocolError
 from socp.presence import Directory
 from socp.replay import ReplayCache
 from socp.server.config import ServerSettings
@@ -72,6 +83,13 @@ class Mesh:
         self.heartbeat_signatures = 0
         """HEARTBEAT frames made (one signature each under the envelope rule of WIRE §2; at most one per
         heartbeat interval, whatever the number of links)."""
+        self.refused_admissions = 0
+        """Joins and direct announces refused: unsigned, badly signed, or not admitted."""
+        if settings.admission == "open":
+            out.log.warning("admission: OPEN (the standard's): any server that signs its join is welcomed; "
+                            "use --join-token or --admit-keys for a closed federation")
+        else:
+            out.log.info("admission: closed (%s; %d listed keys)", settings.admission, len(settings.admit_keys))
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -87,13 +105,13 @@ class Mesh:
             if self._book.get(link.target) is None:
                 self._out.close(link, "server forgotten while dialing")
                 return
-            self._out.send(link, self._out.make(FrameType.SERVER_ANNOUNCE, BROADCAST, now, self.announce_payload()))
+            # Addressed to the server we dial (PROTOCOL.md §2.3): a copy cannot open a link anywhere else.
+            self._out.send(link, self._opener(FrameType.SERVER_ANNOUNCE, link.target, now))
             self._identify(link, link.target, now)
         else:
             entry = self._bootstrap[link.bootstrap_index]
             link.role = LinkRole.JOINING
-            self._out.send(link, self._out.make(FrameType.SERVER_HELLO_JOIN, f"{entry.host}:{entry.port}", now,
-                                                self.announce_payload()))
+            self._out.send(link, self._opener(FrameType.SERVER_HELLO_JOIN, f"{entry.host}:{entry.port}", now))
 
     def link_closed(self, link: Link, now: int, reason: str) -> None:
         """A non-user link went away (already out of the link table): retry a join, or repair a server link."""
@@ -176,26 +194,36 @@ class Mesh:
     def on_hello_join(self, link: Link, frame: Envelope, now: int) -> None:
         """SERVER_HELLO_JOIN on a new connection (introducer side): assign an id, pin, welcome, link.
 
-        Verification and replay are special: the signature is optional (an unsigned join is admitted but not
-        *proven*, so the id it asked for is not granted if pinned), and the frame enters the replay cache only
-        once verified; a replayed join is refused (fatal), not dropped.
+        Verification and replay are special: the join must be signed by the key it announces (proof of
+        possession; an unsigned one is refused, never welcomed: a welcome starts the registry and presence
+        snapshots), the joiner must be admitted (:meth:`_admits`, checked first: it costs no RSA operation),
+        and the frame enters the replay cache only once verified; a replayed join is refused (fatal).
         """
         if not self.joined:
             # Welcoming servers before we are part of the network would found a separate island.
             raise BadFrame("this server has not joined the network yet; try another introducer or retry",
                            msg_ref=frame.msg_ref, fatal=True)
         key_text = crypto.normalize_public_key(frame.payload["pubkey"])
-        if frame.sig and not frame.verify(crypto.decode_public_key(key_text)):
+        if not frame.sig:
+            self._refuse_admission(frame, key_text, "unsigned")
+            raise InvalidSignature("SERVER_HELLO_JOIN must be signed with the key it announces",
+                                   msg_ref=frame.msg_ref, fatal=True)
+        if not self._admits(frame, key_text):
+            self._refuse_admission(frame, key_text, "not admitted")
+            raise AuthFailed("this federation admits only listed server keys or holders of its join token",
+                             msg_ref=frame.msg_ref, fatal=True)
+        if not self._out.verify(frame, key_text):
+            self._refuse_admission(frame, key_text, "bad signature")
             raise InvalidSignature("SERVER_HELLO_JOIN signature does not verify with its pubkey",
                                    msg_ref=frame.msg_ref, fatal=True)
         if not self._replay.admit(frame, now):
             raise BadFrame("replayed SERVER_HELLO_JOIN", msg_ref=frame.msg_ref, fatal=True)
         requested = frame.sender
         pinned = self._book.get(requested)
-        # A known id is granted again only to a join signed by its pinned key: an unsigned claim could
-        # otherwise take over another server's id and registered address.
-        proven = bool(frame.sig) and pinned is not None and pinned.pubkey == key_text
-        if not env.is_uuid(requested) or requested == self._out.server_id or (pinned is not None and not proven):
+        # A known id is granted again only to its pinned key: another key could otherwise take over another
+        # server's id and registered address.
+        if not env.is_uuid(requested) or requested == self._out.server_id or (
+                pinned is not None and pinned.pubkey != key_text):
             assigned = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
             self._out.log.info("join request for id %s reassigned to %s (id taken or invalid)", requested[:8],
                                assigned[:8])
@@ -204,7 +232,7 @@ class Mesh:
         self._book.pin(assigned, key_text, trusted=True)
         info = self._book[assigned]
         info.host, info.port = frame.payload["host"], frame.payload["port"]
-        info.proven = bool(frame.sig)
+        info.proven = True
         settings = self._settings
         servers = [_server_entry(self._out.server_id, self._out.pubkey, settings.advertise_host,
                                  settings.advertise_port, settings.introducer)]
@@ -221,12 +249,22 @@ class Mesh:
     def on_direct_announce(self, link: Link, frame: Envelope, now: int) -> None:
         """SERVER_ANNOUNCE / SERVER_HELLO_LINK opening a direct link (self-signature checked by the route).
 
-        Replay is special: the same announce may also reach us relayed by the introducer, so the general
-        replay cache cannot judge it; but one announce opens at most one direct link, or a captured copy
-        could hijack the link.
+        Replay is special: one announce opens at most one direct link, or a captured copy could hijack the
+        link; and it must be addressed to us (a relayed ``"*"`` announce, or one sent to another server, is
+        refused unless the legacy-interop switch is on). In a closed federation a server id nobody vouched for yet (no pin from a
+        welcome or a relay) must be admitted like a joiner (:meth:`_admits`).
         """
         key_text = crypto.normalize_public_key(frame.payload["pubkey"])
+        if self._book.get(frame.sender) is None and not self._admits(frame, key_text):
+            self._refuse_admission(frame, key_text, "not admitted")
+            raise AuthFailed("this federation admits only listed server keys or holders of its join token",
+                             msg_ref=frame.msg_ref, fatal=True)
         self._replay.check_fresh(frame, now)
+        if frame.to != self._out.server_id and not (self._settings.legacy_interop and frame.to == BROADCAST):
+            # A link opener is bound to the server it opens a link with (PROTOCOL.md §2.3): a joiner's relayed
+            # "*" announce, or an opener sent to another server, copied here must not open a link (hijack).
+            raise BadFrame(f"{frame.type} opening a link must be addressed to this server ({self._out.server_id})",
+                           msg_ref=frame.msg_ref, fatal=True)
         if frame.replay_key in self._link_openers:
             raise BadFrame(f"replayed {frame.type}", msg_ref=frame.msg_ref, fatal=True)
         self._link_openers[frame.replay_key] = frame.ts + self._settings.replay_window_ms
@@ -264,7 +302,7 @@ class Mesh:
                                   "configured pubkey; pin it in the bootstrap file", frame.sender[:8], entry.host,
                                   entry.port, crypto.key_fingerprint(crypto.normalize_public_key(introducer_key)))
         introducer_key = crypto.normalize_public_key(introducer_key)
-        if not frame.verify(crypto.decode_public_key(introducer_key)):
+        if not self._out.verify(frame, introducer_key):
             raise InvalidSignature("SERVER_WELCOME is not signed by the pinned introducer key",
                                    msg_ref=frame.msg_ref, fatal=True)
         assigned = frame.payload["assigned_id"]
@@ -295,7 +333,7 @@ class Mesh:
         self._out.log.info("joined the network through %s (%d other servers)", frame.sender[:8], len(entries) - 1)
         self._identify(link, frame.sender, now)
         # The introducer relays this announce to the servers it knows (WIRE §4.3).
-        self._out.send(link, self._out.make(FrameType.SERVER_ANNOUNCE, BROADCAST, now, self.announce_payload()))
+        self._out.send(link, self._opener(FrameType.SERVER_ANNOUNCE, BROADCAST, now))
         for server_id, known in self._book.items():
             if not self._links.is_linked(server_id) and known.host and server_id != self._out.server_id:
                 self._dial_server(server_id, known, now)
@@ -334,6 +372,30 @@ class Mesh:
         """Our SERVER_ANNOUNCE / SERVER_HELLO_JOIN payload."""
         return {"host": self._settings.advertise_host, "port": self._settings.advertise_port,
                 "pubkey": self._out.pubkey}
+
+    def _opener(self, frame_type: FrameType, to: str, now: int) -> Envelope:
+        """Our SERVER_HELLO_JOIN or link-opening SERVER_ANNOUNCE, with ``join_mac`` in a closed federation."""
+        payload = self.announce_payload()
+        if self._settings.join_token:
+            payload[JOIN_MAC] = join_mac(self._settings.join_token, frame_type, self._out.server_id, to, now,
+                                         payload)
+        return self._out.make(frame_type, to, now, payload)
+
+    def _admits(self, frame: Envelope, key_text: str) -> bool:
+        """Admission control: open admission, a listed key, or a ``join_mac`` made with our join token."""
+        settings = self._settings
+        if settings.admission == "open" or key_text in settings.admit_keys:
+            return True
+        mac = frame.payload.get(JOIN_MAC)
+        if not settings.join_token or not isinstance(mac, str):
+            return False
+        expected = join_mac(settings.join_token, frame.type, frame.sender, frame.to, frame.ts, frame.payload)
+        return hmac.compare_digest(mac.encode(), expected.encode())
+
+    def _refuse_admission(self, frame: Envelope, key_text: str, why: str) -> None:
+        self.refused_admissions += 1
+        self._out.log.warning("refused %s from %s (key %s): %s (admission %s)", frame.type, frame.sender[:8],
+                              crypto.key_fingerprint(key_text), why, self._settings.admission)
 
     def _identify(self, link: Link, server_id: str, now: int) -> None:
         existing = self._links.server_link(server_id)
@@ -393,6 +455,18 @@ class Mesh:
         link = self._links.new(outbound=True, role=LinkRole.DIALING, now=now)
         link.target = server_id
         self._out.dial(link.link_id, info.host, info.port)
+
+
+JOIN_MAC = "join_mac"
+"""Payload field of SERVER_HELLO_JOIN / SERVER_ANNOUNCE in a closed federation (PROTOCOL.md §4.1.1)."""
+
+
+def join_mac(token: str, frame_type: str, sender: str, to: str, ts: int, payload: Mapping[str, Any]) -> str:
+    """HMAC-SHA256 under the join token over the canonical envelope (``payload`` without ``join_mac``):
+    proves knowledge of the token without sending it, bound to this key, id, address and moment."""
+    body = {key: value for key, value in payload.items() if key != JOIN_MAC}
+    data = canonical_json({"type": str(frame_type), "from": sender, "to": to, "ts": ts, "payload": body})
+    return b64url_encode(hmac.new(token.encode("utf-8"), data, hashlib.sha256).digest())
 
 
 def _server_entry(server_id: str, pubkey: str, host: str, port: int, introducer: bool) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""The user registry (project extension, PROTOCOL.md §9): user id → key binding and password records,
-replicated to every server with SERVER_USER_RECORDS; password login and DIRECTORY_QUERY answered from it.
+"""The user registry (project extension, PROTOCOL.md §9): user id → key binding and password records; the
+public part (id, key, meta, login name and its login home) replicated to every server with SERVER_USER_RECORDS;
+password login (on the login home only: the password records never leave it) and DIRECTORY_QUERY.
 
 Cost, for n servers and r registered users: a new or changed record is one frame (signed once) on each of the
 n - 1 links, not relayed: O(n) frames per change. A new link gets the whole registry, ceil(r / 50) frames.
@@ -17,19 +18,30 @@ from socp.codec import b64url_decode
 from socp.envelope import BROADCAST, Envelope, FrameType
 from socp.errors import AuthFailed, BadFrame, InvalidSignature, NameInUse, ProtocolError, UserNotFound
 from socp.presence import Directory
-from socp.registry import LoginRecord, LoginThrottle, Registration, normalize_login, registration_from_wire
+from socp.registry import (
+    LoginHint,
+    LoginRecord,
+    LoginThrottle,
+    Registration,
+    normalize_login,
+    registration_from_wire,
+)
 from socp.server.config import LOGIN_GRACE_MS, RECORDS_PER_FRAME, ServerSettings
 from socp.server.hooks import Local
 from socp.server.links import Link, LinkTable
 from socp.server.outbox import Outbox
+from socp.server.peers import ServerBook
 
 
 class Registry:
     """Registrations by user id, logins by name, the login throttle, and peers that do not take records."""
 
     def __init__(self, settings: ServerSettings, out: Outbox, links: LinkTable, directory: Directory,
-                 registrations: Iterable[Registration] = ()) -> None:
+                 registrations: Iterable[Registration] = (), book: ServerBook | None = None) -> None:
         self._out = out
+        self._book = book
+        self._hints: dict[str, LoginHint] = {}
+        """Login names whose password records live on another server (public, from SERVER_USER_RECORDS)."""
         self._links = links
         self._directory = directory
         self._registry: dict[str, Registration] = {}
@@ -83,6 +95,9 @@ class Registry:
             raise InvalidSignature("USER_REGISTER content_sig does not verify with this user's key",
                                    msg_ref=frame.msg_ref)
         owner = self._logins.get(record.login)
+        hint = self._hints.get(record.login)
+        if owner is None and hint is not None and hint.user_id != user_id:
+            owner = hint.user_id
         if owner is not None and owner != user_id:
             raise NameInUse(f"login {record.login!r} belongs to another user", msg_ref=frame.msg_ref, fatal=False)
         if current.login is not None and current.login.version > record.version:
@@ -97,6 +112,11 @@ class Registry:
         login = normalize_login(frame.payload["login"])
         user_id = self._logins.get(login)
         registration = self._registry.get(user_id) if user_id else None
+        if (registration is None or registration.login is None or user_id is None) and (
+                hint := self._hints.get(login)) is not None:
+            raise UserNotFound(f"login {login!r} is registered on its home server {self._server_label(hint.home)}: "
+                               "log in there (password records never leave a user's home server)",
+                               msg_ref=frame.msg_ref)
         if registration is None or registration.login is None or user_id is None:
             raise UserNotFound(f"nobody registered the login {login!r} with a password (as far as this server "
                                f"knows)", msg_ref=frame.msg_ref)
@@ -136,7 +156,8 @@ class Registry:
         """DIRECTORY_QUERY {user_id} or {login}: the registry's record, online or not, signed by this server."""
         user_id, login = frame.payload.get("user_id"), frame.payload.get("login")
         if isinstance(login, str) and not isinstance(user_id, str):
-            user_id = self._logins.get(normalize_login(login))
+            name = normalize_login(login)
+            user_id = self._logins.get(name) or (hint.user_id if (hint := self._hints.get(name)) else None)
         elif not isinstance(user_id, str):
             raise BadFrame("DIRECTORY_QUERY needs a 'user_id' or 'login' string", msg_ref=frame.msg_ref)
         registration = self._registry.get(user_id) if user_id else None
@@ -149,7 +170,7 @@ class Registry:
         meta = dict(record.meta) if record is not None else dict(registration.meta)
         self._out.send(link, self._out.make(FrameType.DIRECTORY_RESPONSE, link.peer, now, {
             "user_id": registration.user_id, "pubkey": registration.pubkey, "meta": meta,
-            "home_server": registration.home_server, "login": registration.login.login if registration.login else "",
+            "home_server": registration.home_server, "login": self._login_name(registration),
             "online": location is not None, "server_id": location or "", "msg_ref": frame.msg_ref}))
 
     def on_user_records(self, link: Link, frame: Envelope, now: int) -> None:
@@ -160,12 +181,16 @@ class Registry:
                            msg_ref=frame.msg_ref)
         for item in records:
             try:
-                incoming = registration_from_wire(item)
+                incoming, hint = registration_from_wire(item)
             except ProtocolError as exc:
                 # One bad record must not cost the link (it would be re-sent forever).
                 self._out.log.warning("ignoring a user record from %s: %s", link.peer[:8], exc.detail)
                 continue
-            self._merge(incoming, link.peer)
+            if isinstance(item, dict) and "login" in item:
+                self._out.log.warning("server %s sent password records of user %s; dropped unread (they never "
+                                      "leave the user's home server)", link.peer[:8], incoming.user_id[:8])
+            if self._merge(incoming, link.peer) and hint is not None:
+                self._merge_hint(hint, link.peer)
 
     # --- helpers -----------------------------------------------------------------------------------
 
@@ -173,8 +198,12 @@ class Registry:
         """Replicate registry records to ``links`` (default: every server link), in bounded batches."""
         targets = [link for link in (self._links.server_links() if links is None else links)
                    if link.peer not in self._no_records_peers]
+        home = self._out.server_id
         for start in range(0, len(registrations), RECORDS_PER_FRAME):
-            batch = [registration.to_wire() for registration in registrations[start:start + RECORDS_PER_FRAME]]
+            # Public data only (socp.registry): the login name and that we hold its records, never the records.
+            batch = [registration.to_wire(login_home=home if self._logins.get(registration.login.login) ==
+                                          registration.user_id else "") if registration.login is not None
+                     else registration.to_wire() for registration in registrations[start:start + RECORDS_PER_FRAME]]
             frame = self._out.make(FrameType.SERVER_USER_RECORDS, BROADCAST, now, {"records": batch})
             for link in targets:
                 self._out.send_text(link, frame.to_wire())
@@ -187,30 +216,36 @@ class Registry:
         self._registry[current.user_id] = updated
         self._out.emit(RegistrationStored(updated))
 
-    def _merge(self, incoming: Registration, source: str) -> None:
+    def _merge(self, incoming: Registration, source: str) -> bool:
+        """Take a replicated (public) registration; False when it contradicts the key bound here."""
         current = self._registry.get(incoming.user_id)
-        log = self._out.log
         if current is None:
-            login = incoming.login
-            if login is not None and self._logins.get(login.login, incoming.user_id) != incoming.user_id:
-                log.warning("user %s from %s claims login %r, which belongs to another user; dropping the login",
-                            incoming.user_id[:8], source[:8], login.login)
-                incoming = replace(incoming, login=None)
             self._registry[incoming.user_id] = incoming
-            if incoming.login is not None:
-                self._logins[incoming.login.login] = incoming.user_id
             self._out.emit(RegistrationStored(incoming))
-            return
+            return True
         if current.pubkey != incoming.pubkey:
-            log.warning("server %s sent user %s with key %s, registered here under %s; ignored", source[:8],
-                        incoming.user_id[:8], crypto.key_fingerprint(incoming.pubkey),
-                        crypto.key_fingerprint(current.pubkey))
+            self._out.log.error("IMPERSONATION ATTEMPT: server %s sent user %s with key %s, bound here to %s; "
+                                "ignored", source[:8], incoming.user_id[:8], crypto.key_fingerprint(incoming.pubkey),
+                                crypto.key_fingerprint(current.pubkey))
+            return False
+        return True
+
+    def _merge_hint(self, hint: LoginHint, source: str) -> None:
+        """Remember where a login lives; a login registered here, or first claimed by another user, wins."""
+        owner = self._logins.get(hint.login)
+        known = self._hints.get(hint.login)
+        if (owner is not None and owner != hint.user_id) or (known is not None and known.user_id != hint.user_id):
+            self._out.log.warning("server %s says login %r belongs to user %s, but it belongs to another user; "
+                                  "ignored", source[:8], hint.login, hint.user_id[:8])
             return
-        login = incoming.login
-        if login is None or (current.login is not None and login.version <= current.login.version):
-            return
-        if self._logins.get(login.login, incoming.user_id) != incoming.user_id:
-            log.warning("user %s claims login %r, which belongs to another user; ignored",
-                        incoming.user_id[:8], login.login)
-            return
-        self._store_login(current, login)
+        if owner is None:
+            self._hints[hint.login] = hint
+
+    def _login_name(self, registration: Registration) -> str:
+        if registration.login is not None:
+            return registration.login.login
+        return next((hint.login for hint in self._hints.values() if hint.user_id == registration.user_id), "")
+
+    def _server_label(self, server_id: str) -> str:
+        info = self._book.get(server_id) if self._book is not None else None
+        return f"{server_id} ({info.host}:{info.port})" if info is not None and info.host else server_id

@@ -69,7 +69,7 @@ class ServerState:
                                heartbeat_interval_ms=settings.heartbeat_interval_ms,
                                join_wait_ms=settings.join_wait_ms, now=now)
         self.book = ServerBook(settings, self.out, rng, dict(pinned_servers or {}))
-        self.registry = Registry(settings, self.out, self.links, self.directory, registrations)
+        self.registry = Registry(settings, self.out, self.links, self.directory, registrations, self.book)
         self.presence = Presence(settings, self.out, self.links, self.directory, self.replay, self.registry,
                                  self.hooks, now)
         self.public = PublicChannel(self.out, self.links, self.presence, version=public_version, wraps=public_wraps)

@@ -1,7 +1,8 @@
 """Password login, the user registry and directory lookups (project extension, PROTOCOL.md §9): no event loop.
 
-Registration records are made and signed on the client; servers store and replicate them, check a presented
-verifier against a salted hash, rate-limit failures per user id, and never see the password or the clear key.
+Registration records are made and signed on the client; the user's login home stores them (they never leave
+it: other servers get the public part, and a login there is refused naming the home), checks a presented
+verifier against a salted hash, rate-limits failures per user id, and never sees the password or the clear key.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from socp.codec import b64url_decode, b64url_encode
 from socp.envelope import FrameType
 from socp.errors import BadFrame, CryptoError
 from socp.login import LoginChallenged, LoginGranted, LoginRefused, LoginSession, make_login_record, register_frame
-from socp.registry import LoginRecord, LoginThrottle, Registration, normalize_login, registration_from_wire
+from socp.registry import LoginHint, LoginRecord, LoginThrottle, Registration, normalize_login, registration_from_wire
 from socp.server import LOGIN_GRACE_MS
 from socp.user import DirectoryEntry, UserSession
 from tests.unit.harness import FakeUser, Net, Node
@@ -67,11 +68,14 @@ def test_the_record_seals_the_key_and_holds_only_a_verifier_hash(alice_record: L
 def test_records_are_checked_whole(alice_record: LoginRecord, record_key: crypto.PrivateKey) -> None:
     user_id = "a11ce000-0000-4000-8000-0000000000a1"
     pubkey = crypto.encode_public_key(record_key.public_key())
+    # Replicated records are public data only: password records sent by an older peer are dropped unread.
     item = {"user_id": user_id, "pubkey": pubkey, "home_server": "s", "meta": {}, "login": alice_record.to_wire()}
-    assert registration_from_wire(item).login == alice_record
-    tampered = {**item, "login": {**alice_record.to_wire(), "version": 2}}
-    with pytest.raises(BadFrame, match="not signed by the user's key"):
-        registration_from_wire(tampered)
+    assert registration_from_wire(item) == (Registration(user_id, pubkey, "s", {}), None)
+    hinted = {**item, "login_name": "Alice", "login_home": "home-id"}
+    assert registration_from_wire(hinted)[1] == LoginHint("alice", user_id, "home-id")
+    assert "privkey_store" not in repr(Registration(user_id, pubkey, "s", {}, alice_record).to_wire("home-id"))
+    with pytest.raises(BadFrame, match="login_home"):
+        registration_from_wire({**item, "login_name": "alice"})
     weak_kdf = {**alice_record.privkey_store["kdf"], "iterations": 1000}
     weak = {**alice_record.to_wire(), "privkey_store": {**alice_record.privkey_store, "kdf": weak_kdf},
             "pake_password": {**alice_record.pake_password, "kdf": weak_kdf}}
@@ -159,14 +163,28 @@ def test_registration_is_acknowledged_stored_and_replicated(registered: Net3) ->
     assert stored.registration.login is not None and stored.registration.login.login == "alice"
     for node in (a, b):
         registration = node.state.registration(alice.user_id)
-        assert registration is not None and registration.login is not None
-        assert registration.pubkey == alice.pubkey and registration.home_server == a.server_id
-    records = [p for p in net.packets(src="A", dst="B", frame_type="SERVER_USER_RECORDS") if "privkey_store" in p.text]
-    assert records and PASSWORD not in "".join(p.text for p in net.delivered)
+        assert registration is not None and registration.pubkey == alice.pubkey
+        assert registration.home_server == a.server_id
+        # Issue 11, finding 1: the password records stay on the login home.
+        assert (registration.login is not None) == (node is a)
+    records = "".join(p.text for p in net.packets(src="A", dst="B", frame_type="SERVER_USER_RECORDS"))
+    assert '"login_name":"alice"' in records and f'"login_home":"{a.server_id}"' in records
+    for secret in ("privkey_store", "pake_password", "verifier_hash", "sealed"):
+        assert secret not in "".join(p.text for p in net.delivered if (p.src, p.dst) != ("alice", "A")), secret
+    assert PASSWORD not in "".join(p.text for p in net.delivered)
 
 
-def test_login_from_nothing_on_another_server(registered: Net3) -> None:
-    net, b, alice = registered.net, registered.b, registered.alice
+def test_login_elsewhere_is_refused_naming_the_home_server(registered: Net3) -> None:
+    net, a, b, alice = registered.net, registered.a, registered.b, registered.alice
+    alice.disconnect()
+    _, _, events = login_at(net, b, "alice", PASSWORD)
+    [refused] = events
+    assert isinstance(refused, LoginRefused) and refused.code == "USER_NOT_FOUND"
+    assert a.server_id in refused.detail and "log in there" in refused.detail and f"{a.host}:{a.port}" in refused.detail
+
+
+def test_login_from_nothing_on_the_home_server(registered: Net3) -> None:
+    net, b, alice = registered.net, registered.a, registered.alice
     alice.disconnect()
     conn, attempt, events = login_at(net, b, "ALICE", PASSWORD)
     challenged, granted = events
@@ -185,7 +203,7 @@ def test_login_from_nothing_on_another_server(registered: Net3) -> None:
 
 
 def test_a_wrong_password_is_refused_clearly_and_costs_the_challenge(registered: Net3) -> None:
-    net, b = registered.net, registered.b
+    net, b = registered.net, registered.a
     conn, attempt, events = login_at(net, b, "alice", "wrong password")
     assert isinstance(events[-1], LoginRefused)
     assert (events[-1].code, events[-1].detail) == ("AUTH_FAILED", "wrong password for alice")
@@ -199,7 +217,7 @@ def test_a_wrong_password_is_refused_clearly_and_costs_the_challenge(registered:
 
 
 def test_failed_logins_are_rate_limited_per_user(registered: Net3) -> None:
-    net, b = registered.net, registered.b
+    net, b = registered.net, registered.a
     for _ in range(5):
         _, _, events = login_at(net, b, "alice", "guess")
         assert events[-1].code == "AUTH_FAILED"
@@ -212,7 +230,7 @@ def test_failed_logins_are_rate_limited_per_user(registered: Net3) -> None:
 
 
 def test_unknown_logins_and_mismatched_nonces_are_refused(registered: Net3) -> None:
-    net, b, alice = registered.net, registered.b, registered.alice
+    net, b, alice = registered.net, registered.a, registered.alice
     _, _, events = login_at(net, b, "nobody", PASSWORD)
     assert isinstance(events[-1], LoginRefused) and events[-1].code == "USER_NOT_FOUND"
     assert "nobody registered the login 'nobody'" in events[-1].detail
@@ -238,7 +256,7 @@ def test_a_login_in_progress_may_outlast_the_peer_timeout(registered: Net3) -> N
 
 
 def test_the_client_refuses_a_weak_challenge_and_a_blob_that_does_not_match(registered: Net3) -> None:
-    net, b = registered.net, registered.b
+    net, b = registered.net, registered.a
     key = b.key
     weak = env.make(FrameType.USER_LOGIN_CHALLENGE, b.server_id, "*", net.now, {
         "login": "alice", "user_id": registered.alice.user_id, "nonce": "n", "server_id": b.server_id,
@@ -320,27 +338,27 @@ def test_the_registry_binds_ids_to_keys_network_wide(registered: Net3) -> None:
 def test_records_from_servers_are_merged_carefully(registered: Net3) -> None:
     net, a, b, alice, bob = registered.net, registered.a, registered.b, registered.alice, registered.bob
     current = b.state.registration(alice.user_id)
-    assert current is not None and current.login is not None
+    assert current is not None and current.login is None
 
-    def push(registration: Registration) -> None:
+    def push(registration: Registration, **extra: Any) -> None:
         frame = env.make(FrameType.SERVER_USER_RECORDS, a.server_id, "*", net.now + 1,
-                         {"records": [registration.to_wire()]}, a.key)
+                         {"records": [{**registration.to_wire(), **extra}]}, a.key)
         net.inject("A", "B", frame.to_wire())
         net.now += 1
 
     push(replace(current, pubkey=bob.pubkey))            # another key for a bound id: ignored
-    newer = make_login_record(alice.key, alice.user_id, "alice", "new password", current.login.version + 10)
-    push(current.with_login(newer))                       # a newer record signed by the user: taken
-    stored = b.state.registration(alice.user_id)
-    assert stored is not None and stored.pubkey == alice.pubkey and stored.login == newer
-    push(current)                                         # an older one: ignored
-    assert b.state.registration(alice.user_id) == stored
-    thief = make_login_record(bob.key, bob.user_id, "alice", PASSWORD, 10**15)
+    assert b.state.registration(alice.user_id) == current
+    newer = make_login_record(alice.key, alice.user_id, "alice", "new password", 10**15)
+    push(current, login=newer.to_wire())                  # password records from a peer: never stored
+    assert b.state.registration(alice.user_id) == current
     bob_now = b.state.registration(bob.user_id)
     assert bob_now is not None
-    push(bob_now.with_login(thief))                       # a login that belongs to someone else: ignored
-    bob_after = b.state.registration(bob.user_id)
-    assert bob_after is not None and bob_after.login is None
+    push(bob_now, login_name="alice", login_home=a.server_id)  # a login that belongs to someone else: ignored
+    _, _, events = login_at(net, b, "alice", PASSWORD)
+    assert isinstance(events[-1], LoginRefused) and a.server_id in events[-1].detail
+    bob.send(bob.session.directory_query(net.now, login="alice"))
+    [entry] = bob.of(DirectoryEntry)[-1:]
+    assert entry.user_id == alice.user_id
     malformed = env.make(FrameType.SERVER_USER_RECORDS, a.server_id, "*", net.now + 1,
                          {"records": [{"user_id": 5}, "junk"]}, a.key)
     net.inject("A", "B", malformed.to_wire())             # bad records are skipped; the link stays up
