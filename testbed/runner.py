@@ -33,6 +33,7 @@ from testbed import checks
 from testbed.backend import BackendUnsupported, ClusterBackend, ClusterSpec, create_backend
 from testbed.load import LoadTracker
 from testbed.scenario import (
+    Attack,
     Broadcast,
     Connect,
     Disconnect,
@@ -62,7 +63,11 @@ MAILBOX_LIMIT = 200_000
 
 
 class StepFailed(Exception):
-    """A step could not do what it says; the message is the report's detail."""
+    """A step could not do what it says; the message is the report's detail, ``data`` its figures."""
+
+    def __init__(self, detail: str, data: dict[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.data = data or {}
 
 
 @dataclass(slots=True)
@@ -104,6 +109,7 @@ class RunReport:
         data["convergence_s"] = [s.seconds for s in self.steps if s.description.startswith("expect converged")]
         data["delivery"] = [s.data for s in self.steps if s.description.startswith("expect delivered")]
         data["traffic"] = [s.data for s in self.steps if s.description.startswith("expect traffic_delivered")]
+        data["attacks"] = [attack for s in self.steps for attack in s.data.get("attacks", [])]
         return data
 
 
@@ -270,7 +276,8 @@ class ScenarioRunner:
             detail, data = await self._dispatch(step)
             return StepResult(index, description, True, time.monotonic() - start, detail, data)
         except (StepFailed, BackendUnsupported, TimeoutError, WaitFailed, ScenarioError) as exc:
-            return StepResult(index, description, False, time.monotonic() - start, str(exc))
+            return StepResult(index, description, False, time.monotonic() - start, str(exc),
+                              exc.data if isinstance(exc, StepFailed) else {})
         except Exception as exc:  # a broken step must still produce a report and a teardown
             return StepResult(index, description, False, time.monotonic() - start,
                               f"{type(exc).__name__}: {exc}")
@@ -522,6 +529,26 @@ class ScenarioRunner:
                     await self._close(user)
         return f"{action} {node}", {}
 
+    async def _step_attack(self, step: Attack) -> Outcome:
+        from testbed.adversary import Target, run_attacks  # the attack suite, loaded when a scenario uses it
+
+        async def restart(node: str) -> None:
+            await self._node_action(NodeAction(action="restart", node=node))
+
+        introducer = next(plan.name for plan in self.backend.plan if plan.introducer)
+        target = Target({name: self.backend.url(name) for name in self.backend.node_names}, introducer,
+                        self.backend.peer_names, self.backend.health, self.backend.status, restart,
+                        self.backend.wait_healthy, self._new_key, self.factor,
+                        getattr(self.backend, "join_token", None))
+        outcomes = await run_attacks(target, step.names, self.progress)
+        failed = [o for o in outcomes if not o.passed]
+        data = {"attacks": [o.to_json() for o in outcomes], "passed": len(outcomes) - len(failed),
+                "failed": len(failed)}
+        if failed:
+            raise StepFailed(f"{len(failed)}/{len(outcomes)} attacks got through: "
+                             + "; ".join(f"{o.attack}: {o.observed}" for o in failed), data)
+        return f"{len(outcomes)} attacks, every defence held", data
+
     # --- users -----------------------------------------------------------------------------------
 
     async def _connect_all(self, wanted: list[tuple[str, str]]) -> None:
@@ -557,13 +584,15 @@ class ScenarioRunner:
     async def _identity(self, name: str) -> Identity:
         # The id and the key's index are drawn before anything is awaited: the same seed, the same users.
         user_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        return Identity(user_id, name, await self._new_key())
+
+    async def _new_key(self) -> crypto.PrivateKey:
+        """The next key of the key source, or a new one (off the event loop either way)."""
         if self.key_source is not None:
             index = self._keys_used
             self._keys_used += 1
-            key = await asyncio.to_thread(self.key_source, index)  # loading an RSA key checks it: slow
-        else:
-            key = await asyncio.to_thread(crypto.generate_private_key)
-        return Identity(user_id, name, key)
+            return await asyncio.to_thread(self.key_source, index)  # loading an RSA key checks it: slow
+        return await asyncio.to_thread(crypto.generate_private_key)
 
     async def _close(self, user: User) -> None:
         if user.client is not None:
@@ -653,6 +682,7 @@ STEP_HANDLERS: dict[type[Step], StepHandler] = {
     Broadcast: ScenarioRunner._step_broadcast,
     Expect: ScenarioRunner._step_expect,
     Traffic: ScenarioRunner._step_traffic,
+    Attack: ScenarioRunner._step_attack,
     NodeAction: ScenarioRunner._node_action,
 }
 """The one dispatch table: step class → handler (``repeat`` is unrolled by :meth:`ScenarioRunner._run_steps`)."""

@@ -39,6 +39,8 @@ arguments, checked for presence, type and range.
       - repeat:
           times: 5
           steps: [...]
+      - attack                                    # every hostile-peer attack (testbed.adversary), or
+      - attack: {only: "forged-dm,replays"}       # some of them
 """
 
 from __future__ import annotations
@@ -238,6 +240,27 @@ class Traffic(Step):
 
 
 @dataclass(frozen=True, slots=True)
+class Attack(Step):
+    """``attack``: run the hostile-peer attacks (:mod:`testbed.adversary`), all or ``only`` some (comma-separated);
+    the step fails unless every defence held and the honest users kept talking."""
+
+    KIND: ClassVar[str] = "attack"
+    only: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """The attacks chosen (empty: all)."""
+        return [name.strip() for name in (self.only or "").split(",") if name.strip()]
+
+    def check(self) -> None:
+        """Only known attacks."""
+        from testbed.adversary import ATTACKS  # imported when a scenario uses the step
+        unknown = [name for name in self.names if name not in ATTACKS]
+        if unknown:
+            raise ValueError(f"unknown attack(s) {', '.join(unknown)}; known: {', '.join(ATTACKS)}")
+
+
+@dataclass(frozen=True, slots=True)
 class NodeAction(Step):
     """``kill: peer2`` (and stop, start, restart, pause, unpause, partition, heal)."""
 
@@ -270,7 +293,7 @@ class Repeat(Step):
 
 
 STEP_TYPES: dict[str, type[Step]] = {cls.KIND: cls for cls in (
-    Up, WaitHealthy, Connect, Disconnect, Reconnect, Send, Broadcast, Expect, Traffic, Repeat)}
+    Up, WaitHealthy, Connect, Disconnect, Reconnect, Send, Broadcast, Expect, Traffic, Repeat, Attack)}
 """Step name → class (node actions aside: :data:`NODE_ACTIONS`)."""
 STEP_KINDS = (*STEP_TYPES, *NODE_ACTIONS)
 """Every step name a scenario file may use."""
