@@ -532,12 +532,9 @@ class ScenarioRunner:
     async def _step_attack(self, step: Attack) -> Outcome:
         from testbed.adversary import Target, run_attacks  # the attack suite, loaded when a scenario uses it
 
-        async def restart(node: str) -> None:
-            await self._node_action(NodeAction(action="restart", node=node))
-
         introducer = next(plan.name for plan in self.backend.plan if plan.introducer)
         target = Target({name: self.backend.url(name) for name in self.backend.node_names}, introducer,
-                        self.backend.peer_names, self.backend.health, self.backend.status, restart,
+                        self.backend.peer_names, self.backend.health, self.backend.status,
                         self.backend.wait_healthy, self._new_key, self.factor,
                         getattr(self.backend, "join_token", None))
         outcomes = await run_attacks(target, step.names, self.progress)

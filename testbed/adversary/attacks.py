@@ -69,7 +69,6 @@ class Target:
     peers: list[str]
     health: HealthProbe
     status: HealthProbe
-    restart: Callable[[str], Awaitable[None]]
     wait_healthy: Callable[[float], Awaitable[float]]
     new_key: KeySource
     factor: float = 1.0
