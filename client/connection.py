@@ -54,6 +54,7 @@ from socp.user import (
     FileRejected,
     FrameRejected,
     ServerError,
+    HelloReaddressed,
     ServerKeyChanged,
     UserList,
     UserSession,
@@ -171,7 +172,7 @@ class ClientConnection:
         identity = Identity(granted.user_id, login, granted.key)
         meta = {"display_name": login, **dict(granted.meta)}
         session = UserSession(granted.user_id, granted.key, meta, granted.server_pub,
-                              max_file_bytes=max_file_bytes, login_nonce=attempt.nonce)
+                              max_file_bytes=max_file_bytes, login_nonce=attempt.nonce, server_id=granted.server_id)
         return await cls._welcome(websocket, session, url, identity, timeout, sync_directory, downloads)
 
     @staticmethod
@@ -419,6 +420,10 @@ class ClientConnection:
             for event in self._session.receive_text(message, now_ms()):
                 if isinstance(event, Welcomed):
                     logger.info("welcomed by server %s at %s", event.server_id[:8], self.url)
+                elif isinstance(event, HelloReaddressed):
+                    # The server wants a hello signed for its own id (PROTOCOL.md §2.3): one more signature.
+                    logger.info("server at %s is %s; saying hello to it by id", self.url, event.server_id[:8])
+                    await self._send(self._session.hello(now_ms()))
                 elif isinstance(event, ServerError):
                     raise _refusal(event)
                 elif isinstance(event, ServerKeyChanged):

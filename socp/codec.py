@@ -39,11 +39,17 @@ def canonical_json(payload: Mapping[str, Any] | list[Any]) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
 
 
-def accepted_payload_forms(payload: Mapping[str, Any]) -> Iterator[bytes]:
-    """Every serialization of ``payload`` whose signature we accept, the canonical one first.
+def canonical_envelope(frame_type: str, sender: str, to: str, ts: int, payload: Mapping[str, Any]) -> bytes:
+    """The bytes a transport signature covers (WIRE §2): the canonical JSON of the five envelope fields
+    ``type``, ``from``, ``to``, ``ts`` and ``payload`` (no ``sig``, no ``id`` nor other extra fields)."""
+    return canonical_json({"type": frame_type, "from": sender, "to": to, "ts": ts, "payload": payload})
 
-    Other implementations sign with ``ensure_ascii=False`` or with the default separators; WIRE §2
-    tells us to accept both.
+
+def accepted_payload_forms(payload: Mapping[str, Any]) -> Iterator[bytes]:
+    """Every serialization of ``payload`` whose payload-only (legacy) signature we accept, canonical first.
+
+    Only under the legacy-interop switch (WIRE §2): other implementations sign the payload alone, with
+    ``ensure_ascii=False`` or with the default separators.
     """
     yield canonical_json(payload)
     yield json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import hmac
 import os
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -187,12 +188,14 @@ def verify(key: PublicKey, data: bytes, signature: str) -> bool:
 
 
 def sign_payload(key: PrivateKey, payload: Mapping[str, Any]) -> str:
-    """Transport signature over the canonical payload (WIRE §2)."""
+    """A payload-only signature (the standard's legacy transport form, WIRE §2); envelopes are signed by
+    :meth:`socp.envelope.Envelope.signed`, never by this."""
     return sign(key, canonical_json(payload))
 
 
 def verify_payload(key: PublicKey, payload: Mapping[str, Any], signature: str) -> bool:
-    """Verify a transport signature over the canonical payload or one of the accepted variants."""
+    """Verify a legacy payload-only transport signature (canonical or an accepted variant); used only
+    under the legacy-interop switch."""
     if not signature:
         return False
     return any(verify(key, form, signature) for form in accepted_payload_forms(payload))
@@ -333,6 +336,11 @@ otherwise ask for a cheap derivation and brute-force the verifier it is sent).""
 PBKDF2_MAX_ITERATIONS = 20_000_000
 """Ceiling, so that a hostile record cannot make a client spin for minutes."""
 SALT_BYTES = 16
+
+
+def random_frame_id() -> str:
+    """A random UUID v4 for an envelope's ``id`` (WIRE §2), from the same source as every nonce here."""
+    return str(uuid.UUID(bytes=os.urandom(16), version=4))
 
 
 def new_salt() -> bytes:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from socp import crypto
-from socp.codec import canonical_json
+from socp.codec import canonical_envelope, canonical_json
 from socp.errors import BadFrame, ErrorCode, ProtocolError, TooLarge, UnknownType
 from socp.settings import DEFAULT_MAX_FRAME_BYTES
 
@@ -102,7 +102,11 @@ PAYLOAD_SCHEMA: dict[FrameType, dict[str, tuple[type, ...]]] = {
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One SOCP frame. ``payload`` is treated as immutable once the envelope exists."""
+    """One SOCP frame. ``payload`` is treated as immutable once the envelope exists.
+
+    ``id`` is the random frame id WIRE §2 asks every frame to carry; no signature covers it, nothing
+    compares it, and :meth:`to_wire` mints one when it is empty.
+    """
 
     type: FrameType
     sender: str
@@ -110,6 +114,7 @@ class Envelope:
     ts: int
     payload: Mapping[str, Any] = field(default_factory=dict)
     sig: str = ""
+    id: str = field(default="", compare=False)
 
     @property
     def msg_ref(self) -> str:
@@ -126,21 +131,37 @@ class Envelope:
         digest.update(canonical_json(self.payload))
         return digest.digest()
 
+    @property
+    def signed_bytes(self) -> bytes:
+        """What the transport signature covers: the canonical envelope (WIRE §2)."""
+        return canonical_envelope(self.type.value, self.sender, self.to, self.ts, self.payload)
+
     def to_wire(self) -> str:
-        """The JSON text of this frame, ready for one WebSocket text message."""
+        """The JSON text of this frame, ready for one WebSocket text message (with a random ``id``)."""
         frame: dict[str, Any] = {
             "type": self.type.value, "from": self.sender, "to": self.to, "ts": self.ts,
-            "payload": dict(self.payload), "sig": self.sig,
+            "payload": dict(self.payload), "sig": self.sig, "id": self.id or crypto.random_frame_id(),
         }
         return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
     def signed(self, key: crypto.PrivateKey) -> Envelope:
-        """A copy of this envelope carrying a transport signature by ``key``."""
-        return replace(self, sig=crypto.sign_payload(key, self.payload))
+        """A copy of this envelope carrying a transport signature by ``key`` over the canonical envelope.
 
-    def verify(self, key: crypto.PublicKey) -> bool:
-        """True when ``sig`` is a valid transport signature by ``key`` (any accepted variant)."""
-        return crypto.verify_payload(key, self.payload, self.sig)
+        THE signing function for envelopes: servers, clients and test helpers all sign through it.
+        """
+        return replace(self, sig=crypto.sign(key, self.signed_bytes))
+
+    def verify(self, key: crypto.PublicKey, *, legacy: bool = False) -> bool:
+        """True when ``sig`` is a valid transport signature by ``key`` over the canonical envelope.
+
+        ``legacy`` (the node's legacy-interop switch only): a signature over the payload alone, in any
+        accepted serialization, passes too.
+        """
+        if not self.sig:
+            return False
+        if crypto.verify(key, self.signed_bytes, self.sig):
+            return True
+        return legacy and crypto.verify_payload(key, self.payload, self.sig)
 
 
 def make(frame_type: FrameType, sender: str, to: str, ts: int, payload: Mapping[str, Any],
@@ -184,6 +205,12 @@ def parse(data: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelo
     raw_type = frame.get("type")
     if not isinstance(raw_type, str):
         raise BadFrame("field 'type' missing or not a string")
+    try:
+        # JSON escapes can smuggle lone surrogates anywhere (type, from, to, payload, extra fields): no UTF-8
+        # signature form could cover them and no reply could name the frame, so the whole frame goes.
+        json.dumps(frame, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadFrame("frame is not valid Unicode (lone surrogate)") from None
     envelope_fields: tuple[tuple[str, tuple[type, ...]], ...] = (
         ("from", _STR), ("to", _STR), ("ts", _INT), ("payload", _DICT))
     for name, types in envelope_fields:
@@ -200,13 +227,10 @@ def parse(data: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelo
     if not isinstance(sig, str):
         raise BadFrame("envelope field 'sig' must be a string", msg_ref=msg_ref)
     payload = frame["payload"]
-    try:
-        # JSON escapes can smuggle lone surrogates, which no UTF-8 signature form could cover.
-        json.dumps(payload, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadFrame("payload is not valid Unicode (lone surrogate)", msg_ref=msg_ref) from None
     check_payload(frame_type, payload, msg_ref)
-    return Envelope(frame_type, frame["from"], frame["to"], frame["ts"], payload, sig)
+    frame_id = frame.get("id")
+    return Envelope(frame_type, frame["from"], frame["to"], frame["ts"], payload, sig,
+                    frame_id if isinstance(frame_id, str) else "")
 
 
 def check_payload(frame_type: FrameType, payload: Mapping[str, Any], msg_ref: str | None = None) -> None:

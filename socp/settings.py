@@ -18,8 +18,23 @@ DEFAULT_RATE_PER_SECOND = 200.0
 """Sustained frames per second allowed on one user connection."""
 DEFAULT_RATE_BURST = 1000
 """Burst of frames allowed on one user connection."""
+DEFAULT_SERVER_RATE_PER_SECOND = 2000.0
+"""Sustained frames per second allowed on one server link: ten times what the scale scenario's busiest link
+carries (every user's DMs, adverts and public fan-out of a whole peer funnel through it), so honest traffic
+never trips it, yet a flood (re-timestamped heartbeats) cannot outrun the replay cache."""
+DEFAULT_SERVER_RATE_BURST = 20_000
+"""Burst of frames allowed on one server link (a link coming up carries registry and presence snapshots)."""
+DEFAULT_REPLAY_CAPACITY = 200_000
+"""Frames the replay cache holds at most; when it is full, new frames are refused (RATE_LIMITED), never is an
+unexpired entry evicted (an evicted entry would let its frame be replayed)."""
+DEFAULT_MAX_CONNECTIONS = 4096
+"""Concurrent connections a node accepts in total (users, servers and handshakes)."""
+DEFAULT_MAX_CONNECTIONS_PER_IP = 256
+"""Concurrent connections a node accepts from one source address (a Docker host or NAT may carry many
+honest users, so this is generous; it bounds one stranger, not a network)."""
 DEFAULT_LOGIN_ATTEMPTS = 5
-"""Failed password logins allowed per user id within :data:`LOGIN_WINDOW_MS`."""
+"""Failed password logins (and login requests beyond the free ones) allowed per source address within
+:data:`LOGIN_WINDOW_MS` before that source is slowed down by a doubling backoff."""
 LOGIN_WINDOW_MS = 60_000
 """Window of the login rate limit."""
 JOIN_TIMEOUT_FLOOR_MS = 10_000

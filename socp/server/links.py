@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from socp.actions import LinkId
 from socp.errors import RateLimited
 from socp.ratelimit import TokenBucket
+from socp.settings import DEFAULT_SERVER_RATE_BURST, DEFAULT_SERVER_RATE_PER_SECOND
 from socp.server.liveness import FailureDetector, Verdict
 
 logger = logging.getLogger("socp.server")
@@ -62,6 +63,8 @@ class Link:
     login_nonce: str = ""                # the challenge's nonce; USER_HELLO must echo it after a login
     login_granted: bool = False
     suspected_at: int | None = None      # server link: when the failure detector began to suspect it
+    server_bucket: TokenBucket | None = None  # server link: its own, more generous rate limit
+    source: str = ""                     # inbound: the peer's address as the shell saw it (login throttle)
     carried: bool = False                # server link: a frame the peer verifies was queued since our last
     #                                      heartbeat round (the next round sends it no HEARTBEAT)
 
@@ -70,9 +73,13 @@ class LinkTable:
     """Links by id, and the identified server links by server id (at most one per server)."""
 
     def __init__(self, rate_per_second: float, rate_burst: int, peer_timeout_ms: int, *,
-                 heartbeat_interval_ms: int, join_wait_ms: int, now: int) -> None:
+                 heartbeat_interval_ms: int, join_wait_ms: int, now: int,
+                 server_rate_per_second: float = DEFAULT_SERVER_RATE_PER_SECOND,
+                 server_rate_burst: int = DEFAULT_SERVER_RATE_BURST) -> None:
         self._rate_per_second = rate_per_second
         self._rate_burst = rate_burst
+        self._server_rate_per_second = server_rate_per_second
+        self._server_rate_burst = server_rate_burst
         self._peer_timeout_ms = peer_timeout_ms
         self._join_wait_ms = join_wait_ms
         self.detector = FailureDetector(heartbeat_interval_ms, peer_timeout_ms, now)
@@ -138,13 +145,23 @@ class LinkTable:
     # --- rate limit and liveness -------------------------------------------------------------------
 
     def take_token(self, link: Link, now: int) -> None:
-        """Spend one frame of ``link``'s rate; raises RateLimited at most once a second, else SilentDrop."""
-        if link.bucket.take(now):
+        """Spend one frame of ``link``'s rate; raises RateLimited at most once a second, else SilentDrop.
+
+        Server links have a bucket of their own, far more generous (:attr:`ServerSettings.server_rate_per_second`):
+        honest mesh traffic never trips it, a flood of re-timestamped frames does.
+        """
+        if link.role is LinkRole.SERVER:
+            if link.server_bucket is None:
+                link.server_bucket = TokenBucket(self._server_rate_per_second, self._server_rate_burst)
+            bucket, rate = link.server_bucket, self._server_rate_per_second
+        else:
+            bucket, rate = link.bucket, self._rate_per_second
+        if bucket.take(now):
             return
         if now - link.rate_limited_at < 1000:
             raise SilentDrop
         link.rate_limited_at = now
-        raise RateLimited(f"more than {self._rate_per_second:g} frames/s; frames dropped")
+        raise RateLimited(f"more than {rate:g} frames/s; frames dropped")
 
     def check_liveness(self, now: int, close: Callable[[Link, str], None],
                        lost: Callable[[LinkId, int, str], None], log: logging.LoggerAdapter[logging.Logger]) -> None:

@@ -1,28 +1,29 @@
 """The one place a server makes, signs and sends frames, closes links and reports faults and events.
 
-Cost: a frame costs one RSA-4096 signature per *distinct* payload (the transport signature covers the payload
-only, WIRE §2), so the same advert pushed to every local user or the empty HEARTBEAT payload is signed once
-while the payload stays in the cache of :data:`SIGNATURE_CACHE_SIZE` entries. Fan-outs to servers (adverts,
-heartbeats, public-channel adds) make **one frame** and send its text on every link (:meth:`Outbox.send_text`),
-so they stay one signature each once the signature covers the whole envelope. ERROR frames
-(:meth:`Outbox.fault`) are signed one by one; they are rare. Every send on a link marks it ``carried``, which
-spares it the next HEARTBEAT (see :mod:`socp.server.mesh`).
+Cost: the transport signature covers the whole envelope (type, from, to, ts, payload; WIRE §2), so every
+distinct envelope costs one RSA-4096 signature, kept in a cache of :data:`SIGNATURE_CACHE_SIZE` entries.
+Fan-outs therefore make **one frame** addressed to ``"*"`` (or ``"public"``) and send its text on every link
+(:meth:`Outbox.send_text`): adverts pushed to every local user, heartbeats, public-channel frames and adds stay
+one signature each. ERROR frames (:meth:`Outbox.fault`) are signed one by one, and only on links whose peer
+proved who it is (a server or user link): a connection that has proven nothing gets an **unsigned** ERROR,
+counted in :attr:`Outbox.unsigned_errors`, so that junk from strangers costs no private-key operation. Every
+send on a link marks it ``carried``, which spares it the next HEARTBEAT (see :mod:`socp.server.mesh`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from socp import crypto
 from socp import envelope as env
 from socp.actions import Action, CloseLink, Dial, Event, LinkId, PeerFault, Send
-from socp.codec import canonical_json
 from socp.envelope import Envelope, FrameType
 from socp.errors import ProtocolError
 from socp.server.config import PUBKEY_CACHE_SIZE, SIGNATURE_CACHE_SIZE
-from socp.server.links import Link
+from socp.server.links import Link, LinkRole
 
 logger = logging.getLogger("socp.server")
 
@@ -35,9 +36,13 @@ class Outbox:
     logging live here.
     """
 
-    def __init__(self, server_id: str, key: crypto.PrivateKey) -> None:
+    def __init__(self, server_id: str, key: crypto.PrivateKey, *, legacy_interop: bool = False) -> None:
         self.server_id = server_id
         self.key = key
+        self.legacy_interop = legacy_interop
+        """Accept payload-only transport signatures too (WIRE §2 legacy-interop switch; never by default)."""
+        self.unsigned_errors = 0
+        """ERRORs sent unsigned to connections that had not proven who they are (no signature spent)."""
         self.pubkey = crypto.encode_public_key(key.public_key())
         self.log = logging.LoggerAdapter(logger, {"node": server_id[:8]})
         self._actions: list[Action] = []
@@ -58,26 +63,24 @@ class Outbox:
 
     def make_at(self, frame_type: FrameType, sender: str, to: str, ts: int, payload: Mapping[str, Any]) -> Envelope:
         """A frame with any ``from`` and ``ts`` (a user frame delivered under its own type), signed by us."""
-        return Envelope(frame_type, sender, to, int(ts), dict(payload), self.signature(payload))
+        return self.sign(Envelope(frame_type, sender, to, int(ts), dict(payload)))
 
-    def signature(self, payload: Mapping[str, Any]) -> str:
-        """Transport signature of ``payload``, computed once per distinct payload.
-
-        The signature covers the payload only (WIRE §2), so the same advert pushed to a hundred users, or the
-        empty HEARTBEAT payload, need one RSA-4096 signature each, not one per copy.
-        """
-        canonical = canonical_json(payload)
-        signature = self._signatures.get(canonical)
+    def sign(self, frame: Envelope) -> Envelope:
+        """``frame`` with our transport signature over its canonical envelope, computed once per distinct
+        envelope (a fan-out of one frame to many links, a heartbeat ``to: "*"``, costs one signature)."""
+        signed_bytes = frame.signed_bytes
+        signature = self._signatures.get(signed_bytes)
         if signature is None:
-            signature = crypto.sign(self.key, canonical)
+            signature = frame.signed(self.key).sig
             if len(self._signatures) >= SIGNATURE_CACHE_SIZE:
                 self._signatures.clear()
-            self._signatures[canonical] = signature
-        return signature
+            self._signatures[signed_bytes] = signature
+        return replace(frame, sig=signature)
 
-    def sign_uncached(self, payload: Mapping[str, Any]) -> str:
-        """A transport signature that is not worth caching (a payload seen once, e.g. a public message)."""
-        return crypto.sign_payload(self.key, payload)
+    def verify(self, frame: Envelope, key_text: str) -> bool:
+        """True when ``frame`` carries a transport signature by ``key_text`` (the canonical envelope; a
+        payload-only signature too under the legacy-interop switch)."""
+        return frame.verify(self.public_key(key_text), legacy=self.legacy_interop)
 
     def public_key(self, key_text: str) -> crypto.PublicKey:
         """``key_text`` decoded, from a bounded cache (verifying the same keys again and again is common)."""
@@ -123,14 +126,24 @@ class Outbox:
         """Report ``event`` to the shell."""
         self._events.append(event)
 
-    def fault(self, link: Link, exc: ProtocolError, now: int) -> None:
-        """Answer a refused frame with an ERROR (closing the link when ``exc.fatal``) and report it."""
+    def fault(self, link: Link, exc: ProtocolError, now: int, extra: Mapping[str, Any] | None = None) -> None:
+        """Answer a refused frame with an ERROR (closing the link when ``exc.fatal``) and report it.
+
+        ``extra``: more payload fields for the ERROR (e.g. the ``server_id`` a misaddressed USER_HELLO needs).
+        """
         peer = link.peer or f"link {link.link_id}"
         self._events.append(PeerFault(link.link_id, peer, exc.code.value, exc.detail, exc.fatal))
         self.log.info("refused frame from %s: %s%s", peer[:8] if link.peer else peer, exc,
                       " (closing)" if exc.fatal else "")
         to = link.peer or "*"
-        self.send(link, env.error_from_exception(self.server_id, to, now, exc, self.key))
+        # A connection that has not proven who it is gets no signature of ours (CPU denial of service).
+        proven = link.role in (LinkRole.SERVER, LinkRole.USER)
+        if not proven:
+            self.unsigned_errors += 1
+        error = env.error_from_exception(self.server_id, to, now, exc, None)
+        if extra:
+            error = replace(error, payload={**error.payload, **extra})
+        self.send(link, self.sign(error) if proven else error)
         if exc.fatal:
             self.close(link, f"{exc.code}: {exc.detail}")
 

@@ -74,10 +74,13 @@ class Presence:
         return list(self._locals.values())
 
     def push(self, frame_type: FrameType, now: int, payload: Mapping[str, Any], exclude: str | None = None) -> None:
-        """Send one frame per local user (but ``exclude``); one signature serves every copy."""
+        """Send one frame to every local user (but ``exclude``): addressed to ``"*"``, so that one signature
+        over the envelope serves every copy."""
+        text = ""
         for local in list(self._locals.values()):
             if local.user_id != exclude:
-                self._out.send(self._links[local.link_id], self._out.make(frame_type, local.user_id, now, payload))
+                text = text or self._out.make(frame_type, BROADCAST, now, payload).to_wire()
+                self._out.send_text(self._links[local.link_id], text)
 
     # --- users attaching and leaving ---------------------------------------------------------------
 
@@ -92,12 +95,20 @@ class Presence:
         user_id = frame.sender
         if not env.is_uuid(user_id):
             raise BadFrame("user id must be a UUID", msg_ref=frame.msg_ref, fatal=True)
+        if frame.to != self._out.server_id and not (self._settings.legacy_interop and frame.to == BROADCAST):
+            # Bound to this server (PROTOCOL.md §2.3): a hello captured on its way to another server, or one
+            # addressed to "*", must not log anyone in here. The unsigned answer names our id so that an
+            # honest client can sign its hello again, addressed to us; the connection stays open for it.
+            self._out.fault(link, BadFrame(f"USER_HELLO must be addressed to this server: to = "
+                                           f"{self._out.server_id}", msg_ref=frame.msg_ref), now,
+                            extra={"server_id": self._out.server_id})
+            return
         key_text = crypto.normalize_public_key(frame.payload["pubkey"])
         enc_key = frame.payload.get("enc_pubkey")
         if enc_key is not None:
             crypto.decode_public_key(enc_key)
         if frame.sig:
-            if not frame.verify(self._out.public_key(key_text)):
+            if not self._out.verify(frame, key_text):
                 raise InvalidSignature("USER_HELLO signature does not verify with its pubkey",
                                        msg_ref=frame.msg_ref, fatal=True)
         elif not self._settings.allow_unsigned_hello:

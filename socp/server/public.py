@@ -72,17 +72,21 @@ class PublicChannel:
     def fan_out(self, kind: FrameType, sender: str, ts: int, payload: Mapping[str, Any], now: int) -> None:
         """Hand a verified public frame to every local member but its sender, and to every other server.
 
-        The transport signature covers the payload only, so one signature serves every copy.
+        The transport signature covers the whole envelope, so the servers' copy is one SERVER_DELIVER addressed
+        to ``"*"`` (one signature for every link; a receiver accepts ``"*"`` only for ``user_id: "public"``).
         """
         self._deliver_locally(kind, sender, ts, payload)
+        links = self._links.server_links()
+        if not links:
+            return
         body = {k: v for k, v in payload.items() if k not in ("user_id", "kind", "sender")}
         body.update({"user_id": PUBLIC_GROUP, "sender": sender, "kind": kind.value})
-        signature = self._out.sign_uncached(body)
-        for server_link in self._links.server_links():
-            out = Envelope(FrameType.SERVER_DELIVER, self._out.server_id, server_link.peer, ts, body, signature)
+        out = self._out.make_at(FrameType.SERVER_DELIVER, self._out.server_id, BROADCAST, ts, body)
+        text = out.to_wire()
+        for server_link in links:
             if logger.isEnabledFor(logging.DEBUG):
                 self._out.log.debug("> %s %s on link %d", out.type, out.msg_ref, server_link.link_id)
-            self._out.send_text(server_link, out.to_wire())
+            self._out.send_text(server_link, text)
 
     # --- from servers ------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from socp import crypto
 from socp import envelope as env
-from socp.envelope import PUBLIC_GROUP, Envelope, FrameType
+from socp.envelope import BROADCAST, PUBLIC_GROUP, Envelope, FrameType
 from socp.errors import BadFrame, ErrorCode, InvalidSignature, TooLarge, UserNotFound
 from socp.presence import Directory
 from socp.server.config import ServerSettings
@@ -121,10 +121,11 @@ class Routing:
     def on_server_deliver(self, link: Link, frame: Envelope, now: int) -> None:
         """SERVER_DELIVER for one of our users (or ``public``): check the payload, deliver, or bounce."""
         out = self._out
-        if frame.to != out.server_id:
-            raise BadFrame("SERVER_DELIVER addressed to another server", msg_ref=frame.msg_ref)
         payload = dict(frame.payload)
         recipient = payload.pop("user_id")
+        # A public frame is one signed SERVER_DELIVER to "*" for every server (socp.server.public.fan_out).
+        if frame.to != out.server_id and not (frame.to == BROADCAST and recipient == PUBLIC_GROUP):
+            raise BadFrame("SERVER_DELIVER addressed to another server", msg_ref=frame.msg_ref)
         kind_name = payload.pop("kind", FrameType.MSG_DIRECT.value)
         if recipient == PUBLIC_GROUP:
             self._public.on_deliver(frame, kind_name, payload, now)

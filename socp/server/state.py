@@ -61,13 +61,15 @@ class ServerState:
         self.settings = settings
         self.directory = Directory()
         """Who is online where (WIRE §4.5)."""
-        self.replay = ReplayCache(settings.replay_window_ms)
+        self.replay = ReplayCache(settings.replay_window_ms, settings.replay_capacity)
         """Frames seen within the replay window."""
         self.hooks = Hooks()
-        self.out = Outbox(settings.server_id, key)
+        self.out = Outbox(settings.server_id, key, legacy_interop=settings.legacy_interop)
         self.links = LinkTable(settings.rate_per_second, settings.rate_burst, settings.peer_timeout_ms,
                                heartbeat_interval_ms=settings.heartbeat_interval_ms,
-                               join_wait_ms=settings.join_wait_ms, now=now)
+                               join_wait_ms=settings.join_wait_ms, now=now,
+                               server_rate_per_second=settings.server_rate_per_second,
+                               server_rate_burst=settings.server_rate_burst)
         self.book = ServerBook(settings, self.out, rng, dict(pinned_servers or {}))
         self.registry = Registry(settings, self.out, self.links, self.directory, registrations, self.book)
         self.presence = Presence(settings, self.out, self.links, self.directory, self.replay, self.registry,
@@ -105,9 +107,12 @@ class ServerState:
         """Begin joining the network through the bootstrap list (an introducer joins its fellow introducers)."""
         self.mesh.start(now)
 
-    def accept_link(self, now: int) -> LinkId:
-        """Register an inbound connection; returns its link id."""
-        return self.links.new(outbound=False, role=LinkRole.PENDING, now=now).link_id
+    def accept_link(self, now: int, source: str = "") -> LinkId:
+        """Register an inbound connection from ``source`` (its address, for per-source throttles); returns
+        its link id."""
+        link = self.links.new(outbound=False, role=LinkRole.PENDING, now=now)
+        link.source = source
+        return link.link_id
 
     def dial_succeeded(self, link_id: LinkId, now: int) -> None:
         """An outbound Dial connected: send the link's first frame."""
@@ -137,8 +142,7 @@ class ServerState:
         if link.role is not LinkRole.SERVER:
             link.last_seen = now  # a server link lives on verified frames only (see ServerBook.verify)
         try:
-            if link.role is LinkRole.USER or link.role is LinkRole.PENDING:
-                self.links.take_token(link, now)
+            self.links.take_token(link, now)
             frame = env.parse(text, self.settings.max_frame_bytes)
         except SilentDrop:
             return
@@ -241,6 +245,8 @@ class ServerState:
                                "members": self.public.member_count()},
             "link_deaths": self.links.detector.link_deaths, "stalls": self.links.detector.stalls,
             "heartbeat_signatures": self.mesh.heartbeat_signatures,
+            "unsigned_errors": self.out.unsigned_errors, "replay_refused": self.replay.refused,
+            "legacy_interop": self.settings.legacy_interop,
         }
 
     def registration(self, user_id: str) -> Registration | None:

@@ -22,6 +22,14 @@ class Welcomed:
 
 
 @dataclass(frozen=True, slots=True)
+class HelloReaddressed:
+    """The server refused our USER_HELLO addressed to ``"*"`` and named its id (PROTOCOL.md §2.3): send
+    :meth:`socp.user.UserSession.hello` again, which is now addressed (and signed) to ``server_id``."""
+
+    server_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ServerKeyChanged:
     """The server presented a key other than the expected one; the session refuses it for good."""
 
@@ -224,7 +232,7 @@ class DuplicateDelivery:
     msg_ref: str
 
 
-ClientEvent = (Welcomed | ServerKeyChanged | UserOnline | UserOffline | UserList | DirectMessage | ServerError
+ClientEvent = (Welcomed | HelloReaddressed | ServerKeyChanged | UserOnline | UserOffline | UserList | DirectMessage | ServerError
                | Acked | FrameRejected | PublicMessage | PublicMessageUnreadable | PublicKeyReceived | FileIncoming
                | FileProgress | FileReceived | FileRejected | DirectoryEntry | DuplicateDelivery)
 """Everything :meth:`socp.user.UserSession.receive_text` reports."""

@@ -53,6 +53,7 @@ from socp.user.common import LocalUser, OutboundFrame, Rejected, logger
 from socp.user.direct import DirectMessages
 from socp.user.events import (
     Acked,
+    HelloReaddressed,
     ClientEvent,
     DirectoryEntry,
     FrameRejected,
@@ -79,9 +80,14 @@ class SessionState(enum.Enum):
 class ServerLink:
     """The session's standing with its server: the state, and the server key pinned at the welcome."""
 
-    def __init__(self, peers: PeerDirectory, expected_pub: str | None) -> None:
+    def __init__(self, peers: PeerDirectory, expected_pub: str | None, expected_id: str | None = None) -> None:
         self._peers = peers
         self.expected_pub = expected_pub
+        self.expected_id = expected_id
+        """The server id our USER_HELLO is addressed to (None: ``"*"``, until the server names itself)."""
+        self.hello_ref: str | None = None
+        """``msg_ref`` of the last USER_HELLO sent."""
+        self.readdressed = False
         self.state = SessionState.AWAITING_ACK
         self.server_id: str | None = None
         self.server_pub: str | None = None
@@ -109,6 +115,8 @@ class ServerLink:
         server_id, server_pub = payload.get("server_id"), payload.get("server_pub")
         if not isinstance(server_id, str) or not server_id:
             raise Rejected("ACK of USER_HELLO lacks a 'server_id' string")
+        if self.expected_id is not None and server_id != self.expected_id:
+            raise Rejected(f"ACK of USER_HELLO names server {server_id}, our hello was for {self.expected_id}")
         try:
             key_text = crypto.normalize_public_key(server_pub)
         except BadKey as exc:
@@ -125,6 +133,19 @@ class ServerLink:
         self.server_id, self.server_pub, self._server_key = server_id, key_text, key
         logger.info("welcomed by server %s (key %s)", server_id[:8], crypto.key_fingerprint(key_text))
         return [Welcomed(server_id, key_text)]
+
+
+def early_error(parts: Parts, frame: Envelope) -> list[ClientEvent]:
+    """An ERROR before the welcome (unsigned: nothing is pinned yet). One that refuses our hello addressed to
+    ``"*"`` and names the server's id readdresses the hello, once (PROTOCOL.md §2.3); any other is reported."""
+    link = parts.link
+    server_id = frame.payload.get("server_id")
+    if (not link.readdressed and link.expected_id is None and env.is_uuid(server_id)
+            and frame.payload.get("msg_ref") == link.hello_ref and isinstance(server_id, str)):
+        link.readdressed = True
+        link.expected_id = server_id
+        return [HelloReaddressed(server_id)]
+    return [server_error(frame)]
 
 
 def server_error(frame: Envelope) -> ServerError:
@@ -190,7 +211,7 @@ ROUTES: Final[Mapping[SessionState, Mapping[FrameType, Route]]] = {
         FrameType.ACK: Route(lambda p, frame, now: p.link.on_welcome(frame), verified=False),
         # Nothing is pinned yet, so an early ERROR cannot be authenticated; surface it all the same,
         # it usually explains why we are not welcome (NAME_IN_USE, BAD_KEY, …).
-        FrameType.ERROR: Route(lambda p, frame, now: [server_error(frame)], verified=False),
+        FrameType.ERROR: Route(lambda p, frame, now: early_error(p, frame), verified=False),
     },
     SessionState.WELCOMED: {
         FrameType.ACK: Route(lambda p, frame, now: [Acked(frame.payload["msg_ref"])]),
@@ -226,7 +247,8 @@ class UserSession:
 
     def __init__(self, user_id: str, key: crypto.PrivateKey, meta: Mapping[str, Any],
                  expected_server_pub: str | None = None, *, replay_window_ms: int = DEFAULT_WINDOW_MS,
-                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, login_nonce: str | None = None) -> None:
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, login_nonce: str | None = None,
+                 server_id: str | None = None) -> None:
         self._user = LocalUser(user_id, key)
         self.user_id = user_id
         self.pubkey = self._user.pubkey
@@ -240,7 +262,7 @@ class UserSession:
         peers = PeerDirectory()
         public = PublicChannel(self._user, peers, replay)
         peers.on_member_left(public.member_left)
-        self._parts = Parts(ServerLink(peers, expected_pub), peers, DirectMessages(self._user, peers, replay),
+        self._parts = Parts(ServerLink(peers, expected_pub, server_id), peers, DirectMessages(self._user, peers, replay),
                             public, FileTransfers(self._user, peers, public, replay, max_file_bytes))
 
     # --- read-only views -------------------------------------------------------------------------
@@ -303,13 +325,19 @@ class UserSession:
         """The USER_HELLO frame, signed with the user's key (proof of possession).
 
         After a password login it carries the server's ``login_nonce``, so the signature also proves
-        possession of the key to that very challenge.
+        possession of the key to that very challenge. It is addressed to the server's id when the session
+        knows it (``server_id``, or after :class:`HelloReaddressed`), else to ``"*"``; a server answers a
+        ``"*"`` hello by naming its id (PROTOCOL.md §2.3), and a hello signed for one server is refused by any
+        other.
         """
         payload: dict[str, Any] = {"client": CLIENT_NAME, "pubkey": self.pubkey, "enc_pubkey": self.pubkey,
                                    "meta": dict(self.meta)}
         if self._login_nonce is not None:
             payload["login_nonce"] = self._login_nonce
-        return self._user.frame(FrameType.USER_HELLO, BROADCAST, now, payload, signed=True)
+        link = self._parts.link
+        hello = self._user.frame(FrameType.USER_HELLO, link.expected_id or BROADCAST, now, payload, signed=True)
+        link.hello_ref = hello.msg_ref
+        return hello
 
     def list_request(self, now: int) -> OutboundFrame:
         """A LIST_REQUEST frame; the answer arrives as a :class:`UserList` event."""

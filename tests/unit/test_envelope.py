@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -81,7 +82,17 @@ def test_to_wire_parse_round_trip(key_pool: KeyPool) -> None:
     assert "\n" not in wire
     assert env.parse(wire) == original
     assert env.parse(wire.encode("utf-8")) == original
-    assert set(json.loads(wire)) == {"type", "from", "to", "ts", "payload", "sig"}
+    assert set(json.loads(wire)) == {"type", "from", "to", "ts", "payload", "sig", "id"}
+
+
+def test_every_frame_carries_a_fresh_random_id(key_pool: KeyPool) -> None:
+    """WIRE §2: a random UUID v4 "id" on every frame, covered by no signature, kept when parsed."""
+    frame = env.make(FrameType.HEARTBEAT, A, "*", TS, {}, key_pool.key(0))
+    first, second = json.loads(frame.to_wire())["id"], json.loads(frame.to_wire())["id"]
+    assert env.is_uuid(first) and env.is_uuid(second) and first != second
+    parsed = env.parse(frame.to_wire())
+    assert env.is_uuid(parsed.id) and json.loads(parsed.to_wire())["id"] == parsed.id
+    assert parsed.verify(key_pool.key(0).public_key())
 
 
 # --- bad frames -----------------------------------------------------------------------------------
@@ -252,19 +263,43 @@ def test_verify_refuses_tampered_payload(key_pool: KeyPool) -> None:
     assert not env.parse(json.dumps(data)).verify(key.public_key())
 
 
-def test_signature_covers_payload_only(key_pool: KeyPool) -> None:
-    """WIRE §2: ``sig`` covers the canonical payload; envelope fields are bound by the replay cache."""
+@pytest.mark.parametrize("field", ["type", "from", "to", "ts"])
+def test_signature_covers_every_envelope_field(key_pool: KeyPool, field: str) -> None:
+    """WIRE §2 (issue 11 finding 4): ``sig`` covers type, from, to, ts and payload, so a captured frame
+    re-timestamped, re-addressed or re-typed no longer verifies (it did when ``sig`` covered the payload)."""
     key = key_pool.key(0)
     data = json.loads(BASE.signed(key).to_wire())
-    data["ts"] = TS + 5
+    data[field] = {"type": "USER_ADVERTISE", "from": B, "to": B, "ts": TS + 5}[field]
+    assert not env.parse(json.dumps(data)).verify(key.public_key())
+    assert not env.parse(json.dumps(data)).verify(key.public_key(), legacy=True)
+
+
+def test_signature_is_over_the_canonical_envelope(key_pool: KeyPool) -> None:
+    key = key_pool.key(0)
+    signed = BASE.signed(key)
+    canonical = json.dumps({"type": BASE.type.value, "from": A, "to": BASE.to, "ts": TS, "payload": BASE.payload},
+                           sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    assert crypto.verify(key.public_key(), canonical, signed.sig)
+    # the extra "id" field is covered by nothing: another id still verifies
+    data = json.loads(signed.to_wire())
+    data["id"] = "not even a uuid"
     assert env.parse(json.dumps(data)).verify(key.public_key())
+
+
+def test_payload_only_signature_only_under_the_legacy_switch(key_pool: KeyPool) -> None:
+    key = key_pool.key(0)
+    legacy = replace(BASE, sig=crypto.sign_payload(key, BASE.payload))
+    assert not legacy.verify(key.public_key())
+    assert legacy.verify(key.public_key(), legacy=True)
+    assert not legacy.verify(key_pool.key(1).public_key(), legacy=True)
 
 
 def test_make_signs_only_with_a_key(key_pool: KeyPool) -> None:
     unsigned = env.make(FrameType.HEARTBEAT, A, B, TS, {})
     assert unsigned.sig == ""
     signed = env.make(FrameType.HEARTBEAT, A, B, TS, {}, key_pool.key(0))
-    assert crypto.verify_payload(key_pool.key(0).public_key(), {}, signed.sig)
+    assert crypto.verify(key_pool.key(0).public_key(), signed.signed_bytes, signed.sig)
+    assert not crypto.verify_payload(key_pool.key(0).public_key(), {}, signed.sig)
 
 
 def test_error_frame_and_error_from_exception(key_pool: KeyPool) -> None:
@@ -287,3 +322,25 @@ def test_error_frame_and_error_from_exception(key_pool: KeyPool) -> None:
 ])
 def test_is_uuid(value: object, expected: bool) -> None:
     assert env.is_uuid(value) is expected
+
+
+@pytest.mark.parametrize("where", ["type", "from", "to", "payload", "sig", "id", "key"])
+def test_lone_surrogate_anywhere_is_bad_frame(where: str) -> None:
+    """Issue 11 finding 8: a lone surrogate (JSON escape \\ud800) anywhere in a frame is BAD_FRAME, never a
+    UnicodeEncodeError escaping later (msg_ref, replay key, signature bytes)."""
+    frame: dict[str, Any] = {"type": "HEARTBEAT", "from": A, "to": B, "ts": TS, "payload": {}, "sig": ""}
+    bad = "x\ud800"
+    if where == "payload":
+        frame["payload"] = {"note": bad}
+    elif where == "key":
+        frame["payload"] = {bad: 1}
+    elif where == "type":
+        frame["type"] = bad
+    else:
+        frame[where] = bad
+    text = json.dumps(frame)  # ensure_ascii: the surrogate travels as an escape
+    assert "\\ud800" in text
+    with pytest.raises(BadFrame) as caught:
+        env.parse(text)
+    assert caught.value.msg_ref is None
+    json.dumps(env.error_from_exception(A, B, TS, caught.value, None).to_wire()).encode("utf-8")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from socp import crypto
@@ -136,13 +138,14 @@ def test_a_malformed_forward_bounces_an_error_to_the_sender(two: TwoServers) -> 
     assert errors and "content_sig" in errors[-1].text
 
 
-def test_identical_payloads_are_signed_once(two: TwoServers) -> None:
+def test_heartbeats_are_signed_over_the_whole_envelope(two: TwoServers) -> None:
+    """WIRE §2 (issue 11 finding 4): a HEARTBEAT re-sent with a fresh ts no longer verifies."""
     net, a = two.net, two.a
     net.run(6 * 1_000)
-    signatures = [env.parse(p.text).sig for p in net.packets(src="A", frame_type="HEARTBEAT")]
-    assert len(signatures) > 2 and len(set(signatures)) == 1, "one signature serves every HEARTBEAT {}"
-    # ...and each is still a valid signature by A over the (empty) payload.
-    assert env.parse(net.packets(src="A", frame_type="HEARTBEAT")[-1].text).verify(a.key.public_key())
+    beat = env.parse(net.packets(src="A", frame_type="HEARTBEAT")[-1].text)
+    assert beat.verify(a.key.public_key())
+    assert not replace(beat, ts=beat.ts + 1_000).verify(a.key.public_key())
+    assert not replace(beat, to=two.b.server_id).verify(a.key.public_key())
 
 
 def test_one_heartbeat_frame_per_round_serves_every_link(two: TwoServers) -> None:

@@ -192,7 +192,7 @@ def test_login_from_nothing_on_the_home_server(registered: Net3) -> None:
     assert isinstance(granted, LoginGranted) and granted.user_id == alice.user_id
     assert crypto.encode_public_key(granted.key.public_key()) == alice.pubkey
     session = UserSession(granted.user_id, granted.key, {"display_name": "alice"}, granted.server_pub,
-                          login_nonce=attempt.nonce)
+                          login_nonce=attempt.nonce, server_id=granted.server_id)
     hello = session.hello(net.now)
     assert env.parse(hello).payload["login_nonce"] == attempt.nonce
     conn.send(hello)
@@ -237,7 +237,7 @@ def test_unknown_logins_and_mismatched_nonces_are_refused(registered: Net3) -> N
     alice.disconnect()
     conn, _, events = login_at(net, b, "alice", PASSWORD)
     assert isinstance(events[-1], LoginGranted)
-    forged = UserSession(alice.user_id, alice.key, {}, login_nonce="not-the-nonce")
+    forged = UserSession(alice.user_id, alice.key, {}, login_nonce="not-the-nonce", server_id=b.server_id)
     conn.send(forged.hello(net.now))
     [error] = conn.errors()
     assert error.payload["code"] == "BAD_FRAME" and "login_nonce" in error.payload["detail"] and conn.closed

@@ -91,9 +91,12 @@ def test_wire_shape_of_what_the_sender_and_the_servers_emit(channel: Channel) ->
     assert set(message.payload) == {"ciphertext", "sender_pub", "content_sig", "key_id"}
     signed = (message.payload["ciphertext"] + alice.user_id + str(message.ts)).encode()
     assert crypto.verify(alice.key.public_key(), signed, message.payload["content_sig"])
-    # A forwards one SERVER_DELIVER per server, user_id "public" with kind; B hands it over under its own type.
-    hops = [env.parse(p.text) for p in net.packets(src="A", frame_type="SERVER_DELIVER")]
-    kinds = sorted((net.name_of(h.to), h.payload["kind"]) for h in hops)
+    # A forwards one SERVER_DELIVER, to "*" (one signature over the envelope), on every server link, user_id
+    # "public" with kind; B hands it over under its own type.
+    packets = net.packets(src="A", frame_type="SERVER_DELIVER")
+    hops = [env.parse(p.text) for p in packets]
+    assert {h.to for h in hops} == {"*"}
+    kinds = sorted((p.dst, h.payload["kind"]) for p, h in zip(packets, hops, strict=True))
     assert kinds == [("B", "MSG_PUBLIC_CHANNEL"), ("B", "PUBLIC_CHANNEL_KEY_SHARE"),
                      ("I", "MSG_PUBLIC_CHANNEL"), ("I", "PUBLIC_CHANNEL_KEY_SHARE")]
     for hop in hops:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from socp.envelope import Envelope, FrameType
-from socp.errors import ErrorCode, StaleFrame
+from socp.errors import ErrorCode, RateLimited, StaleFrame
 from socp.replay import DEFAULT_WINDOW_MS, ReplayCache
 
 NOW = 1_760_000_000_000
@@ -80,21 +80,39 @@ def test_admit_expires_old_keys() -> None:
     assert len(cache) == 1
 
 
-def test_capacity_bound_forgets_oldest() -> None:
+def test_a_full_cache_refuses_new_frames_and_never_forgets_a_live_one() -> None:
+    """Issue 11 finding 9: flooding the cache must not flush a live entry out (its frame would replay);
+    the sender is refused with RATE_LIMITED instead, until entries expire."""
     cache = ReplayCache(WINDOW, capacity=3)
-    for i in range(5):
+    for i in range(3):
         assert cache.admit(heartbeat(NOW, i), NOW)
-    assert len(cache) == 3
-    assert not cache.admit(heartbeat(NOW, 4), NOW)    # newest kept
-    assert cache.admit(heartbeat(NOW, 0), NOW)        # oldest forgotten
-    assert len(cache) == 3
+    with pytest.raises(RateLimited):
+        cache.admit(heartbeat(NOW, 3), NOW)
+    assert cache.refused == 1 and len(cache) == 3
+    assert not cache.admit(heartbeat(NOW, 0), NOW)        # the oldest is still remembered: a replay is caught
+    later = NOW + WINDOW + 1                                # the three expire; room again
+    assert cache.admit(heartbeat(later, 3), later)
 
 
 def test_capacity_bound_under_flood() -> None:
     cache = ReplayCache(WINDOW, capacity=100)
+    refused = 0
     for i in range(1000):
-        cache.admit(heartbeat(NOW + i % 50, i), NOW)
-    assert len(cache) == 100
+        try:
+            cache.admit(heartbeat(NOW + i % 50, i), NOW)
+        except RateLimited:
+            refused += 1
+    assert len(cache) == 100 and refused == 900 == cache.refused
+    assert not cache.admit(heartbeat(NOW, 0), NOW)
+
+
+def test_a_full_cache_finds_room_behind_a_live_entry() -> None:
+    """Expired keys inserted after a live one (out of ts order) are reclaimed when the cache is full."""
+    cache = ReplayCache(WINDOW, capacity=2)
+    assert cache.admit(heartbeat(NOW + WINDOW, 0), NOW + WINDOW)   # lives long
+    assert cache.admit(heartbeat(NOW, 1), NOW + WINDOW)            # expires first, but sits behind it
+    later = NOW + WINDOW + 1
+    assert cache.admit(heartbeat(later, 2), later)
 
 
 @pytest.mark.parametrize(("window", "capacity"), [(0, 10), (-1, 10), (10, 0), (10, -5)])

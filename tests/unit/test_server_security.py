@@ -25,8 +25,8 @@ def mesh(net: Net, intro_id: str = MID, a_id: str = HIGH, b_id: str = LOW) -> tu
 
 
 def announce(net: Net, sender: str, key: crypto.PrivateKey, pubkey: str, host: str = "evil.test",
-             port: int = 6666) -> env.Envelope:
-    return env.make(FrameType.SERVER_ANNOUNCE, sender, "*", net.now, {"host": host, "port": port, "pubkey": pubkey},
+             port: int = 6666, to: str = "*") -> env.Envelope:
+    return env.make(FrameType.SERVER_ANNOUNCE, sender, to, net.now, {"host": host, "port": port, "pubkey": pubkey},
                     key)
 
 
@@ -47,7 +47,7 @@ def test_announce_with_a_pinned_id_and_another_key_is_bad_key(net: Net) -> None:
     _intro, a, b = mesh(net)
     alice, bob = net.user("alice", a), net.user("bob", b)
     eve = attacker(net, b)
-    eve.send(announce(net, a.server_id, eve.key, eve.pubkey))        # self-signed, but not A's key
+    eve.send(announce(net, a.server_id, eve.key, eve.pubkey, to=b.server_id))  # self-signed, not A's key
     [error] = eve.errors()
     assert error.payload["code"] == "BAD_KEY"
     assert eve.closed
@@ -62,7 +62,7 @@ def test_announce_with_a_pinned_id_and_another_key_is_bad_key(net: Net) -> None:
 def test_announce_not_signed_by_the_key_it_announces_is_invalid_sig(net: Net) -> None:
     _intro, a, b = mesh(net)
     eve = attacker(net, b)
-    eve.send(announce(net, net.new_id(), eve.key, a.pubkey))        # claims A's key, cannot sign with it
+    eve.send(announce(net, net.new_id(), eve.key, a.pubkey, to=b.server_id))  # claims A's key, cannot sign
     assert [e.payload["code"] for e in eve.errors()] == ["INVALID_SIG"]
     assert eve.closed and net.links_between("A", "B") == 1
 

@@ -24,6 +24,7 @@ from socp.user import (
     DirectMessage,
     DuplicateDelivery,
     FrameRejected,
+    HelloReaddressed,
     MsgRef,
     ServerError,
     ServerKeyChanged,
@@ -472,8 +473,9 @@ def test_list_request_is_signed_and_addressed_to_the_server(keys: Keys, alice: U
 def test_two_sessions_through_server_state(keys: Keys) -> None:
     settings = ServerSettings(server_id=SERVER_ID, advertise_host="127.0.0.1", advertise_port=8765)
     server = ServerState(settings, keys.server, now=NOW)
+    # alice does not know the server's id (her "*" hello is readdressed, PROTOCOL.md §2.3); bob does.
     sessions = {ALICE: UserSession(ALICE, keys.alice, {"display_name": "alice"}),
-                BOB: UserSession(BOB, keys.bob, {"display_name": "bob"})}
+                BOB: UserSession(BOB, keys.bob, {"display_name": "bob"}, server_id=SERVER_ID)}
     links = {user_id: server.accept_link(NOW) for user_id in sessions}
     by_link = {link: user_id for user_id, link in links.items()}
     inbox: dict[str, list[ClientEvent]] = {ALICE: [], BOB: []}
@@ -487,8 +489,12 @@ def test_two_sessions_through_server_state(keys: Keys) -> None:
     for user_id, session in sessions.items():
         server.receive_text(links[user_id], session.hello(NOW), NOW)
         pump(NOW)
+        if any(isinstance(event, HelloReaddressed) for event in inbox[user_id]):
+            server.receive_text(links[user_id], session.hello(NOW), NOW)
+            pump(NOW)
     assert all(session.welcomed for session in sessions.values())
-    assert isinstance(inbox[ALICE][0], Welcomed)
+    assert inbox[ALICE][0] == HelloReaddressed(SERVER_ID) and isinstance(inbox[ALICE][1], Welcomed)
+    assert isinstance(inbox[BOB][0], Welcomed)
     assert any(isinstance(e, UserOnline) and e.record.user_id == BOB and e.is_new for e in inbox[ALICE])
     assert sessions[BOB].resolve("alice").server_id == SERVER_ID
 
