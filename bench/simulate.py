@@ -79,6 +79,7 @@ from bench.simcrypto import FakePrivateKey, Meter, fake_crypto
 from socp import envelope as env
 from socp.actions import CloseLink, Dial, LinkDown, PeerFault, Send
 from socp.envelope import FrameType
+from socp.presence import Attestation
 from socp.server import BootstrapEntry, ServerSettings, ServerState
 from socp.settings import DEFAULT_TIMINGS
 
@@ -559,9 +560,12 @@ class Simulation:
         self.wires[node_ep] = WireEnd(user.endpoint, base)
         user.connected = True
         public = user.key.public_key().text
+        ts = T0_MS + self.now // US
+        # The user's own proof of its location (PROTOCOL.md §4.5.1): without it no other server lists the user.
+        attest = Attestation.make(user.key, user.user_id, node.state.server_id, ts)  # type: ignore[arg-type]
         payload = {"client": "sim-user/1", "pubkey": public, "enc_pubkey": public,
-                   "meta": {"display_name": f"user{user.index}"}}
-        hello = env.make(FrameType.USER_HELLO, user.user_id, node.state.server_id, T0_MS + self.now // US,
+                   "meta": {"display_name": f"user{user.index}"}, "attest": attest.to_wire()}
+        hello = env.make(FrameType.USER_HELLO, user.user_id, node.state.server_id, ts,
                          payload, user.key)  # type: ignore[arg-type]
         self._send_from_user(user, hello.to_wire())
 

@@ -6,6 +6,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from socp import crypto
+from socp.codec import canonical_json
+from socp.errors import BadFrame
+
+ATTEST_CONTEXT = "SOCP-USER-LOCATION-v1"
+"""Domain separation of a location attestation's signature (no other signed content starts with it)."""
+
 
 def display_label(user_id: str, meta: Mapping[str, Any]) -> str:
     """How a user is shown: ``meta.display_name`` when it is a non-empty string, else the user id."""
@@ -17,6 +24,46 @@ def meta_of(payload: Mapping[str, Any]) -> dict[str, Any]:
     """The ``meta`` object of a payload, or an empty one when it is missing or not an object."""
     meta = payload.get("meta")
     return dict(meta) if isinstance(meta, Mapping) else {}
+
+
+def attestation_content(user_id: str, server_id: str, ts: int) -> bytes:
+    """The bytes a user signs to say "I am attached to ``server_id`` since ``ts``" (PROTOCOL.md §4.5.1)."""
+    return canonical_json({"context": ATTEST_CONTEXT, "user_id": user_id, "server_id": server_id, "ts": ts})
+
+
+@dataclass(frozen=True, slots=True)
+class Attestation:
+    """A user's own signed statement of where it is attached: the only proof that lets a server place a user
+    on itself. Receivers verify it with the key pinned for the user and keep the newest (highest ``ts``)."""
+
+    user_id: str
+    server_id: str
+    ts: int
+    sig: str = field(repr=False)
+
+    def verify(self, key: crypto.PublicKey) -> bool:
+        """True when ``sig`` is the user's signature over this statement."""
+        return crypto.verify(key, attestation_content(self.user_id, self.server_id, self.ts), self.sig)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The ``attest`` object carried in USER_ATTEST, USER_ADVERTISE and presence snapshots."""
+        return {"server_id": self.server_id, "ts": self.ts, "sig": self.sig}
+
+    @classmethod
+    def from_wire(cls, user_id: str, item: object) -> Attestation:
+        """Parse an ``attest`` object for ``user_id`` (the signature is checked by :meth:`verify`)."""
+        if not isinstance(item, Mapping):
+            raise BadFrame("attest must be an object {server_id, ts, sig}")
+        server_id, ts, sig = item.get("server_id"), item.get("ts"), item.get("sig")
+        if (not isinstance(server_id, str) or not isinstance(ts, int) or isinstance(ts, bool)
+                or not isinstance(sig, str) or not sig):
+            raise BadFrame("attest needs server_id (string), ts (integer) and sig (string)")
+        return cls(user_id, server_id, ts, sig)
+
+    @classmethod
+    def make(cls, key: crypto.PrivateKey, user_id: str, server_id: str, ts: int) -> Attestation:
+        """Sign a new attestation with the user's private key (client side; one RSA signature)."""
+        return cls(user_id, server_id, ts, crypto.sign(key, attestation_content(user_id, server_id, ts)))
 
 
 @dataclass(frozen=True, slots=True)

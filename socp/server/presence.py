@@ -13,6 +13,15 @@ state of other servers, so it never knows of such a server, and relays to none. 
 - Hence the directory holds the users of servers we are linked to (and a record that another
   implementation relays for a server we have no link to is ignored: nothing would ever remove it).
 
+**Users no server can steal** (PROTOCOL.md §4.5.1). A server places a user on itself only with the user's own
+proof: the ``attest`` object of its USER_HELLO, a signature by the user's key over ``{user_id, server_id,
+ts}``. The home server carries it in USER_ADVERTISE and in snapshot entries; a receiver takes a remote user
+only with an attestation that names the advertising server, verifies with the key bound to that user id
+(first binding wins: registry, else directory) and is not older than the newest it holds for that user (kept
+per user, so an unchanged attestation in the next snapshot costs no second check). A rogue server that
+re-advertises someone else's user therefore captures nothing; USER_REMOVE applies only to the server the
+user currently maps to.
+
 Cost, for n servers in a full mesh and u local users: a user joining or leaving is signed once here (one
 frame text) and sent on n - 1 links; each receiver verifies it once and sends nothing on: n - 1 frames and
 n - 1 signature checks network-wide per join or leave, O(1) per receiver (it was O(n²) frames when every
@@ -32,7 +41,7 @@ from socp import envelope as env
 from socp.actions import UserJoined, UserLeft
 from socp.envelope import BROADCAST, Envelope, FrameType
 from socp.errors import BadFrame, BadKey, InvalidSignature, NameInUse
-from socp.presence import Directory, UserRecord, display_label, meta_of
+from socp.presence import Attestation, Directory, UserRecord, display_label, meta_of
 from socp.replay import ReplayCache
 from socp.server.config import ServerSettings
 from socp.server.hooks import Hooks, Local
@@ -56,6 +65,10 @@ class Presence:
         self._locals: dict[str, Local] = {}
         self._version = 0
         self._legacy_peers: set[str] = set()
+        self._attests: dict[str, Attestation] = {}
+        """The newest verified location attestation of each user (local users: the one of their hello)."""
+        self.refused_adverts = 0
+        """Gossiped user records refused: another key than the one bound, or no valid, fresh attestation."""
         self._next_sync = now + settings.presence_sync_interval_ms
 
     # --- queries -----------------------------------------------------------------------------------
@@ -119,6 +132,7 @@ class Presence:
                                             and user_id == link.login_user):
             raise BadFrame("USER_HELLO login_nonce does not match a granted login on this connection",
                            msg_ref=frame.msg_ref, fatal=True)
+        attest = self._hello_attestation(frame, key_text)
         if not self._replay.admit(frame, now):
             return  # a replayed hello is dropped silently like every duplicate; the link times out
         registration = self._registry.registration(user_id)
@@ -130,6 +144,12 @@ class Presence:
             raise NameInUse(f"user {user_id} is already connected to this server", msg_ref=frame.msg_ref)
         meta = {k: v for k, v in meta_of(frame.payload).items() if k != "pubkey"}
         local = Local(user_id, link.link_id, key_text, meta)
+        if attest is not None:
+            self._attests[user_id] = attest
+        else:
+            # Another implementation's client: served here, but no other server will place it on us.
+            self._attests.pop(user_id, None)
+            self._out.log.info("user %s sent no location attestation: other servers will not list it", user_id[:8])
         self._hooks.user_joined.fire(link, local, now)
         label = display_label(user_id, meta)
         self._out.emit(UserJoined(user_id, label))
@@ -148,12 +168,12 @@ class Presence:
                                              "server_pub": self._out.pubkey}))
         for known_record in self._directory.listing():
             self._out.send(link, self._out.make(FrameType.USER_ADVERTISE, local.user_id, now,
-                                                _advert_payload(known_record)))
-        advert = self._out.make(FrameType.USER_ADVERTISE, BROADCAST, now, _advert_payload(record))
+                                                self._advert_payload(known_record)))
+        advert = self._out.make(FrameType.USER_ADVERTISE, BROADCAST, now, self._advert_payload(record))
         self._replay.admit(advert, now)
         for server_link in self._links.server_links():
             self._out.send_text(server_link, advert.to_wire())
-        self.push(FrameType.USER_ADVERTISE, now, _advert_payload(record), exclude=local.user_id)
+        self.push(FrameType.USER_ADVERTISE, now, self._advert_payload(record), exclude=local.user_id)
 
     def link_closed(self, link: Link, now: int) -> None:
         """A user connection went away: fire ``user_left`` (if it had attached)."""
@@ -196,7 +216,7 @@ class Presence:
                                 str(payload["user_id"])[:8], frame.sender[:8])
             return
         meta = meta_of(payload)
-        pubkey = self._gossiped_user_key(payload, meta, frame)
+        pubkey = self._gossiped_user_key(payload, meta, frame, frame.sender)
         if pubkey is None:
             return
         record = UserRecord(payload["user_id"], frame.sender, pubkey, meta)
@@ -205,13 +225,18 @@ class Presence:
                                frame.sender[:8])
             return
         self._directory.advertise(record)
-        self.push(FrameType.USER_ADVERTISE, now, _advert_payload(record))
+        self.push(FrameType.USER_ADVERTISE, now, self._advert_payload(record))
 
     def on_user_remove(self, link: Link, frame: Envelope, now: int) -> None:
         """USER_REMOVE gossip (verified and de-duplicated by the route): forget, tell our users; never relayed."""
         if frame.payload["server_id"] != frame.sender:
             raise BadFrame("USER_REMOVE server_id must be its signer", msg_ref=frame.msg_ref)
-        if self._directory.remove(frame.payload["user_id"], frame.sender) is not None:
+        user_id = frame.payload["user_id"]
+        if self._directory.remove(user_id, frame.sender) is None:
+            if self._directory.location(user_id) not in (None, frame.sender):
+                self._out.log.warning("server %s sent USER_REMOVE for user %s, hosted by %s: ignored",
+                                      frame.sender[:8], str(user_id)[:8], str(self._directory.location(user_id))[:8])
+        else:
             self.push(FrameType.USER_REMOVE, now, {"user_id": frame.payload["user_id"], "server_id": frame.sender})
 
     def on_presence_sync(self, link: Link, frame: Envelope, now: int) -> None:
@@ -223,13 +248,15 @@ class Presence:
             if not isinstance(item, dict) or not isinstance(item.get("user_id"), str):
                 raise BadFrame("SERVER_PRESENCE_SYNC users entries need user_id", msg_ref=frame.msg_ref)
             meta = meta_of(item)
-            pubkey = self._gossiped_user_key(item, meta, frame)
-            if item["user_id"] in self._locals or pubkey is None:
+            if item["user_id"] in self._locals:
+                continue
+            pubkey = self._gossiped_user_key(item, meta, frame, link.peer)
+            if pubkey is None:
                 continue
             records.append(UserRecord(item["user_id"], link.peer, pubkey, meta))
         added, removed = self._directory.replace_server(link.peer, records)
         for record in added:
-            self.push(FrameType.USER_ADVERTISE, now, _advert_payload(record))
+            self.push(FrameType.USER_ADVERTISE, now, self._advert_payload(record))
         for record in removed:
             self.push(FrameType.USER_REMOVE, now, {"user_id": record.user_id, "server_id": link.peer})
 
@@ -253,10 +280,14 @@ class Presence:
             for local in self._locals.values():
                 record = UserRecord(local.user_id, self._out.server_id, local.pubkey, local.meta)
                 self._out.send(link, self._out.make(FrameType.USER_ADVERTISE, BROADCAST, now,
-                                                    _advert_payload(record)))
+                                                    self._advert_payload(record)))
             return
-        users = [{"user_id": local.user_id, "pubkey": local.pubkey, "meta": dict(local.meta)}
-                 for local in self._locals.values()]
+        users = []
+        for local in self._locals.values():
+            entry: dict[str, Any] = {"user_id": local.user_id, "pubkey": local.pubkey, "meta": dict(local.meta)}
+            if (attest := self._attests.get(local.user_id)) is not None:
+                entry["attest"] = attest.to_wire()
+            users.append(entry)
         self._out.send(link, self._out.make(FrameType.SERVER_PRESENCE_SYNC, link.peer, now,
                                             {"server_id": self._out.server_id, "users": users,
                                              "version": self._version}))
@@ -273,8 +304,10 @@ class Presence:
             self._legacy_peers.add(link.peer)
             self.send_sync(link, now)
 
-    def _gossiped_user_key(self, item: Mapping[str, Any], meta: Mapping[str, Any], frame: Envelope) -> str | None:
-        """The user key of a gossiped record, or None (logged) when it is weak or malformed.
+    def _gossiped_user_key(self, item: Mapping[str, Any], meta: Mapping[str, Any], frame: Envelope,
+                           server_id: str) -> str | None:
+        """The user key of a record gossiped for ``server_id``, or None (logged) when it is weak or malformed,
+        contradicts the key bound to the user id, or lacks the user's attestation (:meth:`_attested`).
 
         One bad record must not cost the whole server link, which would be re-sent the same snapshot forever.
         """
@@ -291,11 +324,71 @@ class Presence:
         if known is None and (record := self._directory.get(user_id)) is not None:
             known = record.pubkey
         if known is not None and known != key_text:
+            self.refused_adverts += 1
             self._out.log.error("IMPERSONATION ATTEMPT: server %s gossiped user %s with key %s, bound to %s",
                                 frame.sender[:8], user_id[:8], crypto.key_fingerprint(key_text),
                                 crypto.key_fingerprint(known))
             return None
-        return key_text
+        return key_text if self._attested(user_id, item.get("attest"), server_id, key_text) else None
+
+    def _attested(self, user_id: str, raw: object, server_id: str, key_text: str) -> bool:
+        """Whether ``raw`` is the user's own attestation of being on ``server_id``, and the newest known."""
+        newest = self._attests.get(user_id)
+        try:
+            attest = Attestation.from_wire(user_id, raw) if raw is not None else None
+        except BadFrame as exc:
+            attest, why = None, exc.detail
+        else:
+            why = "no attestation"
+        if attest is not None and attest == newest and attest.server_id == server_id:
+            return True  # verified before (a snapshot repeats it every round)
+        if attest is not None:
+            if attest.server_id != server_id:
+                why = f"its attestation names server {attest.server_id[:8]}"
+            elif newest is not None and attest.ts < newest.ts:
+                why = f"its attestation is older than the user's latest, for server {newest.server_id[:8]}"
+            elif not attest.verify(self._out.public_key(key_text)):
+                why = "its attestation does not verify with the user's key"
+            else:
+                self._attests[user_id] = attest
+                return True
+        self.refused_adverts += 1
+        self._out.log.warning("refused server %s's record of user %s: %s", server_id[:8], user_id[:8], why)
+        return False
+
+    def _hello_attestation(self, frame: Envelope, key_text: str) -> Attestation | None:
+        """The ``attest`` of a USER_HELLO (None when absent): it must name this server, carry the hello's
+        ``ts`` and verify with the hello's key (one signature check)."""
+        raw = frame.payload.get("attest")
+        if raw is None:
+            return None
+        try:
+            attest = Attestation.from_wire(frame.sender, raw)
+        except BadFrame as exc:
+            raise BadFrame(f"USER_HELLO {exc.detail}", msg_ref=frame.msg_ref, fatal=True) from None
+        if attest.server_id != self._out.server_id or attest.ts != frame.ts:
+            raise BadFrame("USER_HELLO attest must name this server and the hello's ts", msg_ref=frame.msg_ref,
+                           fatal=True)
+        if not attest.verify(self._out.public_key(key_text)):
+            raise InvalidSignature("USER_HELLO attest does not verify with the user's key", msg_ref=frame.msg_ref,
+                                   fatal=True)
+        return attest
+
+    def _advert_payload(self, record: UserRecord) -> dict[str, Any]:
+        """A USER_ADVERTISE payload, with the user's attestation when we hold one for that location."""
+        payload = _advert_payload(record)
+        attest = self._attests.get(record.user_id)
+        if attest is not None and attest.server_id == record.server_id:
+            payload["attest"] = attest.to_wire()
+        return payload
+
+    def pinned_key(self, user_id: str) -> str | None:
+        """The key bound to ``user_id`` here (registry, else directory), or None."""
+        registration = self._registry.registration(user_id)
+        if registration is not None:
+            return registration.pubkey
+        record = self._directory.get(user_id)
+        return record.pubkey if record is not None else None
 
 
 def _advert_payload(record: UserRecord) -> dict[str, Any]:

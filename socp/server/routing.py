@@ -15,7 +15,7 @@ from typing import Any
 from socp import crypto
 from socp import envelope as env
 from socp.envelope import BROADCAST, PUBLIC_GROUP, Envelope, FrameType
-from socp.errors import BadFrame, ErrorCode, InvalidSignature, TooLarge, UserNotFound
+from socp.errors import BadFrame, BadKey, ErrorCode, InvalidSignature, ProtocolError, TooLarge, UserNotFound
 from socp.presence import Directory
 from socp.server.config import ServerSettings
 from socp.server.hooks import Hooks
@@ -52,6 +52,8 @@ class Routing:
         self._public = public
         self._hooks = hooks
         self._forwards: dict[str, list[Forward]] = {}
+        self.refused_deliveries = 0
+        """SERVER_DELIVER frames refused because their sender key is not the sender's pinned key."""
 
     def sweep(self, now: int) -> None:
         """``sweep`` subscriber: forget forwards too old to bounce."""
@@ -127,6 +129,7 @@ class Routing:
         if frame.to != out.server_id and not (frame.to == BROADCAST and recipient == PUBLIC_GROUP):
             raise BadFrame("SERVER_DELIVER addressed to another server", msg_ref=frame.msg_ref)
         kind_name = payload.pop("kind", FrameType.MSG_DIRECT.value)
+        self._check_sender_key(link, frame, payload)
         if recipient == PUBLIC_GROUP:
             self._public.on_deliver(frame, kind_name, payload, now)
             return
@@ -155,6 +158,29 @@ class Routing:
             env.check_payload(kind, payload, frame.msg_ref)
             made = out.make_at(kind, sender, recipient, frame.ts, payload)
         out.send(self._links[local.link_id], made)
+
+    def _check_sender_key(self, link: Link, frame: Envelope, payload: dict[str, Any]) -> None:
+        """The key a forwarded user frame carries (``sender_pub``, or ``creator_pub`` of a key share) must be
+        the key bound to its sending user here: a server cannot speak for a user under another key (issue 11,
+        finding 2). A frame naming a sender whose key we never learnt is refused too."""
+        claimed = payload.get("sender_pub", payload.get("creator_pub"))
+        if claimed is None:
+            return  # chunks and ends: their FILE_START carried (and had checked) the key
+        sender = payload.get("sender")
+        if not isinstance(sender, str) or not sender:
+            raise BadFrame("SERVER_DELIVER needs the sending user in 'sender'", msg_ref=frame.msg_ref)
+        pinned = self._presence.pinned_key(sender)
+        try:
+            matches = pinned is not None and crypto.normalize_public_key(claimed) == pinned
+        except ProtocolError:
+            matches = False
+        if not matches:
+            self._out.log.error("IMPERSONATION ATTEMPT: server %s forwarded a %s from user %s under key %s, "
+                                "pinned key %s", link.peer[:8], payload.get("kind", FrameType.MSG_DIRECT.value),
+                                sender[:8], _fingerprint(claimed),
+                                crypto.key_fingerprint(pinned) if pinned else "none")
+            self.refused_deliveries += 1
+            raise BadKey(f"sender key of {sender} is not the key pinned for that user", msg_ref=frame.msg_ref)
 
     def on_server_error(self, link: Link, frame: Envelope, now: int) -> None:
         """ERROR from a server: bounce it to the local sender of the forward it names (once per file)."""
@@ -185,3 +211,10 @@ class Routing:
 
     def on_server_ack(self, link: Link, frame: Envelope, now: int) -> None:
         """ACK from a server: its verification (by the route) is all there is to do."""
+
+
+def _fingerprint(key: object) -> str:
+    try:
+        return crypto.key_fingerprint(crypto.normalize_public_key(key))
+    except ProtocolError:
+        return "unusable"

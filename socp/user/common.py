@@ -15,6 +15,7 @@ from socp import crypto
 from socp import envelope as env
 from socp.envelope import Envelope, FrameType
 from socp.errors import ProtocolError
+from socp.presence import Attestation
 from socp.replay import ReplayCache
 
 logger = logging.getLogger("socp.user")
@@ -127,6 +128,10 @@ class LocalUser:
     def sign_file(self, file_id: str, name: str, size: int, sha256: str, to: str, ts: int) -> str:
         """The FILE_START ``content_sig``."""
         return crypto.sign_file(self._key, file_id, name, size, sha256, self.user_id, to, ts)
+
+    def attestation(self, server_id: str, ts: int) -> dict[str, Any]:
+        """The ``attest`` of a USER_HELLO: this user's signed statement of being on ``server_id`` at ``ts``."""
+        return Attestation.make(self._key, self.user_id, server_id, ts).to_wire()
 
     def decrypt(self, ciphertext: str, max_blocks: int) -> bytes:
         """RSA-OAEP decryption with this user's key; raises :class:`socp.errors.CryptoError`."""

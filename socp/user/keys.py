@@ -5,6 +5,11 @@ known id, so a change can only come from a lying or compromised server, and it i
 with messages (``sender_pub``, ``creator_pub``) must match the key the directory holds for that sender, when
 it holds one.
 
+Display names are decoration anyone can claim (issue 11, finding 6). A name carried by more than one user id
+this session has seen is shown with a short key fingerprint (:meth:`PeerDirectory.display`), and a name
+belongs to the first user id seen with it: :meth:`PeerDirectory.resolve` never picks, for a name, another
+user id while the first holder is offline, and asks (listing fingerprints) when two holders are online.
+
 Cost: an advert is O(1); a LIST_RESPONSE of n users is O(n). Decoded keys are cached (at most
 :data:`MAX_KEY_CACHE`), so each peer's key is parsed once.
 """
@@ -25,6 +30,8 @@ MIN_ID_PREFIX = 4
 """Shortest user id prefix :meth:`PeerDirectory.resolve` accepts (``/list`` shows 8 characters)."""
 MAX_KEY_CACHE = 1024
 """Decoded public keys kept; the cache starts over beyond it."""
+FINGERPRINT_CHARS = 8
+"""Hex digits of the key fingerprint shown next to a display name that is not unique."""
 
 
 class PeerDirectory:
@@ -40,6 +47,10 @@ class PeerDirectory:
         self._member_left_hooks: list[Callable[[str], None]] = []
         self._pinned: dict[str, str] = {}
         self._keys: dict[str, crypto.PublicKey] = {}
+        self._labels: dict[str, str] = {}
+        """User id → the display label it was last seen with (online or not)."""
+        self._holders: dict[str, list[str]] = {}
+        """Case-folded display label → the user ids seen with it, first seen first."""
 
     def on_member_left(self, hook: Callable[[str], None]) -> None:
         """Call ``hook(user_id)`` whenever a user leaves the directory or is listed with another key."""
@@ -77,9 +88,23 @@ class PeerDirectory:
         except BadKey as exc:
             raise Rejected(f"{what} from {sender}: unusable {noun} ({exc.detail})") from None
         known = self.directory.get(sender)
-        if known is not None and known.pubkey != key_text:
-            raise Rejected(f"{what} from {sender}: {noun} is not the key advertised for that user")
-        return key_text, known.label if known is not None else sender
+        # The key pinned for the id wins even while the user is offline (issue 11, finding 2: a forged
+        # delivery under another key for a user this client no longer lists); a first sight pins it.
+        expected = self._pinned.setdefault(sender, known.pubkey if known is not None else key_text)
+        if expected != key_text:
+            logger.warning("%s from %s refused: key %s is not the pinned key %s", what, sender,
+                           crypto.key_fingerprint(key_text), crypto.key_fingerprint(expected))
+            raise Rejected(f"{what} from {sender}: {noun} is not the key advertised for that user (the key "
+                           f"pinned for it is {crypto.key_fingerprint(expected)})")
+        return key_text, self.display(sender)
+
+    def display(self, user_id: str) -> str:
+        """How to show ``user_id``: its display label, followed by ``[fingerprint]`` when another user id this
+        session has seen carries the same label (a label is decoration; only the key tells users apart)."""
+        label = self._labels.get(user_id, user_id)
+        if len(self._holders.get(label.casefold(), ())) > 1 and user_id in self._pinned:
+            return f"{label} [{crypto.key_fingerprint(self._pinned[user_id])[:FINGERPRINT_CHARS]}]"
+        return label
 
     def resolve(self, name_or_id: str) -> UserRecord:
         """The online user called ``name_or_id``: a user id, a display label, or a unique id prefix.
@@ -89,6 +114,9 @@ class PeerDirectory:
         """
         wanted = name_or_id.strip()
         matches = self.directory.find(wanted)
+        by_label = bool(matches) and wanted not in self.directory
+        if by_label:
+            return self._resolve_label(wanted, matches)
         if not matches and len(wanted) >= MIN_ID_PREFIX:
             # /list shows short ids; accept one when it is unambiguous.
             prefix = wanted.lower()
@@ -99,6 +127,33 @@ class PeerDirectory:
             raise UserNotFound(f"user {wanted} is not online")
         ids = ", ".join(record.user_id for record in matches)
         raise UserNotFound(f"{len(matches)} online users match {wanted!r} ({ids}); use the user id")
+
+    def _resolve_label(self, wanted: str, matches: list[UserRecord]) -> UserRecord:
+        """The online user a display label names: its first holder; never silently another one."""
+        holders = self._holders.get(wanted.casefold(), [])
+        first = holders[0] if holders else None
+        if len(matches) == 1 and first in (None, matches[0].user_id):
+            return matches[0]
+        if len(matches) > 1:
+            listed = "; ".join(f"{self.display(r.user_id)} id {r.user_id}" for r in matches)
+            raise UserNotFound(f"{len(matches)} online users are called {wanted!r}: {listed}. Which one? To choose, "
+                               "use the user id (or an id prefix)")
+        assert first is not None
+        other = matches[0]
+        raise UserNotFound(f"{wanted!r} is the name of user {first} ({self.display(first)}), who is offline; the "
+                           f"online {wanted!r} is another user, {self.display(other.user_id)} id {other.user_id}. "
+                           "Use the id to write to that one")
+
+    def _saw(self, record: UserRecord) -> None:
+        """Remember ``record``'s label for :meth:`display` and :meth:`resolve`."""
+        label = record.label
+        self._labels[record.user_id] = label
+        holders = self._holders.setdefault(label.casefold(), [])
+        if record.user_id not in holders:
+            holders.append(record.user_id)
+            if len(holders) > 1:
+                logger.warning("display name %r is used by %d user ids (%s); showing key fingerprints", label,
+                               len(holders), ", ".join(h[:8] for h in holders))
 
     # --- frames received -------------------------------------------------------------------------
 
@@ -154,6 +209,7 @@ class PeerDirectory:
             raise Rejected(f"the key of {record.label} ({record.user_id}) changed from "
                            f"{crypto.key_fingerprint(pinned)} to {crypto.key_fingerprint(record.pubkey)}: refused, "
                            "the server may be impersonating this user")
+        self._saw(record)
 
 
 def _record(item: Mapping[str, Any], server_id: str) -> UserRecord | None:

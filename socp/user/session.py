@@ -335,6 +335,10 @@ class UserSession:
         if self._login_nonce is not None:
             payload["login_nonce"] = self._login_nonce
         link = self._parts.link
+        if link.expected_id is not None:
+            # Our own proof of where we are attached: the only thing that lets a server place us on itself in
+            # the eyes of the other servers (PROTOCOL.md §4.5.1). One more signature per hello.
+            payload["attest"] = self._user.attestation(link.expected_id, now)
         hello = self._user.frame(FrameType.USER_HELLO, link.expected_id or BROADCAST, now, payload, signed=True)
         link.hello_ref = hello.msg_ref
         return hello

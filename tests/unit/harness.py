@@ -40,6 +40,7 @@ from socp import crypto
 from socp import envelope as env
 from socp.actions import CloseLink, Dial, Event, Send
 from socp.envelope import BROADCAST, Envelope, FrameType
+from socp.presence import Attestation
 from socp.server import BootstrapEntry, ServerSettings, ServerState
 from socp.settings import FAST_TIMINGS
 from tests.keypool import KeyPool
@@ -150,12 +151,17 @@ class FakeUser:
     # --- connecting --------------------------------------------------------------------------------
 
     def hello_frame(self, *, to: str = BROADCAST, signed: bool = True, ts: int | None = None,
-                    pubkey: str | None = None, sign_with: Any = None, **extra: Any) -> Envelope:
-        """A USER_HELLO of this user (proof of possession signature unless ``signed=False``)."""
+                    pubkey: str | None = None, sign_with: Any = None, attested: bool = True,
+                    **extra: Any) -> Envelope:
+        """A USER_HELLO of this user (proof of possession signature unless ``signed=False``), with the user's
+        location attestation when addressed to a server id (unless ``attested=False``)."""
+        ts = self.net.now if ts is None else ts
         payload: dict[str, Any] = {"client": "fake-user/1", "pubkey": pubkey or self.pubkey,
                                    "enc_pubkey": pubkey or self.pubkey, "meta": dict(self.meta)}
+        if attested and env.is_uuid(to):
+            payload["attest"] = Attestation.make(sign_with or self.key, self.user_id, to, ts).to_wire()
         payload.update(extra)
-        frame = env.make(FrameType.USER_HELLO, self.user_id, to, self.net.now if ts is None else ts, payload)
+        frame = env.make(FrameType.USER_HELLO, self.user_id, to, ts, payload)
         return frame.signed(sign_with or self.key) if signed else frame
 
     def open(self, node: Node) -> None:

@@ -26,10 +26,12 @@ def test_a_server_cannot_rebind_a_known_user_to_its_own_key(two: TwoServers, key
     net.inject("B", "A", forged.to_wire())
     record = a.state.directory.get(alice.user_id)
     assert record is not None and record.pubkey == alice.pubkey and record.server_id == a.server_id
-    # The same forgery in a snapshot is refused too, and bob's own presence survives it.
+    # The same forgery in a snapshot is refused too, and bob's own presence (with his attestation) survives it.
+    adverts = [env.parse(p.text).payload for p in net.packets(src="B", dst="A", frame_type="USER_ADVERTISE")]
+    [bobs_attest] = [advert["attest"] for advert in adverts if advert["user_id"] == bob.user_id]
     snapshot = env.make(FrameType.SERVER_PRESENCE_SYNC, b.server_id, a.server_id, net.now + 1,
                         {"server_id": b.server_id, "version": 99, "users": [
-                            {"user_id": bob.user_id, "pubkey": bob.pubkey, "meta": {}},
+                            {"user_id": bob.user_id, "pubkey": bob.pubkey, "meta": {}, "attest": bobs_attest},
                             {"user_id": alice.user_id, "pubkey": crypto.encode_public_key(rogue_key.public_key()),
                              "meta": {}}]}, b.key)
     net.inject("B", "A", snapshot.to_wire())

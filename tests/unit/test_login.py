@@ -244,7 +244,7 @@ def test_unknown_logins_and_mismatched_nonces_are_refused(registered: Net3) -> N
 
 
 def test_a_login_in_progress_may_outlast_the_peer_timeout(registered: Net3) -> None:
-    net, b = registered.net, registered.b
+    net, b = registered.net, registered.a
     conn = FakeUser(net, "slow", net.pool.key(23), "", {})
     net.users["slow"] = conn
     conn.open(b)

@@ -48,8 +48,10 @@ def test_users_on_different_servers_see_each_others_advertise(two: TwoServers) -
     assert alice.known == {alice.user_id: two.a.server_id, bob.user_id: two.b.server_id}
     assert bob.known == {alice.user_id: two.a.server_id, bob.user_id: two.b.server_id}
     [advert] = [f for f in alice.received(FrameType.USER_ADVERTISE) if f.payload["user_id"] == bob.user_id]
-    assert advert.payload == {"user_id": bob.user_id, "server_id": two.b.server_id, "pubkey": bob.pubkey,
-                              "meta": {"display_name": "bob"}}
+    payload = dict(advert.payload)
+    assert payload.pop("attest")["server_id"] == two.b.server_id  # bob's own proof of where he is (§4.5.1)
+    assert payload == {"user_id": bob.user_id, "server_id": two.b.server_id, "pubkey": bob.pubkey,
+                       "meta": {"display_name": "bob"}}
     assert advert.sender == two.a.server_id and alice.signed_by_server(advert)
     for node in (two.intro, two.a, two.b):
         assert node.state.directory.location(alice.user_id) == two.a.server_id
