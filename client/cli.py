@@ -392,7 +392,7 @@ class ChatShell:
                       f"{_clean(event.reason)}; nothing was saved")
         elif isinstance(event, UserOnline):
             if event.is_new and event.record.user_id != self._conn.user_id:
-                label = _clean(event.record.label)
+                label = _clean(self._conn.session.display(event.record.user_id))
                 if event.record.server_id == self._conn.server_id:
                     self._say(f"🟢 [local] {label} has joined")
                 else:
@@ -400,7 +400,7 @@ class ChatShell:
                               f"{event.record.server_id[:8]}")
         elif isinstance(event, UserOffline):
             if event.record.user_id != self._conn.user_id:
-                label = _clean(event.record.label)
+                label = _clean(self._conn.session.display(event.record.user_id))
                 if event.record.server_id == self._conn.server_id:
                     self._say(f"🔴 [local] {label} has left")
                 else:
@@ -425,8 +425,7 @@ class ChatShell:
         return _ERROR_SENTENCES.get(event.code) or _clean(event.detail) or "the server reported an error"
 
     def _label_of(self, user_id: str) -> str:
-        record = self._conn.directory.get(user_id)
-        return record.label if record is not None else user_id
+        return self._conn.session.display(user_id)
 
     # --- commands --------------------------------------------------------------------------------
 
@@ -484,7 +483,7 @@ class ChatShell:
             label = "everyone"
         else:
             record = self._conn.session.resolve(target)
-            target, label = record.user_id, record.label
+            target, label = record.user_id, self._conn.session.display(record.user_id)
         path = Path(path_text).expanduser()
         if self._group is None:
             await self._send_file(target, path, label)
@@ -526,16 +525,18 @@ class ChatShell:
             return
         record = self._conn.session.resolve(target)
         msg_ref = await self._conn.send_direct(record.user_id, text.strip())
-        self._sent[msg_ref] = record.label
+        self._sent[msg_ref] = self._conn.session.display(record.user_id)
         while len(self._sent) > 1000:
             self._sent.popitem(last=False)
 
     def _show_list(self, records: Sequence[UserRecord]) -> None:
         self._say(f"Online users ({len(records)}):")
-        width = max((len(_clean(record.label)) for record in records), default=0)
+        # A display label shared by two user ids is shown with a key fingerprint (issue 11, finding 6).
+        labels = {record.user_id: _clean(self._conn.session.display(record.user_id)) for record in records}
+        width = max((len(label) for label in labels.values()), default=0)
         for record in records:
             you = "  (you)" if record.user_id == self._conn.user_id else ""
-            self._say(f"  {_clean(record.label):<{width}}  {record.user_id[:8]}  server {record.server_id[:8]}{you}")
+            self._say(f"  {labels[record.user_id]:<{width}}  {record.user_id[:8]}  server {record.server_id[:8]}{you}")
 
 
 # --- terminal helpers -----------------------------------------------------------------------------

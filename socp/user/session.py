@@ -319,6 +319,11 @@ class UserSession:
         """
         return self._parts.peers.resolve(name_or_id)
 
+    def display(self, user_id: str) -> str:
+        """How to show ``user_id``: its display label, with a short key fingerprint when the label is not
+        unique among the users this session has seen (issue 11, finding 6)."""
+        return self._parts.peers.display(user_id)
+
     # --- frames to send (each an OutboundFrame: the wire text, with its msg_ref) ----------------------
 
     def hello(self, now: int) -> OutboundFrame:

@@ -37,6 +37,10 @@ class _Session:
             raise UserNotFound(f"user {name} is not online")
         return found[0]
 
+    def display(self, user_id: str) -> str:
+        record = self.directory.get(user_id)
+        return record.label if record is not None else user_id
+
 
 class StubConnection:
     """The parts of ClientConnection the shell uses, recording what it was asked to send."""

@@ -151,3 +151,47 @@ def test_the_client_keeps_the_first_key_of_a_user_even_when_it_is_offline(net: N
     peers.sender_key(stranger_id, other_pub, "message")
     with pytest.raises(Rejected):
         peers.sender_key(stranger_id, alice_pub, "message")
+
+
+# --- display names (finding 6) ------------------------------------------------------------------------
+
+def advertise(peers: PeerDirectory, net: Net, user_id: str, server: str, pubkey: str, name: str) -> None:
+    peers.on_advertise(env.make(FrameType.USER_ADVERTISE, server, "*", net.now,
+                                {"user_id": user_id, "server_id": server, "pubkey": pubkey,
+                                 "meta": {"display_name": name}}))
+
+
+def test_a_shared_display_name_shows_fingerprints_and_tell_asks_which(net: Net) -> None:
+    keys = [crypto.encode_public_key(net.pool.key(i).public_key()) for i in (33, 34, 35)]
+    alice_id, impostor_id, bob_id, server = net.new_id(), net.new_id(), net.new_id(), net.new_id()
+    peers = PeerDirectory()
+    advertise(peers, net, alice_id, server, keys[0], "alice")
+    advertise(peers, net, bob_id, server, keys[2], "bob")
+    assert peers.display(alice_id) == "alice" and peers.resolve("alice").user_id == alice_id
+    advertise(peers, net, impostor_id, server, keys[1], "Alice")
+    alice_fp, impostor_fp = (crypto.key_fingerprint(k)[:8] for k in keys[:2])
+    assert peers.display(alice_id) == f"alice [{alice_fp}]"
+    assert peers.display(impostor_id) == f"Alice [{impostor_fp}]"
+    assert peers.display(bob_id) == "bob"
+    with pytest.raises(Exception, match="2 online users are called 'alice'") as caught:
+        peers.resolve("alice")
+    assert alice_fp in str(caught.value) and impostor_fp in str(caught.value)
+    # The real alice goes offline: /tell alice must not reach the impostor.
+    peers.on_remove(env.make(FrameType.USER_REMOVE, server, "*", net.now, {"user_id": alice_id,
+                                                                          "server_id": server}))
+    with pytest.raises(Exception, match="who is offline") as caught:
+        peers.resolve("alice")
+    assert impostor_id in str(caught.value)
+    assert peers.resolve(impostor_id).user_id == impostor_id     # by id it is reachable, on purpose
+
+
+def test_an_impostor_seen_first_while_the_name_is_free_still_shows_a_fingerprint_later(net: Net) -> None:
+    keys = [crypto.encode_public_key(net.pool.key(i).public_key()) for i in (33, 34)]
+    first, second, server = net.new_id(), net.new_id(), net.new_id()
+    peers = PeerDirectory()
+    advertise(peers, net, first, server, keys[0], "carol")
+    peers.on_remove(env.make(FrameType.USER_REMOVE, server, "*", net.now, {"user_id": first, "server_id": server}))
+    advertise(peers, net, second, server, keys[1], "carol")
+    assert peers.display(second).startswith("carol [")
+    with pytest.raises(Exception, match="who is offline"):
+        peers.resolve("carol")
