@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import ClassVar, Self
 
-from testbed.nodeplan import ClusterSpec, NodePlan, plan_nodes
+from testbed.nodeplan import ClusterSpec, NodePlan, new_join_token, plan_nodes
 from testbed.waiting import DEFAULT_INTERVAL, Diagnose, Pending, poll
 
 __all__ = ["BACKENDS", "BackendUnsupported", "ClusterBackend", "ClusterSpec", "Prepare", "backend_names",
@@ -65,6 +65,8 @@ class ClusterBackend(abc.ABC):
         self.prepare = prepare
         self.plan: list[NodePlan] = plan_nodes(self.spec)
         """Every node, introducers first."""
+        self.join_token = new_join_token() if self.spec.closed else ""
+        """The federation's join token ("" for open admission); every node gets it in its environment."""
 
     # --- names -----------------------------------------------------------------------------------
 

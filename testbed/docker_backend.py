@@ -245,7 +245,7 @@ class DockerCluster(ClusterBackend):
                                                       for node in self.plan if node.introducer])
         compose.write_compose(self.compose_file, compose.render_compose(
             self.project, self.spec, image=self.image, bootstrap_file=self.bootstrap_file,
-            server_ids=self.server_ids, healthcheck_interval=self.healthcheck_interval))
+            server_ids=self.server_ids, healthcheck_interval=self.healthcheck_interval, join_token=self.join_token))
         (self.workdir / "cluster.json").write_text(json.dumps(
             {"project": self.project, "image": self.image, "compose": " ".join(command),
              "nodes": [{"name": node.name, "role": node.role, "container": self.container_name(node.name),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from testbed.backend import (
     probe_status,
     wait_mesh_healthy,
 )
-from testbed.nodeplan import NodePlan, identity_flags, node_flags, write_bootstrap
+from testbed.nodeplan import NodePlan, identity_flags, node_environment, node_flags, write_bootstrap
 from testbed.waiting import Diagnose, Pending, WaitTimeout, poll
 
 _LISTENING = re.compile(r"^\[(?P<id>[0-9a-f-]{36})\] Listening on ws://(?P<host>[^:]+):(?P<port>\d+)$", re.M)
@@ -47,6 +48,8 @@ class LocalNode:
     bootstrap_file: Path
     """The bootstrap file, passed when the plan says the node joins through it."""
     extra_args: Sequence[str] = ()
+    join_token: str = field(default="", repr=False)
+    """The federation's join token, passed in the environment (never in the logged command line)."""
     port: int = 0
     server_id: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -123,7 +126,8 @@ class LocalNode:
             log.write(f"\n===== start {' '.join(args)}\n".encode())
             log.flush()
             offset = log.tell()
-            self.process = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                            env={**os.environ, **node_environment(self.join_token)})
         self.paused = False
         self.wanted = True
 
@@ -217,7 +221,7 @@ class LocalCluster(ClusterBackend):
         self.command = list(command or [sys.executable, "-m", "node"])
         self.bootstrap_file = workdir / "bootstrap.yaml"
         self._nodes = {plan.name: LocalNode(plan, workdir, self.command, self.spec.timings, self.bootstrap_file,
-                                            extra_args) for plan in self.plan}
+                                            extra_args, self.join_token) for plan in self.plan}
 
     @property
     def nodes(self) -> list[LocalNode]:

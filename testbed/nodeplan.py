@@ -5,13 +5,17 @@ Every backend builds its nodes from here, so a process on 127.0.0.1 and a contai
 - names: ``introducer`` (or ``introducer1..K`` when there are several), then ``peer1..N``;
 - flags: :func:`node_flags` (a node that serves) and :func:`identity_flags` (``--show-identity``: create the
   key and print ``{server_id, name, pubkey}``), the timers from :class:`socp.settings.Timings`;
-- the bootstrap file: :func:`write_bootstrap`, every introducer with its key pinned (no trust on first use).
+- the bootstrap file: :func:`write_bootstrap`, every introducer with its key pinned (no trust on first use);
+- admission: a federation is closed by default (``ClusterSpec.closed``): the backend makes a fresh join token
+  (:func:`new_join_token`) and hands it to every node in its environment (:func:`node_environment`), never on
+  the command line.
 
 The testbed drives nodes only through this command line, so it can judge any implementation that accepts it.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +41,8 @@ class ClusterSpec:
     """Number of introducers (each peer's bootstrap file lists all of them, keys pinned)."""
     timings: Timings = field(default=FAST_TIMINGS)
     """Protocol timers of every node (short by default, so failures show within seconds)."""
+    closed: bool = True
+    """A closed federation: every node gets the run's join token, and strangers are not admitted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +105,20 @@ def node_flags(node: NodePlan, timings: Timings, *, data_dir: str, host: str, po
             raise ValueError(f"{node.name} joins through a bootstrap file, but none was given")
         flags += ["--bootstrap", bootstrap_file]
     return flags
+
+
+JOIN_TOKEN_ENV = "SOCP_JOIN_TOKEN"
+"""The variable ``socp-node`` reads its join token from (node/config.py)."""
+
+
+def new_join_token() -> str:
+    """A fresh join token for one federation (192 random bits)."""
+    return secrets.token_urlsafe(24)
+
+
+def node_environment(join_token: str) -> dict[str, str]:
+    """Environment variables a node needs besides its flags: the join token of a closed federation."""
+    return {JOIN_TOKEN_ENV: join_token} if join_token else {}
 
 
 def identity_flags(node: NodePlan, *, data_dir: str) -> list[str]:

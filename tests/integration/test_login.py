@@ -1,4 +1,5 @@
-"""Password login across a real federation: register on one node, log in from an empty key dir on another."""
+"""Password login across a real federation: register on one node, log in from an empty key dir on that node
+(the login home: password records never leave it), and a clear refusal naming the home on every other node."""
 
 from __future__ import annotations
 
@@ -45,10 +46,13 @@ async def register(cluster: LocalCluster, key_pool: KeyPool, node: str, name: st
     return identity
 
 
-async def test_login_from_nothing_on_another_node(cluster: LocalCluster, key_pool: KeyPool,
-                                                  closing: list[ClientConnection]) -> None:
+async def test_login_from_nothing_on_the_home_node_and_a_refusal_elsewhere(
+        cluster: LocalCluster, key_pool: KeyPool, closing: list[ClientConnection]) -> None:
     identity = await register(cluster, key_pool, "peer1", "alice", 0)
-    conn = await ClientConnection.login(cluster.url("peer3"), "alice", PASSWORD, timeout=scaled(15))
+    home = cluster.node("peer1").server_id
+    with pytest.raises(UserNotFound, match=f"registered on its home server {home}"):
+        await ClientConnection.login(cluster.url("peer3"), "alice", PASSWORD, timeout=scaled(15))
+    conn = await ClientConnection.login(cluster.url("peer1"), "alice", PASSWORD, timeout=scaled(15))
     closing.append(conn)
     assert conn.identity is not None and conn.user_id == identity.user_id
     assert conn.identity.key.private_numbers() == identity.key.private_numbers()
@@ -66,17 +70,14 @@ async def test_login_from_nothing_on_another_node(cluster: LocalCluster, key_poo
 async def test_wrong_password_unknown_login_and_rate_limit(cluster: LocalCluster, key_pool: KeyPool) -> None:
     await register(cluster, key_pool, "peer2", "carol", 2)
     with pytest.raises(AuthFailed, match="wrong password for carol"):
-        await ClientConnection.login(cluster.url("peer1"), "carol", "not it", timeout=scaled(15))
+        await ClientConnection.login(cluster.url("peer2"), "carol", "not it", timeout=scaled(15))
     with pytest.raises(UserNotFound, match="nobody registered the login 'nobody'"):
-        await ClientConnection.login(cluster.url("peer1"), "nobody", PASSWORD, timeout=scaled(15))
+        await ClientConnection.login(cluster.url("peer2"), "nobody", PASSWORD, timeout=scaled(15))
     for _ in range(4):
         with pytest.raises(AuthFailed):
-            await ClientConnection.login(cluster.url("peer1"), "carol", "still not it", timeout=scaled(15))
+            await ClientConnection.login(cluster.url("peer2"), "carol", "still not it", timeout=scaled(15))
     with pytest.raises(RateLimited, match="too many failed logins for carol: try again in"):
-        await ClientConnection.login(cluster.url("peer1"), "carol", PASSWORD, timeout=scaled(15))
-    # The limit is per server: another node still lets the right password in.
-    conn = await ClientConnection.login(cluster.url("peer3"), "carol", PASSWORD, timeout=scaled(15))
-    await conn.close()
+        await ClientConnection.login(cluster.url("peer2"), "carol", PASSWORD, timeout=scaled(15))
 
 
 async def test_directory_lookup_of_an_offline_user(cluster: LocalCluster, key_pool: KeyPool,
@@ -117,9 +118,9 @@ async def test_the_cli_registers_then_logs_in_with_only_a_password(cluster: Loca
     assert code == 0, err
     assert "[login] password registered for frank" in out
     user_id = (first / "frank.json").read_text()
-    # A second machine: an empty key dir, another node, nothing but the password.
+    # A second machine: an empty key dir, the same (home) node, nothing but the password.
     second = tmp_path / "borrowed-keys"
-    code, out, err = await run_client("--user", "frank", "--server", cluster.url("peer2"), "--key-dir", str(second),
+    code, out, err = await run_client("--user", "frank", "--server", cluster.url("peer1"), "--key-dir", str(second),
                                       "--password-file", str(password_file))
     assert code == 0, err
     assert "[login] logged in as frank with a password (key recovered from the network)" in out
@@ -127,7 +128,7 @@ async def test_the_cli_registers_then_logs_in_with_only_a_password(cluster: Loca
     assert "frank" in user_id
     wrong = tmp_path / "wrong"
     wrong.write_text("guess\n")
-    code, out, err = await run_client("--user", "frank", "--server", cluster.url("peer3"), "--key-dir", str(second),
+    code, out, err = await run_client("--user", "frank", "--server", cluster.url("peer1"), "--key-dir", str(second),
                                       "--password-file", str(wrong))
     assert code == 1 and "socp-client: login refused: wrong password for frank" in err
     assert "Connected" not in out
