@@ -17,9 +17,13 @@ from socp.server import BootstrapEntry
 from socp.settings import (
     DEFAULT_LOGIN_ATTEMPTS,
     DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_IP,
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_RATE_BURST,
     DEFAULT_RATE_PER_SECOND,
+    DEFAULT_SERVER_RATE_BURST,
+    DEFAULT_SERVER_RATE_PER_SECOND,
     DEFAULT_TIMINGS,
     LOGIN_WINDOW_MS,
     MIB,
@@ -68,7 +72,17 @@ class NodeConfig:
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     """Largest file (FILE_START ``size``) routed; larger ones get TOO_LARGE."""
     login_attempts: int = DEFAULT_LOGIN_ATTEMPTS
-    """Failed password logins allowed per user id per minute."""
+    """Failed password logins allowed per source address per minute before it is slowed down."""
+    legacy_interop: bool = False
+    """Accept payload-only transport signatures and '*'-addressed hellos / link openers (logged loudly)."""
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    """Concurrent inbound connections accepted in total."""
+    max_connections_per_ip: int = DEFAULT_MAX_CONNECTIONS_PER_IP
+    """Concurrent inbound connections accepted from one source address."""
+    server_rate_limit: float = DEFAULT_SERVER_RATE_PER_SECOND
+    """Sustained frames per second allowed on one server link."""
+    server_rate_burst: int = DEFAULT_SERVER_RATE_BURST
+    """Frames one server link may send in a burst."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,8 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"largest file routed; larger ones get TOO_LARGE "
                              f"(default {DEFAULT_MAX_FILE_BYTES // MIB} MiB)")
     parser.add_argument("--login-attempts", type=int, default=DEFAULT_LOGIN_ATTEMPTS, metavar="N",
-                        help=f"failed password logins allowed per user id per {LOGIN_WINDOW_MS // 1000} s "
-                             f"(default %(default)d)")
+                        help=f"failed password logins allowed per source address per {LOGIN_WINDOW_MS // 1000} s "
+                             f"before it is slowed down (default %(default)d)")
+    parser.add_argument("--server-rate-limit", type=float, default=DEFAULT_SERVER_RATE_PER_SECOND,
+                        metavar="FRAMES_PER_S", help="sustained frames/s per server link (default %(default)g)")
+    parser.add_argument("--server-rate-burst", type=int, default=DEFAULT_SERVER_RATE_BURST, metavar="FRAMES",
+                        help="burst of frames per server link (default %(default)d)")
+    parser.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                        help="concurrent inbound connections in total; more are closed with 1013 "
+                             "(default %(default)d)")
+    parser.add_argument("--max-connections-per-ip", type=int, default=DEFAULT_MAX_CONNECTIONS_PER_IP, metavar="N",
+                        help="concurrent inbound connections from one address; more are closed with 1013 "
+                             "(default %(default)d)")
+    parser.add_argument("--legacy-interop", action="store_true",
+                        help="INSECURE interop switch: accept transport signatures over the payload alone and "
+                             "USER_HELLO / SERVER_ANNOUNCE addressed to '*' (WIRE §2); logged as a WARNING")
     parser.add_argument("--allow-unsigned-hello", action="store_true",
                         help="interop switch: accept USER_HELLO without a signature")
     parser.add_argument("--show-identity", action="store_true",
@@ -140,6 +167,10 @@ def config_from_args(args: argparse.Namespace, hostname: str) -> NodeConfig:
                       presence_sync_interval=args.presence_sync_interval, replay_window=args.replay_window)
     if args.rate_limit <= 0 or args.rate_burst < 1:
         raise ConfigError("--rate-limit and --rate-burst must be positive")
+    if args.server_rate_limit <= 0 or args.server_rate_burst < 1:
+        raise ConfigError("--server-rate-limit and --server-rate-burst must be positive")
+    if args.max_connections < 1 or args.max_connections_per_ip < 1:
+        raise ConfigError("--max-connections and --max-connections-per-ip must be at least 1")
     if args.max_file_size < 0 or args.login_attempts < 1:
         raise ConfigError("--max-file-size must not be negative and --login-attempts must be at least 1")
     advertise_host = args.advertise_host or (hostname if args.host in ("0.0.0.0", "::") else args.host)
@@ -156,6 +187,9 @@ def config_from_args(args: argparse.Namespace, hostname: str) -> NodeConfig:
         max_frame_bytes=args.max_frame_bytes, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
         allow_unsigned_hello=args.allow_unsigned_hello,
         show_identity=args.show_identity, max_file_bytes=args.max_file_size, login_attempts=args.login_attempts,
+        legacy_interop=args.legacy_interop, max_connections=args.max_connections,
+        max_connections_per_ip=args.max_connections_per_ip, server_rate_limit=args.server_rate_limit,
+        server_rate_burst=args.server_rate_burst,
     )
 
 

@@ -62,6 +62,7 @@ OUTBOX_BYTES = 32 * 1024 * 1024  # bytes queued for one peer before it is cut of
 SEND_TIMEOUT_S = 30.0  # a peer that takes longer to accept one frame is cut off
 INFLIGHT_FRAMES = 32  # frames of one connection queued at the core before the connection is read no further
 _CLOSE = object()
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455 "Try Again Later": a connection cap was reached
 
 __all__ = ["NodeRuntime", "now_ms"]
 
@@ -91,6 +92,14 @@ class NodeRuntime:
         self._log = logging.LoggerAdapter(logger, {"node": identity.server_id[:8]})
         self._core = CoreThread(self._apply, self._log)
         self._lag = LoopLagMonitor()
+        self._open_connections = 0
+        self._per_source: dict[str, int] = {}
+        self.refused_connections = 0
+        """Inbound connections closed at once because a connection cap was reached."""
+        if config.legacy_interop:
+            self._log.warning("LEGACY INTEROP is ON: payload-only transport signatures and USER_HELLO / "
+                              "SERVER_ANNOUNCE addressed to '*' are accepted; captured frames can then be "
+                              "re-timestamped or replayed to another server (WIRE §2). Never run it in production.")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then close every connection."""
@@ -145,8 +154,33 @@ class NodeRuntime:
         def register(link_id: LinkId) -> None:
             self._links.setdefault(link_id, _LinkIO()).connection = connection
 
-        link_id = await self._core.call(lambda state, now: state.accept_link(now), before_apply=register)
-        await self._pump(link_id, connection)
+        source = _source_address(connection)
+        refusal = self._admit_connection(source)
+        if refusal is not None:
+            # Refused before the core hears of it: no link, no frame read, no signature (CLOSE_TRY_AGAIN_LATER).
+            self.refused_connections += 1
+            self._log.info("refused a connection from %s: %s", source, refusal)
+            await connection.close(CLOSE_TRY_AGAIN_LATER, refusal)
+            return
+        self._per_source[source] = self._per_source.get(source, 0) + 1
+        self._open_connections += 1
+        try:
+            link_id = await self._core.call(lambda state, now: state.accept_link(now, source), before_apply=register)
+            await self._pump(link_id, connection)
+        finally:
+            self._open_connections -= 1
+            remaining = self._per_source.pop(source, 1) - 1
+            if remaining > 0:
+                self._per_source[source] = remaining
+
+    def _admit_connection(self, source: str) -> str | None:
+        """None when an inbound connection from ``source`` is within the caps, else the close reason."""
+        config = self.config
+        if self._open_connections >= config.max_connections:
+            return f"too many connections ({config.max_connections}); try again later"
+        if self._per_source.get(source, 0) >= config.max_connections_per_ip:
+            return f"too many connections from your address ({config.max_connections_per_ip}); try again later"
+        return None
 
     async def _dial(self, link_id: LinkId, host: str, port: int) -> None:
         uri = f"ws://{host}:{port}"
@@ -329,6 +363,9 @@ class NodeRuntime:
         snapshot = self._core.status
         body: dict[str, Any] = dict(snapshot) if snapshot is not None else {"healthy": False}
         body["loop_lag_ms"] = self._lag.summary()
+        body["connections"] = {"open": self._open_connections, "refused": self.refused_connections,
+                               "max": self.config.max_connections,
+                               "max_per_ip": self.config.max_connections_per_ip}
         body["process"] = process_load()
         return body
 
@@ -352,4 +389,14 @@ class NodeRuntime:
             rate_burst=config.rate_burst,
             backoff_initial_ms=min(500, config.timings.heartbeat_interval_ms),
             max_file_bytes=config.max_file_bytes, login_max_failures=config.login_attempts,
+            legacy_interop=config.legacy_interop, server_rate_per_second=config.server_rate_limit,
+            server_rate_burst=config.server_rate_burst, admit_keys=config.admit_keys, join_token=config.join_token,
         )
+
+
+def _source_address(connection: ServerConnection) -> str:
+    """The peer's IP address as the socket sees it ("" when unknown): the unit of the per-source caps."""
+    remote = connection.remote_address
+    if isinstance(remote, tuple) and remote:
+        return str(remote[0])
+    return ""

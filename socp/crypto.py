@@ -338,6 +338,42 @@ PBKDF2_MAX_ITERATIONS = 20_000_000
 SALT_BYTES = 16
 
 
+_LOGIN_PROOF_LABEL = b"socp login proof\x00"
+
+
+def seal_login_proof(server_key: PublicKey, nonce: str, server_id: str, verifier: bytes) -> str:
+    """The USER_LOGIN_PROOF ``sealed_verifier``: RSA-OAEP to the challenging server of the verifier bound to
+    that challenge's nonce and server id (a sniffed proof is unreadable and fails under any other challenge)."""
+    bound = _LOGIN_PROOF_LABEL + nonce.encode("utf-8") + b"\x00" + server_id.encode("utf-8") + b"\x00"
+    return rsa_encrypt(server_key, bound + verifier)
+
+
+def open_login_proof(key: PrivateKey, sealed: str, nonce: str, server_id: str) -> bytes:
+    """The verifier inside a ``sealed_verifier`` made for this ``nonce`` and ``server_id``; ``b""`` for anything
+    else (garbage, another challenge, another server), which then never matches a stored verifier."""
+    bound = _LOGIN_PROOF_LABEL + nonce.encode("utf-8") + b"\x00" + server_id.encode("utf-8") + b"\x00"
+    try:
+        plain = rsa_decrypt(key, sealed, max_blocks=1)
+    except (CryptoError, BadFrame):
+        return b""
+    if not plain.startswith(bound) or len(plain) == len(bound):
+        return b""
+    return plain[len(bound):]
+
+
+def derive_secret(key: PrivateKey, label: str) -> bytes:
+    """A 256-bit secret only the holder of ``key`` can compute, stable across restarts, one per ``label``
+    (HKDF-SHA256 over the private key's DER): e.g. the server's key for decoy login challenges."""
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label.encode("utf-8")).derive(der)
+
+
+def keyed_digest(secret: bytes, *parts: str) -> bytes:
+    """HMAC-SHA256 under ``secret`` of ``parts`` (NUL-separated, so that no two part lists collide)."""
+    return hmac.new(secret, b"\x00".join(part.encode("utf-8") for part in parts), hashlib.sha256).digest()
+
+
 def random_frame_id() -> str:
     """A random UUID v4 for an envelope's ``id`` (WIRE §2), from the same source as every nonce here."""
     return str(uuid.UUID(bytes=os.urandom(16), version=4))

@@ -91,7 +91,7 @@ PAYLOAD_SCHEMA: dict[FrameType, dict[str, tuple[type, ...]]] = {
     FrameType.USER_LOGIN_REQUEST: {"login": _STR},
     FrameType.USER_LOGIN_CHALLENGE: {"login": _STR, "user_id": _STR, "kdf": _DICT, "nonce": _STR,
                                      "server_id": _STR, "server_pub": _STR},
-    FrameType.USER_LOGIN_PROOF: {"login": _STR, "nonce": _STR, "verifier": _STR},
+    FrameType.USER_LOGIN_PROOF: {"login": _STR, "nonce": _STR, "sealed_verifier": _STR},
     FrameType.USER_LOGIN_GRANTED: {"user_id": _STR, "pubkey": _STR, "privkey_store": _DICT},
     FrameType.USER_REGISTER: {"login": _STR, "privkey_store": _DICT, "pake_password": _DICT, "version": _INT,
                               "content_sig": _STR},

@@ -202,41 +202,53 @@ def registration_from_wire(item: object) -> tuple[Registration, LoginHint | None
 
 
 class LoginThrottle:
-    """Failed login attempts per user id: at most ``max_failures`` in any ``window_ms``.
+    """Failed password logins per **source** (the address connections come from), with a doubling backoff.
 
-    Past the limit every attempt is refused with :class:`RateLimited` (saying when to retry) until the
-    oldest failure leaves the window, so an online guesser gets ``max_failures`` guesses per window per
-    server. A success clears the user's record.
+    ``max_failures`` failures from one source within ``window_ms`` block that source for ``window_ms``; each
+    further block in a row doubles (capped at ``max_backoff_ms``). The throttle never keys on the account:
+    strangers guessing alice's password slow down themselves, never alice logging in from elsewhere (issue 11,
+    finding 7). A success from the source clears its record. Bounded memory: ``max_sources`` entries.
     """
 
     def __init__(self, max_failures: int = DEFAULT_LOGIN_ATTEMPTS, window_ms: int = LOGIN_WINDOW_MS,
-                 max_users: int = 100_000) -> None:
+                 max_sources: int = 100_000, max_backoff_ms: int = 3_600_000) -> None:
         self.max_failures = max_failures
         self.window_ms = window_ms
-        self.max_users = max_users
+        self.max_sources = max_sources
+        self.max_backoff_ms = max_backoff_ms
         self._failures: dict[str, deque[int]] = {}
+        self._blocked: dict[str, tuple[int, int]] = {}
+        """source → (blocked until, blocks in a row)."""
 
-    def check(self, user_id: str, now: int, label: str) -> None:
-        """Raise :class:`RateLimited` when ``user_id`` may not try now."""
-        failures = self._failures.get(user_id)
-        if failures is None:
-            return
+    def check(self, source: str, now: int) -> None:
+        """Raise :class:`RateLimited` while ``source`` is blocked."""
+        blocked = self._blocked.get(source)
+        if blocked is not None and now < blocked[0]:
+            wait_s = max(1, (blocked[0] - now + 999) // 1000)
+            raise RateLimited(f"too many failed logins from your address: try again in {wait_s} s")
+
+    def failed(self, source: str, now: int) -> None:
+        """Record a failed attempt from ``source``; the one that reaches the limit starts a block."""
+        if source not in self._failures and len(self._failures) >= self.max_sources:
+            # Bounded memory: forget the source whose last failure is oldest.
+            oldest = min(self._failures, key=lambda key: self._failures[key][-1])
+            del self._failures[oldest]
+        failures = self._failures.setdefault(source, deque())
         while failures and failures[0] <= now - self.window_ms:
             failures.popleft()
-        if not failures:
-            del self._failures[user_id]
-        elif len(failures) >= self.max_failures:
-            wait_s = max(1, (failures[0] + self.window_ms - now + 999) // 1000)
-            raise RateLimited(f"too many failed logins for {label}: try again in {wait_s} s")
+        failures.append(now)
+        if len(failures) < self.max_failures:
+            return
+        failures.clear()
+        until, strikes = self._blocked.get(source, (0, 0))
+        if now > until + self.max_backoff_ms:
+            strikes = 0  # quiet for long enough: start over
+        backoff = min(self.max_backoff_ms, self.window_ms * 2 ** min(strikes, 20))
+        if len(self._blocked) >= self.max_sources and source not in self._blocked:
+            del self._blocked[min(self._blocked, key=lambda key: self._blocked[key][0])]
+        self._blocked[source] = (now + backoff, strikes + 1)
 
-    def failed(self, user_id: str, now: int) -> None:
-        """Record a failed attempt."""
-        if user_id not in self._failures and len(self._failures) >= self.max_users:
-            # Bounded memory: forget the user whose last failure is oldest.
-            oldest = min(self._failures, key=lambda uid: self._failures[uid][-1])
-            del self._failures[oldest]
-        self._failures.setdefault(user_id, deque()).append(now)
-
-    def succeeded(self, user_id: str) -> None:
-        """Forget the user's failures."""
-        self._failures.pop(user_id, None)
+    def succeeded(self, source: str) -> None:
+        """Forget the source's failures and blocks."""
+        self._failures.pop(source, None)
+        self._blocked.pop(source, None)

@@ -32,6 +32,12 @@ PUBLIC_KINDS = PUBLIC_FRAMES | FILE_FRAMES
 
 LOGIN_GRACE_MS = 60_000
 """How long a connection may take from USER_LOGIN_CHALLENGE to USER_HELLO (the client runs a slow KDF)."""
+LOGIN_REQUESTS_PER_SECOND = 1.0
+"""Sustained USER_LOGIN_REQUESTs per second from one source address (each costs a challenge and a decryption)."""
+LOGIN_REQUEST_BURST = 30
+"""Burst of USER_LOGIN_REQUESTs from one source address (users behind one NAT logging in together)."""
+LOGIN_SOURCES_TRACKED = 100_000
+"""Source addresses whose login-request rate is remembered (the table is cleared past this: bounded memory)."""
 RECORDS_PER_FRAME = 50
 """Registry records per SERVER_USER_RECORDS frame (about 5 kB each, far below the frame limit)."""
 MAX_SHARES = 5_000

@@ -61,6 +61,7 @@ class Link:
     pending_until: int = 0               # a login in progress may stay pending this long
     login_user: str = ""                 # user id a login challenge was issued for
     login_nonce: str = ""                # the challenge's nonce; USER_HELLO must echo it after a login
+    login_name: str = ""                 # the login name challenged (a decoy's too)
     login_granted: bool = False
     suspected_at: int | None = None      # server link: when the failure detector began to suspect it
     server_bucket: TokenBucket | None = None  # server link: its own, more generous rate limit

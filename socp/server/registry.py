@@ -9,16 +9,20 @@ A password login costs one salted hash comparison, throttled per user id.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import Any
 
 from socp import crypto
 from socp.actions import RegistrationStored, UserRegistered
-from socp.codec import b64url_decode
+from socp.codec import b64url_decode, b64url_encode
 from socp.envelope import BROADCAST, Envelope, FrameType
-from socp.errors import AuthFailed, BadFrame, InvalidSignature, NameInUse, ProtocolError, UserNotFound
+from socp.errors import AuthFailed, BadFrame, InvalidSignature, NameInUse, ProtocolError, RateLimited, UserNotFound
 from socp.presence import Directory
+from socp.ratelimit import TokenBucket
 from socp.registry import (
+    KDF_ALG,
     LoginHint,
     LoginRecord,
     LoginThrottle,
@@ -26,7 +30,14 @@ from socp.registry import (
     normalize_login,
     registration_from_wire,
 )
-from socp.server.config import LOGIN_GRACE_MS, RECORDS_PER_FRAME, ServerSettings
+from socp.server.config import (
+    LOGIN_GRACE_MS,
+    LOGIN_REQUEST_BURST,
+    LOGIN_REQUESTS_PER_SECOND,
+    LOGIN_SOURCES_TRACKED,
+    RECORDS_PER_FRAME,
+    ServerSettings,
+)
 from socp.server.hooks import Local
 from socp.server.links import Link, LinkTable
 from socp.server.outbox import Outbox
@@ -52,6 +63,8 @@ class Registry:
             if registration.login is not None:
                 self._logins.setdefault(registration.login.login, registration.user_id)
         self._throttle = LoginThrottle(settings.login_max_failures, settings.login_window_ms)
+        self._login_requests: dict[str, TokenBucket] = {}
+        self._decoy_secret = crypto.derive_secret(out.key, "socp login decoy")
         self._no_records_peers: set[str] = set()
 
     def registration(self, user_id: str) -> Registration | None:
@@ -108,7 +121,15 @@ class Registry:
         self.send_records([self._registry[user_id]], now)
 
     def on_login_request(self, link: Link, frame: Envelope, now: int) -> None:
-        """USER_LOGIN_REQUEST on a new connection: challenge it with the login's KDF parameters."""
+        """USER_LOGIN_REQUEST on a new connection: challenge it with the login's KDF parameters.
+
+        A login nobody registered here gets a **decoy** challenge of the same shape (a user id and salt derived
+        from the login under this server's secret, so the same on every try), answered by AUTH_FAILED like a
+        wrong password: known and unknown logins look alike (issue 11, finding 7). The challenge is unsigned —
+        the connection has proven nothing yet; the client pins the key it carries and the signed
+        USER_LOGIN_GRANTED proves it — and requests are rate-limited per source address.
+        """
+        self._take_login_request(link, frame, now)
         login = normalize_login(frame.payload["login"])
         user_id = self._logins.get(login)
         registration = self._registry.get(user_id) if user_id else None
@@ -117,40 +138,66 @@ class Registry:
             raise UserNotFound(f"login {login!r} is registered on its home server {self._server_label(hint.home)}: "
                                "log in there (password records never leave a user's home server)",
                                msg_ref=frame.msg_ref)
+        self._throttle.check(link.source, now)
         if registration is None or registration.login is None or user_id is None:
-            raise UserNotFound(f"nobody registered the login {login!r} with a password (as far as this server "
-                               f"knows)", msg_ref=frame.msg_ref)
-        self._throttle.check(user_id, now, login)
+            user_id, kdf = self._decoy(login)
+        else:
+            kdf = dict(registration.login.pake_password["kdf"])
         link.login_user, link.login_nonce, link.login_granted = user_id, crypto.random_token(), False
+        link.login_name = login
         link.pending_until = now + LOGIN_GRACE_MS
-        self._out.send(link, self._out.make(FrameType.USER_LOGIN_CHALLENGE, user_id, now, {
-            "login": login, "user_id": user_id, "kdf": dict(registration.login.pake_password["kdf"]),
-            "nonce": link.login_nonce, "server_id": self._out.server_id, "server_pub": self._out.pubkey}))
+        self._out.send(link, Envelope(FrameType.USER_LOGIN_CHALLENGE, self._out.server_id, user_id, now, {
+            "login": login, "user_id": user_id, "kdf": kdf, "nonce": link.login_nonce,
+            "server_id": self._out.server_id, "server_pub": self._out.pubkey}))
 
     def on_login_proof(self, link: Link, frame: Envelope, now: int) -> None:
-        """USER_LOGIN_PROOF: grant the login (the user's stored key material) or count a failure."""
-        registration = self._registry.get(link.login_user)
-        if (registration is None or registration.login is None or not link.login_nonce or link.login_granted
-                or frame.payload["nonce"] != link.login_nonce):
+        """USER_LOGIN_PROOF: grant the login (the user's stored key material) or count a failure.
+
+        The proof is the password verifier sealed (RSA-OAEP) to this server's key together with the challenge
+        nonce, so a proof sniffed on the wire can neither be read nor replayed under another challenge. A decoy
+        challenge is answered exactly like a wrong password. Failures are counted per source address.
+        """
+        if not link.login_nonce or link.login_granted or frame.payload["nonce"] != link.login_nonce:
             raise BadFrame("USER_LOGIN_PROOF without a matching USER_LOGIN_CHALLENGE on this connection",
                            msg_ref=frame.msg_ref)
-        login = registration.login
-        self._throttle.check(registration.user_id, now, login.login)
-        try:
-            verifier = b64url_decode(frame.payload["verifier"])
-        except BadFrame:
-            verifier = b""
-        pake = login.pake_password
-        if not crypto.verifier_matches(verifier, b64url_decode(pake["salt"]), b64url_decode(pake["verifier_hash"])):
-            self._throttle.failed(registration.user_id, now)
+        nonce = link.login_nonce
+        self._throttle.check(link.source, now)
+        registration = self._registry.get(link.login_user)
+        login = registration.login if registration is not None else None
+        verifier = crypto.open_login_proof(self._out.key, frame.payload["sealed_verifier"], nonce, self._out.server_id)
+        if login is not None and login.login == link.login_name:
+            pake = login.pake_password
+            salt, expected = b64url_decode(pake["salt"]), b64url_decode(pake["verifier_hash"])
+        else:
+            salt, expected = self._decoy_secret[:16], self._decoy_secret  # same work, never matches
+        if registration is None or login is None or not crypto.verifier_matches(verifier, salt, expected):
+            self._throttle.failed(link.source, now)
             link.login_nonce = ""  # one proof per challenge
-            self._out.log.info("failed password login for %s", registration.user_id[:8])
-            raise AuthFailed(f"wrong password for {login.login}", msg_ref=frame.msg_ref)
-        self._throttle.succeeded(registration.user_id)
+            self._out.log.info("failed password login for %r", link.login_name)
+            raise AuthFailed(f"wrong password for {link.login_name}", msg_ref=frame.msg_ref)
+        self._throttle.succeeded(link.source)
         link.login_granted = True
         self._out.send(link, self._out.make(FrameType.USER_LOGIN_GRANTED, registration.user_id, now, {
             "user_id": registration.user_id, "pubkey": registration.pubkey,
             "privkey_store": dict(login.privkey_store), "meta": dict(registration.meta)}))
+
+    def _take_login_request(self, link: Link, frame: Envelope, now: int) -> None:
+        """Rate-limit login requests per source address (each costs a challenge and, later, a decryption)."""
+        bucket = self._login_requests.get(link.source)
+        if bucket is None:
+            if len(self._login_requests) >= LOGIN_SOURCES_TRACKED:
+                self._login_requests.clear()
+            bucket = self._login_requests[link.source] = TokenBucket(LOGIN_REQUESTS_PER_SECOND, LOGIN_REQUEST_BURST)
+        if not bucket.take(now):
+            raise RateLimited("too many login requests from your address; slow down", msg_ref=frame.msg_ref,
+                              fatal=True)
+
+    def _decoy(self, login: str) -> tuple[str, dict[str, Any]]:
+        """The user id and KDF parameters a decoy challenge for ``login`` shows (stable, unguessable)."""
+        digest = crypto.keyed_digest(self._decoy_secret, "user_id", login)
+        user_id = str(uuid.UUID(bytes=digest[:16], version=4))
+        salt = crypto.keyed_digest(self._decoy_secret, "salt", login)[:crypto.SALT_BYTES]
+        return user_id, {"alg": KDF_ALG, "iterations": crypto.PBKDF2_MIN_ITERATIONS, "salt": b64url_encode(salt)}
 
     def on_directory_query(self, link: Link, frame: Envelope, now: int) -> None:
         """DIRECTORY_QUERY {user_id} or {login}: the registry's record, online or not, signed by this server."""

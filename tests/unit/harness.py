@@ -164,10 +164,10 @@ class FakeUser:
         frame = env.make(FrameType.USER_HELLO, self.user_id, to, ts, payload)
         return frame.signed(sign_with or self.key) if signed else frame
 
-    def open(self, node: Node) -> None:
-        """Open a connection to ``node`` without sending anything."""
+    def open(self, node: Node, *, source: str = "") -> None:
+        """Open a connection to ``node`` without sending anything (from address ``source``, as the shell says)."""
         self.node = node
-        self.link = node.state.accept_link(self.net.now)
+        self.link = node.state.accept_link(self.net.now, source)
         self.closed = False
         self.net._wire(self.endpoint, (node.name, self.link))
         self.net._collect(node)

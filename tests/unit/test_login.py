@@ -17,7 +17,7 @@ from socp import envelope as env
 from socp.actions import RegistrationStored
 from socp.codec import b64url_decode, b64url_encode
 from socp.envelope import FrameType
-from socp.errors import BadFrame, CryptoError
+from socp.errors import BadFrame, CryptoError, RateLimited
 from socp.login import LoginChallenged, LoginGranted, LoginRefused, LoginSession, make_login_record, register_frame
 from socp.registry import LoginHint, LoginRecord, LoginThrottle, Registration, normalize_login, registration_from_wire
 from socp.server import LOGIN_GRACE_MS
@@ -92,17 +92,23 @@ def test_records_are_checked_whole(alice_record: LoginRecord, record_key: crypto
             normalize_login(bad)
 
 
-def test_the_throttle_allows_five_failures_a_minute() -> None:
+def test_the_throttle_blocks_a_source_with_a_doubling_backoff() -> None:
+    """Issue 11 finding 7: failures count per source address, never per account, and repeat offenders wait
+    twice as long each time."""
     throttle = LoginThrottle(max_failures=5, window_ms=60_000)
     for i in range(5):
-        throttle.check("u", 1000 + i, "alice")
-        throttle.failed("u", 1000 + i)
-    with pytest.raises(Exception, match="too many failed logins for alice: try again in 60 s"):
-        throttle.check("u", 1010, "alice")
-    throttle.check("other", 1010, "bob")
-    throttle.check("u", 61_001, "alice")  # the oldest failure left the window
-    throttle.succeeded("u")
-    throttle.check("u", 61_002, "alice")
+        throttle.check("10.0.0.66", 1000 + i)
+        throttle.failed("10.0.0.66", 1000 + i)
+    with pytest.raises(RateLimited, match="too many failed logins from your address: try again in 60 s"):
+        throttle.check("10.0.0.66", 1010)
+    throttle.check("10.0.0.1", 1010)            # another source (the real user) is not slowed down
+    throttle.check("10.0.0.66", 61_005)         # the block is over
+    for i in range(5):
+        throttle.failed("10.0.0.66", 61_005 + i)
+    with pytest.raises(RateLimited, match="try again in 120 s"):
+        throttle.check("10.0.0.66", 61_010)     # second block in a row: twice as long
+    throttle.succeeded("10.0.0.66")
+    throttle.check("10.0.0.66", 61_011)
 
 
 # --- through ServerState --------------------------------------------------------------------------
@@ -134,11 +140,13 @@ def registered(net3: Net3) -> Net3:
     return net3
 
 
-def login_at(net: Net, node: Node, name: str, password: str) -> tuple[FakeUser, LoginSession, list[Any]]:
-    """Run a login against ``node`` from a fresh connection; returns the connection, the session, the events."""
+def login_at(net: Net, node: Node, name: str, password: str, source: str = "10.0.0.1"
+             ) -> tuple[FakeUser, LoginSession, list[Any]]:
+    """Run a login against ``node`` from a fresh connection (from address ``source``); returns the connection,
+    the session, the events."""
     conn = FakeUser(net, f"login{len(net.users)}", net.pool.key(23), "", {})
     net.users[conn.name] = conn
-    conn.open(node)
+    conn.open(node, source=source)
     attempt = LoginSession(name, password)
     events: list[Any] = []
 
@@ -210,30 +218,75 @@ def test_a_wrong_password_is_refused_clearly_and_costs_the_challenge(registered:
     assert not conn.closed
     # The same nonce cannot be tried twice.
     retry = env.make(FrameType.USER_LOGIN_PROOF, "*", "*", net.now, {"login": "alice", "nonce": attempt.nonce or "",
-                                                                   "verifier": b64url_encode(b"x" * 32)})
+                                                                   "sealed_verifier": b64url_encode(b"x" * 512)})
     conn.send(retry)
     [error] = conn.errors()
     assert error.payload["code"] == "BAD_FRAME" and "without a matching" in error.payload["detail"]
 
 
-def test_failed_logins_are_rate_limited_per_user(registered: Net3) -> None:
-    net, b = registered.net, registered.a
+def test_failed_logins_slow_down_their_source_not_the_account(registered: Net3) -> None:
+    """Issue 11 finding 7: five wrong guesses from a stranger's address block that address (even with the
+    right password), while alice logging in from her own address is never locked out."""
+    net, b, alice = registered.net, registered.a, registered.alice
+    alice.disconnect()
     for _ in range(5):
-        _, _, events = login_at(net, b, "alice", "guess")
+        _, _, events = login_at(net, b, "alice", "guess", source="10.0.0.66")
         assert events[-1].code == "AUTH_FAILED"
-    _, _, events = login_at(net, b, "alice", PASSWORD)  # even the right password waits now
+    _, _, events = login_at(net, b, "alice", PASSWORD, source="10.0.0.66")  # even the right password waits
     assert isinstance(events[-1], LoginRefused) and events[-1].code == "RATE_LIMITED"
-    assert "too many failed logins for alice: try again in" in events[-1].detail
+    assert "too many failed logins from your address: try again in" in events[-1].detail
+    _, _, events = login_at(net, b, "alice", PASSWORD, source="10.0.0.1")   # the real alice, elsewhere
+    assert isinstance(events[-1], LoginGranted)
     net.run(61_000)
+    _, _, events = login_at(net, b, "alice", PASSWORD, source="10.0.0.66")
+    assert isinstance(events[-1], LoginGranted)
+
+
+def test_unknown_logins_get_a_decoy_challenge_indistinguishable_from_a_real_one(registered: Net3) -> None:
+    """Issue 11 finding 7: an unknown login is challenged like a known one (a stable fake user id and salt,
+    the same fields) and refused like a wrong password; no challenge costs a signature."""
+    net, b = registered.net, registered.a
+    shapes, answers = [], []
+    for name in ("alice", "nobody", "nobody"):
+        conn = FakeUser(net, f"probe{len(net.users)}", net.pool.key(23), "", {})
+        net.users[conn.name] = conn
+        conn.open(b, source="10.0.0.7")
+        conn.send(LoginSession(name, "guess").request(net.now))
+        [challenge] = conn.received(FrameType.USER_LOGIN_CHALLENGE)
+        assert challenge.sig == "" and env.is_uuid(challenge.payload["user_id"])
+        shapes.append((sorted(challenge.payload), sorted(challenge.payload["kdf"]), challenge.payload["kdf"]["alg"],
+                       challenge.payload["kdf"]["iterations"], len(challenge.payload["kdf"]["salt"])))
+        answers.append((challenge.payload["user_id"], challenge.payload["kdf"]["salt"]))
+    assert shapes[0] == shapes[1] == shapes[2]
+    assert answers[1] == answers[2] != answers[0]                     # the decoy is stable per login
+    _, _, events = login_at(net, b, "nobody", PASSWORD, source="10.0.0.8")
+    assert isinstance(events[0], LoginChallenged)
+    assert (events[-1].code, events[-1].detail) == ("AUTH_FAILED", "wrong password for nobody")
+
+
+def test_a_sniffed_login_proof_cannot_be_replayed(registered: Net3) -> None:
+    """Suspected in issue 11: the proof is sealed to the server with the challenge's nonce, so a proof copied
+    off the wire fails under a fresh challenge (and never shows the verifier)."""
+    net, b, alice = registered.net, registered.a, registered.alice
+    alice.disconnect()
+    before = len(net.packets(frame_type="USER_LOGIN_PROOF"))
     _, _, events = login_at(net, b, "alice", PASSWORD)
     assert isinstance(events[-1], LoginGranted)
+    [sniffed] = [env.parse(p.text) for p in net.packets(frame_type="USER_LOGIN_PROOF")[before:]]
+    assert "verifier" not in sniffed.payload
+    thief = FakeUser(net, "thief", net.pool.key(23), "", {})
+    net.users["thief"] = thief
+    thief.open(b, source="10.0.0.66")
+    thief.send(LoginSession("alice", "unknown").request(net.now))
+    [challenge] = thief.received(FrameType.USER_LOGIN_CHALLENGE)
+    thief.send(env.make(FrameType.USER_LOGIN_PROOF, "*", "*", net.now,
+                        {**sniffed.payload, "nonce": challenge.payload["nonce"]}))
+    assert [e.payload["code"] for e in thief.errors()] == ["AUTH_FAILED"]
+    assert thief.received(FrameType.USER_LOGIN_GRANTED) == []
 
 
 def test_unknown_logins_and_mismatched_nonces_are_refused(registered: Net3) -> None:
     net, b, alice = registered.net, registered.a, registered.alice
-    _, _, events = login_at(net, b, "nobody", PASSWORD)
-    assert isinstance(events[-1], LoginRefused) and events[-1].code == "USER_NOT_FOUND"
-    assert "nobody registered the login 'nobody'" in events[-1].detail
     alice.disconnect()
     conn, _, events = login_at(net, b, "alice", PASSWORD)
     assert isinstance(events[-1], LoginGranted)
