@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -31,6 +31,8 @@ from socp.settings import (
 )
 
 DEFAULT_BOOTSTRAP = "ws://127.0.0.1:9001"
+JOIN_TOKEN_ENV = "SOCP_JOIN_TOKEN"
+"""Environment variable read for the join token when ``--join-token`` is not given (keeps it out of ``ps``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,10 @@ class NodeConfig:
     """Sustained frames per second allowed on one server link."""
     server_rate_burst: int = DEFAULT_SERVER_RATE_BURST
     """Frames one server link may send in a burst."""
+    admit_keys: frozenset[str] = frozenset()
+    """Admission control: server keys admitted to the federation (``--admit-keys FILE``)."""
+    join_token: str = field(default="", repr=False)
+    """Admission control: the federation's join secret (``--join-token`` or ``$SOCP_JOIN_TOKEN``); never logged."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "USER_HELLO / SERVER_ANNOUNCE addressed to '*' (WIRE §2); logged as a WARNING")
     parser.add_argument("--allow-unsigned-hello", action="store_true",
                         help="interop switch: accept USER_HELLO without a signature")
+    parser.add_argument("--admit-keys", type=Path, default=None, metavar="FILE",
+                        help="closed federation: admit only servers whose public key (base64url DER, one per line, "
+                             "'#' comments) is listed, or that hold the join token")
+    parser.add_argument("--join-token", default=None, metavar="TOKEN",
+                        help=f"closed federation: the shared join secret (default ${JOIN_TOKEN_ENV}); joins prove "
+                             "it with an HMAC and never send it. Without this and --admit-keys admission is open")
     parser.add_argument("--show-identity", action="store_true",
                         help="create the identity if needed, print {server_id, pubkey} as JSON, exit")
     return parser
@@ -173,6 +185,8 @@ def config_from_args(args: argparse.Namespace, hostname: str) -> NodeConfig:
         raise ConfigError("--max-connections and --max-connections-per-ip must be at least 1")
     if args.max_file_size < 0 or args.login_attempts < 1:
         raise ConfigError("--max-file-size must not be negative and --login-attempts must be at least 1")
+    admit_keys = load_admit_keys(args.admit_keys) if args.admit_keys is not None else frozenset()
+    join_token = args.join_token if args.join_token is not None else os.environ.get(JOIN_TOKEN_ENV, "")
     advertise_host = args.advertise_host or (hostname if args.host in ("0.0.0.0", "::") else args.host)
     data_dir = args.data_dir or Path(os.path.expanduser("~/.local/share/socp")) / name
     bootstrap: tuple[BootstrapEntry, ...] = ()
@@ -189,8 +203,29 @@ def config_from_args(args: argparse.Namespace, hostname: str) -> NodeConfig:
         show_identity=args.show_identity, max_file_bytes=args.max_file_size, login_attempts=args.login_attempts,
         legacy_interop=args.legacy_interop, max_connections=args.max_connections,
         max_connections_per_ip=args.max_connections_per_ip, server_rate_limit=args.server_rate_limit,
-        server_rate_burst=args.server_rate_burst,
+        server_rate_burst=args.server_rate_burst, admit_keys=admit_keys, join_token=join_token,
     )
+
+
+def load_admit_keys(path: Path) -> frozenset[str]:
+    """The server keys of an ``--admit-keys`` file: one public key per line, blank lines and ``#`` comments
+    skipped; each must be a valid RSA-4096 key (raises :class:`ConfigError` naming the line)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"--admit-keys {path}: {exc.strerror or exc}") from None
+    keys = set()
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            keys.add(crypto.normalize_public_key(text))
+        except ProtocolError as exc:
+            raise ConfigError(f"--admit-keys {path}:{number}: {exc.detail}") from None
+    if not keys:
+        raise ConfigError(f"--admit-keys {path} lists no key")
+    return frozenset(keys)
 
 
 def load_bootstrap(source: str) -> list[BootstrapEntry]:
