@@ -138,3 +138,28 @@ def test_a_stranger_in_an_open_federation_learns_only_public_data(net: Net) -> N
     assert entry["pubkey"] == alice.pubkey and entry["login_name"] == "alice" and entry["login_home"] == a.server_id
     seen = "".join(frame.to_wire() for frame in eve.inbox)
     assert not [secret for secret in SECRETS if secret in seen]
+
+
+def test_the_node_reads_admission_flags_and_the_token_from_its_environment(net: Net, tmp_path: Any,
+                                                                           monkeypatch: Any) -> None:
+    from node.config import build_parser, config_from_args
+    from socp.errors import ConfigError
+
+    keys = [crypto.encode_public_key(net.pool.key(i).public_key()) for i in (42, 43)]
+    listed = tmp_path / "admit.txt"
+    listed.write_text(f"# the federation's servers\n{keys[0]}\n\n{keys[1]}  # peer2\n")
+    monkeypatch.setenv("SOCP_JOIN_TOKEN", "from-the-environment")
+    config = config_from_args(build_parser().parse_args(["--admit-keys", str(listed)]), "host")
+    assert config.admit_keys == frozenset(keys) and config.join_token == "from-the-environment"
+    assert "from-the-environment" not in repr(config)
+    flag = config_from_args(build_parser().parse_args(["--join-token", "from-the-flag"]), "host")
+    assert flag.join_token == "from-the-flag" and flag.admit_keys == frozenset()
+    monkeypatch.delenv("SOCP_JOIN_TOKEN")
+    assert config_from_args(build_parser().parse_args([]), "host").join_token == ""
+    listed.write_text("not a key\n")
+    try:
+        config_from_args(build_parser().parse_args(["--admit-keys", str(listed)]), "host")
+    except ConfigError as exc:
+        assert f"{listed}:1" in str(exc)
+    else:
+        raise AssertionError("a bad key in --admit-keys must be refused")
