@@ -16,9 +16,9 @@ from socp.errors import ConfigError, ProtocolError
 from socp.server import BootstrapEntry
 from socp.settings import (
     DEFAULT_LOGIN_ATTEMPTS,
-    DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_IP,
+    DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_RATE_BURST,
     DEFAULT_RATE_PER_SECOND,

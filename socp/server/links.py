@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from socp.actions import LinkId
 from socp.errors import RateLimited
 from socp.ratelimit import TokenBucket
-from socp.settings import DEFAULT_SERVER_RATE_BURST, DEFAULT_SERVER_RATE_PER_SECOND
 from socp.server.liveness import FailureDetector, Verdict
+from socp.settings import DEFAULT_SERVER_RATE_BURST, DEFAULT_SERVER_RATE_PER_SECOND
 
 logger = logging.getLogger("socp.server")
 

@@ -251,8 +251,8 @@ class Mesh:
 
         Replay is special: one announce opens at most one direct link, or a captured copy could hijack the
         link; and it must be addressed to us (a relayed ``"*"`` announce, or one sent to another server, is
-        refused unless the legacy-interop switch is on). In a closed federation a server id nobody vouched for yet (no pin from a
-        welcome or a relay) must be admitted like a joiner (:meth:`_admits`).
+        refused unless the legacy-interop switch is on). In a closed federation a server id nobody vouched for
+        yet (no pin from a welcome or a relay) must be admitted like a joiner (:meth:`_admits`).
         """
         key_text = crypto.normalize_public_key(frame.payload["pubkey"])
         if self._book.get(frame.sender) is None and not self._admits(frame, key_text):

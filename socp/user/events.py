@@ -232,7 +232,7 @@ class DuplicateDelivery:
     msg_ref: str
 
 
-ClientEvent = (Welcomed | HelloReaddressed | ServerKeyChanged | UserOnline | UserOffline | UserList | DirectMessage | ServerError
-               | Acked | FrameRejected | PublicMessage | PublicMessageUnreadable | PublicKeyReceived | FileIncoming
-               | FileProgress | FileReceived | FileRejected | DirectoryEntry | DuplicateDelivery)
+ClientEvent = (Welcomed | HelloReaddressed | ServerKeyChanged | UserOnline | UserOffline | UserList | DirectMessage
+               | ServerError | Acked | FrameRejected | PublicMessage | PublicMessageUnreadable | PublicKeyReceived
+               | FileIncoming | FileProgress | FileReceived | FileRejected | DirectoryEntry | DuplicateDelivery)
 """Everything :meth:`socp.user.UserSession.receive_text` reports."""

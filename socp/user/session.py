@@ -53,10 +53,10 @@ from socp.user.common import LocalUser, OutboundFrame, Rejected, logger
 from socp.user.direct import DirectMessages
 from socp.user.events import (
     Acked,
-    HelloReaddressed,
     ClientEvent,
     DirectoryEntry,
     FrameRejected,
+    HelloReaddressed,
     ServerError,
     ServerKeyChanged,
     Welcomed,
@@ -262,8 +262,9 @@ class UserSession:
         peers = PeerDirectory()
         public = PublicChannel(self._user, peers, replay)
         peers.on_member_left(public.member_left)
-        self._parts = Parts(ServerLink(peers, expected_pub, server_id), peers, DirectMessages(self._user, peers, replay),
-                            public, FileTransfers(self._user, peers, public, replay, max_file_bytes))
+        self._parts = Parts(ServerLink(peers, expected_pub, server_id), peers,
+                            DirectMessages(self._user, peers, replay), public,
+                            FileTransfers(self._user, peers, public, replay, max_file_bytes))
 
     # --- read-only views -------------------------------------------------------------------------
 
