@@ -536,7 +536,10 @@ class ScenarioRunner:
         target = Target({name: self.backend.url(name) for name in self.backend.node_names}, introducer,
                         self.backend.peer_names, self.backend.health, self.backend.status,
                         self.backend.wait_healthy, self._new_key, self.factor,
-                        getattr(self.backend, "join_token", None))
+                        getattr(self.backend, "join_token", None),
+                        # Local nodes listen on loopback, where 127.0.0.2 is another source address; behind
+                        # Docker's published ports every connection from the host arrives from one address.
+                        "127.0.0.2" if self.backend.name == "local" else None)
         outcomes = await run_attacks(target, step.names, self.progress)
         failed = [o for o in outcomes if not o.passed]
         data = {"attacks": [o.to_json() for o in outcomes], "passed": len(outcomes) - len(failed),

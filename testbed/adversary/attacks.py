@@ -30,6 +30,7 @@ from socp import crypto
 from socp import envelope as env
 from socp.envelope import BROADCAST, FrameType
 from socp.errors import ProtocolError
+from socp.login import LoginChallenged, LoginGranted, LoginRefused, LoginSession
 from socp.user import ClientEvent, DirectMessage, FileReceived, UserOffline
 from testbed.adversary.wire import HonestUser, RogueServer, Wire, now_ms, secret_fields, try_open
 
@@ -73,6 +74,10 @@ class Target:
     new_key: KeySource
     factor: float = 1.0
     join_token: str | None = None
+    other_source: str | None = None
+    """A local address the nodes see as another source than the default one (``127.0.0.2`` for processes on
+    loopback), for attacks that must come from elsewhere than the honest users; None when there is none (behind
+    Docker's port publishing every host connection comes from one address)."""
 
     def seconds(self, base: float) -> float:
         """``base`` seconds scaled by the run's timeout factor."""
@@ -134,16 +139,24 @@ class Arena:
         for me, other in ((self.alice, self.bob), (self.bob, self.alice)):
             if not await me.knows(other.user_id, self.t.seconds(10)):
                 raise RuntimeError(f"{me.name} never learned of {other.name}")
-        self.rogue = RogueServer(await self.t.new_key(), join_token=self.t.join_token)
-        welcome = await self.rogue.join(self.t.urls[self.t.introducer], self.t.introducer, self.t.seconds(15))
-        if welcome is None:
-            raise RuntimeError("the rogue server (an admitted member) could not join through the introducer")
+        self.rogue = await self.server("the rogue server (an admitted member)")
+
+    async def server(self, what: str) -> RogueServer:
+        """A server run here, joined through the introducer and linked with every peer (as a member must be:
+        nodes count themselves healthy once they have linked with every server they learned of)."""
+        server = RogueServer(await self.t.new_key(), join_token=self.t.join_token or None)
+        if await server.join(self.t.urls[self.t.introducer], self.t.introducer, self.t.seconds(15)) is None:
+            await server.close()
+            raise RuntimeError(f"{what} could not join through the introducer")
         for node in self.t.urls:
-            _, body = await self.t.health(node)
-            self.server_ids[node] = str(body.get("server_id", ""))
-        for node in dict.fromkeys((self.p1, self.p2, self.p3)):
-            if not await self.rogue.link(self.t.urls[node], node, self.server_ids[node], self.t.seconds(10)):
-                raise RuntimeError(f"the rogue server could not link with {node}")
+            if not self.server_ids.get(node):
+                _, body = await self.t.health(node)
+                self.server_ids[node] = str(body.get("server_id", ""))
+        for node in self.t.peers:
+            if not await server.link(self.t.urls[node], node, self.server_ids[node], self.t.seconds(10)):
+                await server.close()
+                raise RuntimeError(f"{what} could not link with {node}")
+        return server
 
     async def ensure_honest(self) -> None:
         """Bring alice and bob back if an attack cost them their connection."""
@@ -403,12 +416,13 @@ async def replays(a: Arena) -> AttackOutcome:
 
     # SERVER_ANNOUNCE of a server opening its link to the first peer, sniffed on the (plain ws://) wire: a
     # fellow server run here (it behaves), whose link must survive copies of its opener sent by a stranger.
-    victim = RogueServer(await a.t.new_key(), join_token=a.t.join_token)
-    a.victims.append(victim)
-    if await victim.join(a.t.urls[a.t.introducer], a.t.introducer, a.t.seconds(15)) is None or \
-            not await victim.link(a.t.urls[a.p1], a.p1, a.server_ids[a.p1], a.t.seconds(10)):
-        failures.append("setup: a second server could not join and link (nothing to sniff)")
-    else:
+    try:
+        victim = await a.server("a second server")
+    except RuntimeError as exc:
+        victim = None
+        failures.append(f"setup: {exc} (nothing to sniff)")
+    if victim is not None:
+        a.victims.append(victim)
         opener = victim.sent[a.p1]
         for label, text in (("exact", opener), ("re-timestamped", retimestamped(opener, now_ms()))):
             counts["copies"] += 1
@@ -537,8 +551,8 @@ async def name_impostor(a: Arena) -> AttackOutcome:
 # --- 7: login enumeration and lockout -----------------------------------------------------------------
 
 async def login_probe(a: Arena) -> AttackOutcome:
-    """The same answer for a known and an unknown login; wrong passwords from fresh connections do not keep
-    the real user out."""
+    """The same answer for a known and an unknown login; wrong passwords from fresh connections (from another
+    address than the real user's) do not keep the real user out."""
     if a.login is None:
         await register_password_user(a)
     assert a.login is not None
@@ -546,42 +560,67 @@ async def login_probe(a: Arena) -> AttackOutcome:
     failures = []
     shapes = {}
     for label, name in (("known", login), ("unknown", f"nobody-{secrets.token_hex(3)}")):
-        wire = await try_open(a.t.urls[a.p1], f"login-{label}")
+        wire = await try_open(a.t.urls[a.p1], f"login-{label}", a.t.other_source)
         if wire is None:
             failures.append("setup: connection refused")
             continue
-        await wire.send(env.make(FrameType.USER_LOGIN_REQUEST, str(uuid.uuid4()), BROADCAST, now_ms(),
-                                 {"login": name}))
+        await wire.send(LoginSession(name, "irrelevant").request(now_ms()))
         answer = await wire.wait_for(lambda r: r.frame is not None, a.t.seconds(5))
         frame = answer.frame if answer is not None else None
         shapes[label] = (str(frame.type), tuple(sorted(frame.payload)), str(frame.payload.get("code", ""))) \
             if frame is not None else ("none", (), "")
         await wire.close()
-    if len(shapes) == 2 and shapes["known"][:2] != shapes["unknown"][:2]:
+    distinguishable = len(shapes) == 2 and shapes["known"][:2] != shapes["unknown"][:2]
+    if distinguishable:
         failures.append(f"known login answered {shapes['known'][0]}, unknown {shapes['unknown'][0]} "
                         f"{shapes['unknown'][2]}".strip())
-    wrong = 0
+    counts = {"probes": len(shapes), "distinguishable": int(distinguishable), "wrong_attempts": 0,
+              "real_login_ok": 0}
+    if a.t.other_source is None:
+        return outcome("login-probe", "7", "decoy challenge for unknown logins (lockout not checked: the nodes see "
+                       "every connection from here as one source)", failures, counts,
+                       f"known/unknown answers {'differ' if distinguishable else 'alike'}")
     for _ in range(6):
-        with contextlib.suppress(Exception):
-            connection = await ClientConnection.login(a.t.urls[a.p1], login, "wrong " + secrets.token_hex(4),
-                                                      timeout=a.t.seconds(10))
-            await connection.close()
+        if await wrong_login(a, login):
             failures.append("a wrong password was accepted")
-        wrong += 1
-    real_ok = 0
+        counts["wrong_attempts"] += 1
     try:
         connection = await ClientConnection.login(a.t.urls[a.p1], login, password, timeout=a.t.seconds(15))
         await connection.close()
-        real_ok = 1
+        counts["real_login_ok"] = 1
     except Exception as exc:
-        failures.append(f"after {wrong} wrong attempts the real user could not log in: {type(exc).__name__}: {exc}")
-    counts = {"probes": len(shapes), "distinguishable": int(len(shapes) == 2 and shapes["known"][:2]
-                                                              != shapes["unknown"][:2]),
-              "wrong_attempts": wrong, "real_login_ok": real_ok}
-    alike = "differ" if counts["distinguishable"] else "alike"
+        failures.append(f"after {counts['wrong_attempts']} wrong attempts from another address the real user could "
+                        f"not log in: {type(exc).__name__}: {exc}")
     return outcome("login-probe", "7", "decoy challenge for unknown logins; throttling never locks the real user "
-                   "out", failures, counts, f"known/unknown answers {alike}, real login after {wrong} wrong ones: "
-                   f"{'ok' if real_ok else 'refused'}")
+                   "out", failures, counts, f"known/unknown answers {'differ' if distinguishable else 'alike'}, "
+                   f"real login after {counts['wrong_attempts']} wrong ones: "
+                   f"{'ok' if counts['real_login_ok'] else 'refused'}")
+
+
+async def wrong_login(a: Arena, login: str) -> bool:
+    """One password guess on a fresh connection from the attacker's address; True if it was granted."""
+    wire = await try_open(a.t.urls[a.p1], "guess", a.t.other_source)
+    if wire is None:
+        return False
+    attempt = LoginSession(login, "guess " + secrets.token_hex(4))
+    try:
+        await wire.send(attempt.request(now_ms()))
+        position = 0
+        for _ in range(4):  # the challenge, then the answer to the proof (a refusal ends it sooner)
+            received = await wire.wait_for(lambda r: True, a.t.seconds(5), position)
+            if received is None:
+                return False
+            position = wire.inbox.index(received) + 1
+            for event in attempt.receive_text(received.text, now_ms()):
+                if isinstance(event, LoginChallenged):
+                    await wire.send(await asyncio.to_thread(attempt.prove, now_ms()))
+                elif isinstance(event, LoginGranted):
+                    return True
+                elif isinstance(event, LoginRefused):
+                    return False
+        return False
+    finally:
+        await wire.close()
 
 
 # --- 8: lone surrogates ---------------------------------------------------------------------------

@@ -57,9 +57,11 @@ class Wire:
         self._reader = asyncio.create_task(self._read(), name=f"adversary-{label}")
 
     @classmethod
-    async def open(cls, url: str, label: str) -> Wire:
-        """Connect to ``url`` (raises OSError / InvalidHandshake / TimeoutError when refused)."""
-        websocket = await connect(url, max_size=MAX_SIZE, open_timeout=OPEN_TIMEOUT, ping_interval=None)
+    async def open(cls, url: str, label: str, source: str | None = None) -> Wire:
+        """Connect to ``url``, from the local address ``source`` when given (raises OSError / InvalidHandshake /
+        TimeoutError when refused)."""
+        extra: dict[str, Any] = {"local_addr": (source, 0)} if source else {}
+        websocket = await connect(url, max_size=MAX_SIZE, open_timeout=OPEN_TIMEOUT, ping_interval=None, **extra)
         return cls(websocket, label)
 
     @property
@@ -142,10 +144,10 @@ class Wire:
             await asyncio.wait_for(self._reader, 5.0)
 
 
-async def try_open(url: str, label: str) -> Wire | None:
+async def try_open(url: str, label: str, source: str | None = None) -> Wire | None:
     """A connection, or None when the node refuses it (connection caps) or cannot be reached."""
     try:
-        return await Wire.open(url, label)
+        return await Wire.open(url, label, source)
     except (OSError, InvalidHandshake, TimeoutError):
         return None
 
