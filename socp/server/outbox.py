@@ -41,6 +41,8 @@ class Outbox:
         self.key = key
         self.legacy_interop = legacy_interop
         """Accept payload-only transport signatures too (WIRE §2 legacy-interop switch; never by default)."""
+        self.signatures = 0
+        """RSA signatures made for frames of ours (cache misses of :meth:`sign`)."""
         self.unsigned_errors = 0
         """ERRORs sent unsigned to connections that had not proven who they are (no signature spent)."""
         self.pubkey = crypto.encode_public_key(key.public_key())
@@ -72,6 +74,7 @@ class Outbox:
         signature = self._signatures.get(signed_bytes)
         if signature is None:
             signature = frame.signed(self.key).sig
+            self.signatures += 1
             if len(self._signatures) >= SIGNATURE_CACHE_SIZE:
                 self._signatures.clear()
             self._signatures[signed_bytes] = signature

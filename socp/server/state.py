@@ -245,8 +245,8 @@ class ServerState:
                                "members": self.public.member_count()},
             "link_deaths": self.links.detector.link_deaths, "stalls": self.links.detector.stalls,
             "heartbeat_signatures": self.mesh.heartbeat_signatures,
-            "unsigned_errors": self.out.unsigned_errors, "replay_refused": self.replay.refused,
-            "legacy_interop": self.settings.legacy_interop,
+            "signatures": self.out.signatures, "unsigned_errors": self.out.unsigned_errors,
+            "replay_refused": self.replay.refused, "legacy_interop": self.settings.legacy_interop,
         }
 
     def registration(self, user_id: str) -> Registration | None:

@@ -32,17 +32,26 @@ class RawUser:
         connection = await connect(url, max_size=16 * 1024 * 1024)
         return cls(connection, key, user_id or str(uuid.uuid4()))
 
-    def hello(self, name: str = "raw", *, ts: int | None = None, signed: bool = True) -> Envelope:
-        """A USER_HELLO for this user."""
+    def hello(self, name: str = "raw", *, ts: int | None = None, signed: bool = True, to: str = "*") -> Envelope:
+        """A USER_HELLO for this user, addressed to ``to`` (a server id, or ``"*"``), signed through the one
+        envelope signing function unless ``signed=False``."""
         payload = {"client": "tests", "pubkey": self.pubkey, "enc_pubkey": self.pubkey,
                    "meta": {"display_name": name}}
-        return env.make(FrameType.USER_HELLO, self.user_id, "*", ts or now_ms(), payload,
+        return env.make(FrameType.USER_HELLO, self.user_id, to, ts or now_ms(), payload,
                         self.key if signed else None)
 
     async def join(self, name: str = "raw") -> dict[str, Any]:
-        """Say hello and return the server's ACK payload (fails the test on anything else)."""
+        """Say hello and return the server's ACK payload (fails the test on anything else).
+
+        Like the real client: a hello to ``"*"`` is answered by an ERROR naming the server's id (PROTOCOL.md
+        §2.3), and the hello goes again, addressed to that id.
+        """
         await self.send(self.hello(name))
-        frame = await self.recv_type(FrameType.ACK)
+        frame = await self.recv()
+        if frame.type is FrameType.ERROR and isinstance(frame.payload.get("server_id"), str):
+            await self.send(self.hello(name, to=frame.payload["server_id"]))
+            frame = await self.recv_type(FrameType.ACK)
+        assert frame.type is FrameType.ACK, dict(frame.payload)
         return dict(frame.payload)
 
     def direct(self, recipient: str, recipient_key: str, text: str, *, ts: int | None = None) -> Envelope:
