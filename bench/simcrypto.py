@@ -158,7 +158,13 @@ def fake_check_key_strength(key: Any) -> None:
         raise BadKey("not a simulator key", fatal=True)
 
 
+def fake_derive_secret(key: Any, label: str) -> bytes:
+    """Stand-in for :func:`socp.crypto.derive_secret` (a simulator key has no DER to derive from)."""
+    return hashlib.sha256(_secret(key) + label.encode("utf-8")).digest()
+
+
 REPLACEMENTS: dict[str, Any] = {
+    "derive_secret": fake_derive_secret,
     "sign": fake_sign,
     "verify": fake_verify,
     "generate_private_key": fake_generate_private_key,
