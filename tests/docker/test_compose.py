@@ -76,6 +76,19 @@ def test_every_node_is_a_service_with_its_flags_port_volume_and_labels(tmp_path:
         assert network["labels"] == {compose.PROJECT_LABEL: "socp-testbed", compose.RUN_LABEL: "socp-0123abcd"}
 
 
+def test_a_closed_federation_passes_its_join_token_in_the_environment_only(tmp_path: Path) -> None:
+    token = nodeplan.new_join_token()
+    document = compose.render_compose("socp-0123abcd", ClusterSpec(peers=2), image="socp-node:latest",
+                                      bootstrap_file=tmp_path / "bootstrap.yaml", join_token=token)
+    for service in document["services"].values():
+        assert service["environment"] == {"SOCP_PORT": service["environment"]["SOCP_PORT"],
+                                          nodeplan.JOIN_TOKEN_ENV: token}
+        assert token not in " ".join(service["command"])
+    written = compose.write_compose(tmp_path / "docker-compose.yaml", document)
+    assert written.stat().st_mode & 0o777 == 0o600
+    assert len(token) >= 32 and token != nodeplan.new_join_token()
+
+
 def test_bootstrap_file_pins_every_introducer(tmp_path: Path) -> None:
     path = nodeplan.write_bootstrap(tmp_path / "b.yaml", [("introducer1", 9001, "KEY1"), ("introducer2", 9001, "KEY2")])
     assert yaml.safe_load(path.read_text()) == {"bootstrap_servers": [
