@@ -839,6 +839,8 @@ async def run_attacks(target: Target, names: list[str] | None = None,
     unknown = [name for name in chosen if name not in ATTACKS]
     if unknown:
         raise ValueError(f"unknown attack(s) {', '.join(unknown)}; known: {', '.join(ATTACKS)}")
+    if len(target.peers) < 2:
+        raise ValueError(f"the attacks need at least two peers (alice's and bob's), not {len(target.peers)}")
     arena = Arena(target)
     results: list[AttackOutcome] = []
     try:
