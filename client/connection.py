@@ -421,7 +421,7 @@ class ClientConnection:
                 if isinstance(event, Welcomed):
                     logger.info("welcomed by server %s at %s", event.server_id[:8], self.url)
                 elif isinstance(event, HelloReaddressed):
-                    # The server wants a hello signed for its own id (PROTOCOL.md §2.3): one more signature.
+                    # The server wants a hello signed for its own id (PROTOCOL.md §3.6): one more signature.
                     logger.info("server at %s is %s; saying hello to it by id", self.url, event.server_id[:8])
                     await self._send(self._session.hello(now_ms()))
                 elif isinstance(event, ServerError):

@@ -105,7 +105,7 @@ class Mesh:
             if self._book.get(link.target) is None:
                 self._out.close(link, "server forgotten while dialing")
                 return
-            # Addressed to the server we dial (PROTOCOL.md §2.3): a copy cannot open a link anywhere else.
+            # Addressed to the server we dial (PROTOCOL.md §3.6): a copy cannot open a link anywhere else.
             self._out.send(link, self._opener(FrameType.SERVER_ANNOUNCE, link.target, now))
             self._identify(link, link.target, now)
         else:
@@ -261,7 +261,7 @@ class Mesh:
                              msg_ref=frame.msg_ref, fatal=True)
         self._replay.check_fresh(frame, now)
         if frame.to != self._out.server_id and not (self._settings.legacy_interop and frame.to == BROADCAST):
-            # A link opener is bound to the server it opens a link with (PROTOCOL.md §2.3): a joiner's relayed
+            # A link opener is bound to the server it opens a link with (PROTOCOL.md §3.6): a joiner's relayed
             # "*" announce, or an opener sent to another server, copied here must not open a link (hijack).
             raise BadFrame(f"{frame.type} opening a link must be addressed to this server ({self._out.server_id})",
                            msg_ref=frame.msg_ref, fatal=True)

@@ -109,7 +109,7 @@ class Presence:
         if not env.is_uuid(user_id):
             raise BadFrame("user id must be a UUID", msg_ref=frame.msg_ref, fatal=True)
         if frame.to != self._out.server_id and not (self._settings.legacy_interop and frame.to == BROADCAST):
-            # Bound to this server (PROTOCOL.md §2.3): a hello captured on its way to another server, or one
+            # Bound to this server (PROTOCOL.md §3.6): a hello captured on its way to another server, or one
             # addressed to "*", must not log anyone in here. The unsigned answer names our id so that an
             # honest client can sign its hello again, addressed to us; the connection stays open for it.
             self._out.fault(link, BadFrame(f"USER_HELLO must be addressed to this server: to = "

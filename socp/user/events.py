@@ -23,7 +23,7 @@ class Welcomed:
 
 @dataclass(frozen=True, slots=True)
 class HelloReaddressed:
-    """The server refused our USER_HELLO addressed to ``"*"`` and named its id (PROTOCOL.md §2.3): send
+    """The server refused our USER_HELLO addressed to ``"*"`` and named its id (PROTOCOL.md §3.6): send
     :meth:`socp.user.UserSession.hello` again, which is now addressed (and signed) to ``server_id``."""
 
     server_id: str

@@ -137,7 +137,7 @@ class ServerLink:
 
 def early_error(parts: Parts, frame: Envelope) -> list[ClientEvent]:
     """An ERROR before the welcome (unsigned: nothing is pinned yet). One that refuses our hello addressed to
-    ``"*"`` and names the server's id readdresses the hello, once (PROTOCOL.md §2.3); any other is reported."""
+    ``"*"`` and names the server's id readdresses the hello, once (PROTOCOL.md §3.6); any other is reported."""
     link = parts.link
     server_id = frame.payload.get("server_id")
     if (not link.readdressed and link.expected_id is None and env.is_uuid(server_id)
@@ -333,7 +333,7 @@ class UserSession:
         After a password login it carries the server's ``login_nonce``, so the signature also proves
         possession of the key to that very challenge. It is addressed to the server's id when the session
         knows it (``server_id``, or after :class:`HelloReaddressed`), else to ``"*"``; a server answers a
-        ``"*"`` hello by naming its id (PROTOCOL.md §2.3), and a hello signed for one server is refused by any
+        ``"*"`` hello by naming its id (PROTOCOL.md §3.6), and a hello signed for one server is refused by any
         other.
         """
         payload: dict[str, Any] = {"client": CLIENT_NAME, "pubkey": self.pubkey, "enc_pubkey": self.pubkey,

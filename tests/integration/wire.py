@@ -44,7 +44,7 @@ class RawUser:
         """Say hello and return the server's ACK payload (fails the test on anything else).
 
         Like the real client: a hello to ``"*"`` is answered by an ERROR naming the server's id (PROTOCOL.md
-        §2.3), and the hello goes again, addressed to that id.
+        §3.6), and the hello goes again, addressed to that id.
         """
         await self.send(self.hello(name))
         frame = await self.recv()

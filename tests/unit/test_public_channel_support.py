@@ -33,7 +33,7 @@ class SessionUser(FakeUser):
         self.open(node)
         self.send(self.session.hello(self.net.now))
         if any(isinstance(event, HelloReaddressed) for event in self.events):
-            # The server refused the "*" hello and named its id (PROTOCOL.md §2.3), as it does for a client
+            # The server refused the "*" hello and named its id (PROTOCOL.md §3.6), as it does for a client
             # that does not know it yet; the real client says hello again, signed for that id.
             self.send(self.session.hello(self.net.now))
             self.inbox = [f for f in self.inbox if not (f.type is FrameType.ERROR and "server_id" in f.payload)]

@@ -1,6 +1,6 @@
 """Issue 11, findings 4, 5, 8 and 9, against the real server core on the fake wire: signed envelopes, frames
 bound to the receiving server, cheap refusals, the server-link rate limit, the replay cache under a flood,
-lone surrogates, and the legacy-interop switch (PROTOCOL.md §2.3)."""
+lone surrogates, and the legacy-interop switch (PROTOCOL.md §3.6)."""
 
 from __future__ import annotations
 

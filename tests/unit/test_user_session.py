@@ -473,7 +473,7 @@ def test_list_request_is_signed_and_addressed_to_the_server(keys: Keys, alice: U
 def test_two_sessions_through_server_state(keys: Keys) -> None:
     settings = ServerSettings(server_id=SERVER_ID, advertise_host="127.0.0.1", advertise_port=8765)
     server = ServerState(settings, keys.server, now=NOW)
-    # alice does not know the server's id (her "*" hello is readdressed, PROTOCOL.md §2.3); bob does.
+    # alice does not know the server's id (her "*" hello is readdressed, PROTOCOL.md §3.6); bob does.
     sessions = {ALICE: UserSession(ALICE, keys.alice, {"display_name": "alice"}),
                 BOB: UserSession(BOB, keys.bob, {"display_name": "bob"}, server_id=SERVER_ID)}
     links = {user_id: server.accept_link(NOW) for user_id in sessions}
