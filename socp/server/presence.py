@@ -50,6 +50,10 @@ from socp.server.outbox import Outbox
 from socp.server.registry import Registry
 
 
+MAX_REFUSALS_LOGGED = 10_000
+"""Distinct refused records remembered so that each is logged at WARNING once (then DEBUG)."""
+
+
 class Presence:
     """Local users and the directory of remote ones, kept in step with the other servers."""
 
@@ -68,6 +72,7 @@ class Presence:
         self._attests: dict[str, Attestation] = {}
         """The newest verified location attestation of each user (local users: the one of their hello)."""
         self.refused_adverts = 0
+        self._refusals_logged: set[tuple[str, str, str]] = set()
         """Gossiped user records refused: another key than the one bound, or no valid, fresh attestation."""
         self._next_sync = now + settings.presence_sync_interval_ms
 
@@ -353,7 +358,15 @@ class Presence:
                 self._attests[user_id] = attest
                 return True
         self.refused_adverts += 1
-        self._out.log.warning("refused server %s's record of user %s: %s", server_id[:8], user_id[:8], why)
+        # A snapshot repeats a refused record every sync round: say it once per (user, server, reason).
+        seen = (user_id, server_id, why)
+        if seen not in self._refusals_logged:
+            if len(self._refusals_logged) >= MAX_REFUSALS_LOGGED:
+                self._refusals_logged.clear()
+            self._refusals_logged.add(seen)
+            self._out.log.warning("refused server %s's record of user %s: %s", server_id[:8], user_id[:8], why)
+        else:
+            self._out.log.debug("refused server %s's record of user %s again: %s", server_id[:8], user_id[:8], why)
         return False
 
     def _hello_attestation(self, frame: Envelope, key_text: str) -> Attestation | None:
