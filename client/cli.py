@@ -52,6 +52,7 @@ from socp.crypto import key_fingerprint as crypto_fingerprint
 from socp.envelope import is_uuid
 from socp.errors import AuthFailed, BadKey, ConfigError, CryptoError, ErrorCode, ProtocolError, UserNotFound
 from socp.presence import UserRecord
+from socp.registry import ELSEWHERE
 from socp.settings import DEFAULT_MAX_FILE_BYTES
 from socp.user import (
     ClientEvent,
@@ -305,14 +306,17 @@ async def _password_session(config: ClientConfig, expected: str | None) -> tuple
             conn = await ClientConnection.login(config.server, config.user, password, timeout=config.timeout,
                                                 downloads=config.downloads, max_file_bytes=config.max_file_bytes)
             return conn, [f"[login] logged in as {config.user} with a password (key recovered from the network)"]
-        except UserNotFound:
+        except UserNotFound as exc:
+            if ELSEWHERE in exc.detail:
+                raise  # the login exists, on another server: say so, and create nothing here
             conn = await _connect_local(config, expected)
     try:
         await conn.register_password(password, login=config.user, timeout=config.timeout)
     except BaseException:
         await conn.close()
         raise
-    return conn, [f"[login] password registered for {config.user}: log in from any node with --password"]
+    return conn, [f"[login] password registered for {config.user}: log in on this server ({config.server}) with "
+                  "--password from any machine (password records never leave it)"]
 
 
 async def _connect_local(config: ClientConfig, expected: str | None) -> ClientConnection:

@@ -34,6 +34,9 @@ from socp.codec import b64url_decode, canonical_json
 from socp.errors import BadFrame, RateLimited
 from socp.settings import DEFAULT_LOGIN_ATTEMPTS, LOGIN_WINDOW_MS
 
+ELSEWHERE = "is registered on its home server"
+"""Words of the USER_NOT_FOUND a server answers for a login whose password records live on another server
+(clients recognise it: the login exists, but not here)."""
 KDF_ALG = "PBKDF2-SHA256"
 """The only password derivation this project emits and accepts."""
 

@@ -49,7 +49,6 @@ from socp.server.links import Link, LinkRole, LinkTable
 from socp.server.outbox import Outbox
 from socp.server.registry import Registry
 
-
 MAX_REFUSALS_LOGGED = 10_000
 """Distinct refused records remembered so that each is logged at WARNING once (then DEBUG)."""
 

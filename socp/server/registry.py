@@ -22,6 +22,7 @@ from socp.errors import AuthFailed, BadFrame, InvalidSignature, NameInUse, Proto
 from socp.presence import Directory
 from socp.ratelimit import TokenBucket
 from socp.registry import (
+    ELSEWHERE,
     KDF_ALG,
     LoginHint,
     LoginRecord,
@@ -135,7 +136,7 @@ class Registry:
         registration = self._registry.get(user_id) if user_id else None
         if (registration is None or registration.login is None or user_id is None) and (
                 hint := self._hints.get(login)) is not None:
-            raise UserNotFound(f"login {login!r} is registered on its home server {self._server_label(hint.home)}: "
+            raise UserNotFound(f"login {login!r} {ELSEWHERE} {self._server_label(hint.home)}: "
                                "log in there (password records never leave a user's home server)",
                                msg_ref=frame.msg_ref)
         self._throttle.check(link.source, now)
