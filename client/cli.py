@@ -50,7 +50,16 @@ from client.keystore import DEFAULT_KEY_DIR, identity_paths, load_or_create_iden
 from client.trust import KnownServers
 from socp.crypto import key_fingerprint as crypto_fingerprint
 from socp.envelope import is_uuid
-from socp.errors import AuthFailed, BadKey, ConfigError, CryptoError, ErrorCode, ProtocolError, UserNotFound
+from socp.errors import (
+    AuthFailed,
+    BadKey,
+    ConfigError,
+    CryptoError,
+    ErrorCode,
+    NameInUse,
+    ProtocolError,
+    UserNotFound,
+)
 from socp.presence import UserRecord
 from socp.registry import ELSEWHERE
 from socp.settings import DEFAULT_MAX_FILE_BYTES
@@ -294,11 +303,16 @@ async def _password_session(config: ClientConfig, expected: str | None) -> tuple
       (nothing is written to the key dir, so a borrowed machine keeps no trace);
     - nobody has that login yet: create a new identity in the key dir and register it.
 
+    A server answers an unknown login exactly like a wrong password (a decoy challenge, PROTOCOL.md §9.1), so
+    after AUTH_FAILED with an empty key dir we try to claim the login with a new identity: NAME_IN_USE means
+    the login exists and the password was wrong; the identity just made is then deleted again.
+
     Returns the connection and the lines to show once connected; raises what :func:`run` reports.
     """
     assert config.password is not None
     password = config.password
-    _json_path, pem_path = identity_paths(config.key_dir.expanduser(), config.user)
+    json_path, pem_path = identity_paths(config.key_dir.expanduser(), config.user)
+    claimed = False
     if pem_path.exists():
         conn = await _connect_local(config, expected)
     else:
@@ -310,8 +324,18 @@ async def _password_session(config: ClientConfig, expected: str | None) -> tuple
             if ELSEWHERE in exc.detail:
                 raise  # the login exists, on another server: say so, and create nothing here
             conn = await _connect_local(config, expected)
+        except AuthFailed:
+            conn = await _connect_local(config, expected)
+            claimed = True
     try:
         await conn.register_password(password, login=config.user, timeout=config.timeout)
+    except NameInUse:
+        await conn.close()
+        if not claimed:
+            raise
+        for path in (json_path, pem_path):
+            path.unlink(missing_ok=True)
+        raise AuthFailed(f"wrong password for {config.user}") from None
     except BaseException:
         await conn.close()
         raise

@@ -21,6 +21,13 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 ALICE, BOB, MALLORY = FIRST_USER_KEY, FIRST_USER_KEY + 1, FIRST_USER_KEY + 2
 
 
+async def server_id(cluster: ClusterBackend, node: str) -> str:
+    """``node``'s server id: a USER_HELLO must be addressed to it (PROTOCOL.md §3.6)."""
+    status, body = await cluster.status(node)
+    assert status == 200 and isinstance(body.get("server_id"), str), body
+    return str(body["server_id"])
+
+
 @pytest_asyncio.fixture(loop_scope="module")
 async def alice(cluster: ClusterBackend, key_pool: KeyPool) -> AsyncIterator[RawUser]:
     """A fresh, joined user on peer1."""
@@ -88,14 +95,14 @@ async def test_oversized_frame_gets_too_large_and_is_closed(cluster: ClusterBack
 
 async def test_unsigned_hello_is_refused(cluster: ClusterBackend, key_pool: KeyPool) -> None:
     user = await RawUser.open(cluster.url("peer1"), key_pool.key(ALICE))
-    await user.send(user.hello(signed=False))
+    await user.send(user.hello(signed=False, to=await server_id(cluster, "peer1")))
     assert (await user.error())["code"] == "INVALID_SIG"
     assert await user.closed()
 
 
 async def test_hello_signed_by_another_key_is_refused(cluster: ClusterBackend, key_pool: KeyPool) -> None:
     user = await RawUser.open(cluster.url("peer1"), key_pool.key(ALICE))
-    forged = env.make(FrameType.USER_HELLO, user.user_id, "*", now_ms(),
+    forged = env.make(FrameType.USER_HELLO, user.user_id, await server_id(cluster, "peer1"), now_ms(),
                       dict(user.hello().payload), key_pool.key(MALLORY))
     await user.send(forged)
     assert (await user.error())["code"] == "INVALID_SIG"
@@ -106,7 +113,7 @@ async def test_hello_signed_by_another_key_is_refused(cluster: ClusterBackend, k
 async def test_weak_user_keys_are_refused(cluster: ClusterBackend, key_pool: KeyPool, bits: int, exponent: int) -> None:
     weak = key_pool.weak_key(bits, exponent)
     user = await RawUser.open(cluster.url("peer1"), weak)
-    await user.send(user.hello())
+    await user.send(user.hello(to=await server_id(cluster, "peer1")))
     error = await user.error()
     assert error["code"] == "BAD_KEY", error
     assert await user.closed()
@@ -123,7 +130,7 @@ async def test_introducer_refuses_users(cluster: ClusterBackend, key_pool: KeyPo
 async def test_duplicate_local_user_gets_name_in_use(cluster: ClusterBackend, alice: RawUser,
                                                      key_pool: KeyPool) -> None:
     twin = await RawUser.open(cluster.url("peer1"), key_pool.key(ALICE), alice.user_id)
-    await twin.send(twin.hello("alice"))
+    await twin.send(twin.hello("alice", to=await server_id(cluster, "peer1")))
     assert (await twin.error())["code"] == "NAME_IN_USE"
     assert await twin.closed()
 
@@ -133,7 +140,7 @@ async def test_known_user_id_with_another_key_gets_bad_key(cluster: ClusterBacke
     # Registered on peer1 by the fixture, and known network-wide: refused on peer1 and on peer3.
     for node in ("peer1", "peer3"):
         impostor = await RawUser.open(cluster.url(node), key_pool.key(MALLORY), alice.user_id)
-        await impostor.send(impostor.hello("alice"))
+        await impostor.send(impostor.hello("alice", to=await server_id(cluster, node)))
         assert (await impostor.error())["code"] == "BAD_KEY", node
         assert await impostor.closed()
 

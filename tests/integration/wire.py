@@ -14,6 +14,7 @@ from client.connection import now_ms
 from socp import crypto
 from socp import envelope as env
 from socp.envelope import Envelope, FrameType
+from socp.presence import Attestation
 from tests import scaled
 
 
@@ -35,10 +36,13 @@ class RawUser:
     def hello(self, name: str = "raw", *, ts: int | None = None, signed: bool = True, to: str = "*") -> Envelope:
         """A USER_HELLO for this user, addressed to ``to`` (a server id, or ``"*"``), signed through the one
         envelope signing function unless ``signed=False``."""
-        payload = {"client": "tests", "pubkey": self.pubkey, "enc_pubkey": self.pubkey,
-                   "meta": {"display_name": name}}
-        return env.make(FrameType.USER_HELLO, self.user_id, to, ts or now_ms(), payload,
-                        self.key if signed else None)
+        ts = ts or now_ms()
+        payload: dict[str, Any] = {"client": "tests", "pubkey": self.pubkey, "enc_pubkey": self.pubkey,
+                                   "meta": {"display_name": name}}
+        if to != "*":
+            # As the real client does: its own proof of where it is, so other servers list it (PROTOCOL.md §5.5.1).
+            payload["attest"] = Attestation.make(self.key, self.user_id, to, ts).to_wire()
+        return env.make(FrameType.USER_HELLO, self.user_id, to, ts, payload, self.key if signed else None)
 
     async def join(self, name: str = "raw") -> dict[str, Any]:
         """Say hello and return the server's ACK payload (fails the test on anything else).
