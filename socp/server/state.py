@@ -247,6 +247,8 @@ class ServerState:
             "heartbeat_signatures": self.mesh.heartbeat_signatures,
             "signatures": self.out.signatures, "unsigned_errors": self.out.unsigned_errors,
             "replay_refused": self.replay.refused, "legacy_interop": self.settings.legacy_interop,
+            "admission": self.settings.admission, "refused_admissions": self.mesh.refused_admissions,
+            "refused_adverts": self.presence.refused_adverts, "refused_deliveries": self.routing.refused_deliveries,
         }
 
     def registration(self, user_id: str) -> Registration | None:

@@ -69,6 +69,8 @@ def test_a_stranger_without_the_token_gets_no_welcome(net: Net) -> None:
         assert [e.payload["code"] for e in eve.errors()] == ["AUTH_FAILED"]
     assert intro.state.mesh.refused_admissions == 2
     assert len(intro.state.linked_servers) == 2
+    status = intro.state.status()
+    assert (status["admission"], status["refused_admissions"]) == ("token", 2)
 
 
 def test_a_captured_join_mac_does_not_admit_another_key(net: Net) -> None:

@@ -67,7 +67,7 @@ def test_a_rogue_advert_of_someone_elses_user_captures_nothing(net: Net, attest:
         rogue(net, c, b, FrameType.SERVER_PRESENCE_SYNC, {"server_id": c.server_id, "version": round_,
                                                          "users": [payload]}, to=b.server_id)
     assert b.state.directory.location(alice.user_id) == a.server_id
-    assert b.state.presence.refused_adverts >= 6
+    assert b.state.presence.refused_adverts >= 6 and b.state.status()["refused_adverts"] >= 6
     for i in range(10):
         bob.send_direct(alice, f"dm {i}".encode())
     assert [alice.decrypt(f) for f in alice.received(FrameType.USER_DELIVER)] == [f"dm {i}".encode()
@@ -103,6 +103,7 @@ def test_a_forged_delivery_from_alice_under_another_key_is_refused(net: Net) -> 
                                                 "ciphertext": ciphertext, "sender_pub": c.pubkey,
                                                 "content_sig": content_sig}, to=b.server_id)
     assert not bob.received(FrameType.USER_DELIVER) and b.state.routing.refused_deliveries == 2
+    assert b.state.status()["refused_deliveries"] == 2
 
 
 def test_a_user_that_moves_takes_its_place_and_an_older_attestation_loses(net: Net) -> None:
