@@ -346,6 +346,10 @@ class Presence:
             why = "no attestation"
         if attest is not None and attest == newest and attest.server_id == server_id:
             return True  # verified before (a snapshot repeats it every round)
+        if raw is None and newest is None and self._settings.legacy_interop:
+            # Another implementation's server or client attests nothing: under the (loudly logged) interop
+            # switch its users are listed, but never over a location a user attested itself.
+            return True
         if attest is not None:
             if attest.server_id != server_id:
                 why = f"its attestation names server {attest.server_id[:8]}"

@@ -196,3 +196,27 @@ def test_an_impostor_seen_first_while_the_name_is_free_still_shows_a_fingerprint
     assert peers.display(second).startswith("carol [")
     with pytest.raises(Exception, match="who is offline"):
         peers.resolve("carol")
+
+
+def test_unattested_users_are_listed_only_under_the_legacy_interop_switch(net: Net) -> None:
+    intro = net.introducer("I", legacy_interop=True)
+    a = net.peer("A", intro, legacy_interop=True)
+    b = net.peer("B", intro, legacy_interop=True)
+    assert net.full_mesh(), net.describe()
+    other = net.user("other-impl")
+    other.connect(a, attested=False)                     # a client that attests nothing
+    assert b.state.directory.location(other.user_id) == a.server_id
+    alice = net.user("alice", a)                         # attested: a rogue claim without proof still loses
+    frame = env.make(FrameType.USER_ADVERTISE, b.server_id, "*", net.now + 1,
+                     {"user_id": alice.user_id, "server_id": b.server_id, "pubkey": alice.pubkey, "meta": {}}, b.key)
+    net.inject("B", "I", frame.to_wire())
+    assert intro.state.directory.location(alice.user_id) == a.server_id
+
+
+def test_by_default_an_unattested_user_is_served_locally_but_listed_nowhere_else(net: Net) -> None:
+    a, b, _c, alice, _bob = federation(net)
+    other = net.user("other-impl")
+    other.connect(a, attested=False)
+    assert other.user_id in a.state.local_users and b.state.directory.location(other.user_id) is None
+    other.send_direct(alice, b"local delivery still works")
+    assert [alice.decrypt(f) for f in alice.received(FrameType.USER_DELIVER)] == [b"local delivery still works"]
