@@ -47,7 +47,7 @@ from client.connection import ClientConnection, _size_text
 from client.downloads import DEFAULT_DOWNLOADS
 from client.errors import ClientError, ConnectionFailed, ConnectionLost
 from client.keystore import DEFAULT_KEY_DIR, identity_paths, load_or_create_identity
-from client.trust import KnownServers
+from client.trust import KnownServers, KnownUsers
 from socp.crypto import key_fingerprint as crypto_fingerprint
 from socp.envelope import is_uuid
 from socp.errors import (
@@ -292,7 +292,13 @@ async def run(config: ClientConfig, say: Callable[[str], None] | None = None) ->
             out(f"[bootstrap] SERVER pubkey for {conn.server_id[:8]} matches the one pinned earlier")
         for notice in notices:
             out(notice)
-        return await ChatShell(conn, out, timeout=config.timeout).run(_stdin_lines())
+        try:
+            return await ChatShell(conn, out, timeout=config.timeout).run(_stdin_lines())
+        finally:
+            if not borrowed:
+                # The first key of every user id met, kept for next time (a borrowed machine keeps nothing).
+                with contextlib.suppress(OSError):
+                    KnownUsers(config.key_dir).save(conn.session.known_users())
 
 
 async def _password_session(config: ClientConfig, expected: str | None) -> tuple[ClientConnection, list[str]]:
@@ -318,7 +324,8 @@ async def _password_session(config: ClientConfig, expected: str | None) -> tuple
     else:
         try:
             conn = await ClientConnection.login(config.server, config.user, password, timeout=config.timeout,
-                                                downloads=config.downloads, max_file_bytes=config.max_file_bytes)
+                                                downloads=config.downloads, max_file_bytes=config.max_file_bytes,
+                                                known_users=KnownUsers(config.key_dir).load())
             return conn, [f"[login] logged in as {config.user} with a password (key recovered from the network)"]
         except UserNotFound as exc:
             if ELSEWHERE in exc.detail:
@@ -350,7 +357,7 @@ async def _connect_local(config: ClientConfig, expected: str | None) -> ClientCo
                                        config.passphrase)
     return await ClientConnection.connect(config.server, identity, timeout=config.timeout,
                                           downloads=config.downloads, max_file_bytes=config.max_file_bytes,
-                                          expected_server_pub=expected)
+                                          expected_server_pub=expected, known_users=KnownUsers(config.key_dir).load())
 
 
 class _Finished(Exception):

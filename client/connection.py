@@ -126,14 +126,16 @@ class ClientConnection:
     async def connect(cls, url: str, identity: Identity, *, meta: Mapping[str, Any] | None = None,
                       timeout: float = 10.0, expected_server_pub: str | None = None,
                       sync_directory: bool = True, downloads: Path | None = None,
-                      max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> ClientConnection:
+                      max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                      known_users: Mapping[str, tuple[str, str]] | None = None) -> ClientConnection:
         """Connect to ``url``, send USER_HELLO and wait for the server's welcome.
 
         ``meta`` is merged over ``{"display_name": identity.display_name}``. With ``sync_directory`` the
         connection also fetches the user list before returning, so that :attr:`directory` already holds
         everyone online (the UserOnline events of the initial adverts are queued as usual). Received files
         are written to ``downloads`` when given (see :class:`FileReceived`); ``max_file_bytes`` bounds the
-        files sent and accepted.
+        files sent and accepted. ``known_users`` are user pins kept from earlier sessions (see
+        :meth:`socp.user.UserSession.known_users`).
 
         Raises :class:`ConnectionFailed` (unreachable, handshake failed, no answer within ``timeout``,
         unacceptable answer), :class:`socp.errors.BadKey` when the server's key contradicts
@@ -142,15 +144,15 @@ class ClientConnection:
         """
         hello_meta = {"display_name": identity.display_name, **dict(meta or {})}
         session = UserSession(identity.user_id, identity.key, hello_meta, expected_server_pub,
-                              max_file_bytes=max_file_bytes)
+                              max_file_bytes=max_file_bytes, known_users=known_users)
         websocket = await _open_websocket(url, timeout)
         return await cls._welcome(websocket, session, url, identity, timeout, sync_directory, downloads)
 
     @classmethod
     async def login(cls, url: str, login: str, password: str, *, timeout: float = 10.0,
                     expected_server_pub: str | None = None, sync_directory: bool = True,
-                    downloads: Path | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
-                    ) -> ClientConnection:
+                    downloads: Path | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                    known_users: Mapping[str, tuple[str, str]] | None = None) -> ClientConnection:
         """Log in as ``login`` with only a password: fetch the sealed key, open it here, say hello with it.
 
         The password-derived keys are computed off the event loop (about 0.2 s). The recovered identity is
@@ -172,7 +174,8 @@ class ClientConnection:
         identity = Identity(granted.user_id, login, granted.key)
         meta = {"display_name": login, **dict(granted.meta)}
         session = UserSession(granted.user_id, granted.key, meta, granted.server_pub,
-                              max_file_bytes=max_file_bytes, login_nonce=attempt.nonce, server_id=granted.server_id)
+                              max_file_bytes=max_file_bytes, login_nonce=attempt.nonce, server_id=granted.server_id,
+                              known_users=known_users)
         return await cls._welcome(websocket, session, url, identity, timeout, sync_directory, downloads)
 
     @staticmethod

@@ -98,6 +98,18 @@ class PeerDirectory:
                            f"pinned for it is {crypto.key_fingerprint(expected)})")
         return key_text, self.display(sender)
 
+    def preload(self, known: Mapping[str, tuple[str, str]]) -> None:
+        """Pins remembered from earlier sessions (user id → (key, label)): they count as seen first, so a key
+        or a claim to a name made later by someone else is refused or shown with a fingerprint."""
+        for user_id, (key_text, label) in known.items():
+            if user_id not in self._pinned:
+                self._pinned[user_id] = key_text
+                self._saw(UserRecord(user_id, "", key_text, {"display_name": label}))
+
+    def pins(self) -> dict[str, tuple[str, str]]:
+        """Every pinned user id → (key, last label seen), to remember for the next session."""
+        return {user_id: (key_text, self._labels.get(user_id, user_id)) for user_id, key_text in self._pinned.items()}
+
     def display(self, user_id: str) -> str:
         """How to show ``user_id``: its display label, followed by ``[fingerprint]`` when another user id this
         session has seen carries the same label (a label is decoration; only the key tells users apart)."""

@@ -248,7 +248,7 @@ class UserSession:
     def __init__(self, user_id: str, key: crypto.PrivateKey, meta: Mapping[str, Any],
                  expected_server_pub: str | None = None, *, replay_window_ms: int = DEFAULT_WINDOW_MS,
                  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, login_nonce: str | None = None,
-                 server_id: str | None = None) -> None:
+                 server_id: str | None = None, known_users: Mapping[str, tuple[str, str]] | None = None) -> None:
         self._user = LocalUser(user_id, key)
         self.user_id = user_id
         self.pubkey = self._user.pubkey
@@ -265,6 +265,7 @@ class UserSession:
         self._parts = Parts(ServerLink(peers, expected_pub, server_id), peers,
                             DirectMessages(self._user, peers, replay), public,
                             FileTransfers(self._user, peers, public, replay, max_file_bytes))
+        peers.preload(known_users or {})
 
     # --- read-only views -------------------------------------------------------------------------
 
@@ -319,6 +320,11 @@ class UserSession:
         the candidates' ids so that the caller can pick one).
         """
         return self._parts.peers.resolve(name_or_id)
+
+    def known_users(self) -> dict[str, tuple[str, str]]:
+        """Every user id this session pinned → (key, label): what a client keeps for its next session (pass it
+        back as ``known_users``), so that the first key of a user id stays pinned across sessions."""
+        return self._parts.peers.pins()
 
     def display(self, user_id: str) -> str:
         """How to show ``user_id``: its display label, with a short key fingerprint when the label is not

@@ -119,6 +119,7 @@ async def test_the_cli_registers_then_logs_in_with_only_a_password(cluster: Loca
     assert code == 0, err
     assert "[login] password registered for frank" in out
     user_id = (first / "frank.json").read_text()
+    assert "frank" in (first / "known_users.json").read_text()  # user key pins kept for the next run
     # A second machine: an empty key dir, the same (home) node, nothing but the password.
     second = tmp_path / "borrowed-keys"
     code, out, err = await run_client("--user", "frank", "--server", cluster.url("peer1"), "--key-dir", str(second),

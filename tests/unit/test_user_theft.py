@@ -220,3 +220,28 @@ def test_by_default_an_unattested_user_is_served_locally_but_listed_nowhere_else
     assert other.user_id in a.state.local_users and b.state.directory.location(other.user_id) is None
     other.send_direct(alice, b"local delivery still works")
     assert [alice.decrypt(f) for f in alice.received(FrameType.USER_DELIVER)] == [b"local delivery still works"]
+
+
+def test_user_pins_survive_the_session_through_the_key_dir(net: Net, tmp_path: Any) -> None:
+    from client.trust import KnownUsers
+
+    keys = [crypto.encode_public_key(net.pool.key(i).public_key()) for i in (33, 34)]
+    alice_id, impostor_id, server = net.new_id(), net.new_id(), net.new_id()
+    first = PeerDirectory()
+    advertise(first, net, alice_id, server, keys[0], "alice")
+    store = KnownUsers(tmp_path)
+    assert store.save(first.pins()) == 1 and store.path.stat().st_mode & 0o777 == 0o600
+    assert store.save({alice_id: (keys[1], "alice")}) == 0          # first key wins on disk too
+    assert store.load() == {alice_id: (keys[0], "alice")}
+    # The next session starts with the pin: another key for alice is refused, and an impostor that takes the
+    # name while alice is away is shown with its fingerprint and never reached by name.
+    second = PeerDirectory()
+    second.preload(store.load())
+    with pytest.raises(Rejected, match="changed"):
+        advertise(second, net, alice_id, server, keys[1], "alice")
+    advertise(second, net, impostor_id, server, keys[1], "alice")
+    assert second.display(impostor_id) == f"alice [{crypto.key_fingerprint(keys[1])[:8]}]"
+    with pytest.raises(Exception, match="who is offline"):
+        second.resolve("alice")
+    store.path.write_text('{"x": {"pubkey": "not a key"}, "y": 5}')
+    assert store.load() == {}
