@@ -456,18 +456,16 @@ def _deaths(body: Mapping[str, Any]) -> int:
 
 
 async def junk_flood(a: Arena, frames: int = 3000, connections: int = 300) -> AttackOutcome:
-    """5-byte junk as fast as one unauthenticated connection can send it, then many connections at once: the
-    node keeps answering /healthz, no peer declares it dead, no signature is spent on the stranger, and the
-    connection caps refuse the excess."""
-    node = a.p1
+    """5-byte junk as fast as one unauthenticated connection can send it, then many connections at once from
+    the attacker's address: the node keeps answering /healthz, no peer declares it dead, no signature is spent
+    on the stranger, and the connection caps refuse the excess."""
+    node, source = a.p1, a.t.other_source
     before = {n: _deaths((await a.t.status(n))[1]) for n in a.t.urls}
-    wire = await try_open(a.t.urls[node], "junk")
     counts = {"junk_sent": 0, "health_checks": 0, "health_failures": 0, "signed_errors": 0,
               "connections_tried": connections, "connections_accepted": 0, "link_deaths": 0}
     failures = []
-    stop = asyncio.Event()
 
-    async def probe() -> None:
+    async def probe(stop: asyncio.Event) -> None:
         while not stop.is_set():
             status, _ = await a.t.health(node)
             counts["health_checks"] += 1
@@ -476,29 +474,50 @@ async def junk_flood(a: Arena, frames: int = 3000, connections: int = 300) -> At
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.2)
 
-    prober = asyncio.create_task(probe())
-    try:
-        if wire is not None:
-            for _ in range(frames):
-                if not await wire.send("xxxxx"):
-                    break
-                counts["junk_sent"] += 1
-            await wire.quiet(a.t.seconds(2))
-            counts["signed_errors"] = sum(1 for f in wire.frames(FrameType.ERROR) if f.sig)
-            await wire.close()
-        opened = await asyncio.gather(*(try_open(a.t.urls[node], f"many-{i}") for i in range(connections)))
+    async def probing(work: Awaitable[None], probe_it: bool) -> None:
+        stop = asyncio.Event()
+        prober = asyncio.create_task(probe(stop)) if probe_it else None
+        try:
+            await work
+        finally:
+            stop.set()
+            if prober is not None:
+                await prober
+
+    async def junk() -> None:
+        wire = await try_open(a.t.urls[node], "junk", source)
+        if wire is None:
+            return
+        for _ in range(frames):
+            if not await wire.send("xxxxx"):
+                break
+            counts["junk_sent"] += 1
+        await wire.quiet(a.t.seconds(2))
+        counts["signed_errors"] = sum(1 for f in wire.frames(FrameType.ERROR) if f.sig)
+        await wire.close()
+
+    async def crowd() -> None:
+        opened = await asyncio.gather(*(try_open(a.t.urls[node], f"many-{i}", source) for i in range(connections)))
         live = [w for w in opened if w is not None]
         # A cap may accept the handshake and close at once: count what is still open after a moment.
         await asyncio.gather(*(w.quiet(a.t.seconds(1)) for w in live))
         counts["connections_accepted"] = sum(1 for w in live if not w.closed)
         await asyncio.gather(*(w.close() for w in live))
-    finally:
-        stop.set()
-        await prober
+
+    await probing(junk(), True)
+    # The crowd fills the per-source cap: /healthz is probed meanwhile only when it comes from another address.
+    await probing(crowd(), source is not None)
+    healthy_again = False
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(a.t.seconds(10)):
+            while not healthy_again:
+                healthy_again = (await a.t.health(node))[0] == 200
     after = {n: _deaths((await a.t.status(n))[1]) for n in a.t.urls}
     counts["link_deaths"] = sum(after[n] - before[n] for n in after)
     if counts["health_failures"]:
         failures.append(f"/healthz failed {counts['health_failures']}/{counts['health_checks']} times")
+    if not healthy_again:
+        failures.append(f"{node} did not answer /healthz 200 within 10 s after the crowd left")
     if counts["signed_errors"]:
         failures.append(f"{counts['signed_errors']} RSA-signed ERRORs spent on a stranger's junk")
     if counts["link_deaths"]:
