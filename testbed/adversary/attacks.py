@@ -594,13 +594,23 @@ async def login_probe(a: Arena) -> AttackOutcome:
         failures.append(f"known login answered {shapes['known'][0]}, unknown {shapes['unknown'][0]} "
                         f"{shapes['unknown'][2]}".strip())
     counts = {"probes": len(shapes), "distinguishable": int(distinguishable), "wrong_attempts": 0,
-              "real_login_ok": 0}
+              "real_login_ok": 0, "proof_replays": 0, "proof_replays_granted": 0}
+    # A proof sniffed from a successful login, replayed under a fresh challenge (issue 11, suspected).
+    granted, proof = await password_login(a, login, password, None)
+    if not granted or proof is None:
+        failures.append("setup: the real user's own login failed")
+    else:
+        counts["proof_replays"] = 1
+        if (await password_login(a, login, "", None, replayed_proof=proof))[0]:
+            failures.append("a sniffed login proof, replayed under a fresh challenge, was granted")
+            counts["proof_replays_granted"] = 1
     if a.t.other_source is None:
-        return outcome("login-probe", "7", "decoy challenge for unknown logins (lockout not checked: the nodes see "
-                       "every connection from here as one source)", failures, counts,
-                       f"known/unknown answers {'differ' if distinguishable else 'alike'}")
+        return outcome("login-probe", "7", "decoy challenge for unknown logins; a sniffed proof does not log in "
+                       "again (lockout not checked: the nodes see every connection from here as one source)",
+                       failures, counts, f"known/unknown answers {'differ' if distinguishable else 'alike'}, "
+                       f"{counts['proof_replays_granted']}/{counts['proof_replays']} proof replays granted")
     for _ in range(6):
-        if await wrong_login(a, login):
+        if (await password_login(a, login, "guess " + secrets.token_hex(4), a.t.other_source))[0]:
             failures.append("a wrong password was accepted")
         counts["wrong_attempts"] += 1
     try:
@@ -611,33 +621,44 @@ async def login_probe(a: Arena) -> AttackOutcome:
         failures.append(f"after {counts['wrong_attempts']} wrong attempts from another address the real user could "
                         f"not log in: {type(exc).__name__}: {exc}")
     return outcome("login-probe", "7", "decoy challenge for unknown logins; throttling never locks the real user "
-                   "out", failures, counts, f"known/unknown answers {'differ' if distinguishable else 'alike'}, "
+                   "out; a sniffed proof does not log in again", failures, counts,
+                   f"known/unknown answers {'differ' if distinguishable else 'alike'}, "
+                   f"{counts['proof_replays_granted']}/{counts['proof_replays']} proof replays granted, "
                    f"real login after {counts['wrong_attempts']} wrong ones: "
                    f"{'ok' if counts['real_login_ok'] else 'refused'}")
 
 
-async def wrong_login(a: Arena, login: str) -> bool:
-    """One password guess on a fresh connection from the attacker's address; True if it was granted."""
-    wire = await try_open(a.t.urls[a.p1], "guess", a.t.other_source)
+async def password_login(a: Arena, login: str, password: str, source: str | None, *,
+                         replayed_proof: str | None = None) -> tuple[bool, str | None]:
+    """One password login on a fresh connection (from ``source``): (granted, the proof frame sent). With
+    ``replayed_proof`` the proof is not made but copied from a sniffed login, its nonce set to this challenge's."""
+    wire = await try_open(a.t.urls[a.p1], "login", source)
     if wire is None:
-        return False
-    attempt = LoginSession(login, "guess " + secrets.token_hex(4))
+        return False, None
+    attempt = LoginSession(login, password)
+    sent: str | None = None
     try:
         await wire.send(attempt.request(now_ms()))
         position = 0
         for _ in range(4):  # the challenge, then the answer to the proof (a refusal ends it sooner)
             received = await wire.wait_for(lambda r: True, a.t.seconds(5), position)
             if received is None:
-                return False
+                return False, sent
             position = wire.inbox.index(received) + 1
             for event in attempt.receive_text(received.text, now_ms()):
                 if isinstance(event, LoginChallenged):
-                    await wire.send(await asyncio.to_thread(attempt.prove, now_ms()))
+                    if replayed_proof is None:
+                        sent = await asyncio.to_thread(attempt.prove, now_ms())
+                    else:
+                        copy = json.loads(replayed_proof)
+                        copy["payload"]["nonce"] = attempt.nonce
+                        sent = json.dumps(copy)
+                    await wire.send(sent)
                 elif isinstance(event, LoginGranted):
-                    return True
+                    return True, sent
                 elif isinstance(event, LoginRefused):
-                    return False
-        return False
+                    return False, sent
+        return False, sent
     finally:
         await wire.close()
 
