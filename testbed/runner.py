@@ -535,7 +535,7 @@ class ScenarioRunner:
         introducer = next(plan.name for plan in self.backend.plan if plan.introducer)
         target = Target({name: self.backend.url(name) for name in self.backend.node_names}, introducer,
                         self.backend.peer_names, self.backend.health, self.backend.status,
-                        self.backend.wait_healthy, self._new_key, self.factor,
+                        self.backend.wait_healthy, self.backend.collect_logs, self._new_key, self.factor,
                         getattr(self.backend, "join_token", None),
                         # Local nodes listen on loopback, where 127.0.0.2 is another source address; behind
                         # Docker's published ports every connection from the host arrives from one address.

@@ -71,6 +71,8 @@ class Target:
     health: HealthProbe
     status: HealthProbe
     wait_healthy: Callable[[float], Awaitable[float]]
+    collect_logs: Callable[[Path], list[Path]]
+    """Copy every node's log into a folder (the backend's ``collect_logs``)."""
     new_key: KeySource
     factor: float = 1.0
     join_token: str | None = None
@@ -100,6 +102,13 @@ class Arena:
         """Well-behaved servers run here so that their frames can be sniffed and replayed."""
         self._extra: list[HonestUser | Wire] = []
         self._round = 0
+        self.secrets: set[str] = set()
+        """Every plaintext and password the attacks sent: none may appear in a node's log."""
+
+    def secret(self, text: str) -> str:
+        """Remember ``text`` as a plaintext no node may log; returns it."""
+        self.secrets.add(text)
+        return text
 
     @property
     def p1(self) -> str:
@@ -176,7 +185,7 @@ class Arena:
         for sender, recipient in ((self.alice, self.bob), (self.bob, self.alice)):
             if not await sender.knows(recipient.user_id, self.t.seconds(10)):
                 return f"{sender.name} no longer sees {recipient.name} online"
-            text = f"round trip {self._round} {sender.name}->{recipient.name} {secrets.token_hex(4)}"
+            text = self.secret(f"round trip {self._round} {sender.name}->{recipient.name} {secrets.token_hex(4)}")
             try:
                 await sender.send_direct(recipient.user_id, text)
             except ProtocolError as exc:
@@ -250,7 +259,7 @@ async def register_password_user(a: Arena) -> None:
     """carol registers a password on the first peer (what the join attack would steal), then leaves."""
     key = await a.key("carol")
     login = f"carol-{secrets.token_hex(3)}"
-    password = secrets.token_urlsafe(12)
+    password = a.secret(secrets.token_urlsafe(12))
     connection = await ClientConnection.connect(a.t.urls[a.p1], Identity(a.ids["carol"], login, key),
                                                 timeout=a.t.seconds(10))
     try:
@@ -276,7 +285,7 @@ async def forged_dm(a: Arena) -> AttackOutcome:
     start = len(bob.wire.inbox)
     texts, ciphertexts = [], []
     for variant, sender_pub in (("rogue key", rogue.pubkey), ("alice's key", alice.pubkey)):
-        text = f"forged from alice ({variant}) {secrets.token_hex(4)}"
+        text = a.secret(f"forged from alice ({variant}) {secrets.token_hex(4)}")
         ts = now_ms()
         ciphertext = crypto.rsa_encrypt(crypto.decode_public_key(bob.pubkey), text.encode())
         content_sig = crypto.sign_direct(rogue.key, ciphertext, alice.user_id, bob.user_id, ts)
@@ -320,7 +329,7 @@ async def swallow_dms(a: Arena) -> AttackOutcome:
     for number in range(5):
         await advertise()
         await rogue.links[a.p1].quiet(a.t.seconds(0.1))  # let the advert land before the DM
-        text = f"for bob only {number} {secrets.token_hex(4)}"
+        text = a.secret(f"for bob only {number} {secrets.token_hex(4)}")
         texts.append(text)
         with contextlib.suppress(ProtocolError):
             await alice.send_direct(bob.user_id, text)
@@ -543,7 +552,7 @@ async def name_impostor(a: Arena) -> AttackOutcome:
     counts = {"checks": 3, "fooled": 0}
     await bob.knows(mallory.user_id, a.t.seconds(10))
     await mallory.knows(bob.user_id, a.t.seconds(10))
-    text = f"it is me, alice {secrets.token_hex(4)}"
+    text = a.secret(f"it is me, alice {secrets.token_hex(4)}")
     await mallory.send_direct(bob.user_id, text)
     fake = await bob.wait_event(dm_with(text), a.t.seconds(5))
     real = next((e for e in bob.events if isinstance(e, DirectMessage) and e.sender_id == alice.user_id), None)
@@ -711,7 +720,7 @@ async def replay_flush(a: Arena, flood: int = 1500) -> AttackOutcome:
     bob = a.bob
     mallory = await a.user("mel", a.p1)
     await mallory.knows(bob.user_id, a.t.seconds(10))
-    text = f"only once {secrets.token_hex(4)}"
+    text = a.secret(f"only once {secrets.token_hex(4)}")
     frame = await mallory.send_direct(bob.user_id, text)
     first = await bob.wait_event(dm_with(text), a.t.seconds(5))
     counts = {"flood": 0, "rate_limited": 0, "copies_delivered": 0}
@@ -763,7 +772,7 @@ async def impersonation(a: Arena) -> AttackOutcome:
     mallory = await a.user("mallory", a.p1)
     await mallory.knows(bob.user_id, a.t.seconds(10))
     start = len(bob.wire.inbox)
-    text = f"impersonated {secrets.token_hex(4)}"
+    text = a.secret(f"impersonated {secrets.token_hex(4)}")
     ts = now_ms()
     ciphertext = crypto.rsa_encrypt(crypto.decode_public_key(bob.pubkey), text.encode())
     forged = [
@@ -811,7 +820,8 @@ async def hostile_file_names(a: Arena) -> AttackOutcome:
         for name in HOSTILE_NAMES:
             counts["names"] += 1
             try:
-                outgoing = mallory.session.send_file(bob.user_id, name, b"payload " + name.encode(), now_ms())
+                content = a.secret(f"file content {secrets.token_hex(6)}").encode()
+                outgoing = mallory.session.send_file(bob.user_id, name, content, now_ms())
             except ProtocolError:
                 continue  # refused at the sender: nothing to escape
             while (frame := outgoing.next_frame(now_ms())) is not None:
@@ -854,6 +864,25 @@ async def giant_and_deep(a: Arena) -> AttackOutcome:
                    f"{counts['refused']}/{counts['frames']} refused")
 
 
+async def no_plaintext_in_logs(a: Arena) -> AttackOutcome:
+    """Held: no plaintext of any DM, file or password the attacks sent appears in any node's log (run last)."""
+    counts = {"markers": len(a.secrets), "logs": 0, "found": 0}
+    failures = []
+    with tempfile.TemporaryDirectory(prefix="socp-logs-") as folder:
+        logs = await asyncio.to_thread(a.t.collect_logs, Path(folder))
+        counts["logs"] = len(logs)
+        for log in logs:
+            text = log.read_bytes().decode("utf-8", "replace")
+            leaked = [marker for marker in a.secrets if marker in text]
+            counts["found"] += len(leaked)
+            if leaked:
+                failures.append(f"{log.name} contains {len(leaked)} plaintext(s), e.g. {leaked[0]!r}")
+    if not counts["logs"]:
+        failures.append("no node log could be collected")
+    return outcome("no-plaintext-in-logs", "held", "no plaintext or password in any node log", failures, counts,
+                   f"{counts['found']} of {counts['markers']} plaintexts found in {counts['logs']} node logs")
+
+
 ATTACKS: dict[str, Attack] = {
     "join-registry": join_registry,
     "forged-dm": forged_dm,
@@ -867,6 +896,7 @@ ATTACKS: dict[str, Attack] = {
     "impersonation": impersonation,
     "hostile-file-names": hostile_file_names,
     "giant-deep-frames": giant_and_deep,
+    "no-plaintext-in-logs": no_plaintext_in_logs,
 }
 """Every attack by name, in the order ``all`` runs them."""
 
