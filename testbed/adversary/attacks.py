@@ -864,6 +864,17 @@ async def giant_and_deep(a: Arena) -> AttackOutcome:
                    f"{counts['refused']}/{counts['frames']} refused")
 
 
+def plaintexts_in(files: list[Path], markers: set[str]) -> dict[str, list[str]]:
+    """File name → the ``markers`` found in it (files without any are left out)."""
+    found = {}
+    for path in files:
+        text = path.read_bytes().decode("utf-8", "replace")
+        leaked = sorted(marker for marker in markers if marker in text)
+        if leaked:
+            found[path.name] = leaked
+    return found
+
+
 async def no_plaintext_in_logs(a: Arena) -> AttackOutcome:
     """Held: no plaintext of any DM, file or password the attacks sent appears in any node's log (run last)."""
     counts = {"markers": len(a.secrets), "logs": 0, "found": 0}
@@ -871,12 +882,9 @@ async def no_plaintext_in_logs(a: Arena) -> AttackOutcome:
     with tempfile.TemporaryDirectory(prefix="socp-logs-") as folder:
         logs = await asyncio.to_thread(a.t.collect_logs, Path(folder))
         counts["logs"] = len(logs)
-        for log in logs:
-            text = log.read_bytes().decode("utf-8", "replace")
-            leaked = [marker for marker in a.secrets if marker in text]
+        for name, leaked in plaintexts_in(logs, a.secrets).items():
             counts["found"] += len(leaked)
-            if leaked:
-                failures.append(f"{log.name} contains {len(leaked)} plaintext(s), e.g. {leaked[0]!r}")
+            failures.append(f"{name} contains {len(leaked)} plaintext(s), e.g. {leaked[0]!r}")
     if not counts["logs"]:
         failures.append("no node log could be collected")
     return outcome("no-plaintext-in-logs", "held", "no plaintext or password in any node log", failures, counts,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from testbed.adversary import ATTACKS, AttackOutcome
-from testbed.adversary.attacks import outcome, retimestamped
+from testbed.adversary.attacks import outcome, plaintexts_in, retimestamped
 from testbed.adversary.wire import secret_fields
 from testbed.scenario import Attack, ScenarioError, load_scenario, parse_scenario
 
@@ -57,3 +57,12 @@ def test_an_outcome_passes_only_without_failures() -> None:
     assert isinstance(held, AttackOutcome) and held.passed and held.line().startswith("PASS x")
     assert not broken.passed and broken.observed == "1 acted; it acted"
     assert broken.to_json()["counts"] == {"n": 1}
+
+
+def test_plaintexts_are_found_in_the_logs_that_hold_them(tmp_path: Path) -> None:
+    clean, leaky = tmp_path / "peer1.log", tmp_path / "peer2.log"
+    clean.write_text("INFO user 1234abcd connected\n")
+    leaky.write_bytes(b"DEBUG frame {...} round trip 3 alice->bob 9f9f \xff\n")
+    markers = {"round trip 3 alice->bob 9f9f", "s3cret-password"}
+    assert plaintexts_in([clean, leaky], markers) == {"peer2.log": ["round trip 3 alice->bob 9f9f"]}
+    assert plaintexts_in([clean], markers) == {}
