@@ -22,9 +22,20 @@ def _without_sender_pub_check() -> None:
     Routing._check_sender_key = accept_any_key  # type: ignore[method-assign]
 
 
+def _without_attestation_check() -> None:
+    from socp.server.presence import Presence
+
+    def believe_any_location(self: Presence, user_id: str, raw: object, server_id: str, key_text: str) -> bool:
+        return True
+
+    Presence._attested = believe_any_location  # type: ignore[method-assign]
+
+
 MUTATIONS: dict[str, tuple[str, Callable[[], None]]] = {
     "sender-pub": ("a forwarded user frame's sender_pub is not checked against the sender's pinned key "
                    "(issue 11, finding 2)", _without_sender_pub_check),
+    "attestation": ("a server may place any user on itself without the user's signed attestation "
+                    "(issue 11, finding 3)", _without_attestation_check),
 }
 """Mutation name → (what the node no longer checks, the patch)."""
 

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from testbed.backend import ClusterSpec
 from testbed.local import LocalCluster
 from testbed.runner import RunReport, ScenarioRunner
@@ -43,17 +45,21 @@ async def test_every_attack_is_refused_and_honest_users_keep_talking(tmp_path: P
     assert attacks["swallow-dms"]["counts"]["arrived"] == attacks["swallow-dms"]["counts"]["sent"]
 
 
-async def test_a_node_without_the_sender_pub_check_fails_the_forged_dm_attack(tmp_path: Path,
-                                                                             key_pool: KeyPool) -> None:
-    """The mutant node (tests/mutants.py, ``SOCP_MUTANT`` names the check it lacks) lets the rogue's forged DM
-    through to bob: the scenario must notice."""
-    scenario = parse_scenario({"name": "hostile-peer-mutant", "peers": 3, "seed": 11,
+@pytest.mark.parametrize(("mutation", "attack", "evidence"), [
+    ("sender-pub", "forged-dm", "delivered_foreign_key"),
+    ("attestation", "swallow-dms", "routed_to_rogue"),
+])
+async def test_a_node_without_one_check_fails_the_attack_on_it(tmp_path: Path, key_pool: KeyPool, mutation: str,
+                                                                attack: str, evidence: str) -> None:
+    """A mutant node (tests/mutants.py: the check ``mutation`` removed) lets ``attack`` through, and the scenario
+    says so: the attack fails with its evidence counted."""
+    scenario = parse_scenario({"name": f"hostile-peer-without-{mutation}", "peers": 3, "seed": 11,
                                "timings": {"heartbeat_interval": 0.5, "peer_timeout": 2.0},
-                               "steps": ["up", {"attack": {"only": "forged-dm"}}]})
+                               "steps": ["up", {"attack": {"only": attack}}]})
     lines: list[str] = []
     report = await run(scenario, tmp_path, key_pool, lines,
-                       command=[sys.executable, "-m", "tests.mutants", "sender-pub"])
+                       command=[sys.executable, "-m", "tests.mutants", mutation])
     assert not report.passed, "\n".join(lines)
-    attack = json.loads((tmp_path / "results" / "report.json").read_text())["attacks"][0]
-    assert attack["attack"] == "forged-dm" and not attack["passed"], attack
-    assert attack["counts"]["delivered_foreign_key"] >= 1, attack
+    outcome = json.loads((tmp_path / "results" / "report.json").read_text())["attacks"][0]
+    assert outcome["attack"] == attack and not outcome["passed"], outcome
+    assert outcome["counts"][evidence] >= 1, outcome
