@@ -12,6 +12,8 @@ from socp.user.common import FileSigner, LocalUser, MsgRef, OutboundFrame
 from socp.user.events import (
     Acked,
     ClientEvent,
+    Delivered,
+    DeliveryFailed,
     DirectMessage,
     DirectoryEntry,
     DuplicateDelivery,
@@ -57,6 +59,8 @@ __all__ = [
     "ROUTES",
     "Acked",
     "ClientEvent",
+    "Delivered",
+    "DeliveryFailed",
     "DirectMessage",
     "DirectoryEntry",
     "DuplicateDelivery",

@@ -46,13 +46,13 @@ from socp import crypto
 from socp import envelope as env
 from socp.envelope import BROADCAST, Envelope, FrameType
 from socp.errors import BadKey, ProtocolError, SocpError, UnknownType
+from socp.features import CLIENT_FEATURES, wire_list
 from socp.presence import Directory, UserRecord, meta_of
 from socp.replay import DEFAULT_WINDOW_MS, ReplayCache
 from socp.settings import DEFAULT_MAX_FILE_BYTES
 from socp.user.common import LocalUser, OutboundFrame, Rejected, logger
 from socp.user.direct import DirectMessages
 from socp.user.events import (
-    Acked,
     ClientEvent,
     DirectoryEntry,
     FrameRejected,
@@ -63,6 +63,7 @@ from socp.user.events import (
 from socp.user.files import FileTransfers, OutgoingFile
 from socp.user.keys import PeerDirectory
 from socp.user.public import PublicChannel
+from socp.user.receipts import Receipts
 
 CLIENT_NAME = "socp-testbed/0.1"
 """The ``client`` field of our USER_HELLO."""
@@ -162,6 +163,7 @@ class Parts:
     direct: DirectMessages
     public: PublicChannel
     files: FileTransfers
+    receipts: Receipts
 
 
 Handler = Callable[[Parts, Envelope, int], list[ClientEvent]]
@@ -177,6 +179,13 @@ class Route:
     """Whether the pinned server key must have signed the frame; only frames before the pin cannot be."""
 
 
+def _welcome(parts: Parts, frame: Envelope) -> list[ClientEvent]:
+    events = parts.link.on_welcome(frame)
+    if parts.link.state is SessionState.WELCOMED:
+        parts.receipts.on_welcome(frame.payload)
+    return events
+
+
 def _ignore(parts: Parts, frame: Envelope, now: int) -> list[ClientEvent]:
     logger.debug("ignoring %s (not handled by this client yet)", frame.type)
     return []
@@ -187,14 +196,14 @@ _IGNORED: Final = Route(_ignore)
 
 ROUTES: Final[Mapping[SessionState, Mapping[FrameType, Route]]] = {
     SessionState.AWAITING_ACK: {
-        FrameType.ACK: Route(lambda p, frame, now: p.link.on_welcome(frame), verified=False),
+        FrameType.ACK: Route(lambda p, frame, now: _welcome(p, frame), verified=False),
         # Nothing is pinned yet, so an early ERROR cannot be authenticated; surface it all the same,
         # it usually explains why we are not welcome (NAME_IN_USE, BAD_KEY, …).
         FrameType.ERROR: Route(lambda p, frame, now: [server_error(frame)], verified=False),
     },
     SessionState.WELCOMED: {
-        FrameType.ACK: Route(lambda p, frame, now: [Acked(frame.payload["msg_ref"])]),
-        FrameType.ERROR: Route(lambda p, frame, now: [server_error(frame)]),
+        FrameType.ACK: Route(lambda p, frame, now: [p.receipts.on_ack(frame.payload)]),
+        FrameType.ERROR: Route(lambda p, frame, now: [p.receipts.on_error(server_error(frame))]),
         FrameType.USER_ADVERTISE: Route(lambda p, frame, now: p.peers.on_advertise(frame)),
         FrameType.USER_REMOVE: Route(lambda p, frame, now: p.peers.on_remove(frame)),
         FrameType.LIST_RESPONSE: Route(lambda p, frame, now: p.peers.on_list(frame)),
@@ -241,7 +250,7 @@ class UserSession:
         public = PublicChannel(self._user, peers, replay)
         peers.on_member_left(public.member_left)
         self._parts = Parts(ServerLink(peers, expected_pub), peers, DirectMessages(self._user, peers, replay),
-                            public, FileTransfers(self._user, peers, public, replay, max_file_bytes))
+                            public, FileTransfers(self._user, peers, public, replay, max_file_bytes), Receipts())
 
     # --- read-only views -------------------------------------------------------------------------
 
@@ -305,8 +314,9 @@ class UserSession:
         After a password login it carries the server's ``login_nonce``, so the signature also proves
         possession of the key to that very challenge.
         """
+        meta = {**self.meta, "features": wire_list(CLIENT_FEATURES)}
         payload: dict[str, Any] = {"client": CLIENT_NAME, "pubkey": self.pubkey, "enc_pubkey": self.pubkey,
-                                   "meta": dict(self.meta)}
+                                   "meta": meta}
         if self._login_nonce is not None:
             payload["login_nonce"] = self._login_nonce
         return self._user.frame(FrameType.USER_HELLO, BROADCAST, now, payload, signed=True)
@@ -322,7 +332,9 @@ class UserSession:
         Raises :class:`UserNotFound` when ``recipient`` is not in the directory (its key is unknown).
         """
         self._parts.link.require_welcomed("MSG_DIRECT")
-        return self._parts.direct.message(recipient, text, now)
+        frame = self._parts.direct.message(recipient, text, now)
+        self._parts.receipts.track(frame.msg_ref, now)
+        return frame
 
     def public_message(self, text: str, now: int) -> list[OutboundFrame]:
         """Frames that send ``text`` to the public channel: key shares when needed, then MSG_PUBLIC_CHANNEL.
@@ -351,6 +363,37 @@ class UserSession:
         self._parts.link.require_welcomed("DIRECTORY_QUERY")
         payload = {"user_id": user_id} if user_id is not None else {"login": login or ""}
         return self._user.frame(FrameType.DIRECTORY_QUERY, self._parts.link.to_server(), now, payload)
+
+    # --- delivery outcomes (the delivery_receipts extension) ----------------------------------------
+
+    @property
+    def receipts_enabled(self) -> bool:
+        """True when the server announced delivery receipts: each direct message then ends as
+        :class:`Delivered` or :class:`DeliveryFailed`."""
+        return self._parts.receipts.enabled
+
+    @property
+    def pending_deliveries(self) -> list[str]:
+        """``msg_ref`` of the messages sent and still awaiting their outcome, oldest first."""
+        return self._parts.receipts.pending
+
+    def track_delivery(self, msg_ref: str, now: int, *, file_id: str | None = None, index: int | None = None
+                       ) -> bool:
+        """Await the outcome of a frame sent outside :meth:`direct_message` (dm file frames); False when the
+        server gives no receipts. Its ACK becomes :class:`Delivered`, its ERROR :class:`DeliveryFailed`."""
+        return self._parts.receipts.track(msg_ref, now, file_id=file_id, index=index)
+
+    def next_delivery_deadline(self) -> int | None:
+        """When :meth:`expire_deliveries` has work next (None: nothing in flight)."""
+        return self._parts.receipts.next_deadline()
+
+    def expire_deliveries(self, now: int) -> list[ClientEvent]:
+        """:class:`DeliveryFailed` (``TIMEOUT``) for every message whose outcome is overdue."""
+        return self._parts.receipts.expire(now)
+
+    def abandon_deliveries(self, reason: str) -> list[ClientEvent]:
+        """The connection ended: :class:`DeliveryFailed` (``CONNECTION_LOST``) for every message in flight."""
+        return self._parts.receipts.abandon(reason)
 
     def expire_transfers(self, now: int) -> list[ClientEvent]:
         """Discard incoming files that stalled for :data:`socp.user.files.FILE_IDLE_MS`; one
