@@ -23,7 +23,7 @@ class Feature(enum.StrEnum):
 
 SERVER_FEATURES: Final[tuple[Feature, ...]] = (Feature.DELIVERY_RECEIPTS,)
 """What our servers announce (each extension adds itself here once both ends implement it)."""
-CLIENT_FEATURES: Final[tuple[Feature, ...]] = (Feature.DELIVERY_RECEIPTS,)
+CLIENT_FEATURES: Final[tuple[Feature, ...]] = (Feature.DELIVERY_RECEIPTS, Feature.HYBRID_FILE_CHUNKS)
 """What our client announces in ``USER_HELLO.meta.features``."""
 
 

@@ -91,6 +91,10 @@ class FileSigner(Protocol):
         """The FILE_START ``content_sig``."""
         ...
 
+    def next_ts(self, now: int) -> int:
+        """A ``ts`` of its own for the next frame (see :meth:`LocalUser.next_ts`)."""
+        ...
+
     def frame(self, frame_type: FrameType, to: str, now: int, payload: dict[str, Any], *,
               signed: bool = False) -> OutboundFrame:
         """A frame from the sender, ready to send."""
@@ -143,6 +147,11 @@ class LocalUser:
     def decrypt(self, ciphertext: str, max_blocks: int) -> bytes:
         """RSA-OAEP decryption with this user's key; raises :class:`socp.errors.CryptoError`."""
         return crypto.rsa_decrypt(self._key, ciphertext, max_blocks)
+
+    def unwrap_file_key(self, wrapped: str) -> bytes:
+        """A hybrid file key wrapped for this user (FILE_START ``wrapped_key``); raises
+        :class:`socp.errors.CryptoError`."""
+        return crypto.unwrap_file_key(self._key, wrapped)
 
 
 def admit(replay: ReplayCache, frame: Envelope, now: int, what: str) -> bool:

@@ -46,7 +46,7 @@ from socp import crypto
 from socp import envelope as env
 from socp.envelope import BROADCAST, Envelope, FrameType
 from socp.errors import BadKey, ProtocolError, SocpError, UnknownType
-from socp.features import CLIENT_FEATURES, wire_list
+from socp.features import CLIENT_FEATURES, Feature, wire_list
 from socp.presence import Directory, UserRecord, meta_of
 from socp.replay import DEFAULT_WINDOW_MS, ReplayCache
 from socp.settings import DEFAULT_MAX_FILE_BYTES
@@ -60,7 +60,7 @@ from socp.user.events import (
     ServerKeyChanged,
     Welcomed,
 )
-from socp.user.files import FileTransfers, OutgoingFile
+from socp.user.files import FileSource, FileTransfers, OutgoingFile, SinkFactory
 from socp.user.keys import PeerDirectory
 from socp.user.public import PublicChannel
 from socp.user.receipts import Receipts
@@ -235,7 +235,8 @@ class UserSession:
 
     def __init__(self, user_id: str, key: crypto.PrivateKey, meta: Mapping[str, Any],
                  expected_server_pub: str | None = None, *, replay_window_ms: int = DEFAULT_WINDOW_MS,
-                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, login_nonce: str | None = None) -> None:
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, login_nonce: str | None = None,
+                 hybrid_files: bool = True) -> None:
         self._user = LocalUser(user_id, key)
         self.user_id = user_id
         self.pubkey = self._user.pubkey
@@ -250,7 +251,8 @@ class UserSession:
         public = PublicChannel(self._user, peers, replay)
         peers.on_member_left(public.member_left)
         self._parts = Parts(ServerLink(peers, expected_pub), peers, DirectMessages(self._user, peers, replay),
-                            public, FileTransfers(self._user, peers, public, replay, max_file_bytes), Receipts())
+                            public, FileTransfers(self._user, peers, public, replay, max_file_bytes,
+                                                  hybrid=hybrid_files), Receipts())
 
     # --- read-only views -------------------------------------------------------------------------
 
@@ -289,6 +291,19 @@ class UserSession:
         self._parts.files.max_file_bytes = value
 
     @property
+    def file_sinks(self) -> SinkFactory:
+        """Opens where an accepted incoming file streams to (default: memory; a shell writes to disk)."""
+        return self._parts.files.sinks
+
+    @file_sinks.setter
+    def file_sinks(self, value: SinkFactory) -> None:
+        self._parts.files.sinks = value
+
+    def takes_hybrid_files(self, user_id: str) -> bool:
+        """Whether a dm file to ``user_id`` goes as hybrid chunks (both of us announced the extension)."""
+        return self._parts.files.peer_takes_hybrid(user_id)
+
+    @property
     def group_key_id(self) -> str | None:
         """The id of our current public-channel sender key (None before the first public message)."""
         group_key = self._parts.public.group_key
@@ -314,7 +329,10 @@ class UserSession:
         After a password login it carries the server's ``login_nonce``, so the signature also proves
         possession of the key to that very challenge.
         """
-        meta = {**self.meta, "features": wire_list(CLIENT_FEATURES)}
+        features = wire_list(CLIENT_FEATURES)
+        if not self._parts.files.hybrid:  # files: the plain standard only (benchmarks, tests of the fallback)
+            features.remove(Feature.HYBRID_FILE_CHUNKS.value)
+        meta = {**self.meta, "features": features}
         payload: dict[str, Any] = {"client": CLIENT_NAME, "pubkey": self.pubkey, "enc_pubkey": self.pubkey,
                                    "meta": meta}
         if self._login_nonce is not None:
@@ -346,12 +364,14 @@ class UserSession:
         self._parts.link.require_welcomed("MSG_PUBLIC_CHANNEL")
         return self._parts.public.message(text, now)
 
-    def send_file(self, recipient: str, name: str, data: bytes, now: int, *, file_id: str | None = None
-                  ) -> OutgoingFile:
+    def send_file(self, recipient: str, name: str, data: bytes | FileSource, now: int, *,
+                  file_id: str | None = None) -> OutgoingFile:
         """An :class:`OutgoingFile` carrying ``data`` as ``name`` to ``recipient`` (a user id, or ``"public"``).
 
-        dm mode encrypts each chunk with RSA-OAEP under the recipient's key; public mode with AES-GCM under our
-        public-channel key (shared first with members who lack it). Raises :class:`UserNotFound` for an
+        dm mode encrypts each chunk with RSA-OAEP under the recipient's key, or, when the recipient announced
+        the hybrid file chunks extension, with AES-256-GCM under a file key wrapped for it; public mode with
+        AES-GCM under our public-channel key (shared first with members who lack it). ``data`` may be a
+        :class:`socp.user.files.FileSource`, read one chunk at a time. Raises :class:`UserNotFound` for an
         unknown recipient, :class:`TooLarge` above :attr:`max_file_bytes` and :class:`BadFrame` for an
         unusable name.
         """
