@@ -29,6 +29,7 @@ from socp import envelope as env
 from socp.actions import IdentityAssigned, LinkDown, LinkId, LinkUp
 from socp.envelope import BROADCAST, Envelope, FrameType
 from socp.errors import BadFrame, BadKey, InvalidSignature, ProtocolError
+from socp.features import SERVER_FEATURES, announced, wire_list
 from socp.presence import Directory
 from socp.replay import ReplayCache
 from socp.server.config import ServerSettings
@@ -205,13 +206,14 @@ class Mesh:
         info = self._book[assigned]
         info.host, info.port = frame.payload["host"], frame.payload["port"]
         info.proven = bool(frame.sig)
+        info.features = announced(frame.payload)
         settings = self._settings
         servers = [_server_entry(self._out.server_id, self._out.pubkey, settings.advertise_host,
-                                 settings.advertise_port, settings.introducer)]
-        servers += [_server_entry(sid, s.pubkey, s.host, s.port, sid in self._introducers)
+                                 settings.advertise_port, settings.introducer, frozenset(wire_list(SERVER_FEATURES)))]
+        servers += [_server_entry(sid, s.pubkey, s.host, s.port, sid in self._introducers, s.features)
                     for sid, s in sorted(self._book.items())
                     if sid != assigned and self._links.is_linked(sid) and s.host and s.proven]
-        payload = {"assigned_id": assigned, "servers": servers,
+        payload = {"assigned_id": assigned, "servers": servers, "features": wire_list(SERVER_FEATURES),
                    "clients": [{"user_id": s["server_id"], "host": s["host"], "port": s["port"],
                                 "pubkey": s["pubkey"]} for s in servers]}
         self._out.send(link, self._out.make(FrameType.SERVER_WELCOME, assigned, now, payload))
@@ -236,6 +238,7 @@ class Mesh:
         self._book.pin(frame.sender, key_text, trusted=False, msg_ref=frame.msg_ref)
         info = self._book[frame.sender]
         info.host, info.port = frame.payload["host"], frame.payload["port"]
+        info.features = announced(frame.payload)
         self._identify(link, frame.sender, now)
 
     def on_join_error(self, link: Link, frame: Envelope, now: int) -> None:
@@ -277,6 +280,7 @@ class Mesh:
         self._book.pin(frame.sender, introducer_key, trusted=True)
         info = self._book[frame.sender]
         info.host, info.port = entry.host, entry.port
+        info.features = announced(frame.payload)
         for item in entries:
             if item["server_id"] in (self._out.server_id, frame.sender):
                 continue
@@ -287,6 +291,7 @@ class Mesh:
                 continue
             known = self._book[item["server_id"]]
             known.host, known.port = item["host"], item["port"]
+            known.features = item["features"]
             if item["introducer"]:
                 self._introducers.add(item["server_id"])
         self.joined = True
@@ -322,6 +327,7 @@ class Mesh:
         info = self._book[frame.sender]
         info.proven = True
         info.host, info.port = frame.payload["host"], frame.payload["port"]
+        info.features = announced(frame.payload)
         if frame.sender == link.peer and link.joined_through:
             for other in self._links.server_links():
                 if other.link_id != link.link_id:
@@ -333,7 +339,7 @@ class Mesh:
     def announce_payload(self) -> dict[str, Any]:
         """Our SERVER_ANNOUNCE / SERVER_HELLO_JOIN payload."""
         return {"host": self._settings.advertise_host, "port": self._settings.advertise_port,
-                "pubkey": self._out.pubkey}
+                "pubkey": self._out.pubkey, "features": wire_list(SERVER_FEATURES)}
 
     def _identify(self, link: Link, server_id: str, now: int) -> None:
         existing = self._links.server_link(server_id)
@@ -395,9 +401,12 @@ class Mesh:
         self._out.dial(link.link_id, info.host, info.port)
 
 
-def _server_entry(server_id: str, pubkey: str, host: str, port: int, introducer: bool) -> dict[str, Any]:
-    # ``introducer`` is our extension (others ignore it): relays from any introducer are trusted.
-    return {"server_id": server_id, "host": host, "port": port, "pubkey": pubkey, "introducer": introducer}
+def _server_entry(server_id: str, pubkey: str, host: str, port: int, introducer: bool,
+                  features: frozenset[str]) -> dict[str, Any]:
+    # ``introducer`` and ``features`` are our extensions (others ignore them): relays from any introducer are
+    # trusted; ``features`` is what that server announced to the introducer (WIRE §7).
+    return {"server_id": server_id, "host": host, "port": port, "pubkey": pubkey, "introducer": introducer,
+            "features": sorted(features)}
 
 
 def _welcome_entries(frame: Envelope) -> list[dict[str, Any]]:
@@ -417,5 +426,5 @@ def _welcome_entries(frame: Envelope) -> list[dict[str, Any]]:
             raise BadFrame("SERVER_WELCOME entry needs server_id, host, port, pubkey", msg_ref=frame.msg_ref,
                            fatal=True)
         entries.append({"server_id": server_id, "host": host, "port": port, "pubkey": pubkey,
-                        "introducer": item.get("introducer") is True})
+                        "introducer": item.get("introducer") is True, "features": announced(item)})
     return entries

@@ -32,6 +32,7 @@ from socp import envelope as env
 from socp.actions import UserJoined, UserLeft
 from socp.envelope import BROADCAST, Envelope, FrameType
 from socp.errors import BadFrame, BadKey, InvalidSignature, NameInUse
+from socp.features import SERVER_FEATURES, wire_list
 from socp.presence import Directory, UserRecord, display_label, meta_of
 from socp.replay import ReplayCache
 from socp.server.config import ServerSettings
@@ -39,6 +40,7 @@ from socp.server.hooks import Hooks, Local
 from socp.server.links import Link, LinkRole, LinkTable
 from socp.server.outbox import Outbox
 from socp.server.registry import Registry
+from socp.settings import delivery_bound_ms
 
 
 class Presence:
@@ -134,7 +136,9 @@ class Presence:
         self._version += 1
         self._out.send(link, self._out.make(FrameType.ACK, local.user_id, now,
                                             {"msg_ref": "USER_HELLO", "server_id": server_id,
-                                             "server_pub": self._out.pubkey}))
+                                             "server_pub": self._out.pubkey,
+                                             "features": wire_list(SERVER_FEATURES),
+                                             "delivery_bound_ms": delivery_bound_ms(self._settings.peer_timeout_ms)}))
         for known_record in self._directory.listing():
             self._out.send(link, self._out.make(FrameType.USER_ADVERTISE, local.user_id, now,
                                                 _advert_payload(known_record)))

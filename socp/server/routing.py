@@ -1,9 +1,11 @@
 """Routing user frames (WIRE §4.6): direct messages and file frames to a local recipient or, wrapped in
 SERVER_DELIVER, to the recipient's server; USER_NOT_FOUND bounces back to the origin; server ERROR and ACK.
+With servers that announced delivery receipts, forwards are kept until acknowledged (:mod:`socp.server.receipts`).
 
 Cost: a routed frame is one frame on one link, plus one signature by this server (the transport signature of
 the re-made frame; forwards of distinct payloads are not cached usefully) and, for MSG_DIRECT, one content
-signature check: O(1) per message, independent of n. A bounce is one ERROR back on the same link.
+signature check: O(1) per message, independent of n. A bounce is one ERROR back on the same link. Receipts add
+one signed ACK at the far server and one signed ACK to the sender (when its client asked for receipts).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from socp import envelope as env
 from socp.envelope import PUBLIC_GROUP, Envelope, FrameType
 from socp.errors import BadFrame, ErrorCode, InvalidSignature, TooLarge, UserNotFound
 from socp.presence import Directory
+from socp.replay import ReplayCache
 from socp.server.config import ServerSettings
 from socp.server.hooks import Hooks
 from socp.server.links import Link, LinkTable
 from socp.server.outbox import Outbox
 from socp.server.presence import Presence
 from socp.server.public import PublicChannel
+from socp.server.receipts import Receipts, digest_of
 
 Bounce = Callable[[int], bool]
 """Called with ``now`` when a forward bounces; False when the sender was already told (stay quiet)."""
@@ -37,13 +41,16 @@ class Forward:
     expires: int
     on_bounce: Bounce | None = None
     recipient: str = ""
+    digest: str | None = None          # in flight awaiting a receipt (a server with delivery receipts)
+    user_payload: Any = None           # the user frame's payload fields a receipt repeats (file_id, index)
 
 
 class Routing:
     """Routes user frames and handles what comes back; owns the forwards awaiting a possible bounce."""
 
     def __init__(self, settings: ServerSettings, out: Outbox, links: LinkTable, directory: Directory,
-                 presence: Presence, public: PublicChannel, hooks: Hooks) -> None:
+                 presence: Presence, public: PublicChannel, hooks: Hooks, replay: ReplayCache,
+                 receipts: Receipts) -> None:
         self._settings = settings
         self._out = out
         self._links = links
@@ -51,12 +58,36 @@ class Routing:
         self._presence = presence
         self._public = public
         self._hooks = hooks
+        self._replay = replay
+        self.receipts = receipts
         self._forwards: dict[str, list[Forward]] = {}
 
     def sweep(self, now: int) -> None:
         """``sweep`` subscriber: forget forwards too old to bounce."""
         self._forwards = {ref: live for ref, forwards in self._forwards.items()
                           if (live := [fwd for fwd in forwards if fwd.expires > now])}
+
+    def next_deadline(self) -> int | None:
+        """When :meth:`handle_timer` has work: the earliest receipt deadline, or None."""
+        return self.receipts.next_deadline()
+
+    def handle_timer(self, now: int) -> None:
+        """Tell the sender of each forward whose receipt did not come within the bound: ``ERROR TIMEOUT``."""
+        for entry in self.receipts.expire(now):
+            forwards = self._forwards.get(entry.msg_ref, [])
+            forward = next((f for f in forwards if f.digest == entry.digest), None)
+            if forward is None:
+                continue
+            forwards.remove(forward)
+            if not forwards:
+                self._forwards.pop(entry.msg_ref, None)
+            self._out.log.info("no receipt from server %s within %d ms for %s", entry.server_id[:8],
+                               self.receipts.bound_ms, forward.user_msg_ref)
+            if forward.on_bounce is not None and not forward.on_bounce(now):
+                continue
+            self._tell_sender(forward, ErrorCode.TIMEOUT.value,
+                              f"no delivery receipt from the recipient's server within "
+                              f"{self.receipts.bound_ms / 1000:g} s (server {entry.server_id[:8]} unreachable)", now)
 
     # --- from local users --------------------------------------------------------------------------
 
@@ -80,7 +111,7 @@ class Routing:
                                         payload["ciphertext"], frame.sender, frame.to, frame.ts):
                 raise InvalidSignature("content_sig does not verify", msg_ref=frame.msg_ref)
         recipient = frame.to
-        location = self._directory.location(recipient)
+        location = self._directory.location(recipient) or self.receipts.held_location(recipient, now)
         if location is None:
             raise UserNotFound(f"user {recipient} is not online", msg_ref=frame.msg_ref)
         out = self._out
@@ -95,9 +126,12 @@ class Routing:
             else:
                 made = out.make_at(frame.type, frame.sender, recipient, frame.ts, payload)
             out.send(target, made)
+            if self.receipts.wants_receipts(local_sender):
+                self.receipts.receipt_to(link, frame.sender, frame.msg_ref, payload, now)
             return
         server_link = self._links.server_link(location)
-        if server_link is None:
+        capable = self.receipts.capable(location)
+        if server_link is None and not capable:
             raise UserNotFound(f"user {recipient} is on server {location}, which is unreachable",
                                msg_ref=frame.msg_ref)
         body = {k: v for k, v in payload.items() if k not in ("user_id", "kind", "sender")}
@@ -105,9 +139,17 @@ class Routing:
         if frame.type is not FrameType.MSG_DIRECT:
             body["kind"] = frame.type.value
         made = out.make_at(FrameType.SERVER_DELIVER, out.server_id, location, frame.ts, body)
+        digest = None
+        if capable:
+            # Kept until the far server's receipt; sent now if the link is up, else when it is back.
+            digest = self.receipts.forward(location, made, now)
+        else:
+            assert server_link is not None
+            out.send(server_link, made)
+        receipt_payload = payload if capable and self.receipts.wants_receipts(local_sender) else None
         self._forwards.setdefault(made.msg_ref, []).append(
-            Forward(frame.sender, frame.msg_ref, now + self._settings.replay_window_ms, on_bounce, recipient))
-        out.send(server_link, made)
+            Forward(frame.sender, frame.msg_ref, now + self._settings.replay_window_ms, on_bounce, recipient,
+                    digest, receipt_payload))
 
     def on_user_heartbeat(self, link: Link, frame: Envelope, now: int) -> None:
         """HEARTBEAT from a user: nothing to do."""
@@ -119,12 +161,26 @@ class Routing:
     # --- from servers ------------------------------------------------------------------------------
 
     def on_server_deliver(self, link: Link, frame: Envelope, now: int) -> None:
-        """SERVER_DELIVER for one of our users (or ``public``): check the payload, deliver, or bounce."""
+        """SERVER_DELIVER for one of our users (or ``public``): check the payload, deliver, or bounce.
+
+        Replay is special: a server with delivery receipts sends a frame again when it had no receipt (a link
+        lost, this node restarted), so a repeat of a frame delivered here is ACKed again, not dropped silently
+        and not delivered twice; a repeat of one that bounced is judged again. From any other server, and for
+        ``public``, a duplicate is dropped silently (the route's usual ONCE rule).
+        """
         out = self._out
         if frame.to != out.server_id:
             raise BadFrame("SERVER_DELIVER addressed to another server", msg_ref=frame.msg_ref)
         payload = dict(frame.payload)
         recipient = payload.pop("user_id")
+        capable = recipient != PUBLIC_GROUP and self.receipts.capable(link.peer)
+        digest = digest_of(frame) if capable else None
+        if digest is not None and self.receipts.delivered_before(digest):
+            self._out.log.debug("repeat of delivered %s from %s: ACKed again", frame.msg_ref, link.peer[:8])
+            self.receipts.acknowledge(link, frame, digest, now)
+            return
+        if not self._replay.admit(frame, now) and digest is None:
+            return
         kind_name = payload.pop("kind", FrameType.MSG_DIRECT.value)
         if recipient == PUBLIC_GROUP:
             self._public.on_deliver(frame, kind_name, payload, now)
@@ -154,6 +210,8 @@ class Routing:
             env.check_payload(kind, payload, frame.msg_ref)
             made = out.make_at(kind, sender, recipient, frame.ts, payload)
         out.send(self._links[local.link_id], made)
+        if digest is not None:
+            self.receipts.acknowledge(link, frame, digest, now)
 
     def on_server_error(self, link: Link, frame: Envelope, now: int) -> None:
         """ERROR from a server: bounce it to the local sender of the forward it names (once per file)."""
@@ -164,6 +222,7 @@ class Routing:
         forward = matching[0] if matching else (forwards[0] if forwards else None)
         if forward is not None:
             forwards.remove(forward)
+            self.receipts.settle(forward.digest)
         if isinstance(ref, str) and not forwards:
             self._forwards.pop(ref, None)
         if frame.payload.get("code") == ErrorCode.UNKNOWN_TYPE:
@@ -175,12 +234,34 @@ class Routing:
             return
         self._out.log.info("server %s reported %s: %s", link.peer[:8], frame.payload.get("code"),
                            frame.payload.get("detail"))
-        if forward is not None and (local := self._presence.local(forward.sender)) is not None:
-            payload: dict[str, Any] = {"code": str(frame.payload.get("code")),
-                                       "detail": str(frame.payload.get("detail", ""))}
-            if forward.user_msg_ref:
-                payload["msg_ref"] = forward.user_msg_ref
-            self._out.send(self._links[local.link_id], self._out.make(FrameType.ERROR, forward.sender, now, payload))
+        if forward is not None:
+            self._tell_sender(forward, str(frame.payload.get("code")), str(frame.payload.get("detail", "")), now)
+
+    def _tell_sender(self, forward: Forward, code: str, detail: str, now: int) -> None:
+        """``ERROR {code, detail, msg_ref}`` about a forward to its sender, if still attached here."""
+        local = self._presence.local(forward.sender)
+        if local is None:
+            return
+        payload: dict[str, Any] = {"code": code, "detail": detail}
+        if forward.user_msg_ref:
+            payload["msg_ref"] = forward.user_msg_ref
+        self._out.send(self._links[local.link_id], self._out.make(FrameType.ERROR, forward.sender, now, payload))
 
     def on_server_ack(self, link: Link, frame: Envelope, now: int) -> None:
-        """ACK from a server: its verification (by the route) is all there is to do."""
+        """ACK from a server: a delivery receipt (``digest``) settles a frame in flight and, when the sender's
+        client asked for receipts, becomes ``ACK {msg_ref}`` of the sender's own frame; other ACKs need nothing."""
+        digest = frame.payload.get("digest")
+        entry = self.receipts.settle(digest) if isinstance(digest, str) else None
+        if entry is None:
+            return  # not ours, or already settled (a repeat's second receipt, a bounce, a timeout)
+        forwards = self._forwards.get(entry.msg_ref, [])
+        forward = next((f for f in forwards if f.digest == digest), None)
+        if forward is None:
+            return
+        forwards.remove(forward)
+        if not forwards:
+            self._forwards.pop(entry.msg_ref, None)
+        local = self._presence.local(forward.sender)
+        if local is not None and forward.user_payload is not None:
+            self.receipts.receipt_to(self._links[local.link_id], forward.sender, forward.user_msg_ref,
+                                     forward.user_payload, now)
