@@ -55,6 +55,8 @@ from socp.presence import UserRecord
 from socp.settings import DEFAULT_MAX_FILE_BYTES
 from socp.user import (
     ClientEvent,
+    Delivered,
+    DeliveryFailed,
     DirectMessage,
     DuplicateDelivery,
     FileIncoming,
@@ -340,8 +342,10 @@ class ChatShell:
         self._conn = conn
         self._say = say
         self._timeout = timeout
-        # Who each recent message went to, so that a later USER_NOT_FOUND about it can name them.
+        # Who each recent message went to, so that a later USER_NOT_FOUND about it can name them, and its
+        # first words, so that its receipt or failure can say which message it was.
         self._sent: OrderedDict[str, str] = OrderedDict()
+        self._words: OrderedDict[str, str] = OrderedDict()
         self._group: asyncio.TaskGroup | None = None
 
     async def run(self, lines: asyncio.Queue[str | None]) -> int:
@@ -412,9 +416,19 @@ class ChatShell:
             self._say(f"[warning] ignored a frame from the server: {_clean(event.reason)}")
         elif isinstance(event, DuplicateDelivery):
             self._say(f"[warning] ignored a second copy of a message from {_clean(event.sender_label)}")
+        elif isinstance(event, Delivered) and event.file_id is None:
+            name, words = self._sent.get(event.msg_ref, "?"), self._words.get(event.msg_ref, "")
+            self._say(f"✓ delivered to {_clean(name)}: {_clean(words)}")
+        elif isinstance(event, DeliveryFailed) and event.file_id is None:
+            name, words = self._sent.get(event.msg_ref, "?"), self._words.get(event.msg_ref, "")
+            error = ServerError(event.code, event.reason, event.msg_ref)
+            self._say(f"[error] not delivered to {_clean(name)} ({_clean(words)}): {_clean(event.code)}: "
+                      f"{self._error_sentence(error)}")
 
     def _error_sentence(self, event: ServerError) -> str:
         about = event.about
+        if event.code == ErrorCode.TIMEOUT and event.detail:
+            return _clean(event.detail)  # says that the recipient's server is unreachable
         if event.code == ErrorCode.USER_NOT_FOUND and event.msg_ref:
             name = self._sent.get(event.msg_ref) or self._label_of(about.to if about is not None else "")
             if name:
@@ -527,8 +541,11 @@ class ChatShell:
         record = self._conn.session.resolve(target)
         msg_ref = await self._conn.send_direct(record.user_id, text.strip())
         self._sent[msg_ref] = record.label
+        self._words[msg_ref] = _first_words(text.strip())
         while len(self._sent) > 1000:
             self._sent.popitem(last=False)
+        while len(self._words) > 1000:
+            self._words.popitem(last=False)
 
     def _show_list(self, records: Sequence[UserRecord]) -> None:
         self._say(f"Online users ({len(records)}):")
@@ -539,6 +556,12 @@ class ChatShell:
 
 
 # --- terminal helpers -----------------------------------------------------------------------------
+
+def _first_words(text: str, count: int = 5) -> str:
+    """The first ``count`` words of a message, "…" when there are more (to name it in receipts and failures)."""
+    words = text.split()
+    return '"' + " ".join(words[:count]) + ("…" if len(words) > count else "") + '"'
+
 
 def _clean(text: str) -> str:
     """``text`` safe for one terminal line: control and bidi-override characters escaped.
