@@ -54,6 +54,7 @@ from socp.errors import AuthFailed, BadKey, ConfigError, CryptoError, ErrorCode,
 from socp.presence import UserRecord
 from socp.settings import DEFAULT_MAX_FILE_BYTES
 from socp.user import (
+    PROGRESS_MIN_BYTES,
     ClientEvent,
     Delivered,
     DeliveryFailed,
@@ -507,8 +508,18 @@ class ChatShell:
             self._group.create_task(self._send_file(target, path, label))
 
     async def _send_file(self, target: str, path: Path, label: str) -> None:
+        shown = {"tenths": 0}
+
+        def progress(sent: int, size: int) -> None:
+            # Every 10 % of a large file (with receipts: of what the recipient's server handed over).
+            tenths = sent * 10 // max(1, size)
+            if size >= PROGRESS_MIN_BYTES and shown["tenths"] < tenths < 10:
+                shown["tenths"] = tenths
+                self._say(f"[file] sending {_clean(path.name)} to {_clean(label)}: {tenths * 10}% "
+                          f"({_size_text(sent)} of {_size_text(size)})")
+
         try:
-            await self._conn.send_file(target, path)
+            await self._conn.send_file(target, path, progress=progress)
         except ProtocolError as exc:
             self._say(f"[error] {exc.code}: {_clean(exc.detail)}")
         except ClientError as exc:

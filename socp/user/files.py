@@ -199,6 +199,11 @@ class OutgoingFile:
         return not self._prelude and 0 <= self._next < self.chunk_count
 
     @property
+    def next_chunk_index(self) -> int | None:
+        """The index of the FILE_CHUNK :meth:`next_frame` produces next, or None when the next frame is another."""
+        return self._next if self.next_is_chunk else None
+
+    @property
     def in_flight(self) -> int:
         """Chunks produced whose delivery receipt has not come (see :meth:`acknowledge`)."""
         return len(self._unacked)
