@@ -208,14 +208,15 @@ class ClientConnection:
     async def connect(cls, url: str, identity: Identity, *, meta: Mapping[str, Any] | None = None,
                       timeout: float = 10.0, expected_server_pub: str | None = None,
                       sync_directory: bool = True, downloads: Path | None = None,
-                      max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> ClientConnection:
+                      max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, hybrid_files: bool = True) -> ClientConnection:
         """Connect to ``url``, send USER_HELLO and wait for the server's welcome.
 
         ``meta`` is merged over ``{"display_name": identity.display_name}``. With ``sync_directory`` the
         connection also fetches the user list before returning, so that :attr:`directory` already holds
         everyone online (the UserOnline events of the initial adverts are queued as usual). Received files
         are written to ``downloads`` when given (see :class:`FileReceived`); ``max_file_bytes`` bounds the
-        files sent and accepted.
+        files sent and accepted. ``hybrid_files=False`` leaves the hybrid file chunks extension out of our
+        hello (files to and from us are then plain RSA-OAEP chunks: for comparisons and interop tests).
 
         Raises :class:`ConnectionFailed` (unreachable, handshake failed, no answer within ``timeout``,
         unacceptable answer), :class:`socp.errors.BadKey` when the server's key contradicts
@@ -224,7 +225,7 @@ class ClientConnection:
         """
         hello_meta = {"display_name": identity.display_name, **dict(meta or {})}
         session = UserSession(identity.user_id, identity.key, hello_meta, expected_server_pub,
-                              max_file_bytes=max_file_bytes)
+                              max_file_bytes=max_file_bytes, hybrid_files=hybrid_files)
         websocket = await _open_websocket(url, timeout)
         return await cls._welcome(websocket, session, url, identity, timeout, sync_directory, downloads)
 
