@@ -77,7 +77,7 @@ FILE_FRAMES_PER_SECOND: Final = 150.0
 """Pace of file frames: below the node's default per-connection rate limit (200/s), so no chunk is dropped."""
 FILE_FRAME_BURST: Final = 500
 """Frames a file may send at once before the pace applies (the node's default burst is 1000)."""
-FILE_WINDOW: Final = 8
+FILE_WINDOW: Final = 4
 """With delivery receipts, dm file chunks sent and not yet acknowledged at most: a link loss between the
 servers stops the transfer after this many (the origin server keeps and resends only those), and the
 transfer goes on where it stopped when receipts come again. About 4 MiB of hybrid chunks."""
@@ -747,7 +747,8 @@ class ClientConnection:
 async def _open_websocket(url: str, timeout: float) -> WebSocket:
     try:
         async with asyncio.timeout(timeout):
-            return await ws_connect(url, max_size=MAX_FRAME_BYTES, open_timeout=None)
+            # No permessage-deflate: file chunks are base64 ciphertext, which deflate spends CPU on for little.
+            return await ws_connect(url, max_size=MAX_FRAME_BYTES, open_timeout=None, compression=None)
     except TimeoutError:
         raise ConnectionFailed(f"cannot connect to {url}: no answer within {timeout:g} s") from None
     except (OSError, InvalidURI, InvalidHandshake, ValueError) as exc:

@@ -103,9 +103,11 @@ class NodeRuntime:
         self._log.info("stopped")
 
     async def _serve(self, stop: asyncio.Event, max_size: int) -> None:
+        # No permessage-deflate (compression=None): deflating megabyte file chunks of base64 ciphertext, which
+        # barely shrinks, cost more CPU than all the rest of relaying them.
         async with serve(self._serve_connection, self.config.host, self.config.port, max_size=max_size,
                          process_request=self._process_request, logger=logging.getLogger("socp.node.ws"),
-                         ) as server:
+                         compression=None) as server:
             port = self._bound_port(server)
             try:
                 async with asyncio.TaskGroup() as tasks:
@@ -152,7 +154,7 @@ class NodeRuntime:
         uri = f"ws://{host}:{port}"
         try:
             async with asyncio.timeout(DIAL_TIMEOUT_S):
-                connection = await connect(uri, max_size=self.config.max_frame_bytes * 2,
+                connection = await connect(uri, max_size=self.config.max_frame_bytes * 2, compression=None,
                                            logger=logging.getLogger("socp.node.ws"))
         except Exception as exc:  # whatever the dial hit, it fails this dial, never the node
             if not isinstance(exc, OSError | TimeoutError | InvalidHandshake | InvalidURI):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from socp import crypto
-from socp.codec import canonical_json
+from socp.codec import canonical_json, dumps
 from socp.errors import BadFrame, ErrorCode, ProtocolError, TooLarge, UnknownType
 from socp.settings import DEFAULT_MAX_FRAME_BYTES
 
@@ -132,7 +132,7 @@ class Envelope:
             "type": self.type.value, "from": self.sender, "to": self.to, "ts": self.ts,
             "payload": dict(self.payload), "sig": self.sig,
         }
-        return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+        return dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
     def signed(self, key: crypto.PrivateKey) -> Envelope:
         """A copy of this envelope carrying a transport signature by ``key``."""
@@ -171,7 +171,8 @@ def parse(data: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelo
     Raises :class:`TooLarge`, :class:`BadFrame` or :class:`UnknownType`; nothing else escapes.
     Unknown extra envelope fields are ignored, as are unknown payload fields.
     """
-    size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+    # An ASCII str (every frame of ours: base64url and escaped JSON) is as long in UTF-8: no copy to measure it.
+    size = len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise TooLarge(f"frame of {size} bytes exceeds the limit of {max_bytes} bytes")
     try:

@@ -21,7 +21,7 @@ from socp.actions import Action, CloseLink, Dial, Event, LinkId, PeerFault, Send
 from socp.codec import canonical_json
 from socp.envelope import Envelope, FrameType
 from socp.errors import ProtocolError
-from socp.server.config import PUBKEY_CACHE_SIZE, SIGNATURE_CACHE_SIZE
+from socp.server.config import PUBKEY_CACHE_SIZE, SIGNATURE_CACHE_MAX_BYTES, SIGNATURE_CACHE_SIZE
 from socp.server.links import Link
 
 logger = logging.getLogger("socp.server")
@@ -67,6 +67,9 @@ class Outbox:
         empty HEARTBEAT payload, need one RSA-4096 signature each, not one per copy.
         """
         canonical = canonical_json(payload)
+        if len(canonical) > SIGNATURE_CACHE_MAX_BYTES:
+            # A bulk payload (a file chunk) is signed once anyway; caching it would keep megabytes per entry.
+            return crypto.sign(self.key, canonical)
         signature = self._signatures.get(canonical)
         if signature is None:
             signature = crypto.sign(self.key, canonical)
