@@ -8,7 +8,10 @@ gets ``ACK {msg_ref}`` of its own frame); a link that dies keeps it; a link that
 restarted far node) gets every frame in flight for it again, byte for byte (no new signature); a deadline
 that passes sends the sender ``ERROR TIMEOUT`` with its ``msg_ref``. While a capable server's link is down,
 the users it had stay *held* at their last location for the bound: frames to them are kept in flight (not
-refused), and go out when the link is back.
+refused), and go out when the link is back. A frame sent again after a link loss that the far server answers
+``USER_NOT_FOUND`` (it restarted, and its users have not reconnected yet) is *parked* rather than bounced: it
+goes out again as soon as the directory places its recipient on a linked capable server, within the same
+bound (every :data:`PARKED_POLL_MS`).
 
 **Far side.** Once a forwarded frame was handed to the recipient's connection, ``ACK {msg_ref, digest}`` goes
 back to the origin; a repeat (by digest, remembered within the replay window, bounded in count) is not
@@ -21,7 +24,7 @@ one digest per delivered frame for the replay window (at most :data:`MAX_DELIVER
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -36,6 +39,8 @@ from socp.server.outbox import Outbox
 from socp.server.peers import ServerBook
 from socp.settings import delivery_bound_ms
 
+PARKED_POLL_MS: Final = 250
+"""How often parked frames look whether their recipient is back."""
 MAX_DELIVERED: Final = 200_000
 """Digests of delivered frames a far server remembers at most (the oldest are forgotten first)."""
 
@@ -51,9 +56,15 @@ class InFlight:
 
     digest: str
     server_id: str
-    text: str            # the signed SERVER_DELIVER, resent unchanged
-    msg_ref: str         # its msg_ref (routing's key for the forward)
+    frame: Envelope      # the signed SERVER_DELIVER, resent unchanged
     deadline: int
+    recipient: str
+    resent: bool = False  # sent again after a link loss
+
+    @property
+    def msg_ref(self) -> str:
+        """The SERVER_DELIVER's msg_ref (routing's key for the forward)."""
+        return self.frame.msg_ref
 
 
 class Receipts:
@@ -69,6 +80,8 @@ class Receipts:
         self._in_flight: dict[str, InFlight] = {}   # insertion order is deadline order
         self._delivered: dict[str, int] = {}        # digest -> forget at
         self._held: dict[str, tuple[str, int]] = {}  # user id -> (server id, hold until)
+        self._parked: dict[str, InFlight] = {}      # digest -> frame awaiting its recipient's return
+        self._next_poll: int | None = None
         self.resent = 0
         """Frames sent again on a link that came back."""
         self.timed_out = 0
@@ -95,16 +108,44 @@ class Receipts:
             return None
         return held[0]
 
-    def forward(self, server_id: str, made: Envelope, now: int) -> str:
+    def forward(self, server_id: str, made: Envelope, now: int, *, deadline: int | None = None,
+                resent: bool = False) -> str:
         """Keep ``made`` (a SERVER_DELIVER to a capable server) in flight, and send it if the link is up;
-        returns its digest."""
+        returns its digest. ``deadline``: the bound of a frame forwarded before (a parked one)."""
         digest = digest_of(made)
-        text = made.to_wire()
-        self._in_flight[digest] = InFlight(digest, server_id, text, made.msg_ref, now + self.bound_ms)
+        self._in_flight[digest] = InFlight(digest, server_id, made, now + self.bound_ms if deadline is None
+                                           else deadline, made.payload["user_id"], resent)
         link = self._links.server_link(server_id)
         if link is not None:
-            self._out.send_text(link, text)
+            self._out.send(link, made)
         return digest
+
+    def park(self, entry: InFlight, now: int) -> None:
+        """A resent frame's recipient is not (yet) back at its restarted server: wait for it, within the bound."""
+        self._parked[entry.digest] = entry
+        if self._next_poll is None:
+            self._next_poll = now + PARKED_POLL_MS
+
+    def unpark(self, now: int, location_of: Callable[[str], str | None]) -> tuple[list[tuple[InFlight, str]],
+                                                                                    list[InFlight]]:
+        """Parked frames whose recipient is on a linked capable server again (with that server), and those
+        whose bound passed; both leave the parking."""
+        if self._next_poll is None or now < self._next_poll:
+            return [], []
+        ready: list[tuple[InFlight, str]] = []
+        expired: list[InFlight] = []
+        for digest, entry in list(self._parked.items()):
+            location = location_of(entry.recipient)
+            if entry.deadline <= now:
+                expired.append(entry)
+            elif location is not None and self.capable(location) and self._links.is_linked(location):
+                ready.append((entry, location))
+            else:
+                continue
+            del self._parked[digest]
+        self._next_poll = now + PARKED_POLL_MS if self._parked else None
+        self.timed_out += len(expired)
+        return ready, expired
 
     def settle(self, digest: str | None) -> InFlight | None:
         """Forget a frame in flight (its receipt or a bounce came); the entry, or None if unknown."""
@@ -115,9 +156,10 @@ class Receipts:
         held (its presence snapshot says who is there now)."""
         server_id = link.peer
         self._held = {user: held for user, held in self._held.items() if held[0] != server_id}
-        again = [entry.text for entry in self._in_flight.values() if entry.server_id == server_id]
-        for text in again:
-            self._out.send_text(link, text)
+        again = [entry for entry in self._in_flight.values() if entry.server_id == server_id]
+        for entry in again:
+            entry.resent = True
+            self._out.send(link, entry.frame)
         if again:
             self.resent += len(again)
             self._out.log.info("sent %d frames in flight again to server %s", len(again), server_id[:8])
@@ -131,26 +173,27 @@ class Receipts:
             self._held[record.user_id] = (server_id, until)
 
     def next_deadline(self) -> int | None:
-        """The earliest deadline of a frame in flight, or None."""
-        first = next(iter(self._in_flight.values()), None)
-        return first.deadline if first is not None else None
+        """The earliest deadline of a frame in flight, or the next look at parked frames; None: neither.
+
+        A scan: frames in flight are few (those of the last round trip, or of one dead link's bound).
+        """
+        deadlines = [entry.deadline for entry in self._in_flight.values()]
+        if self._next_poll is not None:
+            deadlines.append(self._next_poll)
+        return min(deadlines, default=None)
 
     def expire(self, now: int) -> list[InFlight]:
         """Frames whose bound passed without a receipt (their senders are to be told TIMEOUT)."""
-        expired: list[InFlight] = []
-        while self._in_flight:
-            digest, entry = next(iter(self._in_flight.items()))
-            if entry.deadline > now:
-                break
-            del self._in_flight[digest]
-            expired.append(entry)
+        expired = [entry for entry in self._in_flight.values() if entry.deadline <= now]
+        for entry in expired:
+            del self._in_flight[entry.digest]
         self.timed_out += len(expired)
         return expired
 
     @property
     def in_flight(self) -> int:
-        """Frames awaiting their receipt."""
-        return len(self._in_flight)
+        """Frames awaiting their receipt (parked ones included)."""
+        return len(self._in_flight) + len(self._parked)
 
     # --- far side ---------------------------------------------------------------------------------
 

@@ -26,13 +26,13 @@ from socp.server.links import Link, LinkTable
 from socp.server.outbox import Outbox
 from socp.server.presence import Presence
 from socp.server.public import PublicChannel
-from socp.server.receipts import Receipts, digest_of
+from socp.server.receipts import InFlight, Receipts, digest_of
 
 Bounce = Callable[[int], bool]
 """Called with ``now`` when a forward bounces; False when the sender was already told (stay quiet)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Forward:
     """A user frame this server forwarded to another server, kept to route a bounce back to its sender."""
 
@@ -72,15 +72,23 @@ class Routing:
         return self.receipts.next_deadline()
 
     def handle_timer(self, now: int) -> None:
-        """Tell the sender of each forward whose receipt did not come within the bound: ``ERROR TIMEOUT``."""
-        for entry in self.receipts.expire(now):
-            forwards = self._forwards.get(entry.msg_ref, [])
-            forward = next((f for f in forwards if f.digest == entry.digest), None)
+        """Send parked frames whose recipient is back; tell the sender of each forward whose receipt did not
+        come within the bound: ``ERROR TIMEOUT``."""
+        ready, parked_out = self.receipts.unpark(now, self._directory.location)
+        for entry, location in ready:
+            forward = self._take_forward(entry)
             if forward is None:
                 continue
-            forwards.remove(forward)
-            if not forwards:
-                self._forwards.pop(entry.msg_ref, None)
+            made = entry.frame
+            if location != entry.server_id:  # back elsewhere: the same user frame, to another server
+                made = self._out.make_at(FrameType.SERVER_DELIVER, self._out.server_id, location, made.ts,
+                                         made.payload)
+            forward.digest = self.receipts.forward(location, made, now, deadline=entry.deadline, resent=True)
+            self._forwards.setdefault(made.msg_ref, []).append(forward)
+        for entry in [*self.receipts.expire(now), *parked_out]:
+            forward = self._take_forward(entry)
+            if forward is None:
+                continue
             self._out.log.info("no receipt from server %s within %d ms for %s", entry.server_id[:8],
                                self.receipts.bound_ms, forward.user_msg_ref)
             if forward.on_bounce is not None and not forward.on_bounce(now):
@@ -221,8 +229,14 @@ class Routing:
         matching = [f for f in forwards if about_user in (None, f.recipient) and about_sender in (None, f.sender)]
         forward = matching[0] if matching else (forwards[0] if forwards else None)
         if forward is not None:
+            entry = self.receipts.settle(forward.digest)
+            if (entry is not None and entry.resent and entry.deadline > now
+                    and frame.payload.get("code") == ErrorCode.USER_NOT_FOUND):
+                # Sent again to a server that restarted: its users reconnect in a moment. Wait for the
+                # recipient (the forward stays), within the same bound, instead of bouncing.
+                self.receipts.park(entry, now)
+                return
             forwards.remove(forward)
-            self.receipts.settle(forward.digest)
         if isinstance(ref, str) and not forwards:
             self._forwards.pop(ref, None)
         if frame.payload.get("code") == ErrorCode.UNKNOWN_TYPE:
@@ -236,6 +250,16 @@ class Routing:
                            frame.payload.get("detail"))
         if forward is not None:
             self._tell_sender(forward, str(frame.payload.get("code")), str(frame.payload.get("detail", "")), now)
+
+    def _take_forward(self, entry: InFlight) -> Forward | None:
+        """Remove and return the forward of a frame in flight."""
+        forwards = self._forwards.get(entry.msg_ref, [])
+        forward = next((f for f in forwards if f.digest == entry.digest), None)
+        if forward is not None:
+            forwards.remove(forward)
+        if not forwards:
+            self._forwards.pop(entry.msg_ref, None)
+        return forward
 
     def _tell_sender(self, forward: Forward, code: str, detail: str, now: int) -> None:
         """``ERROR {code, detail, msg_ref}`` about a forward to its sender, if still attached here."""

@@ -183,3 +183,38 @@ def test_a_server_without_the_extension_gets_the_standard_behaviour(pair: Pair) 
     net.run(BOUND)
     assert receipts(pair.alice) == [] and not pair.alice.errors("TIMEOUT")
     assert pair.a.state.receipts.in_flight == 0
+
+
+def test_a_resent_message_waits_for_its_recipient_to_reconnect_to_the_restarted_server(pair: Pair) -> None:
+    net = pair.net
+    net.pause(pair.b)
+    sent = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(sent)
+    net.crash(pair.b)
+    net.paused.discard("B")
+    net.run_until(lambda: pair.b.server_id not in pair.a.state.linked_servers, 10_000, "A drops B")
+    b2 = restart(net, pair.b, pair.intro)
+    net.run_until(lambda: b2.server_id in pair.a.state.linked_servers, 5_000, "A links with the new B")
+    net.run(1_000)  # the resend met USER_NOT_FOUND: bob is not back yet
+    assert pair.a.state.receipts.in_flight == 1
+    assert receipts(pair.alice) == [] and not pair.alice.errors()
+    bob = net.users["bob"]
+    bob.inbox.clear()
+    bob.connect(b2)
+    net.run_until(lambda: bool(receipts(pair.alice)), 3_000, "the receipt once bob is back")
+    assert receipts(pair.alice) == [sent.msg_ref] and not pair.alice.errors()
+    assert deliveries(bob, sent) == 1
+    assert pair.a.state.receipts.in_flight == 0
+
+
+def test_a_parked_message_times_out_when_its_recipient_stays_away(pair: Pair) -> None:
+    net = pair.net
+    net.pause(pair.b)
+    sent = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(sent)
+    net.crash(pair.b)
+    net.paused.discard("B")
+    restart(net, pair.b, pair.intro)
+    net.run_until(lambda: bool(pair.alice.errors()), BOUND + 2_000, "an outcome")
+    assert [(e.payload["code"], e.payload["msg_ref"]) for e in pair.alice.errors()] == [("TIMEOUT", sent.msg_ref)]
+    assert pair.a.state.receipts.in_flight == 0
