@@ -80,7 +80,8 @@ FILE_FRAME_BURST: Final = 500
 FILE_WINDOW: Final = 4
 """With delivery receipts, dm file chunks sent and not yet acknowledged at most: a link loss between the
 servers stops the transfer after this many (the origin server keeps and resends only those), and the
-transfer goes on where it stopped when receipts come again. About 4 MiB of hybrid chunks."""
+transfer goes on where it stopped when receipts come again. 2 MiB of hybrid chunks (also bounds a relaying
+node's memory)."""
 FILE_STALL_SECONDS: Final = 600.0
 """Last-resort bound on waiting for the window to open (the servers' own delivery bound ends it first)."""
 HASH_PIECE_BYTES: Final = 1024 * 1024
