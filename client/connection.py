@@ -209,7 +209,8 @@ class ClientConnection:
     async def connect(cls, url: str, identity: Identity, *, meta: Mapping[str, Any] | None = None,
                       timeout: float = 10.0, expected_server_pub: str | None = None,
                       sync_directory: bool = True, downloads: Path | None = None,
-                      max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, hybrid_files: bool = True) -> ClientConnection:
+                      max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, hybrid_files: bool = True,
+                      previous: ClientConnection | None = None) -> ClientConnection:
         """Connect to ``url``, send USER_HELLO and wait for the server's welcome.
 
         ``meta`` is merged over ``{"display_name": identity.display_name}``. With ``sync_directory`` the
@@ -218,6 +219,8 @@ class ClientConnection:
         are written to ``downloads`` when given (see :class:`FileReceived`); ``max_file_bytes`` bounds the
         files sent and accepted. ``hybrid_files=False`` leaves the hybrid file chunks extension out of our
         hello (files to and from us are then plain RSA-OAEP chunks: for comparisons and interop tests).
+        ``previous``, an earlier connection of the same user, hands over the messages already seen, so that
+        one its (restarted) server delivers again is dropped as a :class:`DuplicateDelivery`.
 
         Raises :class:`ConnectionFailed` (unreachable, handshake failed, no answer within ``timeout``,
         unacceptable answer), :class:`socp.errors.BadKey` when the server's key contradicts
@@ -225,8 +228,9 @@ class ClientConnection:
         (``NameInUse``, ``BadKey``, …).
         """
         hello_meta = {"display_name": identity.display_name, **dict(meta or {})}
+        seen = previous.session.replay if previous is not None and previous.user_id == identity.user_id else None
         session = UserSession(identity.user_id, identity.key, hello_meta, expected_server_pub,
-                              max_file_bytes=max_file_bytes, hybrid_files=hybrid_files)
+                              max_file_bytes=max_file_bytes, hybrid_files=hybrid_files, replay=seen)
         websocket = await _open_websocket(url, timeout)
         return await cls._welcome(websocket, session, url, identity, timeout, sync_directory, downloads)
 

@@ -236,7 +236,7 @@ class UserSession:
     def __init__(self, user_id: str, key: crypto.PrivateKey, meta: Mapping[str, Any],
                  expected_server_pub: str | None = None, *, replay_window_ms: int = DEFAULT_WINDOW_MS,
                  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, login_nonce: str | None = None,
-                 hybrid_files: bool = True) -> None:
+                 hybrid_files: bool = True, replay: ReplayCache | None = None) -> None:
         self._user = LocalUser(user_id, key)
         self.user_id = user_id
         self.pubkey = self._user.pubkey
@@ -246,7 +246,11 @@ class UserSession:
         self._login_nonce = login_nonce
         # Only verified messages are deduplicated: a replayed delivery would show a message twice, while a
         # replayed advert or list merely restates what the (trusted) server already said.
-        replay = ReplayCache(replay_window_ms)
+        # A new connection of the same user may share its predecessor's cache (``replay``): a server that
+        # restarted forgot what it delivered before, and may deliver it again (delivery receipts resend).
+        replay = replay if replay is not None else ReplayCache(replay_window_ms)
+        self.replay = replay
+        """The deliveries seen (verified), for a later session of the same user to carry on."""
         peers = PeerDirectory()
         public = PublicChannel(self._user, peers, replay)
         peers.on_member_left(public.member_left)
