@@ -347,6 +347,8 @@ class ChatShell:
         # first words, so that its receipt or failure can say which message it was.
         self._sent: OrderedDict[str, str] = OrderedDict()
         self._words: OrderedDict[str, str] = OrderedDict()
+        # Users whose server stopped answering (id -> label), so that /tell can say so.
+        self._unreachable: OrderedDict[str, str] = OrderedDict()
         self._group: asyncio.TaskGroup | None = None
 
     async def run(self, lines: asyncio.Queue[str | None]) -> int:
@@ -396,6 +398,7 @@ class ChatShell:
             self._say(f"[file] rejected {_clean(event.name)} from {_clean(event.sender_label)}: "
                       f"{_clean(event.reason)}; nothing was saved")
         elif isinstance(event, UserOnline):
+            self._unreachable.pop(event.record.user_id, None)
             if event.is_new and event.record.user_id != self._conn.user_id:
                 label = _clean(event.record.label)
                 if event.record.server_id == self._conn.server_id:
@@ -408,6 +411,12 @@ class ChatShell:
                 label = _clean(event.record.label)
                 if event.record.server_id == self._conn.server_id:
                     self._say(f"🔴 [local] {label} has left")
+                elif event.unreachable:
+                    self._unreachable[event.record.user_id] = event.record.label
+                    while len(self._unreachable) > 1000:
+                        self._unreachable.popitem(last=False)
+                    self._say(f"🔴 [remote] {label} is unreachable: their server {event.record.server_id[:8]} "
+                              "stopped answering")
                 else:
                     self._say(f"🔴 [remote] {label} has left the network")
         elif isinstance(event, ServerError):
@@ -549,7 +558,14 @@ class ChatShell:
         if not target or not text.strip():
             self._say("[error] usage: /tell <name|id> <text>")
             return
-        record = self._conn.session.resolve(target)
+        try:
+            record = self._conn.session.resolve(target)
+        except UserNotFound:
+            gone = [label for user_id, label in self._unreachable.items() if target in (user_id, label)]
+            if gone:
+                self._say(f"[error] {_clean(gone[-1])}'s server is unreachable; the message was not sent")
+                return
+            raise
         msg_ref = await self._conn.send_direct(record.user_id, text.strip())
         self._sent[msg_ref] = record.label
         self._words[msg_ref] = _first_words(text.strip())

@@ -42,6 +42,9 @@ from socp.server.outbox import Outbox
 from socp.server.registry import Registry
 from socp.settings import delivery_bound_ms
 
+SERVER_UNREACHABLE = "server_unreachable"
+"""``USER_REMOVE.reason`` pushed to our users when a user's server link died (PROTOCOL.md §10)."""
+
 
 class Presence:
     """Local users and the directory of remote ones, kept in step with the other servers."""
@@ -255,9 +258,11 @@ class Presence:
                                              "version": self._version}))
 
     def server_lost(self, server_id: str, dropped: list[UserRecord], now: int) -> None:
-        """``link_down`` subscriber: tell our users that the dead server's users are gone."""
+        """``link_down`` subscriber: tell our users that the dead server's users are gone (``reason`` is our
+        extension, ignored by others: they did not leave, their server stopped answering)."""
         for record in dropped:
-            self.push(FrameType.USER_REMOVE, now, {"user_id": record.user_id, "server_id": server_id})
+            self.push(FrameType.USER_REMOVE, now, {"user_id": record.user_id, "server_id": server_id,
+                                                   "reason": SERVER_UNREACHABLE})
 
     def peer_lacks(self, link: Link, frame_type: str, now: int) -> None:
         """``peer_lacks`` subscriber: a peer without SERVER_PRESENCE_SYNC gets adverts instead."""

@@ -40,9 +40,11 @@ class UserOnline:
 
 @dataclass(frozen=True, slots=True)
 class UserOffline:
-    """A user went offline (removed by the server it was attached to)."""
+    """A user went offline (removed by the server it was attached to), or became unreachable: ``unreachable``
+    when our server says the user's server stopped answering (``USER_REMOVE.reason``)."""
 
     record: UserRecord
+    unreachable: bool = False
 
 
 @dataclass(frozen=True, slots=True)

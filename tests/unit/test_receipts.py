@@ -127,7 +127,9 @@ def test_the_sender_is_told_timeout_when_the_bound_passes(pair: Pair) -> None:
     net.crash(pair.b)
     net.paused.discard("B")
     net.run_until(lambda: pair.b.server_id not in pair.a.state.linked_servers, 10_000, "A drops B")
-    # While the hold lasts, a message to bob is kept too (not refused with USER_NOT_FOUND).
+    # alice was told why bob went away; while the hold lasts, a message to bob is kept too (not refused).
+    [remove] = [f for f in pair.alice.received(FrameType.USER_REMOVE) if f.payload["user_id"] == pair.bob.user_id]
+    assert remove.payload["reason"] == "server_unreachable"
     held = pair.alice.direct_frame(pair.bob)
     pair.alice.send(held)
     assert not pair.alice.errors()
