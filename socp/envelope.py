@@ -110,16 +110,6 @@ class Envelope:
     ts: int
     payload: Mapping[str, Any] = field(default_factory=dict)
     sig: str = ""
-    _canonical: list[bytes] = field(default_factory=list, init=False, repr=False, compare=False)
-    """Memo of :attr:`canonical_payload` (the payload is immutable): a relayed file chunk's megabyte payload is
-    needed for the replay key, the signature check and the receipt digest, and is encoded once."""
-
-    @property
-    def canonical_payload(self) -> bytes:
-        """``canonical_json(payload)`` (WIRE §2), computed once per envelope."""
-        if not self._canonical:
-            self._canonical.append(canonical_json(self.payload))
-        return self._canonical[0]
 
     @property
     def msg_ref(self) -> str:
@@ -133,7 +123,7 @@ class Envelope:
         for part in (self.type.value, self.sender, self.to, str(self.ts)):
             digest.update(part.encode("utf-8"))
             digest.update(b"\x00")
-        digest.update(self.canonical_payload)
+        digest.update(canonical_json(self.payload))
         return digest.digest()
 
     def to_wire(self) -> str:
@@ -150,8 +140,6 @@ class Envelope:
 
     def verify(self, key: crypto.PublicKey) -> bool:
         """True when ``sig`` is a valid transport signature by ``key`` (any accepted variant)."""
-        if self.sig and crypto.verify(key, self.canonical_payload, self.sig):
-            return True  # the canonical form, as we and most peers sign it, from the memo
         return crypto.verify_payload(key, self.payload, self.sig)
 
 
