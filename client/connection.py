@@ -77,7 +77,7 @@ FILE_FRAMES_PER_SECOND: Final = 150.0
 """Pace of file frames: below the node's default per-connection rate limit (200/s), so no chunk is dropped."""
 FILE_FRAME_BURST: Final = 500
 """Frames a file may send at once before the pace applies (the node's default burst is 1000)."""
-FILE_WINDOW: Final = 2
+FILE_WINDOW: Final = 3
 """With delivery receipts, dm file chunks sent and not yet acknowledged at most: a link loss between the
 servers stops the transfer after this many (the origin server keeps and resends only those), and the
 transfer goes on where it stopped when receipts come again. 1.5 MiB of hybrid chunks (also bounds a relaying

@@ -39,8 +39,8 @@ DM_CHUNK_BYTES = 8 * crypto.OAEP_MAX_PLAINTEXT
 """Plaintext per FILE_CHUNK in dm mode: 8 RSA-OAEP blocks of 446 bytes (WIRE §5: up to 8 blocks a chunk)."""
 PUBLIC_CHUNK_BYTES = 48 * 1024
 """Plaintext per FILE_CHUNK in public mode (AES-GCM; about 64 KiB of base64url on the wire)."""
-HYBRID_CHUNK_BYTES = 768 * 1024
-"""Plaintext per FILE_CHUNK in hybrid dm mode: about 1 MiB of base64url, under the 2 MiB frame limit also once
+HYBRID_CHUNK_BYTES = 512 * 1024
+"""Plaintext per FILE_CHUNK in hybrid dm mode: about 700 KB of base64url, under the 2 MiB frame limit also once
 wrapped in SERVER_DELIVER; few frames (each costs a signature per hop, and its receipts two more) for speed,
 small enough that a relaying node holding a window of them stays within its memory bound."""
 MAX_CHUNKS_AHEAD = 8

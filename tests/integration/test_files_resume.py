@@ -65,7 +65,7 @@ async def test_a_file_cut_by_a_link_loss_resumes_without_resending_acknowledged_
     bob = await connect("peer2", "freceiver")
     await converge([alice, bob])
     assert alice.session.receipts_enabled and alice.session.takes_hybrid_files(bob.user_id)
-    chunks = 16  # 12 MiB, under the 16 MiB default file limit
+    chunks = 16  # 8 MiB
     data = os.urandom(chunks * HYBRID_CHUNK_BYTES)
     source = tmp_path / "big.bin"
     source.write_bytes(data)
