@@ -82,6 +82,9 @@ FILE_WINDOW: Final = 3
 servers stops the transfer after this many (the origin server keeps and resends only those), and the
 transfer goes on where it stopped when receipts come again. 1.5 MiB of hybrid chunks (also bounds a relaying
 node's memory)."""
+FILE_PROBE_SECONDS: Final = 5.0
+"""How long the receipt of FILE_START is awaited before the chunks go without a window: a recipient on a server
+without delivery receipts never acknowledges anything, and the file then goes as the plain standard sends it."""
 FILE_STALL_SECONDS: Final = 600.0
 """Last-resort bound on waiting for the window to open (the servers' own delivery bound ends it first)."""
 HASH_PIECE_BYTES: Final = 1024 * 1024
@@ -155,6 +158,10 @@ class _Sending:
     changed: asyncio.Event
     failure: str | None = None
     progress: Callable[[int, int], None] | None = None
+    windowed: bool = False
+    """True while the chunks go under the receipt window (receipts come for this file)."""
+    start_ref: str | None = None
+    start_delivered: bool = False
 
 
 def now_ms() -> int:
@@ -420,9 +427,11 @@ class ClientConnection:
         one chunk at a time: as hybrid chunks to a recipient that announced the extension, else as RSA-OAEP
         chunks. Frames are paced (:data:`FILE_FRAMES_PER_SECOND`) so that the node's rate limit never drops a
         chunk. With delivery receipts a dm file keeps at most :data:`FILE_WINDOW` chunks unacknowledged, so a
-        transfer cut by a link loss between servers waits, then goes on where it stopped; it fails (raising
-        :class:`FileTransferError`) when a frame of it is reported undeliverable. ``progress(sent_bytes,
-        size)`` is called after each chunk (with receipts: acknowledged bytes).
+        transfer cut by a link loss between servers waits, then goes on where it stopped (when no receipt of
+        FILE_START comes within :data:`FILE_PROBE_SECONDS`, the chunks go without a window, as the standard
+        sends them); it fails (raising :class:`FileTransferError`) when a frame of it is reported
+        undeliverable. ``progress(sent_bytes, size)`` is called after each chunk (with the window: acknowledged
+        bytes).
         Raises :class:`FileTransferError` (missing, unreadable, too large, undeliverable),
         :class:`socp.errors.UserNotFound`.
         """
@@ -433,34 +442,52 @@ class ClientConnection:
         try:
             outgoing = self._session.send_file(recipient, path.name, source, now_ms())
             windowed = self._session.receipts_enabled and outgoing.mode == "dm"
-            sending = _Sending(outgoing, asyncio.Event(), progress=progress if windowed else None)
+            sending = _Sending(outgoing, asyncio.Event(), progress=progress, windowed=windowed)
             self._sending[outgoing.file_id] = sending
             try:
-                await self._send_frames(sending, windowed, progress)
+                await self._send_frames(sending, progress)
             finally:
                 del self._sending[outgoing.file_id]
         finally:
             source.close()
         return outgoing.file_id
 
-    async def _send_frames(self, sending: _Sending, windowed: bool,
-                           progress: Callable[[int, int], None] | None) -> None:
+    async def _send_frames(self, sending: _Sending, progress: Callable[[int, int], None] | None) -> None:
         outgoing = sending.outgoing
         while True:
-            if windowed and outgoing.next_is_chunk:
-                await self._window(sending)
+            if sending.windowed and outgoing.next_is_chunk:
+                if sending.start_ref is not None and not sending.start_delivered:
+                    await self._probe(sending)
+                if sending.windowed:
+                    await self._window(sending)
             index = outgoing.next_chunk_index
             frame = outgoing.next_frame(now_ms())
             if frame is None:
                 break
             await self._pace()
-            if windowed:  # tracked before it leaves, so that no receipt can come first
+            if sending.windowed:  # tracked before it leaves, so that no receipt can come first
                 self._session.track_delivery(frame.msg_ref, now_ms(), file_id=outgoing.file_id, index=index)
+                if sending.start_ref is None and index is None:
+                    sending.start_ref = frame.msg_ref  # FILE_START (no prelude in dm mode)
             await self._send(frame)
-            if progress is not None and index is not None and not windowed:
+            if progress is not None and index is not None and not sending.windowed:
                 progress(outgoing.sent_bytes, outgoing.size)
-        if windowed:
+        if sending.windowed:
             await self._window(sending, until_empty=True)
+        if sending.failure is not None:
+            raise FileTransferError(sending.failure)
+
+    async def _probe(self, sending: _Sending) -> None:
+        """Await the receipt of FILE_START (:data:`FILE_PROBE_SECONDS`); without one, send without a window."""
+        try:
+            async with asyncio.timeout(FILE_PROBE_SECONDS):
+                while sending.failure is None and not sending.start_delivered:
+                    sending.changed.clear()
+                    await sending.changed.wait()
+        except TimeoutError:
+            sending.windowed = False
+            logger.info("no delivery receipt for file %s within %g s: sending it without a window (the "
+                        "recipient's server may not give receipts)", sending.outgoing.file_id, FILE_PROBE_SECONDS)
         if sending.failure is not None:
             raise FileTransferError(sending.failure)
 
@@ -716,9 +743,12 @@ class ClientConnection:
             return
         outgoing = sending.outgoing
         if isinstance(event, Delivered):
-            if outgoing.acknowledge(event.msg_ref) and sending.progress is not None:
+            if event.msg_ref == sending.start_ref:
+                sending.start_delivered = True
+            if outgoing.acknowledge(event.msg_ref) and sending.progress is not None and sending.windowed:
                 sending.progress(outgoing.sent_bytes - outgoing.in_flight * outgoing.chunk_bytes, outgoing.size)
-        elif sending.failure is None:
+        elif sending.failure is None and sending.windowed:
+            # (Without a window, the plain standard's ERROR tells of a failure; a late TIMEOUT of the probe is moot.)
             sending.failure = f"{outgoing.name} to {outgoing.to[:8]} failed: {event.code}: {event.reason}"
         sending.changed.set()
 

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from client.connection import FILE_WINDOW, ClientConnection
+from socp.features import Feature
 from socp.user import HYBRID_CHUNK_BYTES, FileReceived, FileRejected
+from socp.user import session as session_module
 from testbed.backend import ClusterBackend
 from tests import scaled
 from tests.clients import UserFactory, converge
@@ -103,3 +105,23 @@ async def test_a_file_cut_by_a_link_loss_resumes_without_resending_acknowledged_
     assert sorted(seen) == list(range(chunks))
     repeats = sum(seen.values()) - chunks
     assert repeats <= FILE_WINDOW, seen
+
+
+async def test_without_receipts_for_the_file_it_goes_without_a_window(
+        connect: UserFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sender whose server gives it no receipts (here: its hello leaves the extension out, as a recipient's
+    legacy server would leave the frames unacknowledged) waits for FILE_START's receipt only briefly, then
+    sends the chunks as the plain standard does: the file still arrives."""
+    monkeypatch.setattr(session_module, "CLIENT_FEATURES", (Feature.HYBRID_FILE_CHUNKS,))
+    alice = await connect("peer1", "nosender")
+    monkeypatch.undo()
+    bob = await connect("peer2", "noreceiver")
+    await converge([alice, bob])
+    assert alice.session.receipts_enabled  # the server announced receipts, but sends this client none
+    data = os.urandom(5 * HYBRID_CHUNK_BYTES + 7)
+    source = tmp_path / "plain.bin"
+    source.write_bytes(data)
+    await asyncio.wait_for(alice.send_file(bob.user_id, source), scaled(60))
+    done = await bob.wait_for(lambda e: isinstance(e, FileReceived | FileRejected), scaled(60))
+    assert isinstance(done, FileReceived) and done.path is not None, done
+    assert Path(done.path).read_bytes() == data
