@@ -64,7 +64,10 @@ from socp.presence import UserRecord
 from socp.registry import ELSEWHERE
 from socp.settings import DEFAULT_MAX_FILE_BYTES
 from socp.user import (
+    PROGRESS_MIN_BYTES,
     ClientEvent,
+    Delivered,
+    DeliveryFailed,
     DirectMessage,
     DuplicateDelivery,
     FileIncoming,
@@ -375,8 +378,12 @@ class ChatShell:
         self._conn = conn
         self._say = say
         self._timeout = timeout
-        # Who each recent message went to, so that a later USER_NOT_FOUND about it can name them.
+        # Who each recent message went to, so that a later USER_NOT_FOUND about it can name them, and its
+        # first words, so that its receipt or failure can say which message it was.
         self._sent: OrderedDict[str, str] = OrderedDict()
+        self._words: OrderedDict[str, str] = OrderedDict()
+        # Users whose server stopped answering (id -> label), so that /tell can say so.
+        self._unreachable: OrderedDict[str, str] = OrderedDict()
         self._group: asyncio.TaskGroup | None = None
 
     async def run(self, lines: asyncio.Queue[str | None]) -> int:
@@ -426,6 +433,7 @@ class ChatShell:
             self._say(f"[file] rejected {_clean(event.name)} from {_clean(event.sender_label)}: "
                       f"{_clean(event.reason)}; nothing was saved")
         elif isinstance(event, UserOnline):
+            self._unreachable.pop(event.record.user_id, None)
             if event.is_new and event.record.user_id != self._conn.user_id:
                 label = _clean(self._conn.session.display(event.record.user_id))
                 if event.record.server_id == self._conn.server_id:
@@ -438,6 +446,12 @@ class ChatShell:
                 label = _clean(self._conn.session.display(event.record.user_id))
                 if event.record.server_id == self._conn.server_id:
                     self._say(f"🔴 [local] {label} has left")
+                elif event.unreachable:
+                    self._unreachable[event.record.user_id] = event.record.label
+                    while len(self._unreachable) > 1000:
+                        self._unreachable.popitem(last=False)
+                    self._say(f"🔴 [remote] {label} is unreachable: their server {event.record.server_id[:8]} "
+                              "stopped answering")
                 else:
                     self._say(f"🔴 [remote] {label} has left the network")
         elif isinstance(event, ServerError):
@@ -447,9 +461,19 @@ class ChatShell:
             self._say(f"[warning] ignored a frame from the server: {_clean(event.reason)}")
         elif isinstance(event, DuplicateDelivery):
             self._say(f"[warning] ignored a second copy of a message from {_clean(event.sender_label)}")
+        elif isinstance(event, Delivered) and event.file_id is None:
+            name, words = self._sent.get(event.msg_ref, "?"), self._words.get(event.msg_ref, "")
+            self._say(f"✓ delivered to {_clean(name)}: {_clean(words)}")
+        elif isinstance(event, DeliveryFailed) and event.file_id is None:
+            name, words = self._sent.get(event.msg_ref, "?"), self._words.get(event.msg_ref, "")
+            error = ServerError(event.code, event.reason, event.msg_ref)
+            self._say(f"[error] not delivered to {_clean(name)} ({_clean(words)}): {_clean(event.code)}: "
+                      f"{self._error_sentence(error)}")
 
     def _error_sentence(self, event: ServerError) -> str:
         about = event.about
+        if event.code == ErrorCode.TIMEOUT and event.detail:
+            return _clean(event.detail)  # says that the recipient's server is unreachable
         if event.code == ErrorCode.USER_NOT_FOUND and event.msg_ref:
             name = self._sent.get(event.msg_ref) or self._label_of(about.to if about is not None else "")
             if name:
@@ -527,8 +551,18 @@ class ChatShell:
             self._group.create_task(self._send_file(target, path, label))
 
     async def _send_file(self, target: str, path: Path, label: str) -> None:
+        shown = {"tenths": 0}
+
+        def progress(sent: int, size: int) -> None:
+            # Every 10 % of a large file (with receipts: of what the recipient's server handed over).
+            tenths = sent * 10 // max(1, size)
+            if size >= PROGRESS_MIN_BYTES and shown["tenths"] < tenths < 10:
+                shown["tenths"] = tenths
+                self._say(f"[file] sending {_clean(path.name)} to {_clean(label)}: {tenths * 10}% "
+                          f"({_size_text(sent)} of {_size_text(size)})")
+
         try:
-            await self._conn.send_file(target, path)
+            await self._conn.send_file(target, path, progress=progress)
         except ProtocolError as exc:
             self._say(f"[error] {exc.code}: {_clean(exc.detail)}")
         except ClientError as exc:
@@ -558,11 +592,21 @@ class ChatShell:
         if not target or not text.strip():
             self._say("[error] usage: /tell <name|id> <text>")
             return
-        record = self._conn.session.resolve(target)
+        try:
+            record = self._conn.session.resolve(target)
+        except UserNotFound:
+            gone = [label for user_id, label in self._unreachable.items() if target in (user_id, label)]
+            if gone:
+                self._say(f"[error] {_clean(gone[-1])}'s server is unreachable; the message was not sent")
+                return
+            raise
         msg_ref = await self._conn.send_direct(record.user_id, text.strip())
         self._sent[msg_ref] = self._conn.session.display(record.user_id)
+        self._words[msg_ref] = _first_words(text.strip())
         while len(self._sent) > 1000:
             self._sent.popitem(last=False)
+        while len(self._words) > 1000:
+            self._words.popitem(last=False)
 
     def _show_list(self, records: Sequence[UserRecord]) -> None:
         self._say(f"Online users ({len(records)}):")
@@ -575,6 +619,12 @@ class ChatShell:
 
 
 # --- terminal helpers -----------------------------------------------------------------------------
+
+def _first_words(text: str, count: int = 5) -> str:
+    """The first ``count`` words of a message, "…" when there are more (to name it in receipts and failures)."""
+    words = text.split()
+    return '"' + " ".join(words[:count]) + ("…" if len(words) > count else "") + '"'
+
 
 def _clean(text: str) -> str:
     """``text`` safe for one terminal line: control and bidi-override characters escaped.

@@ -3,7 +3,8 @@
 Usage::
 
     async with await ClientConnection.connect("ws://127.0.0.1:8765", identity, downloads=Path("dl")) as conn:
-        await conn.send_direct("bob", "hi")
+        ref = await conn.send_direct("bob", "hi")
+        outcome = await conn.delivery(ref)                        # Delivered, or DeliveryFailed with the reason
         await conn.send_public("hello everyone")
         await conn.send_file("bob", Path("report.pdf"))          # or "all" for the public channel
         message = await conn.wait_for(lambda e: isinstance(e, DirectMessage), 5.0, description="a message")
@@ -25,7 +26,7 @@ import errno
 import logging
 import socket
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -33,9 +34,9 @@ from typing import Any, Final
 
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake, InvalidStatus, InvalidURI
 
-from client.downloads import SaveError, save_file
+from client.downloads import DiskSink, SaveError, save_file
 from client.errors import ConnectionFailed, ConnectionLost, FileTransferError, LoginFailed
 from client.keystore import Identity
 from socp import crypto
@@ -48,12 +49,16 @@ from socp.settings import DEFAULT_MAX_FILE_BYTES
 from socp.user import (
     Acked,
     ClientEvent,
+    Delivered,
+    DeliveryFailed,
     DirectoryEntry,
     DuplicateDelivery,
     FileReceived,
     FileRejected,
+    FileSink,
     FrameRejected,
     HelloReaddressed,
+    OutgoingFile,
     ServerError,
     ServerKeyChanged,
     UserList,
@@ -73,8 +78,70 @@ FILE_FRAMES_PER_SECOND: Final = 150.0
 """Pace of file frames: below the node's default per-connection rate limit (200/s), so no chunk is dropped."""
 FILE_FRAME_BURST: Final = 500
 """Frames a file may send at once before the pace applies (the node's default burst is 1000)."""
+FILE_WINDOW: Final = 3
+"""With delivery receipts, dm file chunks sent and not yet acknowledged at most: a link loss between the
+servers stops the transfer after this many (the origin server keeps and resends only those), and the
+transfer goes on where it stopped when receipts come again. 1.5 MiB of hybrid chunks (also bounds a relaying
+node's memory)."""
+FILE_PROBE_SECONDS: Final = 5.0
+"""How long the receipt of FILE_START is awaited before the chunks go without a window: a recipient on a server
+without delivery receipts never acknowledges anything, and the file then goes as the plain standard sends it."""
+FILE_STALL_SECONDS: Final = 600.0
+"""Last-resort bound on waiting for the window to open (the servers' own delivery bound ends it first)."""
+HASH_PIECE_BYTES: Final = 1024 * 1024
+"""Read size while hashing a file to send."""
+
+
+class _PathSource:
+    """A file to send, read lazily (a :class:`socp.user.FileSource`): hashed once when opened, then read
+    one chunk at a time, so a large file is never held in memory whole."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        """Open and hash ``path`` (blocking: call it off the event loop); :class:`FileTransferError` when it
+        cannot be read or is larger than ``limit``."""
+        try:
+            self._handle = path.open("rb")
+        except OSError as exc:
+            raise FileTransferError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            digest = crypto.Sha256()
+            size = 0
+            while piece := self._handle.read(HASH_PIECE_BYTES):
+                size += len(piece)
+                if size > limit:
+                    raise FileTransferError(f"{path.name} is above the limit of {_size_text(limit)}")
+                digest.update(piece)
+        except OSError as exc:
+            self._handle.close()
+            raise FileTransferError(f"cannot read {path}: {exc.strerror}") from None
+        except BaseException:
+            self._handle.close()
+            raise
+        self.size = size
+        self.sha256 = digest.hexdigest()
+        self._path = path
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset``; :class:`FileTransferError` when the file changed or fails."""
+        try:
+            self._handle.seek(offset)
+            data = self._handle.read(length)
+        except OSError as exc:
+            raise FileTransferError(f"cannot read {self._path}: {exc.strerror}") from None
+        if len(data) != min(length, self.size - offset):
+            raise FileTransferError(f"{self._path} changed while it was being sent")
+        return data
+
+    def close(self) -> None:
+        """Close the file."""
+        self._handle.close()
+
+
+OUTCOMES_KEPT: Final = 10_000
+"""Outcomes of sent messages remembered for a late :meth:`ClientConnection.delivery` call (the oldest go first)."""
 
 EventPredicate = Callable[[ClientEvent], bool]
+Outcome = Delivered | DeliveryFailed
 
 
 class _Closed:
@@ -82,6 +149,20 @@ class _Closed:
 
 
 _CLOSED: Final = _Closed()
+
+
+@dataclasses.dataclass(slots=True)
+class _Sending:
+    """A file being sent: what its receipts update, and how the sending task is woken."""
+
+    outgoing: OutgoingFile
+    changed: asyncio.Event
+    failure: str | None = None
+    progress: Callable[[int, int], None] | None = None
+    windowed: bool = False
+    """True while the chunks go under the receipt window (receipts come for this file)."""
+    start_ref: str | None = None
+    start_delivered: bool = False
 
 
 def now_ms() -> int:
@@ -119,6 +200,16 @@ class ClientConnection:
         self._list_waiters: list[asyncio.Future[list[UserRecord]]] = []
         self._silent_lists = 0
         self._dropped = 0
+        self._sending: dict[str, _Sending] = {}
+        if downloads is not None:
+            # Incoming files stream to a temporary file there and get their name once verified.
+            folder = downloads
+
+            def disk_sink(name: str, size: int) -> FileSink:
+                return DiskSink(folder, name)
+
+            session.file_sinks = disk_sink
+        self._outcomes: OrderedDict[str, asyncio.Future[Outcome]] = OrderedDict()
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -127,7 +218,8 @@ class ClientConnection:
                       timeout: float = 10.0, expected_server_pub: str | None = None,
                       sync_directory: bool = True, downloads: Path | None = None,
                       max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-                      known_users: Mapping[str, tuple[str, str]] | None = None) -> ClientConnection:
+                      known_users: Mapping[str, tuple[str, str]] | None = None, hybrid_files: bool = True,
+                      previous: ClientConnection | None = None) -> ClientConnection:
         """Connect to ``url``, send USER_HELLO and wait for the server's welcome.
 
         ``meta`` is merged over ``{"display_name": identity.display_name}``. With ``sync_directory`` the
@@ -135,7 +227,10 @@ class ClientConnection:
         everyone online (the UserOnline events of the initial adverts are queued as usual). Received files
         are written to ``downloads`` when given (see :class:`FileReceived`); ``max_file_bytes`` bounds the
         files sent and accepted. ``known_users`` are user pins kept from earlier sessions (see
-        :meth:`socp.user.UserSession.known_users`).
+        :meth:`socp.user.UserSession.known_users`). ``hybrid_files=False`` leaves the hybrid file chunks
+        extension out of our hello (files to and from us are then plain RSA-OAEP chunks: for comparisons and
+        interop tests). ``previous``, an earlier connection of the same user, hands over the messages already
+        seen, so that one its (restarted) server delivers again is dropped as a :class:`DuplicateDelivery`.
 
         Raises :class:`ConnectionFailed` (unreachable, handshake failed, no answer within ``timeout``,
         unacceptable answer), :class:`socp.errors.BadKey` when the server's key contradicts
@@ -143,8 +238,10 @@ class ClientConnection:
         (``NameInUse``, ``BadKey``, …).
         """
         hello_meta = {"display_name": identity.display_name, **dict(meta or {})}
+        seen = previous.session.replay if previous is not None and previous.user_id == identity.user_id else None
         session = UserSession(identity.user_id, identity.key, hello_meta, expected_server_pub,
-                              max_file_bytes=max_file_bytes, known_users=known_users)
+                              max_file_bytes=max_file_bytes, known_users=known_users,
+                              hybrid_files=hybrid_files, replay=seen)
         websocket = await _open_websocket(url, timeout)
         return await cls._welcome(websocket, session, url, identity, timeout, sync_directory, downloads)
 
@@ -286,8 +383,36 @@ class ClientConnection:
         """
         record = self._session.resolve(name_or_id)
         frame = self._session.direct_message(record.user_id, text, now_ms())
-        await self._send(frame)
+        if self._session.receipts_enabled:
+            self._outcome(frame.msg_ref)
+        try:
+            await self._send(frame)
+        except ConnectionLost as exc:
+            self._dispatch_all(self._session.abandon_deliveries(str(exc)))
+            raise
         return frame.msg_ref
+
+    async def delivery(self, msg_ref: str, timeout: float | None = None) -> Delivered | DeliveryFailed:
+        """The outcome of the message ``msg_ref`` sent on this connection (its event is queued as well).
+
+        Resolves as :class:`Delivered` once the recipient's server handed it over, or :class:`DeliveryFailed`
+        (an ERROR, no receipt within the bound, or this connection ended: never left hanging). Raises
+        :class:`KeyError` for a message whose outcome is not tracked (the server gives no receipts, or it
+        is long gone) and :class:`TimeoutError` after ``timeout`` s.
+        """
+        future = self._outcomes.get(msg_ref)
+        if future is None:
+            raise KeyError(f"no outcome tracked for {msg_ref} (the server announced no delivery receipts?)")
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            raise TimeoutError(f"no outcome for {msg_ref} within {timeout:g} s") from None
+
+    @property
+    def receipts_enabled(self) -> bool:
+        """True when our server announced delivery receipts (each DM then ends Delivered or DeliveryFailed)."""
+        return self._session.receipts_enabled
 
     async def send_public(self, text: str) -> str:
         """Send ``text`` to everyone on the public channel; returns the MSG_PUBLIC_CHANNEL's msg_ref.
@@ -303,32 +428,88 @@ class ClientConnection:
                         progress: Callable[[int, int], None] | None = None) -> str:
         """Send the file at ``path`` to ``name_or_id``, or to the public channel when it is ``"all"``.
 
-        Returns the transfer's file_id. Frames are paced (:data:`FILE_FRAMES_PER_SECOND`) so that the node's
-        rate limit never drops a chunk; ``progress(sent_bytes, size)`` is called after each chunk.
-        Raises :class:`FileTransferError` (missing, unreadable, too large), :class:`socp.errors.UserNotFound`.
+        Returns the transfer's file_id. The file is hashed first (off the event loop), then read and encrypted
+        one chunk at a time: as hybrid chunks to a recipient that announced the extension, else as RSA-OAEP
+        chunks. Frames are paced (:data:`FILE_FRAMES_PER_SECOND`) so that the node's rate limit never drops a
+        chunk. With delivery receipts a dm file keeps at most :data:`FILE_WINDOW` chunks unacknowledged, so a
+        transfer cut by a link loss between servers waits, then goes on where it stopped (when no receipt of
+        FILE_START comes within :data:`FILE_PROBE_SECONDS`, the chunks go without a window, as the standard
+        sends them); it fails (raising :class:`FileTransferError`) when a frame of it is reported
+        undeliverable. ``progress(sent_bytes, size)`` is called after each chunk (with the window: acknowledged
+        bytes).
+        Raises :class:`FileTransferError` (missing, unreadable, too large, undeliverable),
+        :class:`socp.errors.UserNotFound`.
         """
         path = Path(path)
         recipient = PUBLIC_GROUP if name_or_id == "all" else self._session.resolve(name_or_id).user_id
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise FileTransferError(f"cannot read {path}: {exc.strerror}") from None
         limit = self._session.max_file_bytes
-        if size > limit:
-            raise FileTransferError(f"{path.name} is {_size_text(size)}, above the limit of {_size_text(limit)}")
+        source = await asyncio.to_thread(_PathSource, path, limit)
         try:
-            data = await asyncio.to_thread(path.read_bytes)
-        except OSError as exc:
-            raise FileTransferError(f"cannot read {path}: {exc.strerror}") from None
-        if len(data) > limit:  # it grew meanwhile
-            raise FileTransferError(f"{path.name} is {_size_text(len(data))}, above the limit of {_size_text(limit)}")
-        outgoing = self._session.send_file(recipient, path.name, data, now_ms())
-        while (frame := outgoing.next_frame(now_ms())) is not None:
-            await self._pace()
-            await self._send(frame)
-            if progress is not None:
-                progress(outgoing.sent_bytes, outgoing.size)
+            outgoing = self._session.send_file(recipient, path.name, source, now_ms())
+            windowed = self._session.receipts_enabled and outgoing.mode == "dm"
+            sending = _Sending(outgoing, asyncio.Event(), progress=progress, windowed=windowed)
+            self._sending[outgoing.file_id] = sending
+            try:
+                await self._send_frames(sending, progress)
+            finally:
+                del self._sending[outgoing.file_id]
+        finally:
+            source.close()
         return outgoing.file_id
+
+    async def _send_frames(self, sending: _Sending, progress: Callable[[int, int], None] | None) -> None:
+        outgoing = sending.outgoing
+        while True:
+            if sending.windowed and outgoing.next_is_chunk:
+                if sending.start_ref is not None and not sending.start_delivered:
+                    await self._probe(sending)
+                if sending.windowed:
+                    await self._window(sending)
+            index = outgoing.next_chunk_index
+            frame = outgoing.next_frame(now_ms())
+            if frame is None:
+                break
+            await self._pace()
+            if sending.windowed:  # tracked before it leaves, so that no receipt can come first
+                self._session.track_delivery(frame.msg_ref, now_ms(), file_id=outgoing.file_id, index=index)
+                if sending.start_ref is None and index is None:
+                    sending.start_ref = frame.msg_ref  # FILE_START (no prelude in dm mode)
+            await self._send(frame)
+            if progress is not None and index is not None and not sending.windowed:
+                progress(outgoing.sent_bytes, outgoing.size)
+        if sending.windowed:
+            await self._window(sending, until_empty=True)
+        if sending.failure is not None:
+            raise FileTransferError(sending.failure)
+
+    async def _probe(self, sending: _Sending) -> None:
+        """Await the receipt of FILE_START (:data:`FILE_PROBE_SECONDS`); without one, send without a window."""
+        try:
+            async with asyncio.timeout(FILE_PROBE_SECONDS):
+                while sending.failure is None and not sending.start_delivered:
+                    sending.changed.clear()
+                    await sending.changed.wait()
+        except TimeoutError:
+            sending.windowed = False
+            logger.info("no delivery receipt for file %s within %g s: sending it without a window (the "
+                        "recipient's server may not give receipts)", sending.outgoing.file_id, FILE_PROBE_SECONDS)
+        if sending.failure is not None:
+            raise FileTransferError(sending.failure)
+
+    async def _window(self, sending: _Sending, *, until_empty: bool = False) -> None:
+        """Wait until fewer than :data:`FILE_WINDOW` chunks of ``sending`` await a receipt (none when
+        ``until_empty``); raise :class:`FileTransferError` when one was reported undeliverable."""
+        outgoing = sending.outgoing
+        limit = 1 if until_empty else FILE_WINDOW
+        try:
+            async with asyncio.timeout(FILE_STALL_SECONDS):
+                while sending.failure is None and outgoing.in_flight >= limit:
+                    sending.changed.clear()
+                    await sending.changed.wait()
+        except TimeoutError:
+            raise FileTransferError(f"{outgoing.name}: no delivery receipt for {FILE_STALL_SECONDS:g} s") from None
+        if sending.failure is not None:
+            raise FileTransferError(sending.failure)
 
     async def lookup_user(self, name_or_id: str, timeout: float = 10.0) -> DirectoryEntry:
         """A registered user's key and status, online or not, answered and signed by our server.
@@ -490,12 +671,36 @@ class ClientConnection:
             raise _refusal(event)
         return event
 
+    def _outcome(self, msg_ref: str) -> asyncio.Future[Outcome]:
+        future = self._outcomes.get(msg_ref)
+        if future is None:
+            future = self._outcomes[msg_ref] = asyncio.get_running_loop().create_future()
+            while len(self._outcomes) > OUTCOMES_KEPT:
+                _, old = self._outcomes.popitem(last=False)
+                if not old.done():
+                    old.cancel()
+        return future
+
+    def _dispatch_all(self, events: list[ClientEvent]) -> None:
+        for event in events:
+            self._dispatch(event)
+
     async def _read_loop(self) -> None:
         failure: ConnectionClosed | None = None
         try:
-            async for message in self._ws:
-                for event in self._session.receive_text(message, now_ms()):
-                    self._dispatch(event)
+            while True:
+                # Wake up for the next delivery deadline too: an overdue message is reported even when the
+                # server says nothing at all.
+                due = self._session.next_delivery_deadline()
+                try:
+                    async with asyncio.timeout(None if due is None else max(0.0, (due - now_ms()) / 1000) + 0.01):
+                        message = await self._ws.recv()
+                except TimeoutError:
+                    self._dispatch_all(self._session.expire_deliveries(now_ms()))
+                    continue
+                self._dispatch_all(self._session.receive_text(message, now_ms()))
+        except ConnectionClosedOK:
+            pass  # a clean close, as the end of ``async for`` over the socket
         except ConnectionClosed as exc:
             failure = exc
         finally:
@@ -507,16 +712,24 @@ class ClientConnection:
             self._closed_reason = reason
             logger.info("connection to %s ended: %s", self.url, reason)
             self._fail_list_waiters(ConnectionLost(f"connection to {self.url} ended: {reason}"))
+            # Messages still awaiting their receipt: their fate is unknown now, and said so.
+            self._dispatch_all(self._session.abandon_deliveries(f"connection {reason} before a receipt"))
             self._enqueue(_CLOSED)
 
     def _dispatch(self, event: ClientEvent) -> None:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("event %r", event)  # DirectMessage keeps its text out of its repr
-        if isinstance(event, FileReceived) and self.downloads is not None:
+        if isinstance(event, FileReceived) and self.downloads is not None and event.path is None:
             event = self._save(event)
+        elif isinstance(event, Delivered | DeliveryFailed) and event.file_id is not None:
+            self._file_outcome(event)
         for predicate, answer in list(self._waiters):
             if not answer.done() and predicate(event):
                 answer.set_result(event)
+        if isinstance(event, Delivered | DeliveryFailed):
+            outcome = self._outcomes.get(event.msg_ref)
+            if outcome is not None and not outcome.done():
+                outcome.set_result(event)
         if isinstance(event, UserList):
             for waiter in self._list_waiters:
                 if not waiter.done():
@@ -531,6 +744,22 @@ class ClientConnection:
         elif isinstance(event, DuplicateDelivery):
             logger.info("dropped a second copy of %s from %s", event.msg_ref, self.url)
         self._enqueue(event)
+
+    def _file_outcome(self, event: Delivered | DeliveryFailed) -> None:
+        """A receipt (or a failure) for a frame of a file we are sending: opens its window, or stops it."""
+        sending = self._sending.get(event.file_id or "")
+        if sending is None:
+            return
+        outgoing = sending.outgoing
+        if isinstance(event, Delivered):
+            if event.msg_ref == sending.start_ref:
+                sending.start_delivered = True
+            if outgoing.acknowledge(event.msg_ref) and sending.progress is not None and sending.windowed:
+                sending.progress(outgoing.sent_bytes - outgoing.in_flight * outgoing.chunk_bytes, outgoing.size)
+        elif sending.failure is None and sending.windowed:
+            # (Without a window, the plain standard's ERROR tells of a failure; a late TIMEOUT of the probe is moot.)
+            sending.failure = f"{outgoing.name} to {outgoing.to[:8]} failed: {event.code}: {event.reason}"
+        sending.changed.set()
 
     def _save(self, event: FileReceived) -> ClientEvent:
         """Write a verified file into the downloads folder; the event then carries the path, not the data."""
@@ -562,7 +791,8 @@ class ClientConnection:
 async def _open_websocket(url: str, timeout: float) -> WebSocket:
     try:
         async with asyncio.timeout(timeout):
-            return await ws_connect(url, max_size=MAX_FRAME_BYTES, open_timeout=None)
+            # No permessage-deflate: file chunks are base64 ciphertext, which deflate spends CPU on for little.
+            return await ws_connect(url, max_size=MAX_FRAME_BYTES, open_timeout=None, compression=None)
     except TimeoutError:
         raise ConnectionFailed(f"cannot connect to {url}: no answer within {timeout:g} s") from None
     except (OSError, InvalidURI, InvalidHandshake, ValueError) as exc:

@@ -61,6 +61,8 @@ DIAL_TIMEOUT_S = 5.0
 OUTBOX_BYTES = 32 * 1024 * 1024  # bytes queued for one peer before it is cut off as too slow
 SEND_TIMEOUT_S = 30.0  # a peer that takes longer to accept one frame is cut off
 INFLIGHT_FRAMES = 32  # frames of one connection queued at the core before the connection is read no further
+INFLIGHT_BYTES = 4 * 1024 * 1024  # ... or bytes of them: a few megabyte file chunks, not 32 (bounded memory)
+WS_MAX_QUEUE = 4  # frames websockets reads ahead per connection (its default, 16, is 32 MiB of 2 MiB frames)
 _CLOSE = object()
 CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455 "Try Again Later": a connection cap was reached
 
@@ -112,9 +114,11 @@ class NodeRuntime:
         self._log.info("stopped")
 
     async def _serve(self, stop: asyncio.Event, max_size: int) -> None:
+        # No permessage-deflate (compression=None): deflating megabyte file chunks of base64 ciphertext, which
+        # barely shrinks, cost more CPU than all the rest of relaying them.
         async with serve(self._serve_connection, self.config.host, self.config.port, max_size=max_size,
                          process_request=self._process_request, logger=logging.getLogger("socp.node.ws"),
-                         ) as server:
+                         compression=None, max_queue=WS_MAX_QUEUE) as server:
             port = self._bound_port(server)
             try:
                 async with asyncio.TaskGroup() as tasks:
@@ -186,8 +190,8 @@ class NodeRuntime:
         uri = f"ws://{host}:{port}"
         try:
             async with asyncio.timeout(DIAL_TIMEOUT_S):
-                connection = await connect(uri, max_size=self.config.max_frame_bytes * 2,
-                                           logger=logging.getLogger("socp.node.ws"))
+                connection = await connect(uri, max_size=self.config.max_frame_bytes * 2, compression=None,
+                                           max_queue=WS_MAX_QUEUE, logger=logging.getLogger("socp.node.ws"))
         except Exception as exc:  # whatever the dial hit, it fails this dial, never the node
             if not isinstance(exc, OSError | TimeoutError | InvalidHandshake | InvalidURI):
                 self._log.warning("unexpected error dialing %s: %r", uri, exc)
@@ -204,12 +208,14 @@ class NodeRuntime:
 
         A message goes to the core as soon as it is read, so frames of every connection reach the core in the
         order they arrived here. At most :data:`INFLIGHT_FRAMES` of one connection wait at the core; beyond that
-        the connection is not read, so a flood waits in the socket (TCP backpressure), not in memory.
+        the connection is not read, so a flood waits in the socket (TCP backpressure), not in memory; the same
+        once :data:`INFLIGHT_BYTES` of its frames wait (file chunks are large).
         """
         link = self._links.setdefault(link_id, _LinkIO())
         link.connection = connection
         failed: list[BaseException] = []
-        inflight: collections.deque[asyncio.Future[None]] = collections.deque()
+        inflight: collections.deque[tuple[asyncio.Future[None], int]] = collections.deque()
+        inflight_bytes = 0
 
         def check(future: asyncio.Future[None]) -> None:
             if future.cancelled() or (error := future.exception()) is None or failed:
@@ -225,11 +231,14 @@ class NodeRuntime:
             async for message in connection:
                 future = self._core.submit(self._receive(link_id, message))
                 future.add_done_callback(check)
-                inflight.append(future)
-                while inflight and inflight[0].done():
-                    inflight.popleft()
-                if len(inflight) >= INFLIGHT_FRAMES:
-                    await asyncio.wait([inflight.popleft()])
+                inflight.append((future, len(message)))
+                inflight_bytes += len(message)
+                while inflight and inflight[0][0].done():
+                    inflight_bytes -= inflight.popleft()[1]
+                while inflight and (len(inflight) >= INFLIGHT_FRAMES or inflight_bytes > INFLIGHT_BYTES):
+                    oldest, size = inflight.popleft()
+                    inflight_bytes -= size
+                    await asyncio.wait([oldest])
                 if failed:
                     break
         except ConnectionClosed as exc:

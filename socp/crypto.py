@@ -3,7 +3,8 @@
 - keys: RSA-4096, e = 65537, for users and servers; public keys travel as base64url DER SPKI;
 - encryption: RSA-OAEP(SHA-256), plaintext split into 446-byte pieces, 512-byte blocks concatenated;
 - signatures: RSASSA-PSS(SHA-256), salt length 32 when signing, any salt length when verifying;
-- symmetric: AES-256-GCM with a 12-byte nonce (public channel, file chunks in public mode);
+- symmetric: AES-256-GCM with a 12-byte nonce (public channel, file chunks in public mode, and dm file chunks
+  under a per-file key wrapped with RSA-OAEP: the "hybrid file chunks" extension, bound to file and index);
 - content signatures of every user frame kind (direct, public channel, key share, file);
 - password login (project extension): PBKDF2-SHA256 (>= 600 000 iterations) then HKDF into two independent
   keys, one sealing the private key on the client, one proving knowledge of the password to servers.
@@ -45,6 +46,8 @@ MAX_FILE_CHUNK_BLOCKS = 8
 MAX_KEY_WRAP_BLOCKS = 1
 """A wrapped 256-bit group key is exactly one block."""
 AES_NONCE_BYTES = 12
+FILE_KEY_BYTES = 32
+"""A hybrid file key (AES-256): wrapped in one RSA-OAEP block for the recipient."""
 
 _OAEP = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 _PSS_SIGN = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=PSS_SALT_LENGTH)
@@ -208,10 +211,10 @@ def generate_symmetric_key() -> bytes:
     return os.urandom(32)
 
 
-def aes_encrypt(key: bytes, plaintext: bytes) -> str:
-    """base64url of 12-byte nonce ‖ AES-256-GCM(plaintext)."""
+def aes_encrypt(key: bytes, plaintext: bytes, aad: bytes | None = None) -> str:
+    """base64url of 12-byte nonce ‖ AES-256-GCM(plaintext), authenticating ``aad`` too when given."""
     nonce = os.urandom(AES_NONCE_BYTES)
-    return b64url_encode(nonce + AESGCM(key).encrypt(nonce, plaintext, None))
+    return b64url_encode(nonce + AESGCM(key).encrypt(nonce, plaintext, aad))
 
 
 def _nonce_and_body(text: str, what: str) -> tuple[bytes, bytes]:
@@ -225,13 +228,35 @@ def _nonce_and_body(text: str, what: str) -> tuple[bytes, bytes]:
     return blob[:AES_NONCE_BYTES], blob[AES_NONCE_BYTES:]
 
 
-def aes_decrypt(key: bytes, ciphertext: str) -> bytes:
-    """Inverse of :func:`aes_encrypt`; raises :class:`CryptoError` on tampering or a wrong key."""
+def aes_decrypt(key: bytes, ciphertext: str, aad: bytes | None = None) -> bytes:
+    """Inverse of :func:`aes_encrypt` (with the same ``aad``); raises :class:`CryptoError` on tampering, a
+    wrong key or other ``aad``."""
     nonce, body = _nonce_and_body(ciphertext, "ciphertext")
     try:
-        return AESGCM(key).decrypt(nonce, body, None)
+        return AESGCM(key).decrypt(nonce, body, aad)
     except InvalidTag as exc:
         raise CryptoError("ciphertext failed authentication") from exc
+
+
+def file_chunk_aad(file_id: str, index: int) -> bytes:
+    """The associated data of hybrid file chunk ``index`` of ``file_id``: a chunk decrypts only in its own
+    place of its own file, so chunks cannot be reordered or moved between files (docs/PROTOCOL.md §7.2)."""
+    return b"socp file chunk\x00" + file_id.encode("utf-8") + b"\x00" + str(index).encode("ascii")
+
+
+def wrap_file_key(recipient: PublicKey, key: bytes) -> str:
+    """A hybrid file key encrypted for ``recipient``: one RSA-OAEP block, base64url (FILE_START ``wrapped_key``)."""
+    if len(key) != FILE_KEY_BYTES:
+        raise CryptoError(f"a file key has {FILE_KEY_BYTES} bytes, not {len(key)}")
+    return rsa_encrypt(recipient, key)
+
+
+def unwrap_file_key(key: PrivateKey, wrapped: str) -> bytes:
+    """Inverse of :func:`wrap_file_key`; raises :class:`CryptoError` unless it yields a 256-bit key."""
+    raw = rsa_decrypt(key, wrapped, MAX_KEY_WRAP_BLOCKS)
+    if len(raw) != FILE_KEY_BYTES:
+        raise CryptoError(f"the wrapped file key holds {len(raw)} bytes, not {FILE_KEY_BYTES}")
+    return raw
 
 
 # --- content signatures (WIRE §5) -----------------------------------------------------------------
@@ -313,6 +338,23 @@ def verify_file(key: PublicKey, signature: str, file_id: str, name: str, size: i
 def sha256_hex(data: bytes) -> str:
     """Lower-case hex SHA-256 of ``data`` (the ``sha256`` field of FILE_START)."""
     return hashlib.sha256(data).hexdigest()
+
+
+class Sha256:
+    """Incremental SHA-256 (a file hashed piece by piece as it streams); :meth:`hexdigest` as :func:`sha256_hex`."""
+
+    __slots__ = ("_hash",)
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def update(self, data: bytes) -> None:
+        """Add ``data``."""
+        self._hash.update(data)
+
+    def hexdigest(self) -> str:
+        """Lower-case hex digest of everything added so far."""
+        return self._hash.hexdigest()
 
 
 def group_key_id(key: bytes) -> str:

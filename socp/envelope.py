@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from socp import crypto
-from socp.codec import canonical_envelope, canonical_json
+from socp.codec import canonical_envelope, canonical_json, dumps
 from socp.errors import BadFrame, ErrorCode, ProtocolError, TooLarge, UnknownType
 from socp.settings import DEFAULT_MAX_FRAME_BYTES
 
@@ -142,7 +142,7 @@ class Envelope:
             "type": self.type.value, "from": self.sender, "to": self.to, "ts": self.ts,
             "payload": dict(self.payload), "sig": self.sig, "id": self.id or crypto.random_frame_id(),
         }
-        return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+        return dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
     def signed(self, key: crypto.PrivateKey) -> Envelope:
         """A copy of this envelope carrying a transport signature by ``key`` over the canonical envelope.
@@ -192,7 +192,8 @@ def parse(data: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelo
     Raises :class:`TooLarge`, :class:`BadFrame` or :class:`UnknownType`; nothing else escapes.
     Unknown extra envelope fields are ignored, as are unknown payload fields.
     """
-    size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+    # An ASCII str (every frame of ours: base64url and escaped JSON) is as long in UTF-8: no copy to measure it.
+    size = len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise TooLarge(f"frame of {size} bytes exceeds the limit of {max_bytes} bytes")
     try:
@@ -207,8 +208,10 @@ def parse(data: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelo
         raise BadFrame("field 'type' missing or not a string")
     try:
         # JSON escapes can smuggle lone surrogates anywhere (type, from, to, payload, extra fields): no UTF-8
-        # signature form could cover them and no reply could name the frame, so the whole frame goes.
-        json.dumps(frame, ensure_ascii=False).encode("utf-8")
+        # signature form could cover them and no reply could name the frame, so the whole frame goes. ASCII
+        # text without a "\ud…" escape holds none: no need to re-encode a megabyte file chunk to know it.
+        if not _surrogate_free(data):
+            json.dumps(frame, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise BadFrame("frame is not valid Unicode (lone surrogate)") from None
     envelope_fields: tuple[tuple[str, tuple[type, ...]], ...] = (
@@ -231,6 +234,13 @@ def parse(data: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelo
     frame_id = frame.get("id")
     return Envelope(frame_type, frame["from"], frame["to"], frame["ts"], payload, sig,
                     frame_id if isinstance(frame_id, str) else "")
+
+
+def _surrogate_free(data: str | bytes) -> bool:
+    """True when the JSON text ``data`` certainly decodes without surrogates (ASCII, no ``\\ud`` escape)."""
+    if isinstance(data, bytes):
+        return data.isascii() and b"\\ud" not in data and b"\\uD" not in data
+    return data.isascii() and "\\ud" not in data and "\\uD" not in data
 
 
 def check_payload(frame_type: FrameType, payload: Mapping[str, Any], msg_ref: str | None = None) -> None:

@@ -40,6 +40,13 @@ LOGIN_WINDOW_MS = 60_000
 JOIN_TIMEOUT_FLOOR_MS = 10_000
 """Shortest wait for a SERVER_WELCOME, whatever the peer timeout: an introducer welcoming tens of joiners at
 once does tens of RSA operations for each, and a joiner that gives up too early only adds a join to the queue."""
+DELIVERY_GRACE_MS = 8_000
+"""What a forwarded user frame may wait beyond the peer timeout for its delivery receipt (the far node noticed
+dead, restarting and linking again): the delivery bound is ``peer timeout + this``
+(:attr:`Timings.delivery_bound_ms`)."""
+CLIENT_RECEIPT_GRACE_MS = 5_000
+"""How much longer than the servers' delivery bound a client waits for a receipt before it reports the message
+as failed on its own (a server that went silent still leaves no message unresolved)."""
 STALL_FLOOR_MS = 1_000
 """A server's timer running later than ``max(heartbeat interval, this)`` counts as a stall of its own (event
 loop lag, a paused process): peers' silence during it is not held against them."""
@@ -83,6 +90,18 @@ class Timings:
     def replay_window_ms(self) -> int:
         """:attr:`replay_window` in milliseconds."""
         return round(self.replay_window * 1000)
+
+    @property
+    def delivery_bound_ms(self) -> int:
+        """How long a forwarded user frame waits for its delivery receipt (kept across link loss, sent again
+        when the link is back) before its sender gets ``ERROR TIMEOUT``: peer timeout +
+        :data:`DELIVERY_GRACE_MS`."""
+        return delivery_bound_ms(self.peer_timeout_ms)
+
+
+def delivery_bound_ms(peer_timeout_ms: int) -> int:
+    """The delivery bound for a peer timeout (see :attr:`Timings.delivery_bound_ms`)."""
+    return peer_timeout_ms + DELIVERY_GRACE_MS
 
 
 DEFAULT_TIMINGS = Timings()

@@ -28,7 +28,7 @@ from client.connection import ClientConnection
 from client.keystore import Identity
 from socp import crypto
 from socp.errors import ProtocolError
-from socp.user import ClientEvent, DirectMessage, PublicMessage
+from socp.user import ClientEvent, Delivered, DeliveryFailed, DirectMessage, DuplicateDelivery, PublicMessage
 from testbed import checks
 from testbed.backend import BackendUnsupported, ClusterBackend, ClusterSpec, create_backend
 from testbed.load import LoadTracker
@@ -47,6 +47,7 @@ from testbed.scenario import (
     Step,
     Traffic,
     Up,
+    Wait,
     WaitHealthy,
     load_scenario,
 )
@@ -110,6 +111,7 @@ class RunReport:
         data["delivery"] = [s.data for s in self.steps if s.description.startswith("expect delivered")]
         data["traffic"] = [s.data for s in self.steps if s.description.startswith("expect traffic_delivered")]
         data["attacks"] = [attack for s in self.steps for attack in s.data.get("attacks", [])]
+        data["accounted"] = [s.data for s in self.steps if s.description.startswith("expect traffic_accounted")]
         return data
 
 
@@ -164,6 +166,10 @@ class User:
     client: ClientConnection | None = None
     mailbox: Mailbox = field(default_factory=Mailbox)
     pump: asyncio.Task[None] | None = None
+    previous: ClientConnection | None = None
+    """The last connection that ended (a reconnect carries on its de-duplication of deliveries)."""
+    past: list[Mailbox] = field(default_factory=list)
+    """Mailboxes of earlier connections (what arrived before a reconnect still counts)."""
 
     @property
     def online(self) -> bool:
@@ -189,6 +195,9 @@ class _Traffic:
     sent_at: dict[str, float] = field(default_factory=dict)
     sender_of: dict[str, str] = field(default_factory=dict)   # body -> sender
     failures: list[str] = field(default_factory=list)
+    recipient_of: dict[str, str] = field(default_factory=dict)   # body -> recipient
+    refs: dict[str, tuple[ClientConnection, str]] = field(default_factory=dict)   # body -> (sender's client, msg_ref)
+    unsent: set[str] = field(default_factory=set)   # bodies whose send raised (the sender was told at once)
 
 
 KeySource = Callable[[int], crypto.PrivateKey]
@@ -445,6 +454,8 @@ class ScenarioRunner:
     async def _generate_traffic(self, traffic: _Traffic, rate: float) -> None:
         sequence = 0
         interval = 1.0 / rate
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
             alive = sorted(name for name in traffic.participants if self.users[name].online)
             if len(alive) >= 2:
@@ -454,15 +465,21 @@ class ScenarioRunner:
                 sequence += 1
                 traffic.sent_at[body] = time.monotonic()
                 traffic.sender_of[body] = sender_name
+                traffic.recipient_of[body] = recipient_name
                 # Counted before sending: a send that fails between steady users is a lost message, not one
                 # that never existed (participants are spared by random disconnects).
                 traffic.sent[(sender_name, recipient_name)] += 1
                 try:
                     assert sender.client is not None
-                    await sender.client.send_direct(recipient.identity.user_id, body)
+                    ref = await sender.client.send_direct(recipient.identity.user_id, body)
+                    traffic.refs[body] = (sender.client, ref)
                 except Exception as exc:  # recorded and judged by traffic_delivered
                     traffic.failures.append(f"{sender_name} -> {recipient_name}: {exc}")
-            await asyncio.sleep(interval)
+                    traffic.unsent.add(body)
+            # Paced by a schedule, so the rate holds whatever a send costs (RSA encryption and signing); a
+            # send held up for more than a second is not made up for with a burst.
+            due = max(due + interval, loop.time() - 1.0)
+            await asyncio.sleep(max(0.0, due - loop.time()))
 
     async def _expect_traffic(self, step: Expect, within: float) -> Outcome:
         traffic = self._traffic
@@ -514,6 +531,76 @@ class ScenarioRunner:
         if received != total or duplicates:
             raise StepFailed(detail)
         return detail, data
+
+    async def _expect_traffic_accounted(self, step: Expect, within: float) -> Outcome:
+        """Every DM the traffic sent, to anyone, was delivered exactly once or reported to its sender (a send
+        that raised, or a DeliveryFailed outcome): none lost silently, none shown twice (issue 10).
+
+        Waits for each message's outcome (the client bounds it), then for each delivered one to show up in its
+        recipient's mailboxes (all connections of that user).
+        """
+        traffic = self._traffic
+        if traffic is None:
+            raise StepFailed("no traffic was started")
+        self._traffic = None
+        await _cancel(traffic.task)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+
+        async def outcome(client: ClientConnection, ref: str) -> Delivered | DeliveryFailed | None:
+            try:
+                return await client.delivery(ref, max(0.01, deadline - loop.time()))
+            except (KeyError, TimeoutError):
+                return None  # not tracked (no receipts), or no outcome in time: judged by arrival alone
+
+        # A send cut short when the traffic stopped never happened as far as its sender knows: not judged.
+        bodies = [b for b in traffic.sender_of if b in traffic.refs or b in traffic.unsent]
+        results = await asyncio.gather(*(outcome(*traffic.refs[b]) for b in bodies if b in traffic.refs))
+        outcomes = dict(zip([b for b in bodies if b in traffic.refs], results, strict=True))
+        prefix = f"traffic {traffic.run} "
+
+        def copies() -> Counter[str]:
+            seen: Counter[str] = Counter()
+            for name in {traffic.recipient_of[b] for b in bodies}:
+                user = self.users[name]
+                for box in (*user.past, user.mailbox):
+                    for event in list(box.events):
+                        if isinstance(event, DirectMessage) and event.text.startswith(prefix):
+                            seen[event.text] += 1
+            return seen
+
+        def settled(seen: Counter[str]) -> bool:
+            return all(seen[b] > 0 for b, result in outcomes.items() if isinstance(result, Delivered))
+
+        seen = copies()
+        while not settled(seen) and loop.time() < deadline:
+            await asyncio.sleep(0.2)
+            seen = copies()
+        delivered = sum(1 for b in bodies if seen[b] > 0)
+        reported = sum(1 for b in bodies if seen[b] == 0
+                       and (b in traffic.unsent or isinstance(outcomes.get(b), DeliveryFailed)))
+        lost = len(bodies) - delivered - reported
+        duplicates = sum(n - 1 for b, n in seen.items() if b in traffic.sender_of and n > 1)
+        false_receipts = sum(1 for b, r in outcomes.items() if isinstance(r, Delivered) and seen[b] == 0)
+        codes = Counter(r.code for r in outcomes.values() if isinstance(r, DeliveryFailed))
+        codes.update({"SEND_REFUSED": len(traffic.unsent)} if traffic.unsent else {})
+        refs = {ref for _, ref in traffic.refs.values()}
+        repeats_dropped = sum(1 for user in self.users.values() for box in (*user.past, user.mailbox)
+                              for event in list(box.events)
+                              if isinstance(event, DuplicateDelivery) and event.msg_ref in refs)
+        data = {"sent": len(bodies), "delivered": delivered, "reported": reported, "lost": lost,
+                "duplicates": duplicates, "false_receipts": false_receipts, "reported_codes": dict(codes),
+                "receipts": sum(1 for r in outcomes.values() if isinstance(r, Delivered)),
+                "repeats_dropped_by_clients": repeats_dropped}
+        detail = (f"{len(bodies)} sent: {delivered} delivered, {reported} reported {dict(codes)}, {lost} lost "
+                  f"silently, {duplicates} duplicates")
+        if lost or duplicates:
+            raise StepFailed(detail)
+        return detail, data
+
+    async def _step_wait(self, step: Wait) -> Outcome:
+        await asyncio.sleep(step.seconds)  # the scenario's own pacing (see Wait), not a synchronisation
+        return f"waited {step.seconds:g}s", {}
 
     async def _node_action(self, step: NodeAction) -> Outcome:
         action, node = step.action, step.node
@@ -576,9 +663,11 @@ class ScenarioRunner:
         if user.online:
             raise StepFailed(f"{name} is already connected")
         user.node = node
+        if user.mailbox.events:
+            user.past.append(user.mailbox)
         user.mailbox = Mailbox()
         user.client = await ClientConnection.connect(self.backend.url(node), user.identity,
-                                                     timeout=10 * self.factor)
+                                                     timeout=10 * self.factor, previous=user.previous)
         user.pump = self._spawn(user.mailbox.pump(user.client))
 
     async def _identity(self, name: str) -> Identity:
@@ -599,6 +688,7 @@ class ScenarioRunner:
             with contextlib.suppress(Exception):
                 await user.client.close()
         await _cancel(user.pump)
+        user.previous = user.client or user.previous
         user.client, user.pump = None, None
 
     def _user(self, name: str) -> User:
@@ -683,6 +773,7 @@ STEP_HANDLERS: dict[type[Step], StepHandler] = {
     Expect: ScenarioRunner._step_expect,
     Traffic: ScenarioRunner._step_traffic,
     Attack: ScenarioRunner._step_attack,
+    Wait: ScenarioRunner._step_wait,
     NodeAction: ScenarioRunner._node_action,
 }
 """The one dispatch table: step class → handler (``repeat`` is unrolled by :meth:`ScenarioRunner._run_steps`)."""
@@ -694,6 +785,7 @@ EXPECTATION_HANDLERS: dict[str, Callable[[ScenarioRunner, Expect, float], Awaita
     "received": ScenarioRunner._expect_received,
     "traffic_delivered": ScenarioRunner._expect_traffic,
     "broadcast_delivered": ScenarioRunner._expect_broadcasts,
+    "traffic_accounted": ScenarioRunner._expect_traffic_accounted,
 }
 """``expect: WHAT`` → handler, called with the scaled ``within``."""
 

@@ -34,8 +34,11 @@ arguments, checked for presence, type and range.
       - expect: broadcast_delivered               # every member online at the time, exactly once
         within: 10
       - traffic: {rate: 20}                       # background DMs between users online throughout
+      - wait: {seconds: 2}                        # let it run
       - expect: traffic_delivered
         within: 20
+      - expect: traffic_accounted                 # every DM sent delivered once or reported (receipts)
+        within: 60
       - repeat:
           times: 5
           steps: [...]
@@ -58,7 +61,8 @@ import yaml
 from socp.settings import FAST_TIMINGS, Timings
 
 NODE_ACTIONS = ("kill", "stop", "start", "restart", "pause", "unpause", "partition", "heal")
-EXPECTATIONS = ("converged", "delivered", "received", "traffic_delivered", "broadcast_delivered", "healthy")
+EXPECTATIONS = ("converged", "delivered", "received", "traffic_delivered", "broadcast_delivered", "healthy",
+                "traffic_accounted")
 TOP_LEVEL = ("name", "description", "peers", "introducers", "seed", "timings", "steps")
 
 
@@ -261,6 +265,22 @@ class Attack(Step):
 
 
 @dataclass(frozen=True, slots=True)
+class Wait(Step):
+    """``wait: {seconds: N}``: let the federation (and running traffic) go on for N seconds.
+
+    A step of the story ("traffic runs for a while, then a node dies"), not a way to wait for a condition:
+    conditions are ``expect`` steps, which poll.
+    """
+
+    KIND: ClassVar[str] = "wait"
+    seconds: float = 1.0
+
+    def check(self) -> None:
+        """The duration is positive."""
+        _positive("seconds", self.seconds)
+
+
+@dataclass(frozen=True, slots=True)
 class NodeAction(Step):
     """``kill: peer2`` (and stop, start, restart, pause, unpause, partition, heal)."""
 
@@ -293,7 +313,7 @@ class Repeat(Step):
 
 
 STEP_TYPES: dict[str, type[Step]] = {cls.KIND: cls for cls in (
-    Up, WaitHealthy, Connect, Disconnect, Reconnect, Send, Broadcast, Expect, Traffic, Repeat, Attack)}
+    Up, WaitHealthy, Connect, Disconnect, Reconnect, Send, Broadcast, Expect, Traffic, Wait, Repeat, Attack)}
 """Step name → class (node actions aside: :data:`NODE_ACTIONS`)."""
 STEP_KINDS = (*STEP_TYPES, *NODE_ACTIONS)
 """Every step name a scenario file may use."""

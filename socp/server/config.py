@@ -48,6 +48,9 @@ MAX_FILES_PER_SENDER = 64
 """Transfers one user may have in flight through this server at once (bounded memory)."""
 SIGNATURE_CACHE_SIZE = 4096
 """Distinct payloads whose transport signature is kept for reuse."""
+SIGNATURE_CACHE_MAX_BYTES = 64 * 1024
+"""Payloads larger than this (file chunks) are signed without entering the signature cache: 4096 cached
+chunks would hold gigabytes."""
 PUBKEY_CACHE_SIZE = 10_000
 """Decoded public keys kept for reuse (the cache is cleared when it grows past this)."""
 

@@ -40,6 +40,7 @@ from socp.actions import IdentityAssigned, LinkDown, LinkId, LinkUp
 from socp.codec import b64url_encode, canonical_json
 from socp.envelope import BROADCAST, Envelope, FrameType
 from socp.errors import AuthFailed, BadFrame, BadKey, InvalidSignature, ProtocolError
+from socp.features import SERVER_FEATURES, announced, wire_list
 from socp.presence import Directory
 from socp.replay import ReplayCache
 from socp.server.config import ServerSettings
@@ -233,13 +234,14 @@ class Mesh:
         info = self._book[assigned]
         info.host, info.port = frame.payload["host"], frame.payload["port"]
         info.proven = True
+        info.features = announced(frame.payload)
         settings = self._settings
         servers = [_server_entry(self._out.server_id, self._out.pubkey, settings.advertise_host,
-                                 settings.advertise_port, settings.introducer)]
-        servers += [_server_entry(sid, s.pubkey, s.host, s.port, sid in self._introducers)
+                                 settings.advertise_port, settings.introducer, frozenset(wire_list(SERVER_FEATURES)))]
+        servers += [_server_entry(sid, s.pubkey, s.host, s.port, sid in self._introducers, s.features)
                     for sid, s in sorted(self._book.items())
                     if sid != assigned and self._links.is_linked(sid) and s.host and s.proven]
-        payload = {"assigned_id": assigned, "servers": servers,
+        payload = {"assigned_id": assigned, "servers": servers, "features": wire_list(SERVER_FEATURES),
                    "clients": [{"user_id": s["server_id"], "host": s["host"], "port": s["port"],
                                 "pubkey": s["pubkey"]} for s in servers]}
         self._out.send(link, self._out.make(FrameType.SERVER_WELCOME, assigned, now, payload))
@@ -274,6 +276,7 @@ class Mesh:
         self._book.pin(frame.sender, key_text, trusted=False, msg_ref=frame.msg_ref)
         info = self._book[frame.sender]
         info.host, info.port = frame.payload["host"], frame.payload["port"]
+        info.features = announced(frame.payload)
         self._identify(link, frame.sender, now)
 
     def on_join_error(self, link: Link, frame: Envelope, now: int) -> None:
@@ -315,6 +318,7 @@ class Mesh:
         self._book.pin(frame.sender, introducer_key, trusted=True)
         info = self._book[frame.sender]
         info.host, info.port = entry.host, entry.port
+        info.features = announced(frame.payload)
         for item in entries:
             if item["server_id"] in (self._out.server_id, frame.sender):
                 continue
@@ -325,6 +329,7 @@ class Mesh:
                 continue
             known = self._book[item["server_id"]]
             known.host, known.port = item["host"], item["port"]
+            known.features = item["features"]
             if item["introducer"]:
                 self._introducers.add(item["server_id"])
         self.joined = True
@@ -360,6 +365,7 @@ class Mesh:
         info = self._book[frame.sender]
         info.proven = True
         info.host, info.port = frame.payload["host"], frame.payload["port"]
+        info.features = announced(frame.payload)
         if frame.sender == link.peer and link.joined_through:
             for other in self._links.server_links():
                 if other.link_id != link.link_id:
@@ -371,7 +377,7 @@ class Mesh:
     def announce_payload(self) -> dict[str, Any]:
         """Our SERVER_ANNOUNCE / SERVER_HELLO_JOIN payload."""
         return {"host": self._settings.advertise_host, "port": self._settings.advertise_port,
-                "pubkey": self._out.pubkey}
+                "pubkey": self._out.pubkey, "features": wire_list(SERVER_FEATURES)}
 
     def _opener(self, frame_type: FrameType, to: str, now: int) -> Envelope:
         """Our SERVER_HELLO_JOIN or link-opening SERVER_ANNOUNCE, with ``join_mac`` in a closed federation."""
@@ -469,9 +475,12 @@ def join_mac(token: str, frame_type: str, sender: str, to: str, ts: int, payload
     return b64url_encode(hmac.new(token.encode("utf-8"), data, hashlib.sha256).digest())
 
 
-def _server_entry(server_id: str, pubkey: str, host: str, port: int, introducer: bool) -> dict[str, Any]:
-    # ``introducer`` is our extension (others ignore it): relays from any introducer are trusted.
-    return {"server_id": server_id, "host": host, "port": port, "pubkey": pubkey, "introducer": introducer}
+def _server_entry(server_id: str, pubkey: str, host: str, port: int, introducer: bool,
+                  features: frozenset[str]) -> dict[str, Any]:
+    # ``introducer`` and ``features`` are our extensions (others ignore them): relays from any introducer are
+    # trusted; ``features`` is what that server announced to the introducer (WIRE §7).
+    return {"server_id": server_id, "host": host, "port": port, "pubkey": pubkey, "introducer": introducer,
+            "features": sorted(features)}
 
 
 def _welcome_entries(frame: Envelope) -> list[dict[str, Any]]:
@@ -491,5 +500,5 @@ def _welcome_entries(frame: Envelope) -> list[dict[str, Any]]:
             raise BadFrame("SERVER_WELCOME entry needs server_id, host, port, pubkey", msg_ref=frame.msg_ref,
                            fatal=True)
         entries.append({"server_id": server_id, "host": host, "port": port, "pubkey": pubkey,
-                        "introducer": item.get("introducer") is True})
+                        "introducer": item.get("introducer") is True, "features": announced(item)})
     return entries

@@ -22,7 +22,7 @@ from socp import envelope as env
 from socp.actions import Action, CloseLink, Dial, Event, LinkId, PeerFault, Send
 from socp.envelope import Envelope, FrameType
 from socp.errors import ProtocolError
-from socp.server.config import PUBKEY_CACHE_SIZE, SIGNATURE_CACHE_SIZE
+from socp.server.config import PUBKEY_CACHE_SIZE, SIGNATURE_CACHE_MAX_BYTES, SIGNATURE_CACHE_SIZE
 from socp.server.links import Link, LinkRole
 
 logger = logging.getLogger("socp.server")
@@ -71,9 +71,13 @@ class Outbox:
         """``frame`` with our transport signature over its canonical envelope, computed once per distinct
         envelope (a fan-out of one frame to many links, a heartbeat ``to: "*"``, costs one signature)."""
         signed_bytes = frame.signed_bytes
+        if len(signed_bytes) > SIGNATURE_CACHE_MAX_BYTES:
+            # A bulk frame (a file chunk) is signed once anyway; caching it would keep megabytes per entry.
+            self.signatures += 1
+            return replace(frame, sig=crypto.sign(self.key, signed_bytes))
         signature = self._signatures.get(signed_bytes)
         if signature is None:
-            signature = frame.signed(self.key).sig
+            signature = crypto.sign(self.key, signed_bytes)
             self.signatures += 1
             if len(self._signatures) >= SIGNATURE_CACHE_SIZE:
                 self._signatures.clear()

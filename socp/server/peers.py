@@ -29,6 +29,8 @@ class ServerInfo:
     proven: bool = True                  # signed something with its key (an unsigned join has not, yet)
     reconnect_attempt: int = 0
     reconnect_due: int | None = None
+    features: frozenset[str] = frozenset()
+    """Extensions it announced (WIRE §7); empty for a server that announced none."""
 
 
 class ServerBook:

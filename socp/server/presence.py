@@ -41,6 +41,7 @@ from socp import envelope as env
 from socp.actions import UserJoined, UserLeft
 from socp.envelope import BROADCAST, Envelope, FrameType
 from socp.errors import BadFrame, BadKey, InvalidSignature, NameInUse
+from socp.features import SERVER_FEATURES, wire_list
 from socp.presence import Attestation, Directory, UserRecord, display_label, meta_of
 from socp.replay import ReplayCache
 from socp.server.config import ServerSettings
@@ -48,6 +49,10 @@ from socp.server.hooks import Hooks, Local
 from socp.server.links import Link, LinkRole, LinkTable
 from socp.server.outbox import Outbox
 from socp.server.registry import Registry
+from socp.settings import delivery_bound_ms
+
+SERVER_UNREACHABLE = "server_unreachable"
+"""``USER_REMOVE.reason`` pushed to our users when a user's server link died (PROTOCOL.md §10)."""
 
 MAX_REFUSALS_LOGGED = 10_000
 """Distinct refused records remembered so that each is logged at WARNING once (then DEBUG)."""
@@ -169,7 +174,9 @@ class Presence:
         self._version += 1
         self._out.send(link, self._out.make(FrameType.ACK, local.user_id, now,
                                             {"msg_ref": "USER_HELLO", "server_id": server_id,
-                                             "server_pub": self._out.pubkey}))
+                                             "server_pub": self._out.pubkey,
+                                             "features": wire_list(SERVER_FEATURES),
+                                             "delivery_bound_ms": delivery_bound_ms(self._settings.peer_timeout_ms)}))
         for known_record in self._directory.listing():
             self._out.send(link, self._out.make(FrameType.USER_ADVERTISE, local.user_id, now,
                                                 self._advert_payload(known_record)))
@@ -297,9 +304,11 @@ class Presence:
                                              "version": self._version}))
 
     def server_lost(self, server_id: str, dropped: list[UserRecord], now: int) -> None:
-        """``link_down`` subscriber: tell our users that the dead server's users are gone."""
+        """``link_down`` subscriber: tell our users that the dead server's users are gone (``reason`` is our
+        extension, ignored by others: they did not leave, their server stopped answering)."""
         for record in dropped:
-            self.push(FrameType.USER_REMOVE, now, {"user_id": record.user_id, "server_id": server_id})
+            self.push(FrameType.USER_REMOVE, now, {"user_id": record.user_id, "server_id": server_id,
+                                                   "reason": SERVER_UNREACHABLE})
 
     def peer_lacks(self, link: Link, frame_type: str, now: int) -> None:
         """``peer_lacks`` subscriber: a peer without SERVER_PRESENCE_SYNC gets adverts instead."""

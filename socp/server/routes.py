@@ -111,7 +111,7 @@ def route_table(mesh: Mesh, presence: Presence, routing: Routing, public: Public
         (server, (t.USER_ADVERTISE,), Route(presence.on_user_advertise, V.PINNED_SERVER, R.ONCE)),
         (server, (t.USER_REMOVE,), Route(presence.on_user_remove, V.PINNED_SERVER, R.ONCE)),
         (server, (t.SERVER_PRESENCE_SYNC,), Route(presence.on_presence_sync, V.LINKED_SERVER, R.ONCE)),
-        (server, (t.SERVER_DELIVER,), Route(routing.on_server_deliver, V.LINKED_SERVER, R.ONCE)),
+        (server, (t.SERVER_DELIVER,), Route(routing.on_server_deliver, V.LINKED_SERVER, R.HANDLER)),
         (server, (t.ERROR,), Route(routing.on_server_error, V.LINKED_SERVER, R.ONCE)),
         (server, (t.ACK,), Route(routing.on_server_ack, V.LINKED_SERVER, R.ONCE)),
         (server, (t.SERVER_USER_RECORDS,), Route(registry.on_user_records, V.LINKED_SERVER, R.ONCE)),

@@ -45,6 +45,7 @@ from socp.server.outbox import Outbox, logger
 from socp.server.peers import ServerBook
 from socp.server.presence import Presence
 from socp.server.public import PublicChannel
+from socp.server.receipts import Receipts
 from socp.server.registry import Registry
 from socp.server.routes import Router, route_table
 from socp.server.routing import Routing
@@ -75,8 +76,9 @@ class ServerState:
         self.presence = Presence(settings, self.out, self.links, self.directory, self.replay, self.registry,
                                  self.hooks, now)
         self.public = PublicChannel(self.out, self.links, self.presence, version=public_version, wraps=public_wraps)
+        self.receipts = Receipts(settings, self.out, self.links, self.book)
         self.routing = Routing(settings, self.out, self.links, self.directory, self.presence, self.public,
-                               self.hooks)
+                               self.hooks, self.replay, self.receipts)
         self.files = Files(settings, self.out, self.presence, self.routing, self.public)
         self.mesh = Mesh(settings, self.out, self.links, self.book, self.directory, self.replay, self.hooks, rng,
                          now, self.link_closed)
@@ -87,6 +89,8 @@ class ServerState:
         hooks.link_up.subscribe(self.presence.send_sync)
         hooks.link_up.subscribe(self.public.send_snapshot)
         hooks.link_up.subscribe(self.registry.send_all)
+        hooks.link_up.subscribe(self.receipts.link_up)  # after the snapshots: the far end knows who is here
+        hooks.link_down.subscribe(self.receipts.link_down)
         hooks.link_down.subscribe(self.presence.server_lost)
         hooks.link_down.subscribe(self.public.server_lost)
         hooks.user_joined.subscribe(self.registry.bind_user)
@@ -99,6 +103,7 @@ class ServerState:
         hooks.sweep.subscribe(self.replay.expire)
         hooks.sweep.subscribe(self.mesh.sweep)
         hooks.sweep.subscribe(self.routing.sweep)
+        hooks.sweep.subscribe(self.receipts.sweep)
         hooks.sweep.subscribe(self.files.sweep)
 
     # --- shell API -------------------------------------------------------------------------------
@@ -173,6 +178,7 @@ class ServerState:
         self.links.detector.timer_fired(now, self.out.log, processed_until=processed_until)
         self.mesh.handle_timer(now)
         self.presence.handle_timer(now)
+        self.routing.handle_timer(now)
         self.mesh.heartbeat(now)
 
     def next_deadline(self) -> int:
@@ -184,6 +190,8 @@ class ServerState:
         deadlines = [self.mesh.next_deadline(), self.presence.next_deadline()]
         if (liveness := self.links.next_deadline()) is not None:
             deadlines.append(liveness)
+        if (receipts := self.routing.next_deadline()) is not None:
+            deadlines.append(receipts)
         due = min(deadlines)
         self.links.detector.promised(due)
         return due
@@ -249,6 +257,8 @@ class ServerState:
             "replay_refused": self.replay.refused, "legacy_interop": self.settings.legacy_interop,
             "admission": self.settings.admission, "refused_admissions": self.mesh.refused_admissions,
             "refused_adverts": self.presence.refused_adverts, "refused_deliveries": self.routing.refused_deliveries,
+            "receipts": {"in_flight": self.receipts.in_flight, "resent": self.receipts.resent,
+                         "timed_out": self.receipts.timed_out},
         }
 
     def registration(self, user_id: str) -> Registration | None:

@@ -92,6 +92,10 @@ class FileSigner(Protocol):
         """The FILE_START ``content_sig``."""
         ...
 
+    def next_ts(self, now: int) -> int:
+        """A ``ts`` of its own for the next frame (see :meth:`LocalUser.next_ts`)."""
+        ...
+
     def frame(self, frame_type: FrameType, to: str, now: int, payload: dict[str, Any], *,
               signed: bool = False) -> OutboundFrame:
         """A frame from the sender, ready to send."""
@@ -101,12 +105,24 @@ class FileSigner(Protocol):
 class LocalUser:
     """This user: its id and key pair. Signs, decrypts and builds frames for the session's components."""
 
-    __slots__ = ("_key", "pubkey", "user_id")
+    __slots__ = ("_key", "_last_ts", "pubkey", "user_id")
 
     def __init__(self, user_id: str, key: crypto.PrivateKey) -> None:
         self.user_id = user_id
         self._key = key
         self.pubkey = crypto.encode_public_key(key.public_key())
+        self._last_ts = 0
+
+    def next_ts(self, now: int) -> int:
+        """A ``ts`` for a new content frame: ``now``, or one past the previous one when ``now`` is not later
+        (within a second: a clock set back further is believed).
+
+        So two frames to the same recipient do not share a ``msg_ref`` (it names the frame in receipts and
+        errors), even within one millisecond; sign with this ``ts`` and build the frame with it.
+        """
+        last = self._last_ts
+        self._last_ts = last + 1 if last - 1000 < now <= last else now
+        return self._last_ts
 
     def frame(self, frame_type: FrameType, to: str, now: int, payload: dict[str, Any], *,
               signed: bool = False) -> OutboundFrame:
@@ -136,6 +152,11 @@ class LocalUser:
     def decrypt(self, ciphertext: str, max_blocks: int) -> bytes:
         """RSA-OAEP decryption with this user's key; raises :class:`socp.errors.CryptoError`."""
         return crypto.rsa_decrypt(self._key, ciphertext, max_blocks)
+
+    def unwrap_file_key(self, wrapped: str) -> bytes:
+        """A hybrid file key wrapped for this user (FILE_START ``wrapped_key``); raises
+        :class:`socp.errors.CryptoError`."""
+        return crypto.unwrap_file_key(self._key, wrapped)
 
 
 def admit(replay: ReplayCache, frame: Envelope, now: int, what: str) -> bool:

@@ -38,9 +38,10 @@ class DirectMessages:
             raise TooLarge(f"message of {size} bytes exceeds {crypto.MAX_DIRECT_BLOCKS * crypto.OAEP_MAX_PLAINTEXT} "
                            "bytes; send it as a file", fatal=False)
         ciphertext = crypto.rsa_encrypt(recipient_key, text.encode("utf-8"))
+        ts = self._user.next_ts(now)  # a msg_ref of its own, even for two messages in one millisecond
         payload = {"ciphertext": ciphertext, "sender_pub": self._user.pubkey,
-                   "content_sig": self._user.sign_direct(ciphertext, recipient, now)}
-        return self._user.frame(FrameType.MSG_DIRECT, recipient, now, payload, signed=True)
+                   "content_sig": self._user.sign_direct(ciphertext, recipient, ts)}
+        return self._user.frame(FrameType.MSG_DIRECT, recipient, ts, payload, signed=True)
 
     def on_deliver(self, frame: Envelope, now: int) -> list[ClientEvent]:
         """USER_DELIVER: a direct message for us, relayed by the server."""

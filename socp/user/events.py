@@ -48,9 +48,11 @@ class UserOnline:
 
 @dataclass(frozen=True, slots=True)
 class UserOffline:
-    """A user went offline (removed by the server it was attached to)."""
+    """A user went offline (removed by the server it was attached to), or became unreachable: ``unreachable``
+    when our server says the user's server stopped answering (``USER_REMOVE.reason``)."""
 
     record: UserRecord
+    unreachable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +213,35 @@ class Acked:
 
 
 @dataclass(frozen=True, slots=True)
+class Delivered:
+    """A delivery receipt: the recipient's server handed our frame ``msg_ref`` to the recipient's connection.
+
+    For file frames (FILE_START / FILE_CHUNK / FILE_END) ``file_id`` and ``index`` (chunks only) say which.
+    Reported only when our server announced the ``delivery_receipts`` extension (WIRE §7).
+    """
+
+    msg_ref: str
+    file_id: str | None = None
+    index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFailed:
+    """Our frame ``msg_ref`` will not be delivered, or its fate is unknown: the outcome of a tracked send.
+
+    ``code`` is the server's ERROR code (``USER_NOT_FOUND``, ``TIMEOUT``, …), ``TIMEOUT`` when no receipt came
+    within the client's own bound, or ``CONNECTION_LOST`` when our connection ended first (the message may or
+    may not have arrived). ``file_id`` / ``index`` as in :class:`Delivered`.
+    """
+
+    msg_ref: str
+    code: str
+    reason: str
+    file_id: str | None = None
+    index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class FrameRejected:
     """A frame from the server was refused and ignored; ``reason`` says why."""
 
@@ -234,5 +265,6 @@ class DuplicateDelivery:
 
 ClientEvent = (Welcomed | HelloReaddressed | ServerKeyChanged | UserOnline | UserOffline | UserList | DirectMessage
                | ServerError | Acked | FrameRejected | PublicMessage | PublicMessageUnreadable | PublicKeyReceived
-               | FileIncoming | FileProgress | FileReceived | FileRejected | DirectoryEntry | DuplicateDelivery)
+               | FileIncoming | FileProgress | FileReceived | FileRejected | DirectoryEntry | DuplicateDelivery
+               | Delivered | DeliveryFailed)
 """Everything :meth:`socp.user.UserSession.receive_text` reports."""

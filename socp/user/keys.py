@@ -186,7 +186,7 @@ class PeerDirectory:
         if removed is None:
             return []
         self._member_left(removed.user_id)
-        return [UserOffline(removed)]
+        return [UserOffline(removed, frame.payload.get("reason") == "server_unreachable")]
 
     def on_list(self, frame: Envelope) -> list[ClientEvent]:
         """LIST_RESPONSE: the directory becomes exactly the usable entries listed."""

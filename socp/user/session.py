@@ -46,13 +46,13 @@ from socp import crypto
 from socp import envelope as env
 from socp.envelope import BROADCAST, Envelope, FrameType
 from socp.errors import BadKey, ProtocolError, SocpError, UnknownType
+from socp.features import CLIENT_FEATURES, Feature, wire_list
 from socp.presence import Directory, UserRecord, meta_of
 from socp.replay import DEFAULT_WINDOW_MS, ReplayCache
 from socp.settings import DEFAULT_MAX_FILE_BYTES
 from socp.user.common import LocalUser, OutboundFrame, Rejected, logger
 from socp.user.direct import DirectMessages
 from socp.user.events import (
-    Acked,
     ClientEvent,
     DirectoryEntry,
     FrameRejected,
@@ -61,9 +61,10 @@ from socp.user.events import (
     ServerKeyChanged,
     Welcomed,
 )
-from socp.user.files import FileTransfers, OutgoingFile
+from socp.user.files import FileSource, FileTransfers, OutgoingFile, SinkFactory
 from socp.user.keys import PeerDirectory
 from socp.user.public import PublicChannel
+from socp.user.receipts import Receipts
 
 CLIENT_NAME = "socp-testbed/0.1"
 """The ``client`` field of our USER_HELLO."""
@@ -183,6 +184,7 @@ class Parts:
     direct: DirectMessages
     public: PublicChannel
     files: FileTransfers
+    receipts: Receipts
 
 
 Handler = Callable[[Parts, Envelope, int], list[ClientEvent]]
@@ -198,6 +200,13 @@ class Route:
     """Whether the pinned server key must have signed the frame; only frames before the pin cannot be."""
 
 
+def _welcome(parts: Parts, frame: Envelope) -> list[ClientEvent]:
+    events = parts.link.on_welcome(frame)
+    if parts.link.state is SessionState.WELCOMED:
+        parts.receipts.on_welcome(frame.payload)
+    return events
+
+
 def _ignore(parts: Parts, frame: Envelope, now: int) -> list[ClientEvent]:
     logger.debug("ignoring %s (not handled by this client yet)", frame.type)
     return []
@@ -208,14 +217,14 @@ _IGNORED: Final = Route(_ignore)
 
 ROUTES: Final[Mapping[SessionState, Mapping[FrameType, Route]]] = {
     SessionState.AWAITING_ACK: {
-        FrameType.ACK: Route(lambda p, frame, now: p.link.on_welcome(frame), verified=False),
+        FrameType.ACK: Route(lambda p, frame, now: _welcome(p, frame), verified=False),
         # Nothing is pinned yet, so an early ERROR cannot be authenticated; surface it all the same,
         # it usually explains why we are not welcome (NAME_IN_USE, BAD_KEY, …).
         FrameType.ERROR: Route(lambda p, frame, now: early_error(p, frame), verified=False),
     },
     SessionState.WELCOMED: {
-        FrameType.ACK: Route(lambda p, frame, now: [Acked(frame.payload["msg_ref"])]),
-        FrameType.ERROR: Route(lambda p, frame, now: [server_error(frame)]),
+        FrameType.ACK: Route(lambda p, frame, now: [p.receipts.on_ack(frame.payload)]),
+        FrameType.ERROR: Route(lambda p, frame, now: [p.receipts.on_error(server_error(frame))]),
         FrameType.USER_ADVERTISE: Route(lambda p, frame, now: p.peers.on_advertise(frame)),
         FrameType.USER_REMOVE: Route(lambda p, frame, now: p.peers.on_remove(frame)),
         FrameType.LIST_RESPONSE: Route(lambda p, frame, now: p.peers.on_list(frame)),
@@ -248,7 +257,8 @@ class UserSession:
     def __init__(self, user_id: str, key: crypto.PrivateKey, meta: Mapping[str, Any],
                  expected_server_pub: str | None = None, *, replay_window_ms: int = DEFAULT_WINDOW_MS,
                  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, login_nonce: str | None = None,
-                 server_id: str | None = None, known_users: Mapping[str, tuple[str, str]] | None = None) -> None:
+                 server_id: str | None = None, known_users: Mapping[str, tuple[str, str]] | None = None,
+                 hybrid_files: bool = True, replay: ReplayCache | None = None) -> None:
         self._user = LocalUser(user_id, key)
         self.user_id = user_id
         self.pubkey = self._user.pubkey
@@ -258,13 +268,18 @@ class UserSession:
         self._login_nonce = login_nonce
         # Only verified messages are deduplicated: a replayed delivery would show a message twice, while a
         # replayed advert or list merely restates what the (trusted) server already said.
-        replay = ReplayCache(replay_window_ms)
+        # A new connection of the same user may share its predecessor's cache (``replay``): a server that
+        # restarted forgot what it delivered before, and may deliver it again (delivery receipts resend).
+        replay = replay if replay is not None else ReplayCache(replay_window_ms)
+        self.replay = replay
+        """The deliveries seen (verified), for a later session of the same user to carry on."""
         peers = PeerDirectory()
         public = PublicChannel(self._user, peers, replay)
         peers.on_member_left(public.member_left)
         self._parts = Parts(ServerLink(peers, expected_pub, server_id), peers,
                             DirectMessages(self._user, peers, replay), public,
-                            FileTransfers(self._user, peers, public, replay, max_file_bytes))
+                            FileTransfers(self._user, peers, public, replay, max_file_bytes, hybrid=hybrid_files),
+                            Receipts())
         peers.preload(known_users or {})
 
     # --- read-only views -------------------------------------------------------------------------
@@ -302,6 +317,19 @@ class UserSession:
     @max_file_bytes.setter
     def max_file_bytes(self, value: int) -> None:
         self._parts.files.max_file_bytes = value
+
+    @property
+    def file_sinks(self) -> SinkFactory:
+        """Opens where an accepted incoming file streams to (default: memory; a shell writes to disk)."""
+        return self._parts.files.sinks
+
+    @file_sinks.setter
+    def file_sinks(self, value: SinkFactory) -> None:
+        self._parts.files.sinks = value
+
+    def takes_hybrid_files(self, user_id: str) -> bool:
+        """Whether a dm file to ``user_id`` goes as hybrid chunks (both of us announced the extension)."""
+        return self._parts.files.peer_takes_hybrid(user_id)
 
     @property
     def group_key_id(self) -> str | None:
@@ -342,8 +370,12 @@ class UserSession:
         ``"*"`` hello by naming its id (PROTOCOL.md §3.6), and a hello signed for one server is refused by any
         other.
         """
+        features = wire_list(CLIENT_FEATURES)
+        if not self._parts.files.hybrid:  # files: the plain standard only (benchmarks, tests of the fallback)
+            features.remove(Feature.HYBRID_FILE_CHUNKS.value)
+        meta = {**self.meta, "features": features}
         payload: dict[str, Any] = {"client": CLIENT_NAME, "pubkey": self.pubkey, "enc_pubkey": self.pubkey,
-                                   "meta": dict(self.meta)}
+                                   "meta": meta}
         if self._login_nonce is not None:
             payload["login_nonce"] = self._login_nonce
         link = self._parts.link
@@ -366,7 +398,9 @@ class UserSession:
         Raises :class:`UserNotFound` when ``recipient`` is not in the directory (its key is unknown).
         """
         self._parts.link.require_welcomed("MSG_DIRECT")
-        return self._parts.direct.message(recipient, text, now)
+        frame = self._parts.direct.message(recipient, text, now)
+        self._parts.receipts.track(frame.msg_ref, now)
+        return frame
 
     def public_message(self, text: str, now: int) -> list[OutboundFrame]:
         """Frames that send ``text`` to the public channel: key shares when needed, then MSG_PUBLIC_CHANNEL.
@@ -378,12 +412,14 @@ class UserSession:
         self._parts.link.require_welcomed("MSG_PUBLIC_CHANNEL")
         return self._parts.public.message(text, now)
 
-    def send_file(self, recipient: str, name: str, data: bytes, now: int, *, file_id: str | None = None
-                  ) -> OutgoingFile:
+    def send_file(self, recipient: str, name: str, data: bytes | FileSource, now: int, *,
+                  file_id: str | None = None) -> OutgoingFile:
         """An :class:`OutgoingFile` carrying ``data`` as ``name`` to ``recipient`` (a user id, or ``"public"``).
 
-        dm mode encrypts each chunk with RSA-OAEP under the recipient's key; public mode with AES-GCM under our
-        public-channel key (shared first with members who lack it). Raises :class:`UserNotFound` for an
+        dm mode encrypts each chunk with RSA-OAEP under the recipient's key, or, when the recipient announced
+        the hybrid file chunks extension, with AES-256-GCM under a file key wrapped for it; public mode with
+        AES-GCM under our public-channel key (shared first with members who lack it). ``data`` may be a
+        :class:`socp.user.files.FileSource`, read one chunk at a time. Raises :class:`UserNotFound` for an
         unknown recipient, :class:`TooLarge` above :attr:`max_file_bytes` and :class:`BadFrame` for an
         unusable name.
         """
@@ -395,6 +431,37 @@ class UserSession:
         self._parts.link.require_welcomed("DIRECTORY_QUERY")
         payload = {"user_id": user_id} if user_id is not None else {"login": login or ""}
         return self._user.frame(FrameType.DIRECTORY_QUERY, self._parts.link.to_server(), now, payload)
+
+    # --- delivery outcomes (the delivery_receipts extension) ----------------------------------------
+
+    @property
+    def receipts_enabled(self) -> bool:
+        """True when the server announced delivery receipts: each direct message then ends as
+        :class:`Delivered` or :class:`DeliveryFailed`."""
+        return self._parts.receipts.enabled
+
+    @property
+    def pending_deliveries(self) -> list[str]:
+        """``msg_ref`` of the messages sent and still awaiting their outcome, oldest first."""
+        return self._parts.receipts.pending
+
+    def track_delivery(self, msg_ref: str, now: int, *, file_id: str | None = None, index: int | None = None
+                       ) -> bool:
+        """Await the outcome of a frame sent outside :meth:`direct_message` (dm file frames); False when the
+        server gives no receipts. Its ACK becomes :class:`Delivered`, its ERROR :class:`DeliveryFailed`."""
+        return self._parts.receipts.track(msg_ref, now, file_id=file_id, index=index)
+
+    def next_delivery_deadline(self) -> int | None:
+        """When :meth:`expire_deliveries` has work next (None: nothing in flight)."""
+        return self._parts.receipts.next_deadline()
+
+    def expire_deliveries(self, now: int) -> list[ClientEvent]:
+        """:class:`DeliveryFailed` (``TIMEOUT``) for every message whose outcome is overdue."""
+        return self._parts.receipts.expire(now)
+
+    def abandon_deliveries(self, reason: str) -> list[ClientEvent]:
+        """The connection ended: :class:`DeliveryFailed` (``CONNECTION_LOST``) for every message in flight."""
+        return self._parts.receipts.abandon(reason)
 
     def expire_transfers(self, now: int) -> list[ClientEvent]:
         """Discard incoming files that stalled for :data:`socp.user.files.FILE_IDLE_MS`; one

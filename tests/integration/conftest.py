@@ -14,8 +14,8 @@ from tests.keypool import KeyPool
 
 __all__ = ["FIRST_USER_KEY", "pool_prepare"]
 
-# Pool key indexes: nodes take 0..4, users FIRST_USER_KEY upwards (tests/clients.py).
-NODE_KEYS = {"introducer": 0, "peer1": 1, "peer2": 2, "peer3": 3, "peer4": 4}
+# Pool key indexes: nodes take 0..5, users FIRST_USER_KEY upwards (tests/clients.py).
+NODE_KEYS = {"introducer": 0, "peer1": 1, "peer2": 2, "peer3": 3, "peer4": 4, "peer5": 5}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -18,7 +18,7 @@ from tests.keypool import KeyPool
 SCENARIOS = Path(__file__).parents[2] / "testbed" / "scenarios"
 
 
-@pytest.mark.parametrize("name", ["smoke", "churn", "node-crash"])
+@pytest.mark.parametrize("name", ["smoke", "churn", "node-crash", "crash-in-flight"])
 async def test_scenario_passes_on_local_backend(name: str, tmp_path: Path, key_pool: KeyPool) -> None:
     scenario = load_scenario(SCENARIOS / f"{name}.yaml")
     backend = LocalCluster(tmp_path / "cluster", ClusterSpec(scenario.peers, scenario.introducers, scenario.timings),
@@ -31,6 +31,7 @@ async def test_scenario_passes_on_local_backend(name: str, tmp_path: Path, key_p
     data = json.loads((tmp_path / "results" / "report.json").read_text())
     assert data["passed"] and data["steps"] and all(step["ok"] for step in data["steps"])
     assert all(d["duplicates"] == 0 and d["delivered"] == d["messages"] for d in data["delivery"])
+    assert all(d["lost"] == 0 and d["duplicates"] == 0 and d["sent"] > 0 for d in data["accounted"])
     assert (tmp_path / "results" / "junit.xml").exists()
     assert sorted(p.name for p in (tmp_path / "results" / "logs").iterdir()) == \
         sorted(f"{node}.log" for node in backend.node_names)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from socp import codec
 from socp.codec import accepted_payload_forms, b64url_decode, b64url_encode, canonical_json
 from socp.errors import BadFrame
 
@@ -85,3 +86,19 @@ def test_b64url_decode_rejects_non_strings(value: object) -> None:
 def test_b64url_decode_rejects_non_alphabet_characters(text: str) -> None:
     with pytest.raises(BadFrame):
         b64url_decode(text)
+
+
+@pytest.mark.parametrize("payload", [
+    {"ciphertext": "A-_b" * 8192, "file_id": "x", "index": 3},
+    {"outer": {"payload": {"ciphertext": "Qz09" * 8192, "z": "é"}}, "tag": "\x00socp-bulk-0\x00"},
+    {"x": "\x00socp-bulk-0\x00" + "A" * 20_000, "y": "B" * 20_000},
+    {"quote": "A" * 20_000 + '"', "slash": "B" * 20_000 + "\\", "nl": "C" * 20_000 + "\n", "del": "D" * 20_000 + "\x7f",
+     "accent": "é" * 20_000, "plain": "E" * 20_000},
+    {"list": ["A" * 20_000], "same": "A" * 20_000},
+])
+def test_dumps_is_json_dumps_also_for_bulk_strings(payload: dict[str, object]) -> None:
+    """The bulk-string fast path (file chunks) writes exactly what json.dumps writes, in every form we use."""
+    for options in ({"sort_keys": True, "separators": (",", ":"), "ensure_ascii": True},
+                    {"separators": (",", ":"), "ensure_ascii": False}, {}):
+        assert codec.dumps(payload, **options) == json.dumps(payload, **options)  # type: ignore[arg-type]
+    assert codec.canonical_json(payload) == json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()

@@ -45,12 +45,13 @@ class Pair:
 
 @pytest.fixture
 def pair(net: Net) -> Pair:
-    """alice on A; bob and carol on B (carol accepts at most 64 KiB)."""
+    """alice on A; bob and carol on B (carol accepts at most 64 KiB). bob and carol do not announce hybrid file
+    chunks, so the files here are the plain standard's (tests/unit/test_files_hybrid.py has the extension)."""
     intro = net.introducer("I")
     a, b = net.peer("A", intro, max_file_bytes=1024 * 1024), net.peer("B", intro)
     [alice] = session_users(net, a, "alice")
-    [bob] = session_users(net, b, "bob")
-    [carol] = session_users(net, b, "carol", max_file_bytes=64 * 1024)
+    [bob] = session_users(net, b, "bob", hybrid_files=False)
+    [carol] = session_users(net, b, "carol", max_file_bytes=64 * 1024, hybrid_files=False)
     return Pair(net, a, b, alice, bob, carol)
 
 
@@ -284,6 +285,9 @@ class RecordingSigner:
     def sign_file(self, file_id: str, name: str, size: int, sha256: str, to: str, ts: int) -> str:
         self.signed.append((file_id, name, size, sha256, to, ts))
         return "SIG"
+
+    def next_ts(self, now: int) -> int:
+        return now
 
     def frame(self, frame_type: FrameType, to: str, now: int, payload: dict[str, Any], *,
               signed: bool = False) -> OutboundFrame:

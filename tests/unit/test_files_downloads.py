@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from client.downloads import MAX_NAME_BYTES, SaveError, safe_file_name, save_file
+from client.downloads import MAX_NAME_BYTES, DiskSink, SaveError, safe_file_name, save_file
 
 
 @pytest.mark.parametrize(("name", "expected"), [
@@ -87,3 +87,30 @@ def test_a_folder_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_bytes(b"")
     with pytest.raises(SaveError, match="cannot create downloads folder"):
         save_file(blocker, "x", b"x")
+
+
+def test_a_streamed_file_is_written_aside_then_named_without_overwriting(tmp_path: Path) -> None:
+    folder = tmp_path / "dl"
+    (tmp_path / "passwd").write_text("outside")
+    folder.mkdir()
+    (folder / "passwd").write_text("already here")
+    sink = DiskSink(folder, "../passwd")
+    sink.write(b"abc")
+    sink.write(b"def")
+    [partial] = list(folder.glob(".socp-partial-*"))  # the content goes to a hidden temporary file meanwhile
+    assert partial.stat().st_mode & 0o777 == 0o600
+    data, path = sink.finish()
+    assert (data, path) == (b"", str(folder / "passwd (1)"))
+    assert Path(path).read_bytes() == b"abcdef"
+    assert (folder / "passwd").read_text() == "already here" and (tmp_path / "passwd").read_text() == "outside"
+    assert sorted(p.name for p in folder.iterdir()) == ["passwd", "passwd (1)"]  # no temporary file left
+
+
+def test_a_discarded_stream_leaves_nothing(tmp_path: Path) -> None:
+    sink = DiskSink(tmp_path, "x.bin")
+    sink.write(b"partial")
+    sink.discard()
+    sink.discard()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SaveError):
+        sink.write(b"more")

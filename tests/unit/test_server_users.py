@@ -12,7 +12,7 @@ from socp.actions import PeerFault, UserJoined, UserLeft, UserRegistered
 from socp.envelope import FrameType
 from socp.replay import DEFAULT_WINDOW_MS
 from tests.unit.conftest import TwoServers
-from tests.unit.harness import Net
+from tests.unit.harness import TIMINGS, Net
 
 WEAK_KEYS = [(1024, 65537), (2048, 65537), (4096, 3)]
 
@@ -34,7 +34,8 @@ def server_delivers(net: Net) -> list[str]:
 
 def test_hello_is_acknowledged_with_the_server_key(two: TwoServers) -> None:
     [ack] = two.alice.received(FrameType.ACK)
-    assert ack.payload == {"msg_ref": "USER_HELLO", "server_id": two.a.server_id, "server_pub": two.a.pubkey}
+    assert ack.payload == {"msg_ref": "USER_HELLO", "server_id": two.a.server_id, "server_pub": two.a.pubkey,
+                           "features": ["delivery_receipts"], "delivery_bound_ms": TIMINGS.delivery_bound_ms}
     assert ack.sender == two.a.server_id and ack.to == two.alice.user_id
     assert ack.verify(two.a.key.public_key())
     assert two.a.state.local_users == [two.alice.user_id]

@@ -144,7 +144,9 @@ def test_hello_is_a_signed_user_hello(keys: Keys) -> None:
     hello = env.parse(session.hello(NOW))
     assert (hello.type, hello.sender, hello.to, hello.ts) == (FrameType.USER_HELLO, ALICE, BROADCAST, NOW)
     assert dict(hello.payload) == {"client": CLIENT_NAME, "pubkey": Keys.pub(keys.alice),
-                                   "enc_pubkey": Keys.pub(keys.alice), "meta": {"display_name": "alice"}}
+                                   "enc_pubkey": Keys.pub(keys.alice),
+                                   "meta": {"display_name": "alice",
+                                            "features": ["delivery_receipts", "hybrid_file_chunks"]}}
     assert hello.verify(keys.alice.public_key())
     assert session.state is SessionState.AWAITING_ACK and not session.welcomed
     assert session.server_id is None and session.server_pub is None

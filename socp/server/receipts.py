@@ -1,0 +1,230 @@
+"""Delivery receipts between servers (the ``delivery_receipts`` extension, WIRE §7; PROTOCOL.md §7.1).
+
+**Origin side.** A user frame this server forwards (SERVER_DELIVER to a user: direct messages and file frames)
+to a server that announced the extension is kept *in flight*, keyed by its digest (the SHA-256 replay key of
+the SERVER_DELIVER, which both ends compute alike), with a deadline ``now + delivery bound`` (peer timeout +
+:data:`socp.settings.DELIVERY_GRACE_MS`). The far server's ``ACK {msg_ref, digest}`` settles it (the sender
+gets ``ACK {msg_ref}`` of its own frame); a link that dies keeps it; a link that comes back (also to a
+restarted far node) gets every frame in flight for it again, byte for byte (no new signature); a deadline
+that passes sends the sender ``ERROR TIMEOUT`` with its ``msg_ref``. While a capable server's link is down,
+the users it had stay *held* at their last location for the bound: frames to them are kept in flight (not
+refused), and go out when the link is back. A frame sent again after a link loss that the far server answers
+``USER_NOT_FOUND`` (it restarted, and its users have not reconnected yet) is *parked* rather than bounced: it
+goes out again as soon as the directory places its recipient on a linked capable server, within the same
+bound (every :data:`PARKED_POLL_MS`).
+
+**Far side.** Once a forwarded frame was handed to the recipient's connection, ``ACK {msg_ref, digest}`` goes
+back to the origin; a repeat (by digest, remembered within the replay window, bounded in count) is not
+delivered again but ACKed again.
+
+Cost: one signed ACK per forwarded frame at the far server and one signed ACK to the sender at the origin
+(O(1) per message, independent of n); resends cost no signature. Memory: one entry per frame in flight, and
+one digest per delivered frame for the replay window (at most :data:`MAX_DELIVERED`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from socp import codec
+from socp.envelope import Envelope, FrameType
+from socp.features import Feature, announced
+from socp.presence import UserRecord
+from socp.server.config import ServerSettings
+from socp.server.hooks import Local
+from socp.server.links import Link, LinkTable
+from socp.server.outbox import Outbox
+from socp.server.peers import ServerBook
+from socp.settings import delivery_bound_ms
+
+PARKED_POLL_MS: Final = 250
+"""How often parked frames look whether their recipient is back."""
+MAX_DELIVERED: Final = 200_000
+"""Digests of delivered frames a far server remembers at most (the oldest are forgotten first)."""
+
+
+def digest_of(frame: Envelope) -> str:
+    """The receipt key of a SERVER_DELIVER: its replay key (WIRE §2), base64url."""
+    return codec.b64url_encode(frame.replay_key)
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A forwarded frame awaiting its receipt."""
+
+    digest: str
+    server_id: str
+    frame: Envelope      # the signed SERVER_DELIVER, resent unchanged
+    deadline: int
+    recipient: str
+    resent: bool = False  # sent again after a link loss
+
+    @property
+    def msg_ref(self) -> str:
+        """The SERVER_DELIVER's msg_ref (routing's key for the forward)."""
+        return self.frame.msg_ref
+
+
+class Receipts:
+    """Frames in flight (origin side), frames delivered (far side), and users held while their server is away."""
+
+    def __init__(self, settings: ServerSettings, out: Outbox, links: LinkTable, book: ServerBook) -> None:
+        self._out = out
+        self._links = links
+        self._book = book
+        self._window = settings.replay_window_ms
+        self.bound_ms = delivery_bound_ms(settings.peer_timeout_ms)
+        """How long a forwarded frame waits for its receipt."""
+        self._in_flight: dict[str, InFlight] = {}   # insertion order is deadline order
+        self._delivered: dict[str, int] = {}        # digest -> forget at
+        self._held: dict[str, tuple[str, int]] = {}  # user id -> (server id, hold until)
+        self._parked: dict[str, InFlight] = {}      # digest -> frame awaiting its recipient's return
+        self._next_poll: int | None = None
+        self.resent = 0
+        """Frames sent again on a link that came back."""
+        self.timed_out = 0
+        """Frames reported to their sender as TIMEOUT."""
+
+    # --- who takes part -----------------------------------------------------------------------------
+
+    def capable(self, server_id: str) -> bool:
+        """True when ``server_id`` announced the extension."""
+        info = self._book.get(server_id)
+        return info is not None and Feature.DELIVERY_RECEIPTS in info.features
+
+    @staticmethod
+    def wants_receipts(local: Local) -> bool:
+        """True when a local user's client announced the extension (``USER_HELLO.meta.features``)."""
+        return Feature.DELIVERY_RECEIPTS in announced(local.meta)
+
+    # --- origin side ------------------------------------------------------------------------------
+
+    def held_location(self, user_id: str, now: int) -> str | None:
+        """The server a user was on when its link died, while the hold lasts; else None."""
+        held = self._held.get(user_id)
+        if held is None or held[1] <= now:
+            return None
+        return held[0]
+
+    def forward(self, server_id: str, made: Envelope, now: int, *, deadline: int | None = None,
+                resent: bool = False) -> str:
+        """Keep ``made`` (a SERVER_DELIVER to a capable server) in flight, and send it if the link is up;
+        returns its digest. ``deadline``: the bound of a frame forwarded before (a parked one)."""
+        digest = digest_of(made)
+        self._in_flight[digest] = InFlight(digest, server_id, made, now + self.bound_ms if deadline is None
+                                           else deadline, made.payload["user_id"], resent)
+        link = self._links.server_link(server_id)
+        if link is not None:
+            self._out.send(link, made)
+        return digest
+
+    def park(self, entry: InFlight, now: int) -> None:
+        """A resent frame's recipient is not (yet) back at its restarted server: wait for it, within the bound."""
+        self._parked[entry.digest] = entry
+        if self._next_poll is None:
+            self._next_poll = now + PARKED_POLL_MS
+
+    def unpark(self, now: int, location_of: Callable[[str], str | None]) -> tuple[list[tuple[InFlight, str]],
+                                                                                    list[InFlight]]:
+        """Parked frames whose recipient is on a linked capable server again (with that server), and those
+        whose bound passed; both leave the parking."""
+        if self._next_poll is None or now < self._next_poll:
+            return [], []
+        ready: list[tuple[InFlight, str]] = []
+        expired: list[InFlight] = []
+        for digest, entry in list(self._parked.items()):
+            location = location_of(entry.recipient)
+            if entry.deadline <= now:
+                expired.append(entry)
+            elif location is not None and self.capable(location) and self._links.is_linked(location):
+                ready.append((entry, location))
+            else:
+                continue
+            del self._parked[digest]
+        self._next_poll = now + PARKED_POLL_MS if self._parked else None
+        self.timed_out += len(expired)
+        return ready, expired
+
+    def settle(self, digest: str | None) -> InFlight | None:
+        """Forget a frame in flight (its receipt or a bounce came); the entry, or None if unknown."""
+        return self._in_flight.pop(digest, None) if digest is not None else None
+
+    def link_up(self, link: Link, now: int) -> None:
+        """``link_up`` subscriber: send every frame in flight for this server again; its users are no longer
+        held (its presence snapshot says who is there now)."""
+        server_id = link.peer
+        self._held = {user: held for user, held in self._held.items() if held[0] != server_id}
+        again = [entry for entry in self._in_flight.values() if entry.server_id == server_id]
+        for entry in again:
+            entry.resent = True
+            self._out.send(link, entry.frame)
+        if again:
+            self.resent += len(again)
+            self._out.log.info("sent %d frames in flight again to server %s", len(again), server_id[:8])
+
+    def link_down(self, server_id: str, dropped: list[UserRecord], now: int) -> None:
+        """``link_down`` subscriber: a capable server's users stay held at it for the bound."""
+        if not self.capable(server_id):
+            return
+        until = now + self.bound_ms
+        for record in dropped:
+            self._held[record.user_id] = (server_id, until)
+
+    def next_deadline(self) -> int | None:
+        """The earliest deadline of a frame in flight, or the next look at parked frames; None: neither.
+
+        A scan: frames in flight are few (those of the last round trip, or of one dead link's bound).
+        """
+        deadlines = [entry.deadline for entry in self._in_flight.values()]
+        if self._next_poll is not None:
+            deadlines.append(self._next_poll)
+        return min(deadlines, default=None)
+
+    def expire(self, now: int) -> list[InFlight]:
+        """Frames whose bound passed without a receipt (their senders are to be told TIMEOUT)."""
+        expired = [entry for entry in self._in_flight.values() if entry.deadline <= now]
+        for entry in expired:
+            del self._in_flight[entry.digest]
+        self.timed_out += len(expired)
+        return expired
+
+    @property
+    def in_flight(self) -> int:
+        """Frames awaiting their receipt (parked ones included)."""
+        return len(self._in_flight) + len(self._parked)
+
+    # --- far side ---------------------------------------------------------------------------------
+
+    def delivered_before(self, digest: str) -> bool:
+        """True when the frame with this digest was delivered here already (within the replay window)."""
+        return digest in self._delivered
+
+    def acknowledge(self, link: Link, frame: Envelope, digest: str, now: int) -> None:
+        """The forwarded ``frame`` reached its recipient's connection: remember it, ACK it to its origin."""
+        self._delivered.pop(digest, None)
+        self._delivered[digest] = now + self._window
+        if len(self._delivered) > MAX_DELIVERED:
+            del self._delivered[next(iter(self._delivered))]
+        self._out.send(link, self._out.make(FrameType.ACK, link.peer, now,
+                                            {"msg_ref": frame.msg_ref, "digest": digest}))
+
+    def sweep(self, now: int) -> None:
+        """``sweep`` subscriber: forget delivered digests past the replay window and holds that ended."""
+        while self._delivered:
+            digest, until = next(iter(self._delivered.items()))
+            if until > now:
+                break
+            del self._delivered[digest]
+        self._held = {user: held for user, held in self._held.items() if held[1] > now}
+
+    # --- to the sender ------------------------------------------------------------------------------
+
+    def receipt_to(self, link: Link, user_id: str, user_frame_ref: str, payload: Mapping[str, Any], now: int) -> None:
+        """``ACK {msg_ref}`` of a user's own frame to that user (file frames add ``file_id`` and ``index``)."""
+        ack: dict[str, Any] = {"msg_ref": user_frame_ref}
+        for name in ("file_id", "index"):
+            if name in payload:
+                ack[name] = payload[name]
+        self._out.send(link, self._out.make(FrameType.ACK, user_id, now, ack))

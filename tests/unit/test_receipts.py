@@ -1,0 +1,222 @@
+"""Delivery receipts (WIRE §7, PROTOCOL.md §7.1) on the fake wire: each outcome path of a forwarded message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from socp.envelope import Envelope, FrameType
+from tests.unit.harness import TIMINGS, FakeUser, Net, Node
+
+BOUND = TIMINGS.delivery_bound_ms
+
+
+@dataclass
+class Pair:
+    net: Net
+    intro: Node
+    a: Node
+    b: Node
+    alice: FakeUser
+    bob: FakeUser
+
+
+@pytest.fixture
+def pair(net: Net) -> Pair:
+    """alice (asking for receipts) on A, bob on B."""
+    intro = net.introducer("I")
+    a = net.peer("A", intro)
+    b = net.peer("B", intro)
+    alice = net.user("alice")
+    alice.meta["features"] = ["delivery_receipts"]
+    alice.connect(a)
+    bob = net.user("bob", b)
+    assert net.full_mesh(), net.describe()
+    net.run_until(lambda: bob.user_id in alice.known, 5_000, "alice learns of bob")
+    return Pair(net, intro, a, b, alice, bob)
+
+
+def receipts(user: FakeUser) -> list[str]:
+    """msg_ref of every ACK the user got (the welcome's aside)."""
+    return [f.payload["msg_ref"] for f in user.received(FrameType.ACK) if f.payload["msg_ref"] != "USER_HELLO"]
+
+
+def deliveries(user: FakeUser, sent: Envelope) -> int:
+    """Copies of ``sent`` handed to ``user``."""
+    return sum(1 for f in user.received(FrameType.USER_DELIVER)
+               if f.ts == sent.ts and f.payload["ciphertext"] == sent.payload["ciphertext"])
+
+
+def restart(net: Net, old: Node, intro: Node) -> Node:
+    """A crashed server comes back: same id, key and address, nothing else remembered."""
+    from socp.server import BootstrapEntry
+    return net.server(old.name, server_id=old.server_id, key=old.key, host=old.host, port=old.port,
+                      bootstrap=[BootstrapEntry(intro.host, intro.port, intro.pubkey)])
+
+
+def test_features_are_announced_and_learned(pair: Pair) -> None:
+    assert pair.a.state.receipts.capable(pair.b.server_id)
+    assert pair.b.state.receipts.capable(pair.a.server_id)
+    assert pair.a.state.receipts.capable(pair.intro.server_id)
+
+
+def test_a_forwarded_message_is_acked_to_its_sender_once_delivered(pair: Pair) -> None:
+    sent = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(sent)
+    assert deliveries(pair.bob, sent) == 1
+    assert receipts(pair.alice) == [sent.msg_ref]
+    assert pair.a.state.receipts.in_flight == 0
+    # One receipt from B to A per forwarded frame.
+    assert len(pair.net.packets(src="B", dst="A", frame_type="ACK")) == 1
+
+
+def test_a_local_delivery_is_acked_at_once(pair: Pair) -> None:
+    carol = pair.net.user("carol", pair.a)
+    sent = pair.alice.direct_frame(carol)
+    pair.alice.send(sent)
+    assert deliveries(carol, sent) == 1
+    assert receipts(pair.alice) == [sent.msg_ref]
+
+
+def test_no_receipts_for_a_client_that_did_not_ask(pair: Pair) -> None:
+    sent = pair.bob.direct_frame(pair.alice)
+    pair.bob.send(sent)
+    assert deliveries(pair.alice, sent) == 1
+    assert receipts(pair.bob) == []
+    assert pair.b.state.receipts.in_flight == 0
+
+
+def test_a_message_in_flight_when_the_link_dies_is_sent_again_when_it_is_back(pair: Pair) -> None:
+    net = pair.net
+    net.pause(pair.b)
+    sent = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(sent)
+    assert pair.a.state.receipts.in_flight == 1
+    net.run_until(lambda: pair.b.server_id not in pair.a.state.linked_servers, 10_000, "A drops B")
+    assert receipts(pair.alice) == [] and not pair.alice.errors()
+    net.resume(pair.b)
+    net.run_until(lambda: receipts(pair.alice) == [sent.msg_ref], BOUND, "the receipt after the link is back")
+    assert deliveries(pair.bob, sent) == 1
+    assert pair.a.state.receipts.resent >= 1
+    assert not pair.alice.errors()
+
+
+def test_a_message_to_a_restarted_server_is_delivered_after_it_comes_back(pair: Pair) -> None:
+    net = pair.net
+    net.pause(pair.b)
+    sent = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(sent)
+    net.crash(pair.b)
+    net.paused.discard("B")
+    net.run_until(lambda: pair.b.server_id not in pair.a.state.linked_servers, 10_000, "A drops B")
+    b2 = restart(net, pair.b, pair.intro)
+    bob2 = net.users["bob"]
+    bob2.inbox.clear()
+    bob2.connect(b2, pump=False)
+    net.run_until(lambda: bool(receipts(pair.alice)) or bool(pair.alice.errors()), BOUND, "an outcome")
+    assert receipts(pair.alice) == [sent.msg_ref], pair.alice.errors()
+    assert deliveries(bob2, sent) == 1
+
+
+def test_the_sender_is_told_timeout_when_the_bound_passes(pair: Pair) -> None:
+    net = pair.net
+    net.pause(pair.b)
+    in_flight = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(in_flight)
+    net.crash(pair.b)
+    net.paused.discard("B")
+    net.run_until(lambda: pair.b.server_id not in pair.a.state.linked_servers, 10_000, "A drops B")
+    # alice was told why bob went away; while the hold lasts, a message to bob is kept too (not refused).
+    [remove] = [f for f in pair.alice.received(FrameType.USER_REMOVE) if f.payload["user_id"] == pair.bob.user_id]
+    assert remove.payload["reason"] == "server_unreachable"
+    held = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(held)
+    assert not pair.alice.errors()
+    net.run_until(lambda: len(pair.alice.errors()) == 2, BOUND + 2_000, "two TIMEOUT errors")
+    errors = pair.alice.errors()
+    assert {e.payload["code"] for e in errors} == {"TIMEOUT"}
+    assert {e.payload["msg_ref"] for e in errors} == {in_flight.msg_ref, held.msg_ref}
+    assert receipts(pair.alice) == []
+    assert pair.a.state.receipts.in_flight == 0
+    # After the hold, bob is simply unknown.
+    net.run(TIMINGS.presence_sync_interval_ms * 2)
+    late = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(late)
+    assert [e.payload["code"] for e in pair.alice.errors() if e.payload.get("msg_ref") == late.msg_ref] == \
+        ["USER_NOT_FOUND"]
+
+
+def test_a_repeat_is_acked_again_but_not_delivered_twice(pair: Pair) -> None:
+    sent = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(sent)
+    [forward] = pair.net.packets(src="A", dst="B", frame_type="SERVER_DELIVER")
+    pair.net.inject("A", "B", forward.text)
+    assert deliveries(pair.bob, sent) == 1
+    assert len(pair.net.packets(src="B", dst="A", frame_type="ACK")) == 2
+    assert receipts(pair.alice) == [sent.msg_ref]
+
+
+def test_a_recipient_gone_at_the_far_end_is_reported(pair: Pair) -> None:
+    sent = pair.alice.direct_frame(pair.bob)
+    pair.bob.disconnect(pump=False)      # B learns it first; A only after it forwarded the message
+    pair.alice.send(sent)
+    errors = pair.alice.errors("USER_NOT_FOUND")
+    assert [e.payload["msg_ref"] for e in errors] == [sent.msg_ref]
+    assert pair.a.state.receipts.in_flight == 0
+    assert receipts(pair.alice) == []
+
+
+def test_a_server_without_the_extension_gets_the_standard_behaviour(pair: Pair) -> None:
+    net = pair.net
+    # B announced nothing (another implementation): no receipts, nothing kept, nothing resent.
+    pair.a.state.book[pair.b.server_id].features = frozenset()
+    pair.b.state.book[pair.a.server_id].features = frozenset()
+    sent = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(sent)
+    assert deliveries(pair.bob, sent) == 1
+    assert receipts(pair.alice) == []
+    assert net.packets(src="B", dst="A", frame_type="ACK") == []
+    assert pair.a.state.receipts.in_flight == 0
+    net.pause(pair.b)
+    lost = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(lost)
+    net.run_until(lambda: pair.b.server_id not in pair.a.state.linked_servers, 10_000, "A drops B")
+    net.run(BOUND)
+    assert receipts(pair.alice) == [] and not pair.alice.errors("TIMEOUT")
+    assert pair.a.state.receipts.in_flight == 0
+
+
+def test_a_resent_message_waits_for_its_recipient_to_reconnect_to_the_restarted_server(pair: Pair) -> None:
+    net = pair.net
+    net.pause(pair.b)
+    sent = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(sent)
+    net.crash(pair.b)
+    net.paused.discard("B")
+    net.run_until(lambda: pair.b.server_id not in pair.a.state.linked_servers, 10_000, "A drops B")
+    b2 = restart(net, pair.b, pair.intro)
+    net.run_until(lambda: b2.server_id in pair.a.state.linked_servers, 5_000, "A links with the new B")
+    net.run(1_000)  # the resend met USER_NOT_FOUND: bob is not back yet
+    assert pair.a.state.receipts.in_flight == 1
+    assert receipts(pair.alice) == [] and not pair.alice.errors()
+    bob = net.users["bob"]
+    bob.inbox.clear()
+    bob.connect(b2)
+    net.run_until(lambda: bool(receipts(pair.alice)), 3_000, "the receipt once bob is back")
+    assert receipts(pair.alice) == [sent.msg_ref] and not pair.alice.errors()
+    assert deliveries(bob, sent) == 1
+    assert pair.a.state.receipts.in_flight == 0
+
+
+def test_a_parked_message_times_out_when_its_recipient_stays_away(pair: Pair) -> None:
+    net = pair.net
+    net.pause(pair.b)
+    sent = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(sent)
+    net.crash(pair.b)
+    net.paused.discard("B")
+    restart(net, pair.b, pair.intro)
+    net.run_until(lambda: bool(pair.alice.errors()), BOUND + 2_000, "an outcome")
+    assert [(e.payload["code"], e.payload["msg_ref"]) for e in pair.alice.errors()] == [("TIMEOUT", sent.msg_ref)]
+    assert pair.a.state.receipts.in_flight == 0
