@@ -29,8 +29,9 @@ from client.keystore import Identity
 from socp import crypto
 from socp.errors import ProtocolError
 from socp.user import ClientEvent, DirectMessage, PublicMessage
-from testbed import checks
+from testbed import checker, checks
 from testbed.backend import BackendUnsupported, ClusterBackend, ClusterSpec, create_backend
+from testbed.history import HISTORY_FILE, History, RecordedConnection
 from testbed.load import LoadTracker
 from testbed.scenario import (
     Broadcast,
@@ -97,6 +98,8 @@ class RunReport:
     """Per node and in total: CPU, memory, event-loop lag, link deaths (:meth:`LoadTracker.to_json`)."""
     load_summary: str = ""
     """The one line of :meth:`LoadTracker.summary` printed after the steps."""
+    history: dict[str, Any] = field(default_factory=dict)
+    """The checker's judgement of ``history.jsonl`` (:meth:`testbed.checker.CheckReport.to_json`)."""
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON-ready data, with the headline figures gathered up front."""
@@ -104,21 +107,26 @@ class RunReport:
         data["convergence_s"] = [s.seconds for s in self.steps if s.description.startswith("expect converged")]
         data["delivery"] = [s.data for s in self.steps if s.description.startswith("expect delivered")]
         data["traffic"] = [s.data for s in self.steps if s.description.startswith("expect traffic_delivered")]
+        data["verdict_counts"] = self.history.get("verdict_counts", {})
         return data
 
 
 class Mailbox:
     """Every event of one user's connection, kept so that several consumers can each read them all."""
 
-    def __init__(self) -> None:
+    def __init__(self, observe: Callable[[ClientEvent], ClientEvent] | None = None) -> None:
         self.events: list[ClientEvent] = []
         self._changed = asyncio.Condition()
+        self._observe = observe
+        """Sees every event first (the run's history records it and strips the confidentiality marker)."""
 
     async def pump(self, client: ClientConnection) -> None:
         """Move the client's events into the mailbox until the connection ends."""
         with contextlib.suppress(Exception):
             while True:
                 event = await client.next_event()
+                if self._observe is not None:
+                    event = self._observe(event)
                 async with self._changed:
                     self.events.append(event)
                     if len(self.events) > MAILBOX_LIMIT:
@@ -212,6 +220,10 @@ class ScenarioRunner:
         self._done = 0
         self.load = LoadTracker(backend.node_names, backend.status)
         """Every node's load, sampled from ``/status`` after each step and before the teardown."""
+        self.history = History(results_dir / HISTORY_FILE)
+        """Every client action and observation and every fault of the run (:mod:`testbed.history`)."""
+        self._names: dict[str, str] = {}
+        """User id → scripted user name."""
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -264,6 +276,13 @@ class ScenarioRunner:
         return True
 
     async def _run_step(self, index: str, step: Step) -> StepResult:
+        began = self.history.now()
+        result = await self._attempt_step(index, step)
+        self.history.record("step", at=began, index=index, description=result.description, ok=result.ok,
+                            seconds=round(result.seconds, 6))
+        return result
+
+    async def _attempt_step(self, index: str, step: Step) -> StepResult:
         start = time.monotonic()
         description = step.describe()
         try:
@@ -514,7 +533,11 @@ class ScenarioRunner:
             raise StepFailed(f"no node {node!r}; nodes are {', '.join(self.backend.node_names)}")
         if action in ("kill", "stop", "restart"):
             self.load.went_down(node)
-        await NODE_ACTIONS[action](self.backend, node)
+        self.history.record("fault", node=node, action=action, phase="begin")
+        try:
+            await NODE_ACTIONS[action](self.backend, node)
+        finally:
+            self.history.record("fault", node=node, action=action, phase="end")
         if action in ("kill", "stop", "restart"):
             # Users attached to a node that went down lost their connection.
             for user in self.users.values():
@@ -549,10 +572,18 @@ class ScenarioRunner:
         if user.online:
             raise StepFailed(f"{name} is already connected")
         user.node = node
-        user.mailbox = Mailbox()
-        user.client = await ClientConnection.connect(self.backend.url(node), user.identity,
-                                                     timeout=10 * self.factor)
-        user.pump = self._spawn(user.mailbox.pump(user.client))
+        user.mailbox = Mailbox(functools.partial(self.history.observe, name, node))
+        client = await RecordedConnection.connect(self.backend.url(node), user.identity, timeout=10 * self.factor)
+        assert isinstance(client, RecordedConnection)  # connect() builds an instance of the class it is called on
+        client.attach(self.history, name, node, self._names)
+        user.client = client
+        self.history.record("session", user=name, node=node, user_id=user.identity.user_id, state="up")
+        user.pump = self._spawn(self._pump(user, client))
+
+    async def _pump(self, user: User, client: ClientConnection) -> None:
+        await user.mailbox.pump(client)
+        # The connection ended by itself (the scenario's own closes are recorded by _close).
+        self.history.record("session", user=user.name, node=user.node, state="down", reason="connection lost")
 
     async def _identity(self, name: str) -> Identity:
         # The id and the key's index are drawn before anything is awaited: the same seed, the same users.
@@ -563,10 +594,13 @@ class ScenarioRunner:
             key = await asyncio.to_thread(self.key_source, index)  # loading an RSA key checks it: slow
         else:
             key = await asyncio.to_thread(crypto.generate_private_key)
+        self._names[user_id] = name
         return Identity(user_id, name, key)
 
     async def _close(self, user: User) -> None:
         if user.client is not None:
+            if not user.client.closed:
+                self.history.record("session", user=user.name, node=user.node, state="down", reason="closed")
             with contextlib.suppress(Exception):
                 await user.client.close()
         await _cancel(user.pump)
@@ -600,6 +634,7 @@ class ScenarioRunner:
         report.load = self.load.to_json()
         report.load_summary = self.load.summary()
         self.progress(report.load_summary)
+        self._check_history(report)
         try:
             await self.backend.stop()
         except Exception as exc:  # e.g. a Docker engine that stopped answering: say so, never a traceback
@@ -607,6 +642,19 @@ class ScenarioRunner:
             first_line = str(exc).splitlines()[0] if str(exc) else ""
             self.progress(f"teardown failed: {type(exc).__name__}: {first_line}; what is left of this run "
                           f"carries its run label (`make down` removes every run's)")
+
+
+    def _check_history(self, report: RunReport) -> None:
+        """Judge the run's history; a violated invariant fails the run, and its first offenders are printed."""
+        self.history.close()
+        judged = checker.check_history(self.history.records, late_after=checker.LATE_AFTER * self.factor)
+        report.history = judged.to_json()
+        if judged.ok:
+            self.progress(judged.summary())
+            return
+        report.passed = False
+        for line in checker.explain(judged, self.history.records, self.results_dir / "logs"):
+            self.progress(line)
 
 
 async def _count_public(cursor: Cursor, within: float, sender_id: str, text: str, marker: str) -> checks.Tally:
