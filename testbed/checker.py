@@ -453,6 +453,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--late-after", type=float, default=LATE_AFTER, metavar="S",
                         help="a delivery later than this is 'delivered late' (default %(default)g)")
     parser.add_argument("--json", action="store_true", help="print the checker's figures as JSON")
+    parser.add_argument("--html", action="store_true", help="write report.html (and timeline.png) into the run")
     parser.set_defaults(func=check_command)
 
 
@@ -462,6 +463,13 @@ def check_command(args: argparse.Namespace) -> int:
         print(f"socp-testbed: no {HISTORY_FILE} in {args.run}", file=sys.stderr)
         return 2
     report, lines = check_run(args.run, late_after=args.late_after)
+    if args.html:
+        from testbed import report_html
+
+        summary = args.run / "report.json"
+        data = json.loads(summary.read_text()) if summary.exists() else {}
+        written = report_html.write(args.run, data, read_history(args.run), report)
+        lines.append("wrote " + ", ".join(str(path) for path in written))
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

@@ -29,7 +29,7 @@ from client.keystore import Identity
 from socp import crypto
 from socp.errors import ProtocolError
 from socp.user import ClientEvent, DirectMessage, PublicMessage
-from testbed import checker, checks
+from testbed import checker, checks, report_html
 from testbed.backend import BackendUnsupported, ClusterBackend, ClusterSpec, create_backend
 from testbed.history import HISTORY_FILE, History, RecordedConnection
 from testbed.load import LoadTracker
@@ -224,6 +224,7 @@ class ScenarioRunner:
         """Every client action and observation and every fault of the run (:mod:`testbed.history`)."""
         self._names: dict[str, str] = {}
         """User id → scripted user name."""
+        self._judged: checker.CheckReport | None = None
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -246,6 +247,8 @@ class ScenarioRunner:
             self._tasks = None
             report.duration_s = round(time.monotonic() - start, 3)
             write_reports(report, self.results_dir)
+            if self._judged is not None:
+                report_html.write(self.results_dir, report.to_json(), self.history.records, self._judged)
         return report
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -648,6 +651,7 @@ class ScenarioRunner:
         """Judge the run's history; a violated invariant fails the run, and its first offenders are printed."""
         self.history.close()
         judged = checker.check_history(self.history.records, late_after=checker.LATE_AFTER * self.factor)
+        self._judged = judged
         report.history = judged.to_json()
         if judged.ok:
             self.progress(judged.summary())

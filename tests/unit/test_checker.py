@@ -159,3 +159,35 @@ def test_check_command_reads_a_run_folder(tmp_path: Path, capsys: Any) -> None:
     out = capsys.readouterr().out
     assert "1 lost silently" in out and "m-lost alice@alice-node -> bob@bob-node" in out
     assert main(["check", str(tmp_path / "nowhere")]) == 2
+
+
+def test_report_html_is_self_contained_and_names_the_offenders(tmp_path: Path) -> None:
+    from xml.dom import minidom
+
+    from testbed import report_html
+
+    s = Script()
+    users(s, "alice", "bob")
+    s.send(1.0, "m-ok", "alice", "bob")
+    s.deliver(1.2, "m-ok", "bob")
+    s.send(1.5, "m-lost", "alice", "bob")
+    s.fault(1.4, "bob-node", "kill", "begin")
+    s.fault(1.5, "bob-node", "kill", "end")
+    s.fault(4.0, "bob-node", "start", "begin")
+    s.fault(4.5, "bob-node", "start", "end")
+    s.history.record("step", at=5.0, index="7", description="expect converged within 5s", ok=True, seconds=1.0)
+    s.session(9.0, "alice", "alice-node", "down")
+    judged = s.check()
+    written = report_html.write(tmp_path, {"scenario": "demo", "backend": "local", "passed": False,
+                                           "steps": [{"index": "7", "description": "expect converged",
+                                                      "ok": True, "seconds": 1.0}]}, s.history.records, judged)
+    page = written[0].read_text()
+    assert written[0].name == "report.html"
+    assert "m-lost alice@alice-node -&gt; bob@bob-node" in page and "lost silently" in page
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
+    svg = page[page.index("<svg"):page.index("</svg>") + len("</svg>")]
+    document = minidom.parseString(svg)
+    titles = [node.data for title in document.getElementsByTagName("title") for node in title.childNodes
+              if isinstance(node, minidom.Text)]
+    assert "bob-node down 1.4-4.5s" in titles
+    assert any(title.startswith("step 7: converged in 1.00s") for title in titles)
