@@ -74,10 +74,21 @@ red cross = an offending message at its send. Hover for details.</p>
 <h2>Verdicts (deliveries owed)</h2><table>{verdict_rows}</table>
 <h2>Invariants</h2><table><tr><th>invariant</th><th></th><th>offences</th></tr>{invariant_rows}</table>
 <h2>Offending messages</h2>{'<ol>' + offender_rows + '</ol>' if offenders else '<p>none</p>'}{more}
+<h2>Confidentiality scan</h2><p>{_confidentiality(report.get('confidentiality') or {})}</p>
 <h2>Convergence</h2><p>{html.escape(convergence) or 'no expect converged step'}</p>
 <h2>Steps</h2><table>{step_rows}</table>
 </body></html>
 """
+
+
+def _confidentiality(scan: dict[str, Any]) -> str:
+    if not scan:
+        return "not run"
+    if scan.get("ok"):
+        return f"passed: the run's marker is in none of the {scan.get('files_scanned')} files the nodes left"
+    hits = "".join(f"<li><code>{html.escape(str(h['path']))}</code> at byte {h['offset']}: "
+                   f"{html.escape(str(h['encoding']))}</li>" for h in scan.get("hits", []))
+    return f"<b>FAILED</b>: the marker was found in the nodes' files<ul>{hits}</ul>"
 
 
 def timeline_svg(records: Sequence[dict[str, Any]], judged: checker.CheckReport) -> str:

@@ -29,7 +29,7 @@ from client.keystore import Identity
 from socp import crypto
 from socp.errors import ProtocolError
 from socp.user import ClientEvent, DirectMessage, PublicMessage
-from testbed import checker, checks, report_html
+from testbed import checker, checks, confscan, report_html
 from testbed.backend import BackendUnsupported, ClusterBackend, ClusterSpec, create_backend
 from testbed.history import HISTORY_FILE, History, RecordedConnection
 from testbed.load import LoadTracker
@@ -100,6 +100,8 @@ class RunReport:
     """The one line of :meth:`LoadTracker.summary` printed after the steps."""
     history: dict[str, Any] = field(default_factory=dict)
     """The checker's judgement of ``history.jsonl`` (:meth:`testbed.checker.CheckReport.to_json`)."""
+    confidentiality: dict[str, Any] = field(default_factory=dict)
+    """The confidentiality scan (:func:`testbed.confscan.report`); empty when it was turned off."""
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON-ready data, with the headline figures gathered up front."""
@@ -201,7 +203,7 @@ class ScenarioRunner:
 
     def __init__(self, scenario: Scenario, backend: ClusterBackend, results_dir: Path, *,
                  timeout_factor: float = 1.0, key_source: KeySource | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None, confidentiality_scan: bool = True) -> None:
         self.scenario = scenario
         self.backend = backend
         self.results_dir = results_dir
@@ -225,6 +227,8 @@ class ScenarioRunner:
         self._names: dict[str, str] = {}
         """User id → scripted user name."""
         self._judged: checker.CheckReport | None = None
+        self.confidentiality_scan = confidentiality_scan
+        """Search what the nodes kept for the run's marker after the teardown (:mod:`testbed.confscan`)."""
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -638,6 +642,10 @@ class ScenarioRunner:
         report.load_summary = self.load.summary()
         self.progress(report.load_summary)
         self._check_history(report)
+        if self.confidentiality_scan and self.backend.name == "docker":
+            # The nodes' databases live in volumes the teardown removes: copy them out first.
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(confscan.copy_docker_data, self.backend, self.results_dir / "data")
         try:
             await self.backend.stop()
         except Exception as exc:  # e.g. a Docker engine that stopped answering: say so, never a traceback
@@ -645,6 +653,21 @@ class ScenarioRunner:
             first_line = str(exc).splitlines()[0] if str(exc) else ""
             self.progress(f"teardown failed: {type(exc).__name__}: {first_line}; what is left of this run "
                           f"carries its run label (`make down` removes every run's)")
+        if self.confidentiality_scan:
+            self._scan_confidentiality(report)
+
+    def _scan_confidentiality(self, report: RunReport) -> None:
+        """Search the nodes' logs and data (stopped, WAL included) for the run's marker; a hit fails the run."""
+        places = [self.results_dir / "logs", self.results_dir / "data", self.backend.workdir]
+        hits, files = confscan.scan([p for p in places if p.exists()], self.history.marker)
+        report.confidentiality = confscan.report(hits, files)
+        if not hits:
+            self.progress(f"confidentiality scan: marker not found in {files} files of the nodes (logs, databases)")
+            return
+        report.passed = False
+        self.progress(f"confidentiality scan FAILED: the run's marker found {len(hits)} times in the nodes' files")
+        for hit in hits[:10]:
+            self.progress(f"  {hit.path} at byte {hit.offset}: {hit.encoding}")
 
 
     def _check_history(self, report: RunReport) -> None:
@@ -760,6 +783,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--introducers", type=int, default=None, help="number of introducers (1 or 3)")
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default results/)")
     parser.add_argument("--timeout-factor", type=float, default=1.0, help="multiply every 'within' by this")
+    parser.add_argument("--no-confidentiality-scan", dest="confidentiality_scan", action="store_false",
+                        help="do not search the nodes' logs and databases for the messages' marker afterwards")
     parser.set_defaults(func=run_command)
 
 
@@ -785,7 +810,8 @@ def run_command(args: argparse.Namespace) -> int:
     print(f"scenario {scenario.name} on {args.backend}: {scenario.peers} peers, {scenario.introducers} "
           f"introducer(s) -> {results_dir}", flush=True)
     report = asyncio.run(ScenarioRunner(scenario, backend, results_dir, timeout_factor=args.timeout_factor,
-                                        progress=lambda line: print(line, flush=True)).run())
+                                        progress=lambda line: print(line, flush=True),
+                                        confidentiality_scan=args.confidentiality_scan).run())
     failed = [step for step in report.steps if not step.ok]
     if report.passed:
         print(f"PASSED {scenario.name}: {len(report.steps)} steps in {report.duration_s:.1f}s; "
