@@ -55,6 +55,8 @@ SETTLE = 3.0
 SHOWN = 5
 """Offending messages printed when a run fails."""
 LOG_LINES_PER_NODE = 4
+TEARDOWN = "teardown"
+"""The ``reason`` of a session the runner closed after the last step: it counts as open to the end."""
 
 FAULT_OPENS = {"kill": "down", "stop": "down", "restart": "down", "pause": "paused", "partition": "partitioned"}
 """Fault action → the state it opens (at its ``begin``)."""
@@ -315,7 +317,7 @@ def _sessions(records: Iterable[dict[str, Any]]) -> dict[str, list[tuple[float, 
             continue
         if r.get("state") == "up":
             open_at[r["user"]] = (r["t"], r["node"])
-        elif r["user"] in open_at:
+        elif r["user"] in open_at and r.get("reason") != TEARDOWN:
             start, node = open_at.pop(r["user"])
             spans[r["user"]].append((start, r["t"], node))
     for user, (start, node) in open_at.items():
@@ -371,38 +373,41 @@ def _convergence(records: Iterable[dict[str, Any]], faults: list[Fault]) -> list
 # --- explaining a failure ------------------------------------------------------------------------
 
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
-_LINK_WORDS = ("link", "silent", "dead", "stalled", "refused", "ERROR", "WARNING")
+_LINK_WORDS = ("link", "silent", "dead", "stalled", "unreachable", "refused")
 
 
 def log_lines(logs: Path, verdict: Verdict, user_ids: dict[str, str], *, before: float = 1.0,
-              after: float = 3.0) -> dict[str, list[str]]:
-    """Lines of the logs of the nodes on ``verdict``'s path that bear on it.
+              after: float = 2.0) -> dict[str, list[str]]:
+    """Lines of the logs of the nodes on ``verdict``'s path that bear on it, most telling first.
 
-    A line counts when it names the message's ``msg_ref`` (nodes log it at DEBUG), or, within the message's
-    flight (from ``before`` seconds before the send to ``after`` after its end), one of its two users or a
-    link event. ``user_ids`` maps user names to ids (nodes log the first 8 characters).
+    First the lines naming the message's ``msg_ref`` (nodes log it at DEBUG), then, within the message's
+    flight (from ``before`` seconds before the send to ``after`` after its end), lines naming one of its two
+    users, then link events; at most :data:`LOG_LINES_PER_NODE` a node, in the log's order. ``user_ids`` maps
+    user names to ids (nodes log the first 8 characters).
     """
     end = verdict.sent_wall + ((verdict.delivered_t[0] - verdict.sent_t) if verdict.delivered_t else 10.0)
     names = [user_ids.get(verdict.sender, verdict.sender)[:8], user_ids.get(verdict.recipient, verdict.recipient)[:8]]
     found: dict[str, list[str]] = {}
     for node in dict.fromkeys((verdict.sender_node, verdict.recipient_node)):
-        path = logs / f"{node}.log"
         try:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            lines = (logs / f"{node}.log").read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             continue
-        chosen = []
-        for line in lines:
+        tiers: list[list[int]] = [[], [], []]
+        for number, line in enumerate(lines):
             if verdict.msg_ref in line:
-                chosen.append(line)
+                tiers[0].append(number)
                 continue
             stamp = _log_time(line)
             if stamp is None or not (verdict.sent_wall - before <= stamp <= end + after):
                 continue
-            if any(name in line for name in names) or any(word in line for word in _LINK_WORDS):
-                chosen.append(line)
+            if any(name and name in line for name in names):
+                tiers[1].append(number)
+            elif any(word in line for word in _LINK_WORDS):
+                tiers[2].append(number)
+        chosen = sorted([n for tier in tiers for n in tier][:LOG_LINES_PER_NODE])
         if chosen:
-            found[node] = chosen[:LOG_LINES_PER_NODE]
+            found[node] = [lines[n] for n in chosen]
     return found
 
 

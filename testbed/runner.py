@@ -589,8 +589,8 @@ class ScenarioRunner:
 
     async def _pump(self, user: User, client: ClientConnection) -> None:
         await user.mailbox.pump(client)
-        # The connection ended by itself (the scenario's own closes are recorded by _close).
-        self.history.record("session", user=user.name, node=user.node, state="down", reason="connection lost")
+        if user.client is client:  # it ended by itself: the scenario's own closes are recorded by _close
+            self.history.record("session", user=user.name, node=user.node, state="down", reason="connection lost")
 
     async def _identity(self, name: str) -> Identity:
         # The id and the key's index are drawn before anything is awaited: the same seed, the same users.
@@ -604,14 +604,15 @@ class ScenarioRunner:
         self._names[user_id] = name
         return Identity(user_id, name, key)
 
-    async def _close(self, user: User) -> None:
-        if user.client is not None:
-            if not user.client.closed:
-                self.history.record("session", user=user.name, node=user.node, state="down", reason="closed")
+    async def _close(self, user: User, reason: str = "closed") -> None:
+        client, user.client = user.client, None  # first: the pump then knows the end is ours (see _pump)
+        if client is not None:
+            if not client.closed:
+                self.history.record("session", user=user.name, node=user.node, state="down", reason=reason)
             with contextlib.suppress(Exception):
-                await user.client.close()
+                await client.close()
         await _cancel(user.pump)
-        user.client, user.pump = None, None
+        user.pump = None
 
     def _user(self, name: str) -> User:
         try:
@@ -633,7 +634,7 @@ class ScenarioRunner:
         if self._traffic is not None:
             await _cancel(self._traffic.task)
         for user in self.users.values():
-            await self._close(user)
+            await self._close(user, checker.TEARDOWN)
         await self.load.sample()  # what the nodes that still run say last; the others keep their last answer
         with contextlib.suppress(Exception):
             self.backend.collect_logs(self.results_dir / "logs")
