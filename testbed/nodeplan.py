@@ -37,6 +37,9 @@ class ClusterSpec:
     """Number of introducers (each peer's bootstrap file lists all of them, keys pinned)."""
     timings: Timings = field(default=FAST_TIMINGS)
     """Protocol timers of every node (short by default, so failures show within seconds)."""
+    faulty_network: bool = False
+    """Server links pass through the testbed's fault proxy (local backend), so the scenario can partition and
+    degrade them (:mod:`testbed.proxy`)."""
 
 
 @dataclass(frozen=True, slots=True)
