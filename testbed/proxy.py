@@ -9,9 +9,10 @@ The proxy tells which node dialled by finding the connecting socket's owner (``/
 process's ``/proc/<pid>/fd``; Linux), and applies the :class:`NetworkModel` to each connection:
 
 * **partition** into groups: nodes of two different listed groups cannot reach each other (a node in no
-  group reaches everyone). Bytes between them are silently discarded, as a real partition does — links die
-  by the peers' own timeout — and new connections across are accepted and black-holed. :meth:`heal` closes
-  the black-holed connections so that the nodes dial again.
+  group reaches everyone). Bytes between them are held, not forwarded, as packets a real partition drops are
+  retransmitted by TCP: a connection that outlives the partition gets them after the heal, in order, and one
+  its node gives up on (peer timeout) is closed by that node. A new connection across is accepted and not
+  connected through until the heal, so the dialler's handshake times out as it would.
 * **delay** with **jitter**, **loss** and **bandwidth**, per node (every link of the node) or per link. TCP
   cannot lose bytes, so a lost segment is what TCP makes of it: the chunk arrives a retransmission timeout
   (:data:`RETRANSMIT_S`) late. Order is kept.
@@ -105,7 +106,6 @@ class _Pipe:
     source: str | None
     target: str
     writers: list[asyncio.StreamWriter]
-    blackholed: bool = False
 
     def close(self) -> None:
         for writer in self.writers:
@@ -127,6 +127,8 @@ class ProxyNetwork:
         self._servers: dict[str, asyncio.Server] = {}
         self.ports: dict[str, int] = {}
         self._pipes: set[_Pipe] = set()
+        self._healed = asyncio.Event()
+        """Set (and replaced) whenever a partition ends: held connections look again."""
 
     async def start(self) -> None:
         """Listen for every node on a free port of 127.0.0.1."""
@@ -137,6 +139,8 @@ class ProxyNetwork:
 
     async def stop(self) -> None:
         """Stop listening and close every proxied connection."""
+        self.model.groups = []
+        self._wake()  # held connections stop waiting, and find their sockets closed
         for server in self._servers.values():
             server.close()
         for pipe in list(self._pipes):
@@ -151,18 +155,23 @@ class ProxyNetwork:
     # --- faults ----------------------------------------------------------------------------------
 
     def partition(self, groups: list[list[str]]) -> None:
-        """Separate the groups from each other (replacing any partition); connections across go silent."""
+        """Separate the groups from each other (replacing any partition): connections across hold their bytes."""
         self.model.groups = [frozenset(group) for group in groups]
-        for pipe in self._pipes:
-            if self.model.blocked(pipe.source, pipe.target):
-                pipe.blackholed = True
+        self._wake()
 
     def heal(self) -> None:
-        """End the partition; the connections it silenced are closed, so that the nodes dial again."""
+        """End the partition: held bytes flow again, held connections are connected through."""
         self.model.groups = []
-        for pipe in [p for p in self._pipes if p.blackholed]:
-            pipe.close()
-            self._pipes.discard(pipe)
+        self._wake()
+
+    def _wake(self) -> None:
+        healed, self._healed = self._healed, asyncio.Event()
+        healed.set()
+
+    async def _until_joined(self, pipe: _Pipe) -> None:
+        """Return once no partition separates the pipe's ends."""
+        while self.model.blocked(pipe.source, pipe.target):
+            await self._healed.wait()
 
     def degrade(self, effect: Effect, node: str | None = None, link: tuple[str, str] | None = None) -> None:
         """Apply ``effect`` to every link of ``node``, to one ``link``, or (neither) to every node."""
@@ -188,10 +197,7 @@ class ProxyNetwork:
         pipe = _Pipe(source, target, [writer])
         self._pipes.add(pipe)
         try:
-            if self.model.blocked(source, target):
-                pipe.blackholed = True
-                await _drain_until_closed(reader, pipe)
-                return
+            await self._until_joined(pipe)
             try:
                 up_reader, up_writer = await asyncio.open_connection(PROXY_HOST, self._targets[target]())
             except OSError:
@@ -219,9 +225,9 @@ class ProxyNetwork:
                 wait = due - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                if not pipe.blackholed:
-                    writer.write(data)
-                    await writer.drain()
+                await self._until_joined(pipe)
+                writer.write(data)
+                await writer.drain()
             with contextlib.suppress(Exception):
                 writer.close()
 
@@ -231,8 +237,6 @@ class ProxyNetwork:
                 data = await reader.read(CHUNK)
                 if not data:
                     break
-                if pipe.blackholed:
-                    continue
                 effect = self.model.effect(pipe.source, pipe.target)
                 delay = 0.0 if effect.idle else self.model.delay_of(effect, len(data))
                 last_due = max(last_due, time.monotonic() + delay)
@@ -244,14 +248,6 @@ class ProxyNetwork:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
             pipe.close()
-
-
-async def _drain_until_closed(reader: asyncio.StreamReader, pipe: _Pipe) -> None:
-    """Read and discard until the dialler gives up or :meth:`ProxyNetwork.heal` closes the connection."""
-    while pipe.blackholed:
-        data = await reader.read(CHUNK)
-        if not data:
-            return
 
 
 def _owner(port: int, listen_port: int, pids: Mapping[str, int]) -> str | None:
