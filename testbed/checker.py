@@ -58,9 +58,11 @@ LOG_LINES_PER_NODE = 4
 TEARDOWN = "teardown"
 """The ``reason`` of a session the runner closed after the last step: it counts as open to the end."""
 
-FAULT_OPENS = {"kill": "down", "stop": "down", "restart": "down", "pause": "paused", "partition": "partitioned"}
+FAULT_OPENS = {"kill": "down", "stop": "down", "restart": "down", "pause": "paused", "partition": "partitioned",
+               "degrade": "degraded"}
 """Fault action → the state it opens (at its ``begin``)."""
-FAULT_CLOSES = {"start": "down", "restart": "down", "unpause": "paused", "heal": "partitioned"}
+FAULT_CLOSES = {"start": "down", "restart": "down", "unpause": "paused", "heal": "partitioned",
+                "restore": "degraded"}
 """Fault action → the state it closes (at its ``end``); any other action is a band from its begin to its end."""
 
 

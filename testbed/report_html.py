@@ -25,7 +25,7 @@ MAX_POINTS = 6000
 VERDICT_COLOURS = {checker.DELIVERED: "#2e7d32", checker.LATE: "#f9a825", checker.DUPLICATED: "#8e24aa",
                    checker.REPORTED: "#1565c0", checker.LOST: "#d32f2f", checker.FORGED: "#000000",
                    checker.LEFT: "#9e9e9e", checker.IN_FLIGHT: "#bdbdbd"}
-FAULT_COLOURS = {"down": "#ef9a9a", "paused": "#ffe082", "partitioned": "#b39ddb"}
+FAULT_COLOURS = {"down": "#ef9a9a", "paused": "#ffe082", "partitioned": "#b39ddb", "degraded": "#90caf9"}
 
 
 def render(report: dict[str, Any], records: Sequence[dict[str, Any]], judged: checker.CheckReport) -> str:
@@ -68,7 +68,8 @@ code {{ font-size: 12px; }} svg text {{ font: 11px system-ui, sans-serif; }}
 {timeline_svg(records, judged)}
 <p>Bands: <span class=dot style='background:{FAULT_COLOURS['down']}'></span>down
 <span class=dot style='background:{FAULT_COLOURS['paused']}'></span>paused
-<span class=dot style='background:{FAULT_COLOURS['partitioned']}'></span>partitioned.
+<span class=dot style='background:{FAULT_COLOURS['partitioned']}'></span>partitioned
+<span class=dot style='background:{FAULT_COLOURS['degraded']}'></span>degraded (delay, loss).
 Points: grey = sent (on the sender's node), coloured = delivered (on the recipient's node, by verdict),
 red cross = an offending message at its send. Hover for details.</p>
 <h2>Verdicts (deliveries owed)</h2><table>{verdict_rows}</table>

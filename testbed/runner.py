@@ -29,18 +29,24 @@ from client.keystore import Identity
 from socp import crypto
 from socp.errors import ProtocolError
 from socp.user import ClientEvent, DirectMessage, PublicMessage
-from testbed import checker, checks, confscan, report_html
+from testbed import checker, checks, confscan, nemesis, report_html
 from testbed.backend import BackendUnsupported, ClusterBackend, ClusterSpec, create_backend
 from testbed.history import HISTORY_FILE, History, RecordedConnection
 from testbed.load import LoadTracker
+from testbed.proxy import Effect
 from testbed.scenario import (
     Broadcast,
     Connect,
+    Degrade,
     Disconnect,
     Expect,
+    HealNetwork,
+    Nemesis,
     NodeAction,
+    Partition,
     Reconnect,
     Repeat,
+    Restore,
     Scenario,
     ScenarioError,
     Send,
@@ -50,7 +56,7 @@ from testbed.scenario import (
     WaitHealthy,
     load_scenario,
 )
-from testbed.waiting import WaitFailed
+from testbed.waiting import Pending, WaitFailed, WaitTimeout, poll
 
 DEFAULT_WITHIN = 30.0
 CONNECT_CONCURRENCY = 8
@@ -227,6 +233,12 @@ class ScenarioRunner:
         self._names: dict[str, str] = {}
         """User id → scripted user name."""
         self._judged: checker.CheckReport | None = None
+        self._partitioned: set[str] = set()
+        """Nodes in a partition group now (their fault bands end at the heal)."""
+        self._degraded: set[str] = set()
+        self._groups: list[list[str]] = []
+        """The partition now (empty when healed)."""
+        """Nodes and links (``a-b``) with a link effect now."""
         self.confidentiality_scan = confidentiality_scan
         """Search what the nodes kept for the run's marker after the teardown (:mod:`testbed.confscan`)."""
 
@@ -552,6 +564,141 @@ class ScenarioRunner:
                     await self._close(user)
         return f"{action} {node}", {}
 
+    # --- the network (nemesis) -------------------------------------------------------------------
+
+    async def _step_partition(self, step: Partition) -> Outcome:
+        await self._partition([list(group) for group in step.groups])
+        return step.describe(), {"groups": [list(group) for group in step.groups]}
+
+    async def _partition(self, groups: list[list[str]]) -> None:
+        unknown = [node for group in groups for node in group if node not in self.backend.node_names]
+        if unknown:
+            raise StepFailed(f"no node {unknown[0]!r}; nodes are {', '.join(self.backend.node_names)}")
+        nodes = [node for group in groups for node in group]
+        await self._fault("partition", nodes, self.backend.partition_groups(groups))
+        self._partitioned.update(nodes)
+        self._groups = groups
+
+    async def _expect_partitioned(self, step: Expect, within: float) -> Outcome:
+        """Every running node links to the nodes of its own partition group and to no other (the split took)."""
+        groups = self._groups
+        if not groups:
+            raise StepFailed("no partition to expect: use 'partition: [[...], [...]]' first")
+        group_of = {node: i for i, group in enumerate(groups) for node in group}
+
+        async def split() -> bool | Pending:
+            answers = {node: await self.backend.health(node) for node in self.backend.node_names}
+            ids = {str(body.get("server_id")): node for node, (_, body) in answers.items() if body}
+            wrong = []
+            for node, (_, body) in answers.items():
+                if not body or node not in group_of:
+                    continue
+                peers = body.get("linked_servers")
+                linked = {ids.get(str(peer), str(peer)[:8]) for peer in peers} if isinstance(peers, list) else set()
+                want = {other for other in group_of if group_of[other] == group_of[node] and other != node
+                        and other in ids.values()}
+                if linked != want:
+                    wrong.append(f"{node} links {sorted(linked)}, wants {sorted(want)}")
+            return True if not wrong else Pending("; ".join(wrong))
+
+        start = time.monotonic()
+        try:
+            await poll(split, within, "every node to link only within its partition group", self.backend.diagnose())
+        except WaitTimeout as exc:
+            raise StepFailed(f"the partition did not take within {within:g}s: {exc.last}") from None
+        seconds = time.monotonic() - start
+        return f"split into {len(groups)} groups after {seconds:.2f}s", {"seconds": seconds}
+
+    async def _step_heal_network(self, step: HealNetwork) -> Outcome:
+        healed = await self._heal_network()
+        return f"healed {', '.join(healed) or 'nothing'}", {"nodes": healed}
+
+    async def _heal_network(self) -> list[str]:
+        healed = sorted(self._partitioned)
+        await self._fault("heal", healed, self.backend.heal_network())
+        self._partitioned.clear()
+        self._groups = []
+        return healed
+
+    async def _step_degrade(self, step: Degrade) -> Outcome:
+        effect = Effect(step.delay, step.jitter, step.loss, step.bandwidth)
+        link = tuple(step.link.split("-")) if step.link is not None else None
+        await self._degrade(effect, step.node, (link[0], link[1]) if link else None)
+        return step.describe(), {}
+
+    async def _degrade(self, effect: Effect, node: str | None, link: tuple[str, str] | None) -> None:
+        for name in (node, *(link or ())):
+            if name is not None and name not in self.backend.node_names:
+                raise StepFailed(f"no node {name!r}; nodes are {', '.join(self.backend.node_names)}")
+        labels = ["-".join(link)] if link else [node] if node else list(self.backend.node_names)
+        await self._fault("degrade", labels, self.backend.degrade(effect, node, link))
+        self._degraded.update(labels)
+
+    async def _step_restore(self, step: Restore) -> Outcome:
+        restored = await self._restore()
+        return f"restored {', '.join(restored) or 'nothing'}", {}
+
+    async def _restore(self) -> list[str]:
+        restored = sorted(self._degraded)
+        await self._fault("restore", restored, self.backend.restore_network())
+        self._degraded.clear()
+        return restored
+
+    async def _fault(self, action: str, nodes: list[str], work: Awaitable[None]) -> None:
+        """Do ``work``, recorded in the history as fault ``action`` on each of ``nodes``."""
+        for node in nodes:
+            self.history.record("fault", node=node, action=action, phase="begin")
+        try:
+            await work
+        finally:
+            for node in nodes:
+                self.history.record("fault", node=node, action=action, phase="end")
+
+    async def _step_nemesis(self, step: Nemesis) -> Outcome:
+        strikes = nemesis.schedule(step, self.backend.node_names, self.backend.peer_names)
+        moments = sorted([(s.at, 0, i) for i, s in enumerate(strikes)]
+                         + [(s.until, 1, i) for i, s in enumerate(strikes)])
+        start = time.monotonic()
+        undone: set[int] = set()
+        try:
+            for at, undo, i in moments:
+                # A fault schedule, not a wait for readiness: each strike is due at its time.
+                await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+                if undo:
+                    undone.add(i)
+                    await self._undo(strikes[i])
+                else:
+                    await self._strike(strikes[i])
+            await asyncio.sleep(max(0.0, start + step.duration - time.monotonic()))
+        finally:
+            for i, strike in enumerate(strikes):
+                if i not in undone and time.monotonic() - start >= strike.at:
+                    with contextlib.suppress(Exception):
+                        await self._undo(strike)
+        summary = Counter(s.fault for s in strikes)
+        return (f"{len(strikes)} faults from seed {step.seed}: " + ", ".join(f"{n} {f}" for f, n in summary.items()),
+                {"schedule": [s.describe() for s in strikes]})
+
+    async def _strike(self, strike: nemesis.Strike) -> None:
+        self.progress(f"      nemesis: {strike.describe()}")
+        if strike.fault == "partition":
+            await self._partition([list(group) for group in strike.groups])
+        elif strike.fault in nemesis.EFFECTS:
+            await self._degrade(nemesis.EFFECTS[strike.fault], strike.node, None)
+        else:
+            assert strike.node is not None
+            await self._node_action(NodeAction(action=strike.fault, node=strike.node))
+
+    async def _undo(self, strike: nemesis.Strike) -> None:
+        if strike.fault == "partition":
+            await self._heal_network()
+        elif strike.fault in nemesis.EFFECTS:
+            await self._restore()
+        else:
+            assert strike.node is not None
+            await self._node_action(NodeAction(action={"pause": "unpause", "kill": "start"}[strike.fault],
+                                               node=strike.node))
+
     # --- users -----------------------------------------------------------------------------------
 
     async def _connect_all(self, wanted: list[tuple[str, str]]) -> None:
@@ -730,6 +877,11 @@ STEP_HANDLERS: dict[type[Step], StepHandler] = {
     Expect: ScenarioRunner._step_expect,
     Traffic: ScenarioRunner._step_traffic,
     NodeAction: ScenarioRunner._node_action,
+    Partition: ScenarioRunner._step_partition,
+    HealNetwork: ScenarioRunner._step_heal_network,
+    Degrade: ScenarioRunner._step_degrade,
+    Restore: ScenarioRunner._step_restore,
+    Nemesis: ScenarioRunner._step_nemesis,
 }
 """The one dispatch table: step class → handler (``repeat`` is unrolled by :meth:`ScenarioRunner._run_steps`)."""
 
@@ -740,6 +892,7 @@ EXPECTATION_HANDLERS: dict[str, Callable[[ScenarioRunner, Expect, float], Awaita
     "received": ScenarioRunner._expect_received,
     "traffic_delivered": ScenarioRunner._expect_traffic,
     "broadcast_delivered": ScenarioRunner._expect_broadcasts,
+    "partitioned": ScenarioRunner._expect_partitioned,
 }
 """``expect: WHAT`` → handler, called with the scaled ``within``."""
 
@@ -802,7 +955,8 @@ def run_command(args: argparse.Namespace) -> int:
                             scenario.steps, scenario.source)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     results_dir = args.results / f"{scenario.name}-{stamp}"
-    spec = ClusterSpec(scenario.peers, scenario.introducers, scenario.timings)
+    spec = ClusterSpec(scenario.peers, scenario.introducers, scenario.timings,
+                       faulty_network=scenario.faulty_network)
     try:
         backend = create_backend(args.backend, results_dir / "cluster", spec)
     except (ValueError, RuntimeError) as exc:
