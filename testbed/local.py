@@ -313,19 +313,19 @@ class LocalCluster(ClusterBackend):
 
     async def partition_groups(self, groups: Sequence[Sequence[str]]) -> None:
         """Partition the server links into ``groups`` at the proxies."""
-        self._network().partition([list(group) for group in groups])
+        await self._network().partition([list(group) for group in groups])
 
     async def heal_network(self) -> None:
         """End the partition."""
-        self._network().heal()
+        await self._network().heal()
 
     async def degrade(self, effect: Effect, node: str | None = None, link: tuple[str, str] | None = None) -> None:
         """Delay, jitter, loss or bandwidth at the proxies."""
-        self._network().degrade(effect, node, link)
+        await self._network().degrade(effect, node, link)
 
     async def restore_network(self) -> None:
         """Remove every link effect."""
-        self._network().restore()
+        await self._network().restore()
 
     async def wait_healthy(self, timeout: float = 30.0) -> float:
         """Wait until every running node answers /healthz with 200 and links to every other running node."""

@@ -25,9 +25,11 @@ import contextlib
 import functools
 import os
 import random
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 CHUNK = 65536
 RETRANSMIT_S = 0.2
@@ -115,7 +117,12 @@ class _Pipe:
 
 class ProxyNetwork:
     """One proxy per node, sharing one :class:`NetworkModel`; start them before the nodes (their ports are the
-    nodes' ``--advertise-port``)."""
+    nodes' ``--advertise-port``).
+
+    The proxies run on an event loop of their own, in a thread: the orchestrator's loop signs and encrypts for
+    every scripted user, and a proxy sharing it would hold the heartbeats back long enough for the nodes to
+    declare links dead that no fault touched.
+    """
 
     def __init__(self, targets: Mapping[str, Callable[[], int]], pids: Callable[[], Mapping[str, int]],
                  seed: int = 0) -> None:
@@ -129,16 +136,42 @@ class ProxyNetwork:
         self._pipes: set[_Pipe] = set()
         self._healed = asyncio.Event()
         """Set (and replaced) whenever a partition ends: held connections look again."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
-        """Listen for every node on a free port of 127.0.0.1."""
+        """Start the proxies' thread and listen for every node on a free port of 127.0.0.1."""
+        loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=loop.run_forever, name="socp-testbed-proxy", daemon=True)
+        self._thread.start()
+        self._loop = loop
+        await self._call(self._listen())
+
+    async def stop(self) -> None:
+        """Close every proxied connection, stop listening, end the thread."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(Exception):
+            await self._call(self._close_all())
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join, 10)
+        if not thread.is_alive():
+            loop.close()
+        self._loop = self._thread = None
+
+    async def _call(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` on the proxies' loop and wait for it."""
+        assert self._loop is not None, "the proxies are not started"
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+
+    async def _listen(self) -> None:
         for node in self._targets:
             server = await asyncio.start_server(functools.partial(self._accept, node), PROXY_HOST, 0)
             self._servers[node] = server
             self.ports[node] = server.sockets[0].getsockname()[1]
 
-    async def stop(self) -> None:
-        """Stop listening and close every proxied connection."""
+    async def _close_all(self) -> None:
         self.model.groups = []
         self._wake()  # held connections stop waiting, and find their sockets closed
         for server in self._servers.values():
@@ -151,18 +184,45 @@ class ProxyNetwork:
                 async with asyncio.timeout(5):
                     await server.wait_closed()
         self._servers.clear()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    # --- faults ----------------------------------------------------------------------------------
+    # --- faults (called from the orchestrator's loop; applied on the proxies') -----------------------
 
-    def partition(self, groups: list[list[str]]) -> None:
+    async def partition(self, groups: list[list[str]]) -> None:
         """Separate the groups from each other (replacing any partition): connections across hold their bytes."""
-        self.model.groups = [frozenset(group) for group in groups]
-        self._wake()
+        async def apply() -> None:
+            self.model.groups = [frozenset(group) for group in groups]
+            self._wake()
+        await self._call(apply())
 
-    def heal(self) -> None:
+    async def heal(self) -> None:
         """End the partition: held bytes flow again, held connections are connected through."""
-        self.model.groups = []
-        self._wake()
+        async def apply() -> None:
+            self.model.groups = []
+            self._wake()
+        await self._call(apply())
+
+    async def degrade(self, effect: Effect, node: str | None = None, link: tuple[str, str] | None = None) -> None:
+        """Apply ``effect`` to every link of ``node``, to one ``link``, or (neither) to every node."""
+        async def apply() -> None:
+            if link is not None:
+                self.model.links[frozenset(link)] = effect
+            elif node is not None:
+                self.model.nodes[node] = effect
+            else:
+                for name in self._targets:
+                    self.model.nodes[name] = effect
+        await self._call(apply())
+
+    async def restore(self) -> None:
+        """Remove every delay, jitter, loss and bandwidth limit."""
+        async def apply() -> None:
+            self.model.nodes.clear()
+            self.model.links.clear()
+        await self._call(apply())
 
     def _wake(self) -> None:
         healed, self._healed = self._healed, asyncio.Event()
@@ -172,21 +232,6 @@ class ProxyNetwork:
         """Return once no partition separates the pipe's ends."""
         while self.model.blocked(pipe.source, pipe.target):
             await self._healed.wait()
-
-    def degrade(self, effect: Effect, node: str | None = None, link: tuple[str, str] | None = None) -> None:
-        """Apply ``effect`` to every link of ``node``, to one ``link``, or (neither) to every node."""
-        if link is not None:
-            self.model.links[frozenset(link)] = effect
-        elif node is not None:
-            self.model.nodes[node] = effect
-        else:
-            for name in self._targets:
-                self.model.nodes[name] = effect
-
-    def restore(self) -> None:
-        """Remove every delay, jitter, loss and bandwidth limit."""
-        self.model.nodes.clear()
-        self.model.links.clear()
 
     # --- plumbing --------------------------------------------------------------------------------
 
