@@ -383,8 +383,8 @@ def log_lines(logs: Path, verdict: Verdict, user_ids: dict[str, str], *, before:
     """Lines of the logs of the nodes on ``verdict``'s path that bear on it, most telling first.
 
     First the lines naming the message's ``msg_ref`` (nodes log it at DEBUG), then, within the message's
-    flight (from ``before`` seconds before the send to ``after`` after its end), lines naming one of its two
-    users, then link events; at most :data:`LOG_LINES_PER_NODE` a node, in the log's order. ``user_ids`` maps
+    flight (from ``before`` seconds before the send to ``after`` after its end), up to two link events, then
+    lines naming one of its two users; at most :data:`LOG_LINES_PER_NODE` a node, in the log's order. ``user_ids`` maps
     user names to ids (nodes log the first 8 characters).
     """
     end = verdict.sent_wall + ((verdict.delivered_t[0] - verdict.sent_t) if verdict.delivered_t else 10.0)
@@ -407,7 +407,11 @@ def log_lines(logs: Path, verdict: Verdict, user_ids: dict[str, str], *, before:
                 tiers[1].append(number)
             elif any(word in line for word in _LINK_WORDS):
                 tiers[2].append(number)
-        chosen = sorted([n for tier in tiers for n in tier][:LOG_LINES_PER_NODE])
+        # The message's own lines first, then up to two link events, then lines about its users.
+        picked = tiers[0][:LOG_LINES_PER_NODE]
+        picked += tiers[2][:min(2, LOG_LINES_PER_NODE - len(picked))]
+        picked += tiers[1][:LOG_LINES_PER_NODE - len(picked)]
+        chosen = sorted(picked)
         if chosen:
             found[node] = [lines[n] for n in chosen]
     return found
@@ -422,12 +426,20 @@ def _log_time(line: str) -> float | None:
     return moment.timestamp() + int(match.group(2)) / 1000
 
 
-def explain(report: CheckReport, records: Sequence[dict[str, Any]], logs: Path | None, shown: int = SHOWN
-            ) -> list[str]:
-    """The lines a failed run prints: its summary, the first offending messages, and their nodes' log lines."""
+def explain(report: CheckReport, records: Sequence[dict[str, Any]], logs: Path | None, shown: int = SHOWN,
+            *, undelivered: bool = False) -> list[str]:
+    """The lines a failed run prints: its summary, the first offending messages, and their nodes' log lines.
+
+    With ``undelivered`` (a step failed), and when no invariant names a message, the first messages that did
+    not arrive (reported to their sender, recipient left, in flight) are shown instead: they are why a
+    delivery check failed.
+    """
     lines = [report.summary()]
     user_ids = {r["user"]: r.get("user_id", "") for r in records if r["type"] == "session" and r.get("user_id")}
     offenders = report.offenders()
+    if not offenders and undelivered:
+        offenders = sorted((v for v in report.verdicts if v.verdict in (REPORTED, LEFT, IN_FLIGHT)),
+                           key=lambda v: v.sent_t)
     for verdict in offenders[:shown]:
         lines.append(f"  {verdict.line()}")
         if logs is not None:

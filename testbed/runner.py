@@ -824,11 +824,11 @@ class ScenarioRunner:
         judged = checker.check_history(self.history.records, late_after=checker.LATE_AFTER * self.factor)
         self._judged = judged
         report.history = judged.to_json()
-        if judged.ok:
+        if judged.ok and report.passed:
             self.progress(judged.summary())
             return
-        report.passed = False
-        for line in checker.explain(judged, self.history.records, self.results_dir / "logs"):
+        report.passed = report.passed and judged.ok
+        for line in checker.explain(judged, self.history.records, self.results_dir / "logs", undelivered=True):
             self.progress(line)
 
 
