@@ -191,3 +191,26 @@ def test_report_html_is_self_contained_and_names_the_offenders(tmp_path: Path) -
               if isinstance(node, minidom.Text)]
     assert "bob-node down 1.4-4.5s" in titles
     assert any(title.startswith("step 7: converged in 1.00s") for title in titles)
+
+
+def test_a_delivery_receipt_is_recorded_and_a_failed_one_reports_to_the_sender() -> None:
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class DeliveryOutcome:  # the shape issue 10's client event is expected to have
+        msg_ref: str
+        outcome: str
+        code: str | None = None
+
+    s = Script()
+    users(s, "alice", "bob")
+    s.send(1.0, "m-failed", "alice", "bob")
+    s.send(1.1, "m-claimed", "alice", "bob")
+    s.history.observe("alice", "alice-node", DeliveryOutcome("m-failed", "failed", "TIMEOUT"))  # type: ignore[arg-type]
+    s.history.observe("alice", "alice-node", DeliveryOutcome("m-claimed", "delivered"))  # type: ignore[arg-type]
+    s.session(9.0, "alice", "alice-node", "down")
+    report = s.check()
+    failed = verdict_of(report, "m-failed")
+    assert (failed.verdict, failed.code) == (checker.REPORTED, "TIMEOUT")
+    claimed = verdict_of(report, "m-claimed")
+    assert claimed.verdict == checker.LOST and "receipt" in claimed.note
