@@ -200,6 +200,8 @@ class DockerCluster(ClusterBackend):
         self._partitioned: set[str] = set()
         self._moved: dict[str, str] = {}
         """Node → the partition group network :meth:`partition_groups` moved it to."""
+        self._group_networks: dict[str, list[str]] = {}
+        """Group networks of a healed partition, still attached to their nodes (dropped at the next one)."""
         self._wanted: set[str] = set()
         """Nodes that should be running: started, and not stopped or killed through this backend since."""
 
@@ -301,6 +303,7 @@ class DockerCluster(ClusterBackend):
         self._ports.clear()
         self._partitioned.clear()
         self._moved.clear()
+        self._group_networks.clear()
 
     async def wait_healthy(self, timeout: float = 60.0) -> float:
         """Wait until every running, unpaused, connected node is healthy and linked to all the others."""
@@ -402,8 +405,12 @@ class DockerCluster(ClusterBackend):
         """Split the federation network: the first group (and any node in no group) stays on it, every other
         group moves to an internal network of its own (``<network>-part<i>``, labelled with the run), where its
         nodes still reach each other by name and nothing else. Users keep their connections (access network).
+
+        Moving a group breaks the links inside it once (they were on the federation network); they re-form on
+        the group's network within a peer timeout.
         """
         await self.heal_network()
+        await self._drop_group_networks()
         for number, group in enumerate(groups[1:], 2):
             name = f"{self.network}-part{number}"
             await asyncio.to_thread(self._create_group_network, name)
@@ -413,13 +420,24 @@ class DockerCluster(ClusterBackend):
                 self._moved[node] = name
 
     async def heal_network(self) -> None:
-        """Bring every node :meth:`partition_groups` moved back onto the federation network; remove the groups'."""
+        """Bring every node :meth:`partition_groups` moved back onto the federation network.
+
+        The group networks stay attached until the next partition (or the teardown): the links formed inside a
+        group during the partition run over them and survive the heal, as they would on a real network.
+        """
         moved, self._moved = self._moved, {}
         for node, name in moved.items():
-            await asyncio.to_thread(self._attach, name, node, False)
             await self.heal(node)
-        for name in set(moved.values()):
-            await asyncio.to_thread(self._remove_network, name)
+            self._group_networks.setdefault(name, []).append(node)
+
+    async def _drop_group_networks(self) -> None:
+        groups, self._group_networks = self._group_networks, {}
+        for name, nodes in groups.items():
+            for node in nodes:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._attach, name, node, False)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._remove_network, name)
 
     def _create_group_network(self, name: str) -> None:
         self._docker().networks.create(name, driver="bridge", internal=True, labels=compose.run_labels(self.project))
