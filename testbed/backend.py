@@ -15,11 +15,12 @@ import abc
 import asyncio
 import importlib
 import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar, Self
 
 from testbed.nodeplan import ClusterSpec, NodePlan, new_join_token, plan_nodes
+from testbed.proxy import Effect
 from testbed.waiting import DEFAULT_INTERVAL, Diagnose, Pending, poll
 
 __all__ = ["BACKENDS", "BackendUnsupported", "ClusterBackend", "ClusterSpec", "Prepare", "backend_names",
@@ -167,6 +168,24 @@ class ClusterBackend(abc.ABC):
         """Undo :meth:`partition`."""
 
     # --- what a failed wait reports --------------------------------------------------------------
+
+    # --- the network between the nodes (the nemesis) ---------------------------------------------
+
+    async def partition_groups(self, groups: Sequence[Sequence[str]]) -> None:
+        """Split the server network into ``groups`` that cannot reach each other (a node in none reaches all)."""
+        raise BackendUnsupported(f"the {self.name} backend cannot partition the network into groups")
+
+    async def heal_network(self) -> None:
+        """End any partition made by :meth:`partition_groups`."""
+        raise BackendUnsupported(f"the {self.name} backend cannot partition the network into groups")
+
+    async def degrade(self, effect: Effect, node: str | None = None, link: tuple[str, str] | None = None) -> None:
+        """Delay, jitter, loss, bandwidth on every link of ``node``, on one ``link``, or (neither) everywhere."""
+        raise BackendUnsupported(f"the {self.name} backend cannot degrade links")
+
+    async def restore_network(self) -> None:
+        """Remove every effect :meth:`degrade` applied."""
+        raise BackendUnsupported(f"the {self.name} backend cannot degrade links")
 
     @abc.abstractmethod
     async def exited_nodes(self, nodes: Iterable[str] | None = None) -> dict[str, str]:

@@ -9,11 +9,12 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: ``run`` (scenarios) plus the federation commands of :mod:`testbed.ops`."""
-    from testbed import ops, runner
+    from testbed import checker, ops, runner
 
     parser = argparse.ArgumentParser(prog="socp-testbed", description="SOCP federation testbed.")
     commands = parser.add_subparsers(dest="command", required=True)
     runner.register(commands)
+    checker.register(commands)
     ops.register(commands)
     return parser
 

@@ -29,7 +29,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +198,10 @@ class DockerCluster(ClusterBackend):
         self._client: Any = None
         self._ports: dict[str, int] = {}
         self._partitioned: set[str] = set()
+        self._moved: dict[str, str] = {}
+        """Node → the partition group network :meth:`partition_groups` moved it to."""
+        self._group_networks: dict[str, list[str]] = {}
+        """Group networks of a healed partition, still attached to their nodes (dropped at the next one)."""
         self._wanted: set[str] = set()
         """Nodes that should be running: started, and not stopped or killed through this backend since."""
 
@@ -298,6 +302,8 @@ class DockerCluster(ClusterBackend):
         self._wanted.clear()
         self._ports.clear()
         self._partitioned.clear()
+        self._moved.clear()
+        self._group_networks.clear()
 
     async def wait_healthy(self, timeout: float = 60.0) -> float:
         """Wait until every running, unpaused, connected node is healthy and linked to all the others."""
@@ -394,6 +400,56 @@ class DockerCluster(ClusterBackend):
 
         await poll(lambda: asyncio.to_thread(published), 10.0, f"{node}'s port to be published",
                    self.diagnose([node]))
+
+    async def partition_groups(self, groups: Sequence[Sequence[str]]) -> None:
+        """Split the federation network: the first group (and any node in no group) stays on it, every other
+        group moves to an internal network of its own (``<network>-part<i>``, labelled with the run), where its
+        nodes still reach each other by name and nothing else. Users keep their connections (access network).
+
+        Moving a group breaks the links inside it once (they were on the federation network); they re-form on
+        the group's network within a peer timeout.
+        """
+        await self.heal_network()
+        await self._drop_group_networks()
+        for number, group in enumerate(groups[1:], 2):
+            name = f"{self.network}-part{number}"
+            await asyncio.to_thread(self._create_group_network, name)
+            for node in group:
+                await self.partition(node)
+                await asyncio.to_thread(self._attach, name, node, True)
+                self._moved[node] = name
+
+    async def heal_network(self) -> None:
+        """Bring every node :meth:`partition_groups` moved back onto the federation network.
+
+        The group networks stay attached until the next partition (or the teardown): the links formed inside a
+        group during the partition run over them and survive the heal, as they would on a real network.
+        """
+        moved, self._moved = self._moved, {}
+        for node, name in moved.items():
+            await self.heal(node)
+            self._group_networks.setdefault(name, []).append(node)
+
+    async def _drop_group_networks(self) -> None:
+        groups, self._group_networks = self._group_networks, {}
+        for name, nodes in groups.items():
+            for node in nodes:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._attach, name, node, False)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._remove_network, name)
+
+    def _create_group_network(self, name: str) -> None:
+        self._docker().networks.create(name, driver="bridge", internal=True, labels=compose.run_labels(self.project))
+
+    def _attach(self, network: str, node: str, connect: bool) -> None:
+        if connect:
+            self._docker().networks.get(network).connect(self._container(node), aliases=[node])
+        else:
+            self._docker().networks.get(network).disconnect(self._container(node))
+
+    def _remove_network(self, name: str) -> None:
+        self._docker().networks.get(name).remove()
 
     async def exited_nodes(self, nodes: Iterable[str] | None = None) -> dict[str, str]:
         """Nodes that should run (started, not stopped or killed through this backend) whose container has

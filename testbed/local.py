@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from testbed.backend import (
     wait_mesh_healthy,
 )
 from testbed.nodeplan import NodePlan, identity_flags, node_environment, node_flags, write_bootstrap
+from testbed.proxy import Effect, ProxyNetwork
 from testbed.waiting import Diagnose, Pending, WaitTimeout, poll
 
 _LISTENING = re.compile(r"^\[(?P<id>[0-9a-f-]{36})\] Listening on ws://(?P<host>[^:]+):(?P<port>\d+)$", re.M)
@@ -222,6 +224,8 @@ class LocalCluster(ClusterBackend):
         self.bootstrap_file = workdir / "bootstrap.yaml"
         self._nodes = {plan.name: LocalNode(plan, workdir, self.command, self.spec.timings, self.bootstrap_file,
                                             extra_args, self.join_token) for plan in self.plan}
+        self.network: ProxyNetwork | None = None
+        """The fault proxies in front of every node's server links, when the spec asks for a faulty network."""
 
     @property
     def nodes(self) -> list[LocalNode]:
@@ -263,11 +267,14 @@ class LocalCluster(ClusterBackend):
                 self.prepare(node.name, node.data_dir)
         introducers = self.introducers
         identities = await asyncio.gather(*(asyncio.to_thread(node.identity) for node in introducers))
+        if self.spec.faulty_network and self.network is None:
+            await self._start_network()
         # Each introducer binds any free port and reports it; the bootstrap file grows as they come up, so the
         # k-th introducer joins the ones before it and every peer gets the full list (no port is guessed).
         for count, introducer in enumerate(introducers, 1):
             await introducer.start()
-            write_bootstrap(self.bootstrap_file, [("127.0.0.1", node.port, identity["pubkey"]) for node, identity
+            write_bootstrap(self.bootstrap_file, [("127.0.0.1", self._server_port(node), identity["pubkey"])
+                                                  for node, identity
                                                   in zip(introducers[:count], identities[:count], strict=True)])
         # The peers start together, a few at a time (each makes its key at first start unless ``prepare`` gave one).
         limit = asyncio.Semaphore(START_CONCURRENCY)
@@ -285,6 +292,44 @@ class LocalCluster(ClusterBackend):
         if failures:
             raise failures[0]
         await self.wait_healthy(self.start_timeout if timeout is None else timeout)
+
+    async def _start_network(self) -> None:
+        """Start a fault proxy per node; each node advertises its proxy's port to the other servers."""
+        def pids() -> dict[str, int]:
+            return {node.name: node.process.pid for node in self.nodes if node.process is not None and node.running}
+
+        network = ProxyNetwork({node.name: functools.partial(_port_of, node) for node in self.nodes}, pids)
+        await network.start()
+        self.network = network
+        for node in self.nodes:
+            node.extra_args = [*node.extra_args, "--advertise-port", str(network.ports[node.name])]
+
+    def _server_port(self, node: LocalNode) -> int:
+        """The port other servers dial to reach ``node``: its proxy's when there is one."""
+        return self.network.ports[node.name] if self.network is not None else node.port
+
+    def _network(self) -> ProxyNetwork:
+        if self.network is None:
+            raise BackendUnsupported("this federation was started without the fault proxy: network faults need "
+                                     "ClusterSpec(faulty_network=True) (the runner sets it for scenarios that use "
+                                     "partition groups, degrade or nemesis)")
+        return self.network
+
+    async def partition_groups(self, groups: Sequence[Sequence[str]]) -> None:
+        """Partition the server links into ``groups`` at the proxies."""
+        await self._network().partition([list(group) for group in groups])
+
+    async def heal_network(self) -> None:
+        """End the partition."""
+        await self._network().heal()
+
+    async def degrade(self, effect: Effect, node: str | None = None, link: tuple[str, str] | None = None) -> None:
+        """Delay, jitter, loss or bandwidth at the proxies."""
+        await self._network().degrade(effect, node, link)
+
+    async def restore_network(self) -> None:
+        """Remove every link effect."""
+        await self._network().restore()
 
     async def wait_healthy(self, timeout: float = 30.0) -> float:
         """Wait until every running node answers /healthz with 200 and links to every other running node."""
@@ -365,5 +410,13 @@ class LocalCluster(ClusterBackend):
         return copied
 
     async def stop(self) -> None:
-        """Stop every node (SIGTERM, then SIGKILL)."""
+        """Stop every node (SIGTERM, then SIGKILL), then the fault proxies."""
         await asyncio.gather(*(node.stop() for node in self.nodes), return_exceptions=True)
+        if self.network is not None:
+            await self.network.stop()
+            self.network = None
+
+
+def _port_of(node: LocalNode) -> int:
+    """``node``'s current server port (0 before its first start)."""
+    return node.port

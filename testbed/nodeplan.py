@@ -43,6 +43,9 @@ class ClusterSpec:
     """Protocol timers of every node (short by default, so failures show within seconds)."""
     closed: bool = True
     """A closed federation: every node gets the run's join token, and strangers are not admitted."""
+    faulty_network: bool = False
+    """Server links pass through the testbed's fault proxy (local backend), so the scenario can partition and
+    degrade them (:mod:`testbed.proxy`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ import functools
 import json
 import random
 import secrets
+import shutil
 import sys
 import time
 import uuid
@@ -29,18 +30,25 @@ from client.keystore import Identity
 from socp import crypto
 from socp.errors import ProtocolError
 from socp.user import ClientEvent, Delivered, DeliveryFailed, DirectMessage, DuplicateDelivery, PublicMessage
-from testbed import checks
+from testbed import checker, checks, confscan, nemesis, report_html
 from testbed.backend import BackendUnsupported, ClusterBackend, ClusterSpec, create_backend
+from testbed.history import HISTORY_FILE, History, RecordedConnection
 from testbed.load import LoadTracker
+from testbed.proxy import Effect
 from testbed.scenario import (
     Attack,
     Broadcast,
     Connect,
+    Degrade,
     Disconnect,
     Expect,
+    HealNetwork,
+    Nemesis,
     NodeAction,
+    Partition,
     Reconnect,
     Repeat,
+    Restore,
     Scenario,
     ScenarioError,
     Send,
@@ -51,7 +59,7 @@ from testbed.scenario import (
     WaitHealthy,
     load_scenario,
 )
-from testbed.waiting import WaitFailed
+from testbed.waiting import Pending, WaitFailed, WaitTimeout, poll
 
 DEFAULT_WITHIN = 30.0
 CONNECT_CONCURRENCY = 8
@@ -103,6 +111,10 @@ class RunReport:
     """Per node and in total: CPU, memory, event-loop lag, link deaths (:meth:`LoadTracker.to_json`)."""
     load_summary: str = ""
     """The one line of :meth:`LoadTracker.summary` printed after the steps."""
+    history: dict[str, Any] = field(default_factory=dict)
+    """The checker's judgement of ``history.jsonl`` (:meth:`testbed.checker.CheckReport.to_json`)."""
+    confidentiality: dict[str, Any] = field(default_factory=dict)
+    """The confidentiality scan (:func:`testbed.confscan.report`); empty when it was turned off."""
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON-ready data, with the headline figures gathered up front."""
@@ -112,21 +124,26 @@ class RunReport:
         data["traffic"] = [s.data for s in self.steps if s.description.startswith("expect traffic_delivered")]
         data["attacks"] = [attack for s in self.steps for attack in s.data.get("attacks", [])]
         data["accounted"] = [s.data for s in self.steps if s.description.startswith("expect traffic_accounted")]
+        data["verdict_counts"] = self.history.get("verdict_counts", {})
         return data
 
 
 class Mailbox:
     """Every event of one user's connection, kept so that several consumers can each read them all."""
 
-    def __init__(self) -> None:
+    def __init__(self, observe: Callable[[ClientEvent], ClientEvent] | None = None) -> None:
         self.events: list[ClientEvent] = []
         self._changed = asyncio.Condition()
+        self._observe = observe
+        """Sees every event first (the run's history records it and strips the confidentiality marker)."""
 
     async def pump(self, client: ClientConnection) -> None:
         """Move the client's events into the mailbox until the connection ends."""
         with contextlib.suppress(Exception):
             while True:
                 event = await client.next_event()
+                if self._observe is not None:
+                    event = self._observe(event)
                 async with self._changed:
                     self.events.append(event)
                     if len(self.events) > MAILBOX_LIMIT:
@@ -208,7 +225,7 @@ class ScenarioRunner:
 
     def __init__(self, scenario: Scenario, backend: ClusterBackend, results_dir: Path, *,
                  timeout_factor: float = 1.0, key_source: KeySource | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None, confidentiality_scan: bool = True) -> None:
         self.scenario = scenario
         self.backend = backend
         self.results_dir = results_dir
@@ -227,6 +244,19 @@ class ScenarioRunner:
         self._done = 0
         self.load = LoadTracker(backend.node_names, backend.status)
         """Every node's load, sampled from ``/status`` after each step and before the teardown."""
+        self.history = History(results_dir / HISTORY_FILE)
+        """Every client action and observation and every fault of the run (:mod:`testbed.history`)."""
+        self._names: dict[str, str] = {}
+        """User id → scripted user name."""
+        self._judged: checker.CheckReport | None = None
+        self._partitioned: set[str] = set()
+        """Nodes in a partition group now (their fault bands end at the heal)."""
+        self._degraded: set[str] = set()
+        self._groups: list[list[str]] = []
+        """The partition now (empty when healed)."""
+        """Nodes and links (``a-b``) with a link effect now."""
+        self.confidentiality_scan = confidentiality_scan
+        """Search what the nodes kept for the run's marker after the teardown (:mod:`testbed.confscan`)."""
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -249,6 +279,8 @@ class ScenarioRunner:
             self._tasks = None
             report.duration_s = round(time.monotonic() - start, 3)
             write_reports(report, self.results_dir)
+            if self._judged is not None:
+                report_html.write(self.results_dir, report.to_json(), self.history.records, self._judged)
         return report
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -279,6 +311,13 @@ class ScenarioRunner:
         return True
 
     async def _run_step(self, index: str, step: Step) -> StepResult:
+        began = self.history.now()
+        result = await self._attempt_step(index, step)
+        self.history.record("step", at=began, index=index, description=result.description, ok=result.ok,
+                            seconds=round(result.seconds, 6))
+        return result
+
+    async def _attempt_step(self, index: str, step: Step) -> StepResult:
         start = time.monotonic()
         description = step.describe()
         try:
@@ -608,7 +647,11 @@ class ScenarioRunner:
             raise StepFailed(f"no node {node!r}; nodes are {', '.join(self.backend.node_names)}")
         if action in ("kill", "stop", "restart"):
             self.load.went_down(node)
-        await NODE_ACTIONS[action](self.backend, node)
+        self.history.record("fault", node=node, action=action, phase="begin")
+        try:
+            await NODE_ACTIONS[action](self.backend, node)
+        finally:
+            self.history.record("fault", node=node, action=action, phase="end")
         if action in ("kill", "stop", "restart"):
             # Users attached to a node that went down lost their connection.
             for user in self.users.values():
@@ -635,6 +678,141 @@ class ScenarioRunner:
             raise StepFailed(f"{len(failed)}/{len(outcomes)} attacks got through: "
                              + "; ".join(f"{o.attack}: {o.observed}" for o in failed), data)
         return f"{len(outcomes)} attacks, every defence held", data
+
+    # --- the network (nemesis) -------------------------------------------------------------------
+
+    async def _step_partition(self, step: Partition) -> Outcome:
+        await self._partition([list(group) for group in step.groups])
+        return step.describe(), {"groups": [list(group) for group in step.groups]}
+
+    async def _partition(self, groups: list[list[str]]) -> None:
+        unknown = [node for group in groups for node in group if node not in self.backend.node_names]
+        if unknown:
+            raise StepFailed(f"no node {unknown[0]!r}; nodes are {', '.join(self.backend.node_names)}")
+        nodes = [node for group in groups for node in group]
+        await self._fault("partition", nodes, self.backend.partition_groups(groups))
+        self._partitioned.update(nodes)
+        self._groups = groups
+
+    async def _expect_partitioned(self, step: Expect, within: float) -> Outcome:
+        """Every running node links to the nodes of its own partition group and to no other (the split took)."""
+        groups = self._groups
+        if not groups:
+            raise StepFailed("no partition to expect: use 'partition: [[...], [...]]' first")
+        group_of = {node: i for i, group in enumerate(groups) for node in group}
+
+        async def split() -> bool | Pending:
+            answers = {node: await self.backend.health(node) for node in self.backend.node_names}
+            ids = {str(body.get("server_id")): node for node, (_, body) in answers.items() if body}
+            wrong = []
+            for node, (_, body) in answers.items():
+                if not body or node not in group_of:
+                    continue
+                peers = body.get("linked_servers")
+                linked = {ids.get(str(peer), str(peer)[:8]) for peer in peers} if isinstance(peers, list) else set()
+                want = {other for other in group_of if group_of[other] == group_of[node] and other != node
+                        and other in ids.values()}
+                if linked != want:
+                    wrong.append(f"{node} links {sorted(linked)}, wants {sorted(want)}")
+            return True if not wrong else Pending("; ".join(wrong))
+
+        start = time.monotonic()
+        try:
+            await poll(split, within, "every node to link only within its partition group", self.backend.diagnose())
+        except WaitTimeout as exc:
+            raise StepFailed(f"the partition did not take within {within:g}s: {exc.last}") from None
+        seconds = time.monotonic() - start
+        return f"split into {len(groups)} groups after {seconds:.2f}s", {"seconds": seconds}
+
+    async def _step_heal_network(self, step: HealNetwork) -> Outcome:
+        healed = await self._heal_network()
+        return f"healed {', '.join(healed) or 'nothing'}", {"nodes": healed}
+
+    async def _heal_network(self) -> list[str]:
+        healed = sorted(self._partitioned)
+        await self._fault("heal", healed, self.backend.heal_network())
+        self._partitioned.clear()
+        self._groups = []
+        return healed
+
+    async def _step_degrade(self, step: Degrade) -> Outcome:
+        effect = Effect(step.delay, step.jitter, step.loss, step.bandwidth)
+        link = tuple(step.link.split("-")) if step.link is not None else None
+        await self._degrade(effect, step.node, (link[0], link[1]) if link else None)
+        return step.describe(), {}
+
+    async def _degrade(self, effect: Effect, node: str | None, link: tuple[str, str] | None) -> None:
+        for name in (node, *(link or ())):
+            if name is not None and name not in self.backend.node_names:
+                raise StepFailed(f"no node {name!r}; nodes are {', '.join(self.backend.node_names)}")
+        labels = ["-".join(link)] if link else [node] if node else list(self.backend.node_names)
+        await self._fault("degrade", labels, self.backend.degrade(effect, node, link))
+        self._degraded.update(labels)
+
+    async def _step_restore(self, step: Restore) -> Outcome:
+        restored = await self._restore()
+        return f"restored {', '.join(restored) or 'nothing'}", {}
+
+    async def _restore(self) -> list[str]:
+        restored = sorted(self._degraded)
+        await self._fault("restore", restored, self.backend.restore_network())
+        self._degraded.clear()
+        return restored
+
+    async def _fault(self, action: str, nodes: list[str], work: Awaitable[None]) -> None:
+        """Do ``work``, recorded in the history as fault ``action`` on each of ``nodes``."""
+        for node in nodes:
+            self.history.record("fault", node=node, action=action, phase="begin")
+        try:
+            await work
+        finally:
+            for node in nodes:
+                self.history.record("fault", node=node, action=action, phase="end")
+
+    async def _step_nemesis(self, step: Nemesis) -> Outcome:
+        strikes = nemesis.schedule(step, self.backend.node_names, self.backend.peer_names)
+        moments = sorted([(s.at, 0, i) for i, s in enumerate(strikes)]
+                         + [(s.until, 1, i) for i, s in enumerate(strikes)])
+        start = time.monotonic()
+        undone: set[int] = set()
+        try:
+            for at, undo, i in moments:
+                # A fault schedule, not a wait for readiness: each strike is due at its time.
+                await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+                if undo:
+                    undone.add(i)
+                    await self._undo(strikes[i])
+                else:
+                    await self._strike(strikes[i])
+            await asyncio.sleep(max(0.0, start + step.duration - time.monotonic()))
+        finally:
+            for i, strike in enumerate(strikes):
+                if i not in undone and time.monotonic() - start >= strike.at:
+                    with contextlib.suppress(Exception):
+                        await self._undo(strike)
+        summary = Counter(s.fault for s in strikes)
+        return (f"{len(strikes)} faults from seed {step.seed}: " + ", ".join(f"{n} {f}" for f, n in summary.items()),
+                {"schedule": [s.describe() for s in strikes]})
+
+    async def _strike(self, strike: nemesis.Strike) -> None:
+        self.progress(f"      nemesis: {strike.describe()}")
+        if strike.fault == "partition":
+            await self._partition([list(group) for group in strike.groups])
+        elif strike.fault in nemesis.EFFECTS:
+            await self._degrade(nemesis.EFFECTS[strike.fault], strike.node, None)
+        else:
+            assert strike.node is not None
+            await self._node_action(NodeAction(action=strike.fault, node=strike.node))
+
+    async def _undo(self, strike: nemesis.Strike) -> None:
+        if strike.fault == "partition":
+            await self._heal_network()
+        elif strike.fault in nemesis.EFFECTS:
+            await self._restore()
+        else:
+            assert strike.node is not None
+            await self._node_action(NodeAction(action={"pause": "unpause", "kill": "start"}[strike.fault],
+                                               node=strike.node))
 
     # --- users -----------------------------------------------------------------------------------
 
@@ -665,14 +843,24 @@ class ScenarioRunner:
         user.node = node
         if user.mailbox.events:
             user.past.append(user.mailbox)
-        user.mailbox = Mailbox()
-        user.client = await ClientConnection.connect(self.backend.url(node), user.identity,
-                                                     timeout=10 * self.factor, previous=user.previous)
-        user.pump = self._spawn(user.mailbox.pump(user.client))
+        user.mailbox = Mailbox(functools.partial(self.history.observe, name, node))
+        client = await RecordedConnection.connect(self.backend.url(node), user.identity, timeout=10 * self.factor,
+                                                  previous=user.previous)
+        assert isinstance(client, RecordedConnection)  # connect() builds an instance of the class it is called on
+        client.attach(self.history, name, node, self._names)
+        user.client = client
+        self.history.record("session", user=name, node=node, user_id=user.identity.user_id, state="up")
+        user.pump = self._spawn(self._pump(user, client))
+
+    async def _pump(self, user: User, client: ClientConnection) -> None:
+        await user.mailbox.pump(client)
+        if user.client is client:  # it ended by itself: the scenario's own closes are recorded by _close
+            self.history.record("session", user=user.name, node=user.node, state="down", reason="connection lost")
 
     async def _identity(self, name: str) -> Identity:
         # The id and the key's index are drawn before anything is awaited: the same seed, the same users.
         user_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        self._names[user_id] = name
         return Identity(user_id, name, await self._new_key())
 
     async def _new_key(self) -> crypto.PrivateKey:
@@ -683,13 +871,16 @@ class ScenarioRunner:
             return await asyncio.to_thread(self.key_source, index)  # loading an RSA key checks it: slow
         return await asyncio.to_thread(crypto.generate_private_key)
 
-    async def _close(self, user: User) -> None:
-        if user.client is not None:
+    async def _close(self, user: User, reason: str = "closed") -> None:
+        client, user.client = user.client, None  # first: the pump then knows the end is ours (see _pump)
+        if client is not None:
+            if not client.closed:
+                self.history.record("session", user=user.name, node=user.node, state="down", reason=reason)
             with contextlib.suppress(Exception):
-                await user.client.close()
+                await client.close()
         await _cancel(user.pump)
-        user.previous = user.client or user.previous
-        user.client, user.pump = None, None
+        user.previous = client or user.previous
+        user.pump = None
 
     def _user(self, name: str) -> User:
         try:
@@ -711,7 +902,7 @@ class ScenarioRunner:
         if self._traffic is not None:
             await _cancel(self._traffic.task)
         for user in self.users.values():
-            await self._close(user)
+            await self._close(user, checker.TEARDOWN)
         await self.load.sample()  # what the nodes that still run say last; the others keep their last answer
         with contextlib.suppress(Exception):
             self.backend.collect_logs(self.results_dir / "logs")
@@ -719,6 +910,11 @@ class ScenarioRunner:
         report.load = self.load.to_json()
         report.load_summary = self.load.summary()
         self.progress(report.load_summary)
+        self._check_history(report)
+        if self.confidentiality_scan and self.backend.name == "docker":
+            # The nodes' databases live in volumes the teardown removes: copy them out first.
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(confscan.copy_docker_data, self.backend, self.results_dir / "data")
         try:
             await self.backend.stop()
         except Exception as exc:  # e.g. a Docker engine that stopped answering: say so, never a traceback
@@ -726,6 +922,37 @@ class ScenarioRunner:
             first_line = str(exc).splitlines()[0] if str(exc) else ""
             self.progress(f"teardown failed: {type(exc).__name__}: {first_line}; what is left of this run "
                           f"carries its run label (`make down` removes every run's)")
+        if self.confidentiality_scan:
+            self._scan_confidentiality(report)
+
+    def _scan_confidentiality(self, report: RunReport) -> None:
+        """Search the nodes' logs and data (stopped, WAL included) for the run's marker; a hit fails the run."""
+        places = [self.results_dir / "logs", self.results_dir / "data", self.backend.workdir]
+        hits, files = confscan.scan([p for p in places if p.exists()], self.history.marker)
+        report.confidentiality = confscan.report(hits, files)
+        if not hits:
+            # The copy of the containers' data (keys included) was for the scan only: a hit keeps it as evidence.
+            shutil.rmtree(self.results_dir / "data", ignore_errors=True)
+            self.progress(f"confidentiality scan: marker not found in {files} files of the nodes (logs, databases)")
+            return
+        report.passed = False
+        self.progress(f"confidentiality scan FAILED: the run's marker found {len(hits)} times in the nodes' files")
+        for hit in hits[:10]:
+            self.progress(f"  {hit.path} at byte {hit.offset}: {hit.encoding}")
+
+
+    def _check_history(self, report: RunReport) -> None:
+        """Judge the run's history; a violated invariant fails the run, and its first offenders are printed."""
+        self.history.close()
+        judged = checker.check_history(self.history.records, late_after=checker.LATE_AFTER * self.factor)
+        self._judged = judged
+        report.history = judged.to_json()
+        if judged.ok and report.passed:
+            self.progress(judged.summary())
+            return
+        report.passed = report.passed and judged.ok
+        for line in checker.explain(judged, self.history.records, self.results_dir / "logs", undelivered=True):
+            self.progress(line)
 
 
 async def _count_public(cursor: Cursor, within: float, sender_id: str, text: str, marker: str) -> checks.Tally:
@@ -775,6 +1002,11 @@ STEP_HANDLERS: dict[type[Step], StepHandler] = {
     Attack: ScenarioRunner._step_attack,
     Wait: ScenarioRunner._step_wait,
     NodeAction: ScenarioRunner._node_action,
+    Partition: ScenarioRunner._step_partition,
+    HealNetwork: ScenarioRunner._step_heal_network,
+    Degrade: ScenarioRunner._step_degrade,
+    Restore: ScenarioRunner._step_restore,
+    Nemesis: ScenarioRunner._step_nemesis,
 }
 """The one dispatch table: step class → handler (``repeat`` is unrolled by :meth:`ScenarioRunner._run_steps`)."""
 
@@ -786,6 +1018,7 @@ EXPECTATION_HANDLERS: dict[str, Callable[[ScenarioRunner, Expect, float], Awaita
     "traffic_delivered": ScenarioRunner._expect_traffic,
     "broadcast_delivered": ScenarioRunner._expect_broadcasts,
     "traffic_accounted": ScenarioRunner._expect_traffic_accounted,
+    "partitioned": ScenarioRunner._expect_partitioned,
 }
 """``expect: WHAT`` → handler, called with the scaled ``within``."""
 
@@ -830,6 +1063,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--introducers", type=int, default=None, help="number of introducers (1 or 3)")
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default results/)")
     parser.add_argument("--timeout-factor", type=float, default=1.0, help="multiply every 'within' by this")
+    parser.add_argument("--no-confidentiality-scan", dest="confidentiality_scan", action="store_false",
+                        help="do not search the nodes' logs and databases for the messages' marker afterwards")
     parser.set_defaults(func=run_command)
 
 
@@ -846,7 +1081,8 @@ def run_command(args: argparse.Namespace) -> int:
                             scenario.steps, scenario.source)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     results_dir = args.results / f"{scenario.name}-{stamp}"
-    spec = ClusterSpec(scenario.peers, scenario.introducers, scenario.timings)
+    spec = ClusterSpec(scenario.peers, scenario.introducers, scenario.timings,
+                       faulty_network=scenario.faulty_network)
     try:
         backend = create_backend(args.backend, results_dir / "cluster", spec)
     except (ValueError, RuntimeError) as exc:
@@ -855,7 +1091,8 @@ def run_command(args: argparse.Namespace) -> int:
     print(f"scenario {scenario.name} on {args.backend}: {scenario.peers} peers, {scenario.introducers} "
           f"introducer(s) -> {results_dir}", flush=True)
     report = asyncio.run(ScenarioRunner(scenario, backend, results_dir, timeout_factor=args.timeout_factor,
-                                        progress=lambda line: print(line, flush=True)).run())
+                                        progress=lambda line: print(line, flush=True),
+                                        confidentiality_scan=args.confidentiality_scan).run())
     failed = [step for step in report.steps if not step.ok]
     if report.passed:
         print(f"PASSED {scenario.name}: {len(report.steps)} steps in {report.duration_s:.1f}s; "

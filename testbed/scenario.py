@@ -44,6 +44,12 @@ arguments, checked for presence, type and range.
           steps: [...]
       - attack                                    # every hostile-peer attack (testbed.adversary), or
       - attack: {only: "forged-dm,replays"}       # some of them
+      # The network between the servers (local backend: the fault proxy, testbed.proxy):
+      - partition: [[introducer, peer1], [peer2, peer3]]   # groups that cannot reach each other
+      - heal                                      # (bare) end the partition; 'heal: peer2' is the node action
+      - degrade: {delay: 0.1, jitter: 0.02, loss: 0.05}    # every link; or node: peer2, or link: peer1-peer2
+      - restore                                   # remove every delay, jitter, loss, bandwidth limit
+      - nemesis: {seed: 3, faults: [partition, pause, delay, loss, kill], every: 5, hold: 2, duration: 60}
 """
 
 from __future__ import annotations
@@ -61,8 +67,10 @@ import yaml
 from socp.settings import FAST_TIMINGS, Timings
 
 NODE_ACTIONS = ("kill", "stop", "start", "restart", "pause", "unpause", "partition", "heal")
+NEMESIS_FAULTS = ("partition", "pause", "kill", "delay", "loss")
+"""What a ``nemesis`` step may inject (:mod:`testbed.nemesis`)."""
 EXPECTATIONS = ("converged", "delivered", "received", "traffic_delivered", "broadcast_delivered", "healthy",
-                "traffic_accounted")
+                "traffic_accounted", "partitioned")
 TOP_LEVEL = ("name", "description", "peers", "introducers", "seed", "timings", "steps")
 
 
@@ -312,8 +320,96 @@ class Repeat(Step):
         return f"repeat {self.times}x ({len(self.steps)} steps)"
 
 
+@dataclass(frozen=True, slots=True)
+class Partition(Step):
+    """``partition: [[a, b], [c, d]]``: groups of nodes that cannot reach each other (``partition: peer2`` is the
+    node action)."""
+
+    KIND: ClassVar[str] = "partition"
+    groups: tuple[tuple[str, ...], ...] = ()
+
+    def check(self) -> None:
+        """At least two non-empty groups, no node in two."""
+        names = [node for group in self.groups for node in group]
+        if len(self.groups) < 2 or not all(self.groups) or len(names) != len(set(names)):
+            raise ValueError("partition takes two or more non-empty groups of node names, each node in one group")
+
+    def describe(self) -> str:
+        """``partition introducer,peer1 | peer2,peer3``."""
+        return "partition " + " | ".join(",".join(group) for group in self.groups)
+
+
+@dataclass(frozen=True, slots=True)
+class HealNetwork(Step):
+    """``heal`` (bare): end the partition (``heal: peer2`` is the node action)."""
+
+    KIND: ClassVar[str] = "heal"
+
+
+@dataclass(frozen=True, slots=True)
+class Degrade(Step):
+    """``degrade: {delay, jitter, loss, bandwidth}`` on every link, or on ``node``'s, or on ``link: a-b``."""
+
+    KIND: ClassVar[str] = "degrade"
+    node: str | None = None
+    link: str | None = None
+    delay: float = 0.0
+    jitter: float = 0.0
+    loss: float = 0.0
+    bandwidth: float = 0.0
+    """Bytes per second (0: unlimited)."""
+
+    def check(self) -> None:
+        """Values in range, one target at most, a link names two nodes."""
+        if self.node is not None and self.link is not None:
+            raise ValueError("degrade takes 'node' or 'link', not both")
+        if self.link is not None and len(self.link.split("-")) != 2:
+            raise ValueError("degrade 'link' names two nodes, e.g. peer1-peer2")
+        if min(self.delay, self.jitter, self.loss, self.bandwidth) < 0 or self.loss > 1:
+            raise ValueError("degrade: delay, jitter, bandwidth must be >= 0 and loss between 0 and 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Restore(Step):
+    """``restore``: remove every link effect ``degrade`` applied."""
+
+    KIND: ClassVar[str] = "restore"
+
+
+@dataclass(frozen=True, slots=True)
+class Nemesis(Step):
+    """``nemesis: {seed, faults, every, hold, duration}``: a random fault schedule, the same for the same seed.
+
+    Every ``every`` seconds one of ``faults`` strikes, and is undone ``hold`` seconds later (default half of
+    ``every``), for ``duration`` seconds; then the network is healed and restored, paused nodes resumed,
+    killed nodes started again (their users stay offline: ``reconnect`` brings them back).
+    """
+
+    KIND: ClassVar[str] = "nemesis"
+    seed: int = 1
+    faults: tuple[str, ...] = ("partition", "pause", "delay", "loss")
+    every: float = 5.0
+    hold: float | None = None
+    duration: float = 60.0
+
+    def check(self) -> None:
+        """Known faults; positive times; a hold shorter than the period."""
+        unknown = [f for f in self.faults if f not in NEMESIS_FAULTS]
+        if not self.faults or unknown:
+            raise ValueError(f"nemesis faults are some of {', '.join(NEMESIS_FAULTS)}")
+        _positive("every", self.every)
+        _positive("duration", self.duration)
+        _positive("hold", self.hold)
+        if self.hold is not None and self.hold >= self.every:
+            raise ValueError("nemesis 'hold' must be shorter than 'every'")
+
+
+NETWORK_STEPS = (Partition, HealNetwork, Degrade, Restore, Nemesis)
+"""Steps that need the faulty network (:attr:`testbed.nodeplan.ClusterSpec.faulty_network` on ``local``)."""
+
 STEP_TYPES: dict[str, type[Step]] = {cls.KIND: cls for cls in (
-    Up, WaitHealthy, Connect, Disconnect, Reconnect, Send, Broadcast, Expect, Traffic, Wait, Repeat, Attack)}
+    Up, WaitHealthy, Connect, Disconnect, Reconnect, Send, Broadcast, Expect, Traffic, Wait, Repeat, Attack, Degrade,
+    Restore, Nemesis)}
 """Step name → class (node actions aside: :data:`NODE_ACTIONS`)."""
 STEP_KINDS = (*STEP_TYPES, *NODE_ACTIONS)
 """Every step name a scenario file may use."""
@@ -331,6 +427,15 @@ class Scenario:
     timings: Timings
     steps: tuple[Step, ...]
     source: Path | None = None
+
+    @property
+    def faulty_network(self) -> bool:
+        """Whether a step partitions or degrades the network (the local backend then starts its fault proxy)."""
+        def uses(steps: tuple[Step, ...]) -> bool:
+            return any(isinstance(step, NETWORK_STEPS) or (isinstance(step, Repeat) and uses(step.steps))
+                       for step in steps)
+
+        return uses(self.steps)
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -446,6 +551,14 @@ def _parse_step(raw: object, place: str, line: int, where: str, label: str) -> S
     value = raw[kind]
     siblings = {k: v for k, v in raw.items() if k != kind}
     try:
+        if kind == "partition" and isinstance(value, list) and not siblings:
+            if not all(isinstance(g, list) and all(isinstance(n, str) for n in g) for g in value):
+                raise ValueError("partition takes a node name or a list of groups, e.g. [[peer1, peer2], [peer3]]")
+            step = Partition(groups=tuple(tuple(group) for group in value), line=line)
+            step.check()
+            return step
+        if kind == "heal" and value is None and not siblings:
+            return HealNetwork(line=line)
         if kind in NODE_ACTIONS:
             if not isinstance(value, str) or siblings:
                 raise ValueError(f"{kind} takes a node name, e.g. '{kind}: peer2'")
@@ -502,7 +615,9 @@ def _typed(kind: str, key: str, value: object, hint: Any) -> Any:
         return value
     if float in allowed and _is_number(value):
         return float(value)
-    wanted = " or ".join({str: "text", int: "an integer", float: "a number"}.get(t, "nothing")
+    if tuple[str, ...] in allowed and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    wanted = " or ".join({str: "text", int: "an integer", float: "a number"}.get(t, "a list of names")
                          for t in allowed if t is not type(None))
     raise ValueError(f"{kind} '{key}' must be {wanted}, not {value!r}")
 

@@ -33,6 +33,12 @@ async def test_scenario_passes_on_local_backend(name: str, tmp_path: Path, key_p
     assert all(d["duplicates"] == 0 and d["delivered"] == d["messages"] for d in data["delivery"])
     assert all(d["lost"] == 0 and d["duplicates"] == 0 and d["sent"] > 0 for d in data["accounted"])
     assert (tmp_path / "results" / "junit.xml").exists()
+    # The history's checker and the confidentiality scan ran, and found nothing wrong.
+    counts = data["verdict_counts"]
+    assert data["history"]["ok"] and counts["delivered once"] > 0
+    assert counts["lost silently"] == counts["duplicated"] == counts["forged or undecryptable"] == 0
+    assert data["confidentiality"]["ok"] and data["confidentiality"]["files_scanned"] > len(backend.node_names)
+    assert (tmp_path / "results" / "history.jsonl").exists() and (tmp_path / "results" / "report.html").exists()
     assert sorted(p.name for p in (tmp_path / "results" / "logs").iterdir()) == \
         sorted(f"{node}.log" for node in backend.node_names)
     assert not any(node.running for node in backend.nodes), "the runner must stop every node"

@@ -28,8 +28,11 @@ SERVER = "5e6f7a8b-0000-4000-8000-000000000001"
 
 
 class _Session:
+    """Like ``UserSession``: labels of users seen once stay known after they leave the directory."""
+
     def __init__(self, directory: Directory) -> None:
         self.directory = directory
+        self._labels = {record.user_id: record.label for record in directory.listing()}
 
     def resolve(self, name: str) -> UserRecord:
         found = self.directory.find(name)
@@ -39,7 +42,9 @@ class _Session:
 
     def display(self, user_id: str) -> str:
         record = self.directory.get(user_id)
-        return record.label if record is not None else user_id
+        if record is not None:
+            self._labels[user_id] = record.label
+        return self._labels.get(user_id, user_id)
 
 
 class StubConnection:
