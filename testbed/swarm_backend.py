@@ -296,6 +296,11 @@ class SwarmCluster(ClusterBackend):
             address = found
         return f"ws://{address}"
 
+    def task_states(self, node: str) -> list[str]:
+        """The states of the node's tasks that Swarm wants running (``running``, ``starting``, …)."""
+        return sorted({str(task.get("Status", {}).get("State")) for task in self._tasks(node)
+                       if task.get("DesiredState") == "running"})
+
     # --- whole federation --------------------------------------------------------------------------
 
     async def start(self, timeout: float | None = None) -> None:
