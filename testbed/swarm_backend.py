@@ -182,9 +182,9 @@ def init_allowed() -> bool:
 def stack_objects(client: Any, name: str) -> dict[str, int]:
     """How many services, containers, networks, configs and volumes of stack ``name`` exist on this host."""
     run = {"label": [f"{compose.RUN_LABEL}={name}"]}
-    counts = {"services": len(client.services.list(filters=run)),
-              "containers": len(client.containers.list(all=True, filters={"label": [f"{STACK_LABEL}={name}"]})
-                                ) + len(client.containers.list(all=True, filters=run)),
+    containers = {c.id for c in client.containers.list(all=True, filters={"label": [f"{STACK_LABEL}={name}"]})}
+    containers |= {c.id for c in client.containers.list(all=True, filters=run)}
+    counts = {"services": len(client.services.list(filters=run)), "containers": len(containers),
               "networks": len(client.networks.list(filters=run)),
               "configs": len(client.configs.list(filters=run)),
               "volumes": len(client.volumes.list(filters=run))}
