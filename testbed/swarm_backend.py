@@ -182,13 +182,20 @@ def init_allowed() -> bool:
 def stack_objects(client: Any, name: str) -> dict[str, int]:
     """How many services, containers, networks, configs and volumes of stack ``name`` exist on this host."""
     run = {"label": [f"{compose.RUN_LABEL}={name}"]}
+    swarm = _swarm_active(client)
     containers = {c.id for c in client.containers.list(all=True, filters={"label": [f"{STACK_LABEL}={name}"]})}
     containers |= {c.id for c in client.containers.list(all=True, filters=run)}
-    counts = {"services": len(client.services.list(filters=run)), "containers": len(containers),
+    counts = {"services": len(client.services.list(filters=run)) if swarm else 0, "containers": len(containers),
               "networks": len(client.networks.list(filters=run)),
-              "configs": len(client.configs.list(filters=run)),
+              "configs": len(client.configs.list(filters=run)) if swarm else 0,
               "volumes": len(client.volumes.list(filters=run))}
     return {kind: count for kind, count in counts.items() if count}
+
+
+def _swarm_active(client: Any) -> bool:
+    """Whether the engine is a swarm manager (services and configs can be listed)."""
+    info = swarm_info(client)
+    return info.get("LocalNodeState") == "active" and bool(info.get("ControlAvailable"))
 
 
 async def remove_stack(client: Any, name: str, timeout: float = 60.0) -> list[str]:
@@ -198,9 +205,10 @@ async def remove_stack(client: Any, name: str, timeout: float = 60.0) -> list[st
 
     run = {"label": [f"{compose.RUN_LABEL}={name}"]}
     removed: list[str] = []
+    swarm = await asyncio.to_thread(_swarm_active, client)  # not a swarm (any more): only local objects to sweep
 
     def remove_services() -> None:
-        for service in client.services.list(filters=run):
+        for service in client.services.list(filters=run) if swarm else []:
             with contextlib.suppress(NotFound):
                 service.remove()
                 removed.append(f"service {service.name}")
@@ -220,7 +228,8 @@ async def remove_stack(client: Any, name: str, timeout: float = 60.0) -> list[st
 
     def rest_gone() -> bool | Pending:
         problems = []
-        for kind, listing in (("network", client.networks), ("config", client.configs), ("volume", client.volumes)):
+        kinds = [("network", client.networks), ("config", client.configs), ("volume", client.volumes)]
+        for kind, listing in kinds if swarm else [kinds[0], kinds[2]]:
             for item in listing.list(filters=run):
                 try:
                     item.remove(**({"force": True} if kind == "volume" else {}))
