@@ -28,13 +28,19 @@ NODE ?=
 SCENARIO ?= smoke
 BACKEND ?= docker
 FEDERATION_DIR := build/federation
+# BACKEND=swarm: a Docker Swarm stack with a fresh name per `make up`, recorded in build/swarm/ (docs/SWARM.md).
+# INIT_SWARM=1 lets the testbed make a one-node swarm when the engine is in none (never done otherwise).
+SWARM_DIR := build/swarm
+INIT_SWARM ?=
+PLACEMENT ?=
 
-.PHONY: help venv test lint bench image up ps logs chat scenario down clean distclean clean-images
+.PHONY: help venv test lint bench image up ps logs chat scenario down clean distclean clean-images manifests swarm-init swarm-leave
 
 help: ## List the targets
 	@echo 'usage: make <target> [PYTEST_ARGS=...] [SOCP_IMAGE=...]'
 	@echo '       make up [PEERS=3] [INTRODUCERS=1|3]; make chat NODE=peer2 USER=alice; make logs [NODE=peer1]'
-	@echo '       make scenario SCENARIO=smoke PEERS=5 [BACKEND=docker|local]'
+	@echo '       make scenario SCENARIO=smoke PEERS=5 [BACKEND=docker|local|swarm]'
+	@echo '       make up|ps|down BACKEND=swarm [PEERS=5] [INIT_SWARM=1] [PLACEMENT=peer1=host-a,...]'
 	@echo
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-13s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
@@ -78,11 +84,20 @@ bench-scale: venv image ## Presence convergence and load at 3..30 Docker and 3..
 image: ## Build the node image socp-node:latest (no registry needed: see compose/build-image.sh)
 	SOCP_IMAGE=$(SOCP_IMAGE) PYTHON=$(PYTHON) compose/build-image.sh
 
-up: venv image ## Start (or replace) the federation in containers: PEERS=3 INTRODUCERS=1|3; prints how to connect
+up: venv image ## Start (or replace) the federation in containers: PEERS=3 INTRODUCERS=1|3 [BACKEND=swarm]; prints how to connect
+ifeq ($(BACKEND),swarm)
+	SOCP_IMAGE=$(SOCP_IMAGE) $(TESTBED) swarm up --peers $(PEERS) --introducers $(INTRODUCERS) --workdir $(SWARM_DIR) \
+		$(if $(filter 1,$(INIT_SWARM)),--init-swarm) $(if $(PLACEMENT),--placement '$(PLACEMENT)')
+else
 	SOCP_IMAGE=$(SOCP_IMAGE) $(TESTBED) up --peers $(PEERS) --introducers $(INTRODUCERS) --workdir $(FEDERATION_DIR)
+endif
 
-ps: venv ## The federation's nodes: state, health, server id, URL on 127.0.0.1
+ps: venv ## The federation's nodes: state, health, server id, URL on 127.0.0.1 [BACKEND=swarm]
+ifeq ($(BACKEND),swarm)
+	@$(TESTBED) swarm ps --workdir $(SWARM_DIR)
+else
 	@$(TESTBED) ps --workdir $(FEDERATION_DIR)
+endif
 
 logs: venv ## Logs of every node of the federation, or of one: NODE=peer1
 	@$(TESTBED) logs --workdir $(FEDERATION_DIR) $(NODE)
@@ -94,17 +109,31 @@ chat: venv ## Interactive client on a node of the federation: NODE=peer2 USER=al
 	exec $(VENV)/bin/socp-client --user $(USER) --server "$$url" --key-dir $(FEDERATION_DIR)/users
 
 # PEERS is passed only when given (make scenario PEERS=5): otherwise the scenario's own count holds.
-scenario: venv $(if $(filter docker,$(BACKEND)),image) ## Run a scenario: SCENARIO=smoke PEERS=5 BACKEND=docker|local
-	SOCP_IMAGE=$(SOCP_IMAGE) $(TESTBED) run testbed/scenarios/$(SCENARIO).yaml --backend $(BACKEND) \
+scenario: venv $(if $(filter docker swarm,$(BACKEND)),image) ## Run a scenario: SCENARIO=smoke PEERS=5 BACKEND=docker|local|swarm
+	SOCP_IMAGE=$(SOCP_IMAGE) $(if $(filter 1,$(INIT_SWARM)),SOCP_INIT_SWARM=1) $(TESTBED) run testbed/scenarios/$(SCENARIO).yaml --backend $(BACKEND) \
 		$(if $(filter-out file default undefined,$(origin PEERS)),--peers $(PEERS))
 
-down: ## Remove every container, network and volume labelled org.socp-testbed.project=socp-testbed
+# BACKEND=swarm removes exactly the stack `make up BACKEND=swarm` recorded, and nothing else on the swarm.
+down: ## Remove every container, network and volume labelled org.socp-testbed.project=socp-testbed [BACKEND=swarm: the stack only]
+ifeq ($(BACKEND),swarm)
+	@$(TESTBED) swarm down --workdir $(SWARM_DIR)
+else
 	@ids=$$(docker ps -aq --filter label=$(PROJECT_LABEL)); \
 	if [ -n "$$ids" ]; then echo "removing containers: $$(echo $$ids)"; docker rm -fv $$ids >/dev/null; fi
 	@ids=$$(docker network ls -q --filter label=$(PROJECT_LABEL)); \
 	if [ -n "$$ids" ]; then echo "removing networks: $$(echo $$ids)"; docker network rm $$ids >/dev/null; fi
 	@ids=$$(docker volume ls -q --filter label=$(PROJECT_LABEL)); \
 	if [ -n "$$ids" ]; then echo "removing volumes: $$(echo $$ids)"; docker volume rm -f $$ids >/dev/null; fi
+endif
+
+manifests: venv ## Kubernetes manifests (StatefulSet per role) -> build/k8s/socp.yaml: PEERS=3 INTRODUCERS=1|3 SOCP_IMAGE=...
+	$(TESTBED) manifests --k8s --peers $(PEERS) --introducers $(INTRODUCERS) --image $(SOCP_IMAGE)
+
+swarm-init: venv ## Make a one-node swarm on 127.0.0.1 for BACKEND=swarm (marked as made by the testbed)
+	$(TESTBED) swarm init
+
+swarm-leave: venv ## Leave the swarm, only if the testbed made it and it runs no service
+	$(TESTBED) swarm leave
 
 clean: ## Remove build outputs and caches (keeps .venv, forgets its stamp)
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache $(VENV_STAMP)

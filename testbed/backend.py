@@ -281,7 +281,8 @@ async def probe_http(port: int, path: str, host: str = "127.0.0.1", timeout: flo
         return 0, {}
 
 
-BACKENDS: dict[str, str] = {"local": "testbed.local:LocalCluster", "docker": "testbed.docker_backend:DockerCluster"}
+BACKENDS: dict[str, str] = {"local": "testbed.local:LocalCluster", "docker": "testbed.docker_backend:DockerCluster",
+                            "swarm": "testbed.swarm_backend:SwarmCluster"}
 """Backend name → ``module:Class``; the module is imported only when the backend is chosen."""
 
 

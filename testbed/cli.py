@@ -9,13 +9,14 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: ``run`` (scenarios) plus the federation commands of :mod:`testbed.ops`."""
-    from testbed import checker, ops, runner
+    from testbed import checker, ops, runner, swarm_ops
 
     parser = argparse.ArgumentParser(prog="socp-testbed", description="SOCP federation testbed.")
     commands = parser.add_subparsers(dest="command", required=True)
     runner.register(commands)
     checker.register(commands)
     ops.register(commands)
+    swarm_ops.register(commands)
     return parser
 
 

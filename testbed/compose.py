@@ -108,7 +108,7 @@ def render_compose(project: str, spec: ClusterSpec, *, image: str, bootstrap_fil
         raise RuntimeError(f"{template}: expected the mappings 'file' and 'service'")
     common = {"project": project, "network": network_name(project), "access_network": access_network_name(project),
               "image": image, "data_mount": DATA_MOUNT, "healthcheck_interval": f"{healthcheck_interval:g}"}
-    document: dict[str, Any] = _fill(loaded["file"], common)
+    document: dict[str, Any] = fill_template(loaded["file"], common)
     for network in (document.get("networks") or {}).values():
         network["labels"] = run_labels(project)
     services: dict[str, Any] = {}
@@ -116,7 +116,7 @@ def render_compose(project: str, spec: ClusterSpec, *, image: str, bootstrap_fil
     for node in plan_nodes(spec):
         values = {**common, "node": node.name, "container": container_name(project, node.name),
                   "port": str(node.port), "volume": node.name}
-        service: dict[str, Any] = _fill(copy.deepcopy(loaded["service"]), values)
+        service: dict[str, Any] = fill_template(copy.deepcopy(loaded["service"]), values)
         service["command"] = node_flags(node, spec.timings, data_dir=DATA_DIR, host="0.0.0.0", port=node.port,
                                         advertise_host=node.name, bootstrap_file=BOOTSTRAP_PATH,
                                         server_id=(server_ids or {}).get(node.name))
@@ -158,15 +158,16 @@ def compose_command() -> tuple[str, ...]:
     raise RuntimeError("neither `docker compose` (v2) nor `docker-compose` (v1) is installed")
 
 
-def _fill(value: Any, values: Mapping[str, str]) -> Any:
-    """``value`` with every ``{placeholder}`` in its strings replaced (recursively)."""
+def fill_template(value: Any, values: Mapping[str, str]) -> Any:
+    """``value`` with every ``{placeholder}`` in its strings replaced (recursively; the compose and stack
+    templates)."""
     if isinstance(value, str):
         try:
             return value.format_map(values)
         except (KeyError, ValueError, IndexError) as exc:
-            raise RuntimeError(f"compose template: bad placeholder in {value!r}: {exc}") from None
+            raise RuntimeError(f"template: bad placeholder in {value!r}: {exc}") from None
     if isinstance(value, dict):
-        return {key: _fill(item, values) for key, item in value.items()}
+        return {key: fill_template(item, values) for key, item in value.items()}
     if isinstance(value, list):
-        return [_fill(item, values) for item in value]
+        return [fill_template(item, values) for item in value]
     return value

@@ -171,6 +171,50 @@ async def remove_run(client: Any, project: str) -> list[str]:
     return removed
 
 
+async def create_volumes(client: Any, project: str, nodes: Iterable[nodeplan.NodePlan]) -> None:
+    """Create the labelled data volume ``<project>-<node>`` of each of ``nodes`` (a few API calls at a time)."""
+    limit = asyncio.Semaphore(API_CONCURRENCY)
+
+    async def one(node: nodeplan.NodePlan) -> None:
+        async with limit:
+            await asyncio.to_thread(client.volumes.create, name=compose.volume_name(project, node.name),
+                                    labels=compose.node_labels(project, node))
+
+    await asyncio.gather(*(one(node) for node in nodes))
+
+
+async def create_identities(client: Any, image: str, project: str,
+                            nodes: Iterable[nodeplan.NodePlan]) -> dict[str, dict[str, str]]:
+    """Create the key of each of ``nodes`` in its volume ``<project>-<node>`` and read it back (one-off
+    containers of ``image``, :data:`KEYGEN_CONCURRENCY` at a time): node name → ``{server_id, name, pubkey}``.
+
+    Shared by the docker and swarm backends (the swarm backend makes its introducers' keys on this host).
+    """
+    limit = asyncio.Semaphore(KEYGEN_CONCURRENCY)
+
+    def create(node: nodeplan.NodePlan) -> dict[str, str]:
+        volume = compose.volume_name(project, node.name)
+        args = nodeplan.identity_flags(node, data_dir=compose.DATA_DIR)
+        from docker.errors import ContainerError
+        try:
+            output = client.containers.run(
+                image, args, remove=True, stdout=True, stderr=False, network_mode="none",
+                name=f"{compose.container_name(project, node.name)}-keygen",
+                labels=compose.run_labels(project) | {compose.KEYGEN_LABEL: node.name},
+                volumes={volume: {"bind": compose.DATA_MOUNT, "mode": "rw"}})
+        except ContainerError as exc:
+            raise RuntimeError(f"{node.name}: --show-identity failed in {image}: "
+                               f"{(exc.stderr or b'').decode(errors='replace').strip()}") from None
+        identity: dict[str, str] = json.loads(output)
+        return identity
+
+    async def one(node: nodeplan.NodePlan) -> tuple[str, dict[str, str]]:
+        async with limit:
+            return node.name, await asyncio.to_thread(create, node)
+
+    return dict(await asyncio.gather(*(one(node) for node in nodes)))
+
+
 class DockerCluster(ClusterBackend):
     """The ``docker`` backend: a compose project of containers, driven by compose and the Docker SDK.
 
@@ -584,43 +628,11 @@ class DockerCluster(ClusterBackend):
 
     async def _create_volumes(self) -> None:
         """Create every node's labelled data volume (a few Docker API calls at a time)."""
-        client = self._docker()
-        limit = asyncio.Semaphore(API_CONCURRENCY)
-
-        async def one(node: nodeplan.NodePlan) -> None:
-            async with limit:
-                await asyncio.to_thread(client.volumes.create, name=compose.volume_name(self.project, node.name),
-                                        labels=compose.node_labels(self.project, node))
-
-        await asyncio.gather(*(one(node) for node in self.plan))
+        await create_volumes(self._docker(), self.project, self.plan)
 
     async def _create_identities(self, nodes: Iterable[nodeplan.NodePlan]) -> dict[str, dict[str, str]]:
-        """Create the key of each of ``nodes`` in its volume and read it back (one-off containers,
-        :data:`KEYGEN_CONCURRENCY` at a time): node name → ``{server_id, name, pubkey}``."""
-        client = self._docker()
-        limit = asyncio.Semaphore(KEYGEN_CONCURRENCY)
-
-        def create(node: nodeplan.NodePlan) -> dict[str, str]:
-            volume = compose.volume_name(self.project, node.name)
-            args = nodeplan.identity_flags(node, data_dir=compose.DATA_DIR)
-            from docker.errors import ContainerError
-            try:
-                output = client.containers.run(
-                    self.image, args, remove=True, stdout=True, stderr=False, network_mode="none",
-                    name=f"{compose.container_name(self.project, node.name)}-keygen",
-                    labels=compose.run_labels(self.project) | {compose.KEYGEN_LABEL: node.name},
-                    volumes={volume: {"bind": compose.DATA_MOUNT, "mode": "rw"}})
-            except ContainerError as exc:
-                raise RuntimeError(f"{node.name}: --show-identity failed in {self.image}: "
-                                   f"{(exc.stderr or b'').decode(errors='replace').strip()}") from None
-            identity: dict[str, str] = json.loads(output)
-            return identity
-
-        async def one(node: nodeplan.NodePlan) -> tuple[str, dict[str, str]]:
-            async with limit:
-                return node.name, await asyncio.to_thread(create, node)
-
-        return dict(await asyncio.gather(*(one(node) for node in nodes)))
+        """Create the key of each of ``nodes`` in its volume and read it back: see :func:`create_identities`."""
+        return await create_identities(self._docker(), self.image, self.project, nodes)
 
     def _compose(self, *args: str) -> None:
         command = [*compose.compose_command(), "--project-name", self.project, "--file", str(self.compose_file),

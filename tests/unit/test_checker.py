@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from socp.user import DirectMessage, DuplicateDelivery, ServerError
+from socp.user import Delivered, DeliveryFailed, DirectMessage, DuplicateDelivery, ServerError
 from testbed import checker
 from testbed.history import History, digest, read_history
 
@@ -194,20 +194,12 @@ def test_report_html_is_self_contained_and_names_the_offenders(tmp_path: Path) -
 
 
 def test_a_delivery_receipt_is_recorded_and_a_failed_one_reports_to_the_sender() -> None:
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class DeliveryOutcome:  # the shape issue 10's client event is expected to have
-        msg_ref: str
-        outcome: str
-        code: str | None = None
-
     s = Script()
     users(s, "alice", "bob")
     s.send(1.0, "m-failed", "alice", "bob")
     s.send(1.1, "m-claimed", "alice", "bob")
-    s.history.observe("alice", "alice-node", DeliveryOutcome("m-failed", "failed", "TIMEOUT"))  # type: ignore[arg-type]
-    s.history.observe("alice", "alice-node", DeliveryOutcome("m-claimed", "delivered"))  # type: ignore[arg-type]
+    s.history.observe("alice", "alice-node", DeliveryFailed("m-failed", "TIMEOUT", "no receipt within 10 s"))
+    s.history.observe("alice", "alice-node", Delivered("m-claimed"))
     s.session(9.0, "alice", "alice-node", "down")
     report = s.check()
     failed = verdict_of(report, "m-failed")

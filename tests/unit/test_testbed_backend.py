@@ -16,9 +16,10 @@ from testbed.waiting import WaitTimeout
 
 
 def test_backends_are_chosen_by_name_and_imported_only_then() -> None:
-    assert backend_names() == ["docker", "local"]
+    assert backend_names() == ["docker", "local", "swarm"]
     probe = subprocess.run([sys.executable, "-c", "import sys, testbed.backend, testbed.runner, testbed.pytest_plugin; "
-                            "sys.exit(any(m in sys.modules for m in ('testbed.local', 'testbed.docker_backend')))"],
+                            "sys.exit(any(m in sys.modules for m in ('testbed.local', 'testbed.docker_backend', "
+                            "'testbed.swarm_backend')))"],
                            capture_output=True, timeout=60, check=False)
     assert probe.returncode == 0, probe.stderr
 
