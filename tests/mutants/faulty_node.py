@@ -2,9 +2,10 @@
 
 Run as a script (``python tests/mutants/faulty_node.py ARGS``, the local backend's ``command``): it patches
 :meth:`socp.server.routing.Routing.on_server_deliver` and then runs the node as usual. ``SOCP_MUTANT`` says
-which fault: ``drop:N`` drops every Nth direct message forwarded to this node, ``twice:N`` hands every Nth one
-to its recipient twice. Each time it logs ``mutant <what> <user msg_ref>`` at WARNING, so the test knows
-which messages the checker must name.
+which fault: ``drop:N`` drops every Nth direct message forwarded to this node (and, where the origin asked for
+delivery receipts, acknowledges it all the same: a lying node, whose loss only the recipient's side shows),
+``twice:N`` hands every Nth one to its recipient twice (past the node's own repeat filter). Each time it logs
+``mutant <what> <user msg_ref>`` at WARNING, so the test knows which messages the checker must name.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 
 from socp.envelope import PUBLIC_GROUP, Envelope, FrameType
 from socp.server.links import Link
+from socp.server.receipts import digest_of
 from socp.server.routing import Routing
 
 MODE, _, EVERY = os.environ.get("SOCP_MUTANT", "drop:10").partition(":")
@@ -32,9 +34,12 @@ def _faulty_deliver(self: Routing, link: Link, frame: Envelope, now: int) -> Non
             user_ref = f"{FrameType.MSG_DIRECT.value}:{payload.get('sender')}:{payload.get('user_id')}:{frame.ts}"
             if MODE == "drop":
                 self._out.log.warning("mutant dropped %s", user_ref)
+                if self.receipts.capable(link.peer):
+                    self.receipts.acknowledge(link, frame, digest_of(frame), now)
                 return
             self._out.log.warning("mutant doubled %s", user_ref)
             _original(self, link, frame, now)
+            self.receipts._delivered.pop(digest_of(frame), None)  # past the repeat filter, as a buggy node would
     _original(self, link, frame, now)
 
 

@@ -86,9 +86,9 @@ def test_every_verdict_is_named_with_its_path_and_faults() -> None:
     assert [v.code for v in report.verdicts if v.msg_ref.startswith("(send failed")] == ["UserNotFound"]
     assert not report.ok
     failed = {inv.name for inv in report.invariants if not inv.ok}
+    # m-late arrived after later ones, but it met the pause in flight: a resend may be overtaken (no order offence)
     assert failed == {"nothing lost silently", "nothing delivered twice",
-                      "nothing delivered that was not sent, text intact",
-                      "per-sender order kept between each pair of users"}  # m-late arrived after later ones
+                      "nothing delivered that was not sent, text intact"}
     assert report.counts[checker.LOST] == 1 and report.counts[checker.DELIVERED] == 1
     assert report.convergence == [{"index": "9", "t": 20.0, "seconds": 0.5, "ok": True, "after_fault_s": 17.4}]
 
@@ -121,6 +121,14 @@ def test_order_phantoms_and_public_members() -> None:
     s.deliver(2.1, "pub", "bob", kind="public")
     s.deliver(2.2, "pub", "carol", kind="public")
     s.history.record("duplicate", at=2.3, user="carol", node="carol-node", sender_id="x", msg_ref="pub")
+    s.send(3.0, "held", "alice", "bob")  # in flight across a pause: resent later, overtaken legitimately
+    s.fault(3.05, "bob-node", "pause", "begin")
+    s.fault(3.06, "bob-node", "pause", "end")
+    s.fault(3.2, "bob-node", "unpause", "begin")
+    s.fault(3.21, "bob-node", "unpause", "end")
+    s.send(3.3, "after", "alice", "bob")  # met no fault, shown before "held": not an offence either
+    s.deliver(3.4, "after", "bob")
+    s.deliver(3.5, "held", "bob")
     s.session(9.0, "alice", "alice-node", "down")
     report = s.check()
     order = next(inv for inv in report.invariants if inv.name.startswith("per-sender order"))
