@@ -51,8 +51,8 @@ async def test_every_attack_is_refused_and_honest_users_keep_talking(tmp_path: P
 ])
 async def test_a_node_without_one_check_fails_the_attack_on_it(tmp_path: Path, key_pool: KeyPool, mutation: str,
                                                                 attack: str, evidence: str) -> None:
-    """A mutant node (tests/mutants/__main__.py: the check ``mutation`` removed) lets ``attack`` through, and the scenario
-    says so: the attack fails with its evidence counted."""
+    """A mutant node (tests/mutants/__main__.py: the check ``mutation`` removed) lets ``attack`` through, and the
+    scenario says so: the attack fails with its evidence counted."""
     scenario = parse_scenario({"name": f"hostile-peer-without-{mutation}", "peers": 3, "seed": 11,
                                "timings": {"heartbeat_interval": 0.5, "peer_timeout": 2.0},
                                "steps": ["up", {"attack": {"only": attack}}]})
