@@ -242,6 +242,8 @@ class Mesh:
                     for sid, s in sorted(self._book.items())
                     if sid != assigned and self._links.is_linked(sid) and s.host and s.proven]
         payload = {"assigned_id": assigned, "servers": servers, "features": wire_list(SERVER_FEATURES),
+                   # extras for implementations that learn the introducer's key only from these (docs/INTEROP.md)
+                   "server_id": self._out.server_id, "server_pub": self._out.pubkey, "pubkey": self._out.pubkey,
                    "clients": [{"user_id": s["server_id"], "host": s["host"], "port": s["port"],
                                 "pubkey": s["pubkey"]} for s in servers]}
         self._out.send(link, self._out.make(FrameType.SERVER_WELCOME, assigned, now, payload))
@@ -375,9 +377,11 @@ class Mesh:
     # --- helpers -----------------------------------------------------------------------------------
 
     def announce_payload(self) -> dict[str, Any]:
-        """Our SERVER_ANNOUNCE / SERVER_HELLO_JOIN payload."""
+        """Our SERVER_ANNOUNCE / SERVER_HELLO_JOIN payload (``server_id``/``server_pub``: harmless extras some
+        implementations read the key from, docs/INTEROP.md)."""
         return {"host": self._settings.advertise_host, "port": self._settings.advertise_port,
-                "pubkey": self._out.pubkey, "features": wire_list(SERVER_FEATURES)}
+                "pubkey": self._out.pubkey, "features": wire_list(SERVER_FEATURES),
+                "server_id": self._out.server_id, "server_pub": self._out.pubkey}
 
     def _opener(self, frame_type: FrameType, to: str, now: int) -> Envelope:
         """Our SERVER_HELLO_JOIN or link-opening SERVER_ANNOUNCE, with ``join_mac`` in a closed federation."""

@@ -1,0 +1,203 @@
+"""The interop profile (issue 14, docs/INTEROP.md): each variant is accepted under ``interop`` and, where it
+would weaken anything or is not WIRE.md's form, refused by default."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from socp import crypto
+from socp import envelope as env
+from socp.envelope import FrameType
+from socp.errors import BadFrame, UnknownType
+from socp.interop import REGISTER_FIRST_DETAIL, Variant, normalise
+from socp.server.config import ServerSettings
+from tests.unit.harness import FakeUser, Net
+
+SERVER = "6c1b9a52-29f5-4c44-9a43-5f3a3c1f5a10"
+JOINER = "0b3c7f3e-8a2d-4d1e-b2b6-6a9f0e1d2c3b"
+USER = "a11ce000-0000-4000-8000-000000000001"
+TS = 1_760_000_000_123
+
+
+def raw_frame(frame_type: str, sender: str, to: str, payload: dict[str, Any] | None, key: Any = None) -> str:
+    """A frame as another implementation writes it: ``payload`` as given (None: no payload field), signed over
+    the canonical envelope of that payload when ``key`` is given."""
+    frame: dict[str, Any] = {"type": frame_type, "from": sender, "to": to, "ts": TS}
+    if payload is not None:
+        frame["payload"] = payload
+    if key is not None:
+        frame["sig"] = crypto.sign(key, env.canonical_envelope(frame_type, sender, to, TS, payload or {}))
+    return json.dumps(frame)
+
+
+def both(net: Net) -> tuple[Any, Any]:
+    """A strict node and an interop node in one federation."""
+    intro = net.introducer("I")
+    return net.peer("S", intro), net.peer("P", intro, interop=True)
+
+
+def test_interop_implies_the_legacy_switches() -> None:
+    settings = ServerSettings(server_id=SERVER, advertise_host="h", advertise_port=1, interop=True)
+    assert settings.legacy_interop and settings.allow_unsigned_hello
+    strict = ServerSettings(server_id=SERVER, advertise_host="h", advertise_port=1)
+    assert not (strict.interop or strict.legacy_interop or strict.allow_unsigned_hello)
+
+
+def test_node_flag_sets_the_profile(tmp_path: Any) -> None:
+    from node.config import build_parser, config_from_args
+    args = build_parser().parse_args(["--interop", "--data-dir", str(tmp_path)])
+    config = config_from_args(args, "host")
+    assert config.interop and config.legacy_interop and config.allow_unsigned_hello
+    default = config_from_args(build_parser().parse_args(["--data-dir", str(tmp_path)]), "host")
+    assert not (default.interop or default.legacy_interop or default.allow_unsigned_hello)
+
+
+def hello_with_alias(user: FakeUser, to: str) -> Envelope:
+    """USER_HELLO carrying the key as ``pubkey_b64u`` only, signed over that payload."""
+    frame = user.hello_frame(to=to, signed=False)
+    payload = {k: v for k, v in frame.payload.items() if k != "pubkey"}
+    payload["pubkey_b64u"] = user.pubkey
+    return env.make(FrameType.USER_HELLO, user.user_id, to, frame.ts, payload, user.key)
+
+
+Envelope = env.Envelope
+
+
+def test_hello_pubkey_alias(net: Net) -> None:
+    strict, interop = both(net)
+    for node, accepted in ((strict, False), (interop, True)):
+        user = net.user(f"u-{node.name}")
+        user.open(node)
+        user.send(hello_with_alias(user, node.server_id))
+        assert bool(user.received(FrameType.ACK)) is accepted, user.inbox
+        assert (user.user_id in node.state.local_users) is accepted
+        if not accepted:
+            assert user.errors("BAD_FRAME"), user.inbox
+
+
+@pytest.mark.parametrize("frame_type,payload", [("CMD_LIST", {}), ("LIST_REQUEST", None), ("CMD_LIST", None)])
+def test_list_variants(net: Net, frame_type: str, payload: dict[str, Any] | None) -> None:
+    strict, interop = both(net)
+    for node, accepted in ((strict, False), (interop, True)):
+        user = net.user(f"u-{node.name}", node)
+        user.clear()
+        user.send(raw_frame(frame_type, user.user_id, node.server_id, payload))
+        responses = user.received(FrameType.LIST_RESPONSE)
+        assert bool(responses) is accepted, user.inbox
+        if accepted:
+            assert user.user_id in {u["user_id"] for u in responses[0].payload["users"]}
+        else:
+            assert user.errors(), user.inbox
+
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_local_register_gets_an_error_naming_user_hello(net: Net, interop: bool) -> None:
+    node = net.introducer("I", interop=interop)
+    user = net.user("newbie")
+    user.open(node)
+    user.send(raw_frame("LOCAL_REGISTER", user.user_id, node.server_id, {"pubkey": user.pubkey}))
+    errors = user.errors("UNKNOWN_TYPE")
+    assert errors and "USER_HELLO" in errors[0].payload["detail"], user.inbox
+    assert errors[0].payload["detail"] == REGISTER_FIRST_DETAIL
+
+
+def test_welcome_and_announce_carry_server_id_and_server_pub(net: Net) -> None:
+    intro = net.introducer("I")
+    a = net.peer("A", intro)
+    net.peer("B", intro)
+    assert net.full_mesh(), net.describe()
+    welcomes = net.packets(src="I", frame_type="SERVER_WELCOME")
+    announces = net.packets(src="A", frame_type="SERVER_ANNOUNCE")
+    assert welcomes and announces
+    for packet, node in ((welcomes[0], intro), (announces[0], a)):
+        payload = json.loads(packet.text)["payload"]
+        assert payload["server_id"] == node.server_id and payload["server_pub"] == node.pubkey
+        assert payload["pubkey"] == node.pubkey
+
+
+# --- frame-level variants (what a foreign server sends on a link) ------------------------------------------
+
+def parse_both(text: str) -> tuple[Envelope | Exception, Envelope, list[Variant]]:
+    """``text`` parsed strictly (the envelope or the exception) and under the profile (with the variants)."""
+    try:
+        strict: Envelope | Exception = env.parse(text)
+    except (BadFrame, UnknownType) as exc:
+        strict = exc
+    met: list[Variant] = []
+    return strict, env.parse(text, interop=met), met
+
+
+def test_advert_aliases_keep_the_signature(key_pool: Any) -> None:
+    key = key_pool.key(0)
+    user_pub = crypto.encode_public_key(key_pool.key(1).public_key())
+    payload = {"user": USER, "server_id": SERVER, "pubkey_b64u": user_pub, "meta": {}}
+    text = raw_frame("USER_ADVERTISE", SERVER, "*", payload, key)
+    strict, frame, met = parse_both(text)
+    assert isinstance(strict, BadFrame)
+    assert met == [Variant.ADVERT_USER_ALIAS, Variant.ADVERT_PUBKEY_ALIAS]
+    assert frame.payload["user_id"] == USER and frame.payload["pubkey"] == user_pub
+    assert frame.verify(key.public_key())                     # over the payload as signed
+    assert json.loads(frame.to_wire())["payload"] == payload  # relayed unchanged
+    assert not env.parse(frame.to_wire(), interop=[]).verify(key_pool.key(2).public_key())
+
+
+def test_advert_alias_payload_only_signature_under_legacy(key_pool: Any) -> None:
+    key = key_pool.key(0)
+    payload = {"user": USER, "server_id": SERVER}
+    frame = json.loads(raw_frame("USER_ADVERTISE", SERVER, "*", payload))
+    frame["sig"] = crypto.sign(key, json.dumps(payload, sort_keys=True).encode())  # sort_keys with spaces
+    parsed = env.parse(json.dumps(frame), interop=[])
+    assert parsed.verify(key.public_key(), legacy=True)
+    assert not parsed.verify(key.public_key())
+
+
+def test_welcome_with_null_assigned_id_keeps_the_requested_id(key_pool: Any) -> None:
+    key = key_pool.key(0)
+    pub = crypto.encode_public_key(key.public_key())
+    payload = {"assigned_id": None, "servers": [{"server_id": SERVER, "host": "h", "port": 1, "pubkey": pub}]}
+    strict, frame, met = parse_both(raw_frame("SERVER_WELCOME", SERVER, JOINER, payload, key))
+    assert isinstance(strict, BadFrame)
+    assert met == [Variant.WELCOME_NULL_ID] and frame.payload["assigned_id"] == JOINER
+    assert frame.verify(key.public_key())
+
+
+def test_announce_without_address(key_pool: Any) -> None:
+    key = key_pool.key(0)
+    payload = {"pubkey": crypto.encode_public_key(key.public_key())}
+    strict, frame, met = parse_both(raw_frame("SERVER_ANNOUNCE", SERVER, JOINER, payload, key))
+    assert isinstance(strict, BadFrame)
+    assert met == [Variant.ANNOUNCE_NO_ADDRESS]
+    assert (frame.payload["host"], frame.payload["port"]) == ("", 0)  # "no dialable address"
+    assert frame.verify(key.public_key())
+
+
+def test_channel_updated_without_wraps() -> None:
+    strict, frame, met = parse_both(raw_frame("PUBLIC_CHANNEL_UPDATED", SERVER, "*", {"version": 2}))
+    assert isinstance(strict, BadFrame)
+    assert met == [Variant.CHANNEL_UPDATED_NO_WRAPS] and frame.payload["wraps"] == []
+
+
+def test_ack_user_hello_ok() -> None:
+    frame, met = normalise({"type": "ACK", "from": SERVER, "to": USER, "ts": TS,
+                            "payload": {"msg_ref": "USER_HELLO_OK"}})
+    assert met == [Variant.ACK_HELLO_OK] and frame["payload"]["msg_ref"] == "USER_HELLO"
+
+
+def test_frames_in_wire_form_meet_no_variant(key_pool: Any) -> None:
+    key = key_pool.key(0)
+    text = raw_frame("USER_ADVERTISE", SERVER, "*", {"user_id": USER, "server_id": SERVER}, key)
+    met: list[Variant] = []
+    frame = env.parse(text, interop=met)
+    assert met == [] and frame.wire_payload is None and frame == env.parse(text)
+
+
+def test_resigning_a_normalised_frame_signs_the_normalised_payload(key_pool: Any) -> None:
+    key = key_pool.key(0)
+    frame = env.parse(raw_frame("USER_ADVERTISE", SERVER, "*", {"user": USER, "server_id": SERVER}, key),
+                      interop=[])
+    resigned = frame.signed(key)
+    assert resigned.wire_payload is None and resigned.verify(key.public_key())
+    assert json.loads(resigned.to_wire())["payload"]["user_id"] == USER
