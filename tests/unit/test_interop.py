@@ -201,3 +201,73 @@ def test_resigning_a_normalised_frame_signs_the_normalised_payload(key_pool: Any
     resigned = frame.signed(key)
     assert resigned.wire_payload is None and resigned.verify(key.public_key())
     assert json.loads(resigned.to_wire())["payload"]["user_id"] == USER
+
+
+# --- the client side: a lenient welcome ----------------------------------------------------------------------
+
+def server_frame(frame_type: FrameType, to: str, payload: dict[str, Any], key: Any) -> str:
+    return env.make(frame_type, SERVER, to, TS, payload, key).to_wire()
+
+
+def advert_of(user_id: str, user_key: Any, server_key: Any, to: str) -> str:
+    return server_frame(FrameType.USER_ADVERTISE, to, {
+        "user_id": user_id, "server_id": SERVER, "pubkey": crypto.encode_public_key(user_key.public_key()),
+        "meta": {"display_name": "bob"}}, server_key)
+
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_client_ack_user_hello_ok_without_server_id(key_pool: Any, interop: bool) -> None:
+    from socp.user import SessionState, UserSession, Welcomed
+    server_key, alice_key = key_pool.key(5), key_pool.key(6)
+    session = UserSession(USER, alice_key, {}, interop=interop)
+    session.hello(TS)
+    ack = server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO_OK",
+                                             "server_pub": crypto.encode_public_key(server_key.public_key())},
+                       server_key)
+    events = session.receive_text(ack, TS)
+    assert (session.state is SessionState.WELCOMED) is interop, events
+    if interop:
+        assert events == [Welcomed(SERVER, crypto.encode_public_key(server_key.public_key()))]
+        assert session.server_id == SERVER
+
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_client_holds_frames_before_the_ack_and_verifies_them_after(key_pool: Any, interop: bool) -> None:
+    from socp.user import FrameRejected, SessionState, UserOnline, UserSession
+    server_key, alice_key, bob_key, mallory_key = (key_pool.key(i) for i in (5, 6, 7, 8))
+    session = UserSession(USER, alice_key, {}, interop=interop)
+    session.hello(TS)
+    early = session.receive_text(advert_of(JOINER, bob_key, server_key, USER), TS)
+    forged = session.receive_text(advert_of(SERVER, bob_key, mallory_key, USER), TS)  # not the server's key
+    if not interop:
+        assert any(isinstance(e, FrameRejected) for e in early + forged)
+    else:
+        assert early == [] and forged == []
+    ack = server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO", "server_id": SERVER,
+                                             "server_pub": crypto.encode_public_key(server_key.public_key())},
+                       server_key)
+    events = session.receive_text(ack, TS)
+    assert session.state is SessionState.WELCOMED
+    online = [e for e in events if isinstance(e, UserOnline)]
+    assert [e.record.user_id for e in online] == ([JOINER] if interop else [])
+    assert (JOINER in session.directory) is interop
+    assert SERVER not in session.directory  # the forged advert was verified after the pin, and refused
+    if interop:
+        assert any(isinstance(e, FrameRejected) for e in events)
+
+
+def test_client_ack_without_server_pub_uses_the_key_pinned_in_advance(key_pool: Any) -> None:
+    from socp.user import SessionState, UserSession
+    server_key, alice_key = key_pool.key(5), key_pool.key(6)
+    pinned = crypto.encode_public_key(server_key.public_key())
+    ack = server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO", "server_id": SERVER}, server_key)
+    for interop, welcomed in ((False, False), (True, True)):
+        session = UserSession(USER, alice_key, {}, pinned, interop=interop)
+        session.hello(TS)
+        session.receive_text(ack, TS)
+        assert (session.state is SessionState.WELCOMED) is welcomed
+    wrong = server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO", "server_id": SERVER}, key_pool.key(8))
+    session = UserSession(USER, alice_key, {}, pinned, interop=True)
+    session.hello(TS)
+    session.receive_text(wrong, TS)
+    assert session.state is SessionState.AWAITING_ACK  # signed by another key than the pinned one: refused
