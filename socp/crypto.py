@@ -204,6 +204,14 @@ def verify_payload(key: PublicKey, payload: Mapping[str, Any], signature: str) -
     return any(verify(key, form, signature) for form in accepted_payload_forms(payload))
 
 
+def payload_form_index(key: PublicKey, payload: Mapping[str, Any], signature: str) -> int | None:
+    """Which accepted payload-only form (:func:`socp.codec.accepted_payload_forms` index) ``signature``
+    covers, or None; legacy-interop switch only."""
+    if not signature:
+        return None
+    return next((i for i, form in enumerate(accepted_payload_forms(payload)) if verify(key, form, signature)), None)
+
+
 # --- AES-256-GCM ----------------------------------------------------------------------------------
 
 def generate_symmetric_key() -> bytes:

@@ -213,7 +213,7 @@ class Mesh:
             self._refuse_admission(frame, key_text, "not admitted")
             raise AuthFailed("this federation admits only listed server keys or holders of its join token",
                              msg_ref=frame.msg_ref, fatal=True)
-        if not self._out.verify(frame, key_text):
+        if not self._out.verify(frame, key_text, link):
             self._refuse_admission(frame, key_text, "bad signature")
             raise InvalidSignature("SERVER_HELLO_JOIN signature does not verify with its pubkey",
                                    msg_ref=frame.msg_ref, fatal=True)
@@ -307,7 +307,7 @@ class Mesh:
                                   "configured pubkey; pin it in the bootstrap file", frame.sender[:8], entry.host,
                                   entry.port, crypto.key_fingerprint(crypto.normalize_public_key(introducer_key)))
         introducer_key = crypto.normalize_public_key(introducer_key)
-        if not self._out.verify(frame, introducer_key):
+        if not self._out.verify(frame, introducer_key, link):
             raise InvalidSignature("SERVER_WELCOME is not signed by the pinned introducer key",
                                    msg_ref=frame.msg_ref, fatal=True)
         assigned = frame.payload["assigned_id"]

@@ -130,7 +130,7 @@ class Presence:
         if enc_key is not None:
             crypto.decode_public_key(enc_key)
         if frame.sig:
-            if not self._out.verify(frame, key_text):
+            if not self._out.verify(frame, key_text, link):
                 raise InvalidSignature("USER_HELLO signature does not verify with its pubkey",
                                        msg_ref=frame.msg_ref, fatal=True)
         elif not self._settings.allow_unsigned_hello:

@@ -164,7 +164,7 @@ class Router:
             self._book.verify(link, frame, now, relayable=verify is Verify.PINNED_SERVER)
         elif verify is Verify.SELF_SIGNED:
             key_text = crypto.normalize_public_key(frame.payload["pubkey"])
-            if not self._out.verify(frame, key_text):
+            if not self._out.verify(frame, key_text, link):
                 raise InvalidSignature(f"{frame.type} is not signed by the key it announces", msg_ref=frame.msg_ref,
                                        fatal=True)
         elif verify is Verify.LINK_USER and frame.sender != link.peer:

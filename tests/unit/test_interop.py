@@ -271,3 +271,35 @@ def test_client_ack_without_server_pub_uses_the_key_pinned_in_advance(key_pool: 
     session.hello(TS)
     session.receive_text(wrong, TS)
     assert session.state is SessionState.AWAITING_ACK  # signed by another key than the pinned one: refused
+
+
+# --- signing toward a peer in the payload-only form it uses -------------------------------------------------
+
+def _server_link() -> Any:
+    from socp.ratelimit import TokenBucket
+    from socp.server.links import Link, LinkRole
+    return Link(1, False, LinkRole.SERVER, TS, TS, TokenBucket(100.0, 100), peer=JOINER)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_peer_seen_signing_with_spaces_gets_that_form_back(key_pool: Any, legacy: bool) -> None:
+    from socp.actions import Send
+    from socp.server.outbox import Outbox
+    ours, theirs = key_pool.key(0), key_pool.key(1)
+    out = Outbox(SERVER, ours, legacy_interop=legacy)
+    link = _server_link()
+    payload = {"user_id": USER, "server_id": JOINER}
+    heard = env.Envelope(FrameType.USER_ADVERTISE, JOINER, "*", TS, payload,
+                         crypto.sign(theirs, json.dumps(payload, sort_keys=True).encode()))  # sort_keys, spaces
+    their_pub = crypto.encode_public_key(theirs.public_key())
+    assert out.verify(heard, their_pub, link) is legacy
+    assert link.legacy_form == (2 if legacy else None)
+    frame = out.make(FrameType.HEARTBEAT, "*", TS, {"n": 1})
+    out.send_text(link, frame.to_wire())
+    sent = env.parse(next(a for a in out.take_actions() if isinstance(a, Send)).text)
+    our_key = ours.public_key()
+    assert sent.verify(our_key) is not legacy  # envelope form by default, payload-only toward a legacy peer
+    assert crypto.verify(our_key, json.dumps(sent.payload, sort_keys=True).encode(), sent.sig) is legacy
+    other = _server_link()
+    out.send_text(other, frame.to_wire())  # another link keeps the envelope form
+    assert env.parse(next(a for a in out.take_actions() if isinstance(a, Send)).text).verify(our_key)
