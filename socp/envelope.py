@@ -58,6 +58,8 @@ class FrameType(enum.StrEnum):
     USER_REGISTER = "USER_REGISTER"
     DIRECTORY_QUERY = "DIRECTORY_QUERY"
     DIRECTORY_RESPONSE = "DIRECTORY_RESPONSE"
+    PUBKEY_REQUEST = "PUBKEY_REQUEST"
+    PUBKEY_RESPONSE = "PUBKEY_RESPONSE"
     SERVER_USER_RECORDS = "SERVER_USER_RECORDS"
 
 
@@ -98,6 +100,8 @@ PAYLOAD_SCHEMA: dict[FrameType, dict[str, tuple[type, ...]]] = {
                               "content_sig": _STR},
     FrameType.DIRECTORY_QUERY: {},
     FrameType.DIRECTORY_RESPONSE: {"user_id": _STR, "pubkey": _STR},
+    FrameType.PUBKEY_REQUEST: {"user_id": _STR},
+    FrameType.PUBKEY_RESPONSE: {"user_id": _STR, "pubkey": _STR},
     FrameType.SERVER_USER_RECORDS: {"records": _LIST},
 }
 

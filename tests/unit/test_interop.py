@@ -303,3 +303,47 @@ def test_peer_seen_signing_with_spaces_gets_that_form_back(key_pool: Any, legacy
     other = _server_link()
     out.send_text(other, frame.to_wire())  # another link keeps the envelope form
     assert env.parse(next(a for a in out.take_actions() if isinstance(a, Send)).text).verify(our_key)
+
+
+# --- adverts without keys, PUBKEY_REQUEST / PUBKEY_RESPONSE -------------------------------------------------
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_keyless_advert_records_the_user_after_a_pubkey_request(net: Net, interop: bool) -> None:
+    intro = net.introducer("I", interop=interop)
+    a = net.peer("A", intro, interop=interop)
+    b = net.peer("B", intro, interop=interop)
+    assert net.full_mesh(), net.describe()
+    # carol's own adverts, B's snapshots and registry records never reach A: only the keyless advert below does
+    net.drop = lambda p: p.src == "B" and p.dst == "A" and p.type in ("USER_ADVERTISE", "SERVER_PRESENCE_SYNC",
+                                                                      "SERVER_USER_RECORDS")
+    carol = net.user("carol", b)
+    assert carol.user_id not in a.state.directory and a.state.presence.pinned_key(carol.user_id) is None
+    net.drop = None
+    keyless = env.make(FrameType.USER_ADVERTISE, b.server_id, "*", net.now,
+                       {"user_id": carol.user_id, "server_id": b.server_id, "meta": {"display_name": "carol"}}, b.key)
+    net.inject("B", "A", keyless.to_wire())
+    requests = net.packets(src="A", dst="B", frame_type="PUBKEY_REQUEST")
+    assert bool(requests) is interop
+    assert (carol.user_id in a.state.directory) is interop
+    if interop:
+        assert a.state.directory.get(carol.user_id).pubkey == carol.pubkey
+        assert net.packets(src="B", dst="A", frame_type="PUBKEY_RESPONSE")
+
+
+def test_pubkey_request_from_a_user_and_unasked_responses(net: Net) -> None:
+    intro = net.introducer("I", interop=True)
+    a = net.peer("A", intro, interop=True)
+    b = net.peer("B", intro, interop=True)
+    alice, bob = net.user("alice", a), net.user("bob", b)
+    assert net.full_mesh(), net.describe()
+    alice.send(alice.frame(FrameType.PUBKEY_REQUEST, a.server_id, {"user_id": bob.user_id}))
+    answer = alice.received(FrameType.PUBKEY_RESPONSE)
+    assert answer and answer[0].payload["pubkey"] == bob.pubkey and alice.signed_by_server(answer[0])
+    alice.send(alice.frame(FrameType.PUBKEY_REQUEST, a.server_id, {"user_id": USER}))
+    assert alice.errors("USER_NOT_FOUND")
+    # an answer nobody asked for changes nothing (a server cannot push keys this way)
+    mallory_pub = crypto.encode_public_key(net.pool.key(30).public_key())
+    unasked = env.make(FrameType.PUBKEY_RESPONSE, b.server_id, a.server_id, net.now,
+                       {"user_id": USER, "pubkey": mallory_pub, "server_id": b.server_id}, b.key)
+    net.inject("B", "A", unasked.to_wire())
+    assert USER not in a.state.directory
