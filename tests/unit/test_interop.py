@@ -347,3 +347,9 @@ def test_pubkey_request_from_a_user_and_unasked_responses(net: Net) -> None:
                        {"user_id": USER, "pubkey": mallory_pub, "server_id": b.server_id}, b.key)
     net.inject("B", "A", unasked.to_wire())
     assert USER not in a.state.directory
+
+
+def test_client_cli_flag() -> None:
+    from client.cli import config_from_args
+    assert config_from_args(["--user", "alice", "--interop"]).interop
+    assert not config_from_args(["--user", "alice"]).interop
