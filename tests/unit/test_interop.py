@@ -353,3 +353,30 @@ def test_client_cli_flag() -> None:
     from client.cli import config_from_args
     assert config_from_args(["--user", "alice", "--interop"]).interop
     assert not config_from_args(["--user", "alice"]).interop
+
+
+# --- a foreign server opening a link with the handshake variants --------------------------------------------
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_foreign_server_links_with_an_addressless_announce_signed_with_spaces(net: Net, interop: bool) -> None:
+    from socp.server.links import LinkRole
+    intro = net.introducer("I", interop=interop)
+    ours = net.peer("A", intro, interop=interop)
+    foreign = net.user("foreign")  # a raw endpoint: speaks whatever frames the test writes
+    foreign.open(ours)
+    payload = {"pubkey": foreign.pubkey}  # no host, no port
+    frame = {"type": "SERVER_ANNOUNCE", "from": foreign.user_id, "to": "*", "ts": net.now, "payload": payload,
+             "sig": crypto.sign(foreign.key, json.dumps(payload, sort_keys=True).encode())}
+    foreign.send(json.dumps(frame))
+    link = ours.state.links.get(foreign.link) if foreign.link is not None else None
+    assert (link is not None and link.role is LinkRole.SERVER and link.peer == foreign.user_id) is interop
+    if not interop:
+        assert foreign.closed or foreign.errors(), foreign.inbox
+        return
+    assert link is not None and link.legacy_form == 2
+    signed = [f for f in foreign.inbox if f.sig]
+    assert signed, foreign.inbox
+    our_key = ours.key.public_key()
+    for received in signed:  # everything we sign toward it is in its own form, not the envelope form
+        assert not received.verify(our_key)
+        assert crypto.verify(our_key, json.dumps(dict(received.payload), sort_keys=True).encode(), received.sig)
