@@ -29,6 +29,7 @@ class Variant(StrEnum):
     ANNOUNCE_NO_ADDRESS = "SERVER_ANNOUNCE without host/port"
     CHANNEL_UPDATED_NO_WRAPS = "PUBLIC_CHANNEL_UPDATED without wraps"
     ACK_HELLO_OK = "ACK msg_ref USER_HELLO_OK"
+    LIST_ONLINE_USERS = "LIST_RESPONSE.online_users"
 
 
 TYPE_ALIASES = {"CMD_LIST": "LIST_REQUEST"}
@@ -86,6 +87,9 @@ def normalise(frame: dict[str, Any]) -> tuple[dict[str, Any], list[Variant]]:
     elif raw_type == "PUBLIC_CHANNEL_UPDATED" and "wraps" not in payload:
         payload["wraps"] = []
         met.append(Variant.CHANNEL_UPDATED_NO_WRAPS)
+    elif raw_type == "LIST_RESPONSE" and "users" not in payload and isinstance(payload.get("online_users"), list):
+        payload["users"] = [{"user_id": user_id} for user_id in payload["online_users"]]
+        met.append(Variant.LIST_ONLINE_USERS)
     elif raw_type == "ACK" and payload.get("msg_ref") == "USER_HELLO_OK":
         payload["msg_ref"] = "USER_HELLO"
         met.append(Variant.ACK_HELLO_OK)

@@ -380,3 +380,27 @@ def test_foreign_server_links_with_an_addressless_announce_signed_with_spaces(ne
     for received in signed:  # everything we sign toward it is in its own form, not the envelope form
         assert not received.verify(our_key)
         assert crypto.verify(our_key, json.dumps(dict(received.payload), sort_keys=True).encode(), received.sig)
+
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_client_list_answer_with_online_users(key_pool: Any, interop: bool) -> None:
+    from socp.user import FrameRejected, UserList, UserSession
+    server_key, alice_key, bob_key, carol_key = (key_pool.key(i) for i in (5, 6, 7, 8))
+    carol = "ca401000-0000-4000-8000-0000000000c0"
+    session = UserSession(USER, alice_key, {}, interop=interop)
+    session.hello(TS)
+    session.receive_text(server_frame(FrameType.ACK, USER, {
+        "msg_ref": "USER_HELLO", "server_id": SERVER, "server_pub": crypto.encode_public_key(server_key.public_key())},
+        server_key), TS)
+    session.receive_text(advert_of(JOINER, bob_key, server_key, USER), TS)
+    session.receive_text(advert_of(carol, carol_key, server_key, USER), TS)
+    assert JOINER in session.directory and carol in session.directory
+    events = session.receive_text(server_frame(FrameType.LIST_RESPONSE, USER, {"online_users": [JOINER, USER]},
+                                               server_key), TS)
+    if interop:
+        assert [e for e in events if isinstance(e, UserList)]
+        assert JOINER in session.directory and carol not in session.directory
+        assert session.directory.get(JOINER).pubkey == crypto.encode_public_key(bob_key.public_key())
+    else:
+        assert [e for e in events if isinstance(e, FrameRejected)]
+        assert JOINER in session.directory and carol in session.directory
