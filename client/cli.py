@@ -147,6 +147,8 @@ class ClientConfig:
     """Password login: register the key under a password, or log in with it from an empty key dir."""
     password: str | None = field(default=None, repr=False)
     """The password (from --password-file or $SOCP_PASSWORD); None with ``use_password``: prompt for it."""
+    interop: bool = False
+    """The client side of the interop profile: a lenient welcome from other implementations (docs/INTEROP.md)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest file sent or accepted (default 16 MiB)")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="connection and request timeout (default 10)")
+    parser.add_argument("--interop", action="store_true",
+                        help="accept other implementations' welcome (ACK USER_HELLO_OK, frames before the ACK, "
+                             "server id from 'from'); docs/INTEROP.md")
     parser.add_argument("--log-level", default="WARNING", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                         help="diagnostics on stderr (default WARNING)")
@@ -214,7 +219,7 @@ def config_from_args(argv: Sequence[str] | None, env_passphrase: str | None = No
     return ClientConfig(user=args.user, server=args.server, user_id=args.user_id, key_dir=args.key_dir,
                         passphrase=passphrase or None, timeout=args.timeout, log_level=args.log_level,
                         downloads=args.downloads, max_file_bytes=args.max_file_size, use_password=use_password,
-                        password=password)
+                        password=password, interop=args.interop)
 
 
 def main(argv: Sequence[str] | None = None, env_passphrase: str | None = None,
@@ -360,7 +365,8 @@ async def _connect_local(config: ClientConfig, expected: str | None) -> ClientCo
                                        config.passphrase)
     return await ClientConnection.connect(config.server, identity, timeout=config.timeout,
                                           downloads=config.downloads, max_file_bytes=config.max_file_bytes,
-                                          expected_server_pub=expected, known_users=KnownUsers(config.key_dir).load())
+                                          expected_server_pub=expected, known_users=KnownUsers(config.key_dir).load(),
+                                          interop=config.interop)
 
 
 class _Finished(Exception):

@@ -219,7 +219,7 @@ class ClientConnection:
                       sync_directory: bool = True, downloads: Path | None = None,
                       max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                       known_users: Mapping[str, tuple[str, str]] | None = None, hybrid_files: bool = True,
-                      previous: ClientConnection | None = None) -> ClientConnection:
+                      previous: ClientConnection | None = None, interop: bool = False) -> ClientConnection:
         """Connect to ``url``, send USER_HELLO and wait for the server's welcome.
 
         ``meta`` is merged over ``{"display_name": identity.display_name}``. With ``sync_directory`` the
@@ -231,6 +231,7 @@ class ClientConnection:
         extension out of our hello (files to and from us are then plain RSA-OAEP chunks: for comparisons and
         interop tests). ``previous``, an earlier connection of the same user, hands over the messages already
         seen, so that one its (restarted) server delivers again is dropped as a :class:`DuplicateDelivery`.
+        ``interop`` turns on the client side of the interop profile (a lenient welcome, docs/INTEROP.md).
 
         Raises :class:`ConnectionFailed` (unreachable, handshake failed, no answer within ``timeout``,
         unacceptable answer), :class:`socp.errors.BadKey` when the server's key contradicts
@@ -241,7 +242,7 @@ class ClientConnection:
         seen = previous.session.replay if previous is not None and previous.user_id == identity.user_id else None
         session = UserSession(identity.user_id, identity.key, hello_meta, expected_server_pub,
                               max_file_bytes=max_file_bytes, known_users=known_users,
-                              hybrid_files=hybrid_files, replay=seen)
+                              hybrid_files=hybrid_files, replay=seen, interop=interop)
         websocket = await _open_websocket(url, timeout)
         return await cls._welcome(websocket, session, url, identity, timeout, sync_directory, downloads)
 

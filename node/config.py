@@ -77,6 +77,8 @@ class NodeConfig:
     """Failed password logins allowed per source address per minute before it is slowed down."""
     legacy_interop: bool = False
     """Accept payload-only transport signatures and '*'-addressed hellos / link openers (logged loudly)."""
+    interop: bool = False
+    """The interop profile (docs/INTEROP.md); implies ``legacy_interop`` and ``allow_unsigned_hello``."""
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     """Concurrent inbound connections accepted in total."""
     max_connections_per_ip: int = DEFAULT_MAX_CONNECTIONS_PER_IP
@@ -146,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--legacy-interop", action="store_true",
                         help="INSECURE interop switch: accept transport signatures over the payload alone and "
                              "USER_HELLO / SERVER_ANNOUNCE addressed to '*' (WIRE §2); logged as a WARNING")
+    parser.add_argument("--interop", action="store_true",
+                        help="interop profile (docs/INTEROP.md): accept other SOCP implementations' variants; "
+                             "implies --legacy-interop and --allow-unsigned-hello; logged as a WARNING")
     parser.add_argument("--allow-unsigned-hello", action="store_true",
                         help="interop switch: accept USER_HELLO without a signature")
     parser.add_argument("--admit-keys", type=Path, default=None, metavar="FILE",
@@ -199,9 +204,9 @@ def config_from_args(args: argparse.Namespace, hostname: str) -> NodeConfig:
         data_dir=data_dir, bootstrap=bootstrap, log_level=args.log_level,
         timings=timings,
         max_frame_bytes=args.max_frame_bytes, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
-        allow_unsigned_hello=args.allow_unsigned_hello,
+        allow_unsigned_hello=args.allow_unsigned_hello or args.interop,
         show_identity=args.show_identity, max_file_bytes=args.max_file_size, login_attempts=args.login_attempts,
-        legacy_interop=args.legacy_interop, max_connections=args.max_connections,
+        legacy_interop=args.legacy_interop or args.interop, interop=args.interop, max_connections=args.max_connections,
         max_connections_per_ip=args.max_connections_per_ip, server_rate_limit=args.server_rate_limit,
         server_rate_burst=args.server_rate_burst, admit_keys=admit_keys, join_token=join_token,
     )

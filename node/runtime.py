@@ -98,6 +98,9 @@ class NodeRuntime:
         self._per_source: dict[str, int] = {}
         self.refused_connections = 0
         """Inbound connections closed at once because a connection cap was reached."""
+        if config.interop:
+            self._log.warning("INTEROP PROFILE is ON: other implementations' field names and shapes are accepted "
+                              "and each variant is logged once per peer (docs/INTEROP.md)")
         if config.legacy_interop:
             self._log.warning("LEGACY INTEROP is ON: payload-only transport signatures and USER_HELLO / "
                               "SERVER_ANNOUNCE addressed to '*' are accepted; captured frames can then be "
@@ -398,7 +401,8 @@ class NodeRuntime:
             rate_burst=config.rate_burst,
             backoff_initial_ms=min(500, config.timings.heartbeat_interval_ms),
             max_file_bytes=config.max_file_bytes, login_max_failures=config.login_attempts,
-            legacy_interop=config.legacy_interop, server_rate_per_second=config.server_rate_limit,
+            legacy_interop=config.legacy_interop, interop=config.interop,
+            server_rate_per_second=config.server_rate_limit,
             server_rate_burst=config.server_rate_burst, admit_keys=config.admit_keys, join_token=config.join_token,
         )
 

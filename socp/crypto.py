@@ -204,6 +204,14 @@ def verify_payload(key: PublicKey, payload: Mapping[str, Any], signature: str) -
     return any(verify(key, form, signature) for form in accepted_payload_forms(payload))
 
 
+def payload_form_index(key: PublicKey, payload: Mapping[str, Any], signature: str) -> int | None:
+    """Which accepted payload-only form (:func:`socp.codec.accepted_payload_forms` index) ``signature``
+    covers, or None; legacy-interop switch only."""
+    if not signature:
+        return None
+    return next((i for i, form in enumerate(accepted_payload_forms(payload)) if verify(key, form, signature)), None)
+
+
 # --- AES-256-GCM ----------------------------------------------------------------------------------
 
 def generate_symmetric_key() -> bytes:
@@ -262,21 +270,35 @@ def unwrap_file_key(key: PrivateKey, wrapped: str) -> bytes:
 # --- content signatures (WIRE §5) -----------------------------------------------------------------
 
 def direct_content_forms(ciphertext: str, sender: str, recipient: str, ts: int) -> list[bytes]:
-    """The byte strings a MSG_DIRECT ``content_sig`` may cover: ciphertext text first, raw bytes second."""
+    """The byte strings a MSG_DIRECT ``content_sig`` may cover (WIRE §5), the emitted form first.
+
+    1. the ciphertext's raw bytes followed by the UTF-8 of ``from + to + str(ts)`` (emitted: the reading the
+       strictest public implementation verifies);
+    2. the ciphertext's base64url text followed by the same (this project's earlier form);
+    3. ``canonical({"ciphertext", "from", "to", "ts"})`` (another implementation's reading).
+    All three bind the same four facts, so accepting each weakens nothing. A ciphertext that is not base64url
+    has no raw form; the other two still apply (and the decryption refuses it anyway).
+    """
     tail = (sender + recipient + str(ts)).encode("utf-8")
-    forms = [ciphertext.encode("utf-8") + tail]
+    forms: list[bytes] = []
     with contextlib.suppress(BadFrame):
         forms.append(b64url_decode(ciphertext) + tail)
+    forms.append(ciphertext.encode("utf-8") + tail)
+    forms.append(canonical_json({"ciphertext": ciphertext, "from": sender, "to": recipient, "ts": ts}))
     return forms
 
 
 def sign_direct(key: PrivateKey, ciphertext: str, sender: str, recipient: str, ts: int) -> str:
-    """``content_sig`` of a direct message: PSS over ``ciphertext + from + to + str(ts)``."""
-    return sign(key, direct_content_forms(ciphertext, sender, recipient, ts)[0])
+    """``content_sig`` of a direct message: PSS over the ciphertext's raw bytes ‖ ``from + to + str(ts)``."""
+    try:
+        raw = b64url_decode(ciphertext)
+    except BadFrame as exc:
+        raise CryptoError("a direct message ciphertext must be base64url") from exc
+    return sign(key, raw + (sender + recipient + str(ts)).encode("utf-8"))
 
 
 def verify_direct(key: PublicKey, signature: str, ciphertext: str, sender: str, recipient: str, ts: int) -> bool:
-    """Verify a direct message ``content_sig`` in either accepted form."""
+    """Verify a direct message ``content_sig`` in any of the three accepted forms (WIRE §5)."""
     return any(verify(key, form, signature) for form in direct_content_forms(ciphertext, sender, recipient, ts))
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from socp import crypto
+from socp import interop as interop_profile
 from socp.codec import canonical_envelope, canonical_json, dumps
 from socp.errors import BadFrame, ErrorCode, ProtocolError, TooLarge, UnknownType
 from socp.settings import DEFAULT_MAX_FRAME_BYTES
@@ -57,6 +58,8 @@ class FrameType(enum.StrEnum):
     USER_REGISTER = "USER_REGISTER"
     DIRECTORY_QUERY = "DIRECTORY_QUERY"
     DIRECTORY_RESPONSE = "DIRECTORY_RESPONSE"
+    PUBKEY_REQUEST = "PUBKEY_REQUEST"
+    PUBKEY_RESPONSE = "PUBKEY_RESPONSE"
     SERVER_USER_RECORDS = "SERVER_USER_RECORDS"
 
 
@@ -97,6 +100,8 @@ PAYLOAD_SCHEMA: dict[FrameType, dict[str, tuple[type, ...]]] = {
                               "content_sig": _STR},
     FrameType.DIRECTORY_QUERY: {},
     FrameType.DIRECTORY_RESPONSE: {"user_id": _STR, "pubkey": _STR},
+    FrameType.PUBKEY_REQUEST: {"user_id": _STR},
+    FrameType.PUBKEY_RESPONSE: {"user_id": _STR, "pubkey": _STR},
     FrameType.SERVER_USER_RECORDS: {"records": _LIST},
 }
 
@@ -115,6 +120,14 @@ class Envelope:
     payload: Mapping[str, Any] = field(default_factory=dict)
     sig: str = ""
     id: str = field(default="", compare=False)
+    wire_payload: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    """The payload as received when the interop profile rewrote it (:func:`socp.interop.normalise`): the
+    signatures cover it and a relayed copy carries it; None (the rule) when ``payload`` is what was received."""
+
+    @property
+    def _signed_payload(self) -> Mapping[str, Any]:
+        """The payload the sender signed: as received on the wire."""
+        return self.payload if self.wire_payload is None else self.wire_payload
 
     @property
     def msg_ref(self) -> str:
@@ -134,13 +147,13 @@ class Envelope:
     @property
     def signed_bytes(self) -> bytes:
         """What the transport signature covers: the canonical envelope (WIRE §2)."""
-        return canonical_envelope(self.type.value, self.sender, self.to, self.ts, self.payload)
+        return canonical_envelope(self.type.value, self.sender, self.to, self.ts, self._signed_payload)
 
     def to_wire(self) -> str:
         """The JSON text of this frame, ready for one WebSocket text message (with a random ``id``)."""
         frame: dict[str, Any] = {
             "type": self.type.value, "from": self.sender, "to": self.to, "ts": self.ts,
-            "payload": dict(self.payload), "sig": self.sig, "id": self.id or crypto.random_frame_id(),
+            "payload": dict(self._signed_payload), "sig": self.sig, "id": self.id or crypto.random_frame_id(),
         }
         return dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
@@ -149,7 +162,8 @@ class Envelope:
 
         THE signing function for envelopes: servers, clients and test helpers all sign through it.
         """
-        return replace(self, sig=crypto.sign(key, self.signed_bytes))
+        return replace(self, sig=crypto.sign(key, canonical_envelope(
+            self.type.value, self.sender, self.to, self.ts, self.payload)), wire_payload=None)
 
     def verify(self, key: crypto.PublicKey, *, legacy: bool = False) -> bool:
         """True when ``sig`` is a valid transport signature by ``key`` over the canonical envelope.
@@ -161,7 +175,7 @@ class Envelope:
             return False
         if crypto.verify(key, self.signed_bytes, self.sig):
             return True
-        return legacy and crypto.verify_payload(key, self.payload, self.sig)
+        return legacy and crypto.verify_payload(key, self._signed_payload, self.sig)
 
 
 def make(frame_type: FrameType, sender: str, to: str, ts: int, payload: Mapping[str, Any],
@@ -186,11 +200,14 @@ def error_from_exception(sender: str, to: str, ts: int, exc: ProtocolError,
     return error_frame(sender, to, ts, exc.code, exc.detail, key, exc.msg_ref)
 
 
-def parse(data: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelope:
+def parse(data: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+          interop: list[interop_profile.Variant] | None = None) -> Envelope:
     """Parse and validate one frame as received from the wire.
 
     Raises :class:`TooLarge`, :class:`BadFrame` or :class:`UnknownType`; nothing else escapes.
-    Unknown extra envelope fields are ignored, as are unknown payload fields.
+    Unknown extra envelope fields are ignored, as are unknown payload fields. With ``interop`` (a list, under
+    the interop profile only) the frame is first brought into WIRE.md's form by
+    :func:`socp.interop.normalise`, and the variants met are appended to the list.
     """
     # An ASCII str (every frame of ours: base64url and escaped JSON) is as long in UTF-8: no copy to measure it.
     size = len(data) if isinstance(data, bytes) or data.isascii() else len(data.encode("utf-8", "surrogatepass"))
@@ -203,6 +220,11 @@ def parse(data: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelo
                        else "frame nests too deeply") from None
     if not isinstance(frame, dict):
         raise BadFrame("frame must be a JSON object")
+    wire_payload = None
+    if interop is not None:
+        frame, met = interop_profile.normalise(frame)
+        interop.extend(met)
+        wire_payload = frame.pop("_wire_payload", None)
     raw_type = frame.get("type")
     if not isinstance(raw_type, str):
         raise BadFrame("field 'type' missing or not a string")
@@ -223,6 +245,8 @@ def parse(data: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelo
     try:
         frame_type = FrameType(raw_type)
     except ValueError:
+        if raw_type in interop_profile.REGISTER_FIRST_TYPES:
+            raise UnknownType(interop_profile.REGISTER_FIRST_DETAIL, msg_ref=msg_ref) from None
         raise UnknownType(f"unknown frame type {raw_type!r}", msg_ref=msg_ref) from None
     sig = frame.get("sig", "")
     if sig is None:
@@ -233,7 +257,7 @@ def parse(data: str | bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Envelo
     check_payload(frame_type, payload, msg_ref)
     frame_id = frame.get("id")
     return Envelope(frame_type, frame["from"], frame["to"], frame["ts"], payload, sig,
-                    frame_id if isinstance(frame_id, str) else "")
+                    frame_id if isinstance(frame_id, str) else "", wire_payload)
 
 
 def _surrogate_free(data: str | bytes) -> bool:

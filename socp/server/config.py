@@ -108,6 +108,10 @@ class ServerSettings:
     protection (a captured frame can be re-timestamped or sent to another server); the node logs a WARNING."""
     allow_unsigned_hello: bool = False
     """Interop switch: accept USER_HELLO without a proof-of-possession signature."""
+    interop: bool = False
+    """The interop profile (issue 14, docs/INTEROP.md): accept other implementations' field names and shapes
+    (:mod:`socp.interop`), logging each variant once per peer. Implies :attr:`legacy_interop` and
+    :attr:`allow_unsigned_hello` (set on construction); never on by default."""
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     """Largest file (FILE_START ``size``) this server routes; larger ones get TOO_LARGE."""
     login_max_failures: int = DEFAULT_LOGIN_ATTEMPTS
@@ -122,6 +126,11 @@ class ServerSettings:
     join_token: str = field(default="", repr=False)
     """Admission control: the federation's shared join secret (never sent; joins and announces carry an
     HMAC under it, PROTOCOL.md §4.1.1). Empty with no ``admit_keys``: open admission (the standard's)."""
+
+    def __post_init__(self) -> None:
+        if self.interop:  # the profile implies both switches: one flag for "talk to the others"
+            object.__setattr__(self, "legacy_interop", True)
+            object.__setattr__(self, "allow_unsigned_hello", True)
 
     @property
     def admission(self) -> str:

@@ -68,6 +68,8 @@ class Link:
     source: str = ""                     # inbound: the peer's address as the shell saw it (login throttle)
     carried: bool = False                # server link: a frame the peer verifies was queued since our last
     #                                      heartbeat round (the next round sends it no HEARTBEAT)
+    legacy_form: int | None = None       # legacy switch: the payload-only signature form the peer was seen
+    #                                      using (socp.codec.accepted_payload_forms index); we sign in it too
 
 
 class LinkTable:

@@ -213,7 +213,7 @@ class Mesh:
             self._refuse_admission(frame, key_text, "not admitted")
             raise AuthFailed("this federation admits only listed server keys or holders of its join token",
                              msg_ref=frame.msg_ref, fatal=True)
-        if not self._out.verify(frame, key_text):
+        if not self._out.verify(frame, key_text, link):
             self._refuse_admission(frame, key_text, "bad signature")
             raise InvalidSignature("SERVER_HELLO_JOIN signature does not verify with its pubkey",
                                    msg_ref=frame.msg_ref, fatal=True)
@@ -242,6 +242,8 @@ class Mesh:
                     for sid, s in sorted(self._book.items())
                     if sid != assigned and self._links.is_linked(sid) and s.host and s.proven]
         payload = {"assigned_id": assigned, "servers": servers, "features": wire_list(SERVER_FEATURES),
+                   # extras for implementations that learn the introducer's key only from these (docs/INTEROP.md)
+                   "server_id": self._out.server_id, "server_pub": self._out.pubkey, "pubkey": self._out.pubkey,
                    "clients": [{"user_id": s["server_id"], "host": s["host"], "port": s["port"],
                                 "pubkey": s["pubkey"]} for s in servers]}
         self._out.send(link, self._out.make(FrameType.SERVER_WELCOME, assigned, now, payload))
@@ -305,7 +307,7 @@ class Mesh:
                                   "configured pubkey; pin it in the bootstrap file", frame.sender[:8], entry.host,
                                   entry.port, crypto.key_fingerprint(crypto.normalize_public_key(introducer_key)))
         introducer_key = crypto.normalize_public_key(introducer_key)
-        if not self._out.verify(frame, introducer_key):
+        if not self._out.verify(frame, introducer_key, link):
             raise InvalidSignature("SERVER_WELCOME is not signed by the pinned introducer key",
                                    msg_ref=frame.msg_ref, fatal=True)
         assigned = frame.payload["assigned_id"]
@@ -375,9 +377,11 @@ class Mesh:
     # --- helpers -----------------------------------------------------------------------------------
 
     def announce_payload(self) -> dict[str, Any]:
-        """Our SERVER_ANNOUNCE / SERVER_HELLO_JOIN payload."""
+        """Our SERVER_ANNOUNCE / SERVER_HELLO_JOIN payload (``server_id``/``server_pub``: harmless extras some
+        implementations read the key from, docs/INTEROP.md)."""
         return {"host": self._settings.advertise_host, "port": self._settings.advertise_port,
-                "pubkey": self._out.pubkey, "features": wire_list(SERVER_FEATURES)}
+                "pubkey": self._out.pubkey, "features": wire_list(SERVER_FEATURES),
+                "server_id": self._out.server_id, "server_pub": self._out.pubkey}
 
     def _opener(self, frame_type: FrameType, to: str, now: int) -> Envelope:
         """Our SERVER_HELLO_JOIN or link-opening SERVER_ANNOUNCE, with ``join_mac`` in a closed federation."""

@@ -12,6 +12,7 @@ send on a link marks it ``carried``, which spares it the next HEARTBEAT (see :mo
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
@@ -20,6 +21,7 @@ from typing import Any
 from socp import crypto
 from socp import envelope as env
 from socp.actions import Action, CloseLink, Dial, Event, LinkId, PeerFault, Send
+from socp.codec import accepted_payload_forms, dumps
 from socp.envelope import Envelope, FrameType
 from socp.errors import ProtocolError
 from socp.server.config import PUBKEY_CACHE_SIZE, SIGNATURE_CACHE_MAX_BYTES, SIGNATURE_CACHE_SIZE
@@ -84,10 +86,40 @@ class Outbox:
             self._signatures[signed_bytes] = signature
         return replace(frame, sig=signature)
 
-    def verify(self, frame: Envelope, key_text: str) -> bool:
+    def verify(self, frame: Envelope, key_text: str, link: Link | None = None) -> bool:
         """True when ``frame`` carries a transport signature by ``key_text`` (the canonical envelope; a
-        payload-only signature too under the legacy-interop switch)."""
-        return frame.verify(self.public_key(key_text), legacy=self.legacy_interop)
+        payload-only signature too under the legacy-interop switch).
+
+        A peer on ``link`` seen signing in a payload-only form gets our frames signed in that form too from
+        then on (issue 14: some implementations refuse our envelope signatures); logged once per link.
+        """
+        key = self.public_key(key_text)
+        if frame.verify(key):
+            return True
+        if not self.legacy_interop:
+            return False
+        form = crypto.payload_form_index(key, frame.wire_payload or frame.payload, frame.sig)
+        if form is None:
+            return False
+        if link is not None and link.legacy_form != form:
+            link.legacy_form = form
+            self.log.warning("interop: %s signs payload-only (form %d); signing toward it in that form",
+                             (link.peer or frame.sender)[:8], form)
+        return True
+
+    def _legacy_text(self, text: str, form: int) -> str:
+        """``text`` (a frame we signed) with its ``sig`` replaced by our payload-only signature in ``form``."""
+        frame: dict[str, Any] = json.loads(text)
+        signed = list(accepted_payload_forms(frame["payload"]))[form]
+        signature = self._signatures.get(signed)
+        if signature is None:
+            signature = crypto.sign(self.key, signed)
+            self.signatures += 1
+            if len(self._signatures) >= SIGNATURE_CACHE_SIZE:
+                self._signatures.clear()
+            self._signatures[signed] = signature
+        frame["sig"] = signature
+        return dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
     def public_key(self, key_text: str) -> crypto.PublicKey:
         """``key_text`` decoded, from a bounded cache (verifying the same keys again and again is common)."""
@@ -115,6 +147,8 @@ class Outbox:
         relay, e.g. another server's self-signed SERVER_ANNOUNCE).
         """
         if not link.closing:
+            if link.legacy_form is not None and proves_life:
+                text = self._legacy_text(text, link.legacy_form)
             self._actions.append(Send(link.link_id, text))
             if proves_life:
                 link.carried = True

@@ -88,7 +88,7 @@ class ServerBook:
         info = self._servers.get(frame.sender)
         if info is None:
             raise BadKey(f"no pinned key for server {frame.sender}", msg_ref=frame.msg_ref)
-        if not self._out.verify(frame, info.pubkey):
+        if not self._out.verify(frame, info.pubkey, link):
             raise InvalidSignature(f"{frame.type} signature does not verify with the pinned key of "
                                    f"{frame.sender}", msg_ref=frame.msg_ref)
         info.proven = True

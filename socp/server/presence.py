@@ -40,7 +40,7 @@ from socp import crypto
 from socp import envelope as env
 from socp.actions import UserJoined, UserLeft
 from socp.envelope import BROADCAST, Envelope, FrameType
-from socp.errors import BadFrame, BadKey, InvalidSignature, NameInUse
+from socp.errors import BadFrame, BadKey, InvalidSignature, NameInUse, UserNotFound
 from socp.features import SERVER_FEATURES, wire_list
 from socp.presence import Attestation, Directory, UserRecord, display_label, meta_of
 from socp.replay import ReplayCache
@@ -56,6 +56,10 @@ SERVER_UNREACHABLE = "server_unreachable"
 
 MAX_REFUSALS_LOGGED = 10_000
 """Distinct refused records remembered so that each is logged at WARNING once (then DEBUG)."""
+
+
+MAX_KEYLESS = 10_000
+"""Most users advertised without a key awaiting their PUBKEY_RESPONSE (interop profile)."""
 
 
 class Presence:
@@ -75,6 +79,9 @@ class Presence:
         self._legacy_peers: set[str] = set()
         self._attests: dict[str, Attestation] = {}
         """The newest verified location attestation of each user (local users: the one of their hello)."""
+        self._keyless: dict[str, tuple[str, dict[str, Any]]] = {}
+        """Interop profile: users advertised without a key whose key we asked their server for (PUBKEY_REQUEST):
+        user id → (server id, advert payload). Bounded by :data:`MAX_KEYLESS`."""
         self.refused_adverts = 0
         self._refusals_logged: set[tuple[str, str, str]] = set()
         """Gossiped user records refused: another key than the one bound, or no valid, fresh attestation."""
@@ -130,7 +137,7 @@ class Presence:
         if enc_key is not None:
             crypto.decode_public_key(enc_key)
         if frame.sig:
-            if not self._out.verify(frame, key_text):
+            if not self._out.verify(frame, key_text, link):
                 raise InvalidSignature("USER_HELLO signature does not verify with its pubkey",
                                        msg_ref=frame.msg_ref, fatal=True)
         elif not self._settings.allow_unsigned_hello:
@@ -226,6 +233,14 @@ class Presence:
             self._out.log.debug("ignoring advert of user %s relayed for unlinked server %s",
                                 str(payload["user_id"])[:8], frame.sender[:8])
             return
+        meta = meta_of(payload)
+        if self._settings.interop and payload.get("pubkey") is None and meta.get("pubkey") is None:
+            self._keyless_advert(frame, now)
+            return
+        self._record_advert(frame, payload, now)
+
+    def _record_advert(self, frame: Envelope, payload: Mapping[str, Any], now: int) -> None:
+        """Record a (verified) advert's user for its signer and tell our users; a bad key is logged, dropped."""
         meta = meta_of(payload)
         pubkey = self._gossiped_user_key(payload, meta, frame, frame.sender)
         if pubkey is None:
@@ -406,6 +421,47 @@ class Presence:
         if attest is not None and attest.server_id == record.server_id:
             payload["attest"] = attest.to_wire()
         return payload
+
+    # --- keys on demand (interop profile, docs/INTEROP.md) ---------------------------------------------
+
+    def _keyless_advert(self, frame: Envelope, now: int) -> None:
+        """An advert with ``{user_id, server_id}`` only: use the key bound here already, else ask its server."""
+        payload = dict(frame.payload)
+        user_id = str(payload["user_id"])
+        known = self.pinned_key(user_id)
+        if known is not None:
+            self._record_advert(frame, {**payload, "pubkey": known}, now)
+            return
+        link = self._links.server_link(frame.sender)
+        if link is None or (user_id not in self._keyless and len(self._keyless) >= MAX_KEYLESS):
+            self._out.log.info("interop: no key for user %s advertised by %s; not listed", user_id[:8],
+                               frame.sender[:8])
+            return
+        self._keyless[user_id] = (frame.sender, payload)
+        self._out.send(link, self._out.make(FrameType.PUBKEY_REQUEST, frame.sender, now, {"user_id": user_id}))
+
+    def on_pubkey_request(self, link: Link, frame: Envelope, now: int) -> None:
+        """PUBKEY_REQUEST {user_id} from a server or a user: the key bound here, signed by us (the same trust
+        as an advert: our transport signature); ``USER_NOT_FOUND`` when none is."""
+        user_id = frame.payload["user_id"]
+        key = self.pinned_key(user_id)
+        if key is None:
+            raise UserNotFound(f"no key known for user {user_id}", msg_ref=frame.msg_ref)
+        location = self._directory.location(user_id) or (self._out.server_id if user_id in self._locals else "")
+        self._out.send(link, self._out.make(FrameType.PUBKEY_RESPONSE, link.peer, now, {
+            "user_id": user_id, "pubkey": key, "server_id": location, "msg_ref": frame.msg_ref}))
+
+    def on_pubkey_response(self, link: Link, frame: Envelope, now: int) -> None:
+        """PUBKEY_RESPONSE from the server that advertised a user without a key: record the user as if the
+        advert had carried it (same checks: key binding, attestation rules). Unasked answers are ignored."""
+        user_id = frame.payload["user_id"]
+        pending = self._keyless.get(user_id)
+        if pending is None or pending[0] != frame.sender:
+            self._out.log.debug("ignoring unasked PUBKEY_RESPONSE for %s from %s", str(user_id)[:8],
+                                frame.sender[:8])
+            return
+        del self._keyless[user_id]
+        self._record_advert(frame, {**pending[1], "pubkey": frame.payload["pubkey"]}, now)
 
     def pinned_key(self, user_id: str) -> str | None:
         """The key bound to ``user_id`` here (registry, else directory), or None."""

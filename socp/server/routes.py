@@ -117,6 +117,8 @@ def route_table(mesh: Mesh, presence: Presence, routing: Routing, public: Public
         (server, (t.SERVER_USER_RECORDS,), Route(registry.on_user_records, V.LINKED_SERVER, R.ONCE)),
         (server, (t.PUBLIC_CHANNEL_ADD,), Route(public.on_public_add, V.LINKED_SERVER, R.ONCE)),
         (server, (t.PUBLIC_CHANNEL_UPDATED,), Route(public.on_public_updated, V.LINKED_SERVER, R.ONCE)),
+        (server, (t.PUBKEY_REQUEST,), Route(presence.on_pubkey_request, V.LINKED_SERVER, R.ONCE)),
+        (server, (t.PUBKEY_RESPONSE,), Route(presence.on_pubkey_response, V.LINKED_SERVER, R.ONCE)),
         (user, (t.LIST_REQUEST,), Route(presence.on_list_request, V.LINK_USER, R.ONCE)),
         (user, (t.HEARTBEAT,), Route(routing.on_user_heartbeat, V.LINK_USER, R.ONCE)),
         (user, (t.MSG_DIRECT,), Route(routing.on_direct, V.LINK_USER, R.ONCE)),
@@ -124,6 +126,7 @@ def route_table(mesh: Mesh, presence: Presence, routing: Routing, public: Public
         (user, (t.MSG_PUBLIC_CHANNEL, t.PUBLIC_CHANNEL_KEY_SHARE), Route(public.on_public_frame, V.LINK_USER, R.ONCE)),
         (user, (t.USER_REGISTER,), Route(registry.on_register, V.LINK_USER, R.ONCE)),
         (user, (t.DIRECTORY_QUERY,), Route(registry.on_directory_query, V.LINK_USER, R.ONCE)),
+        (user, (t.PUBKEY_REQUEST,), Route(presence.on_pubkey_request, V.LINK_USER, R.ONCE)),
         (user, (t.ACK, t.ERROR), Route(routing.on_user_reply, V.LINK_USER, R.ONCE)),
     ]
     table: dict[tuple[LinkRole, FrameType], Route] = {}
@@ -164,7 +167,7 @@ class Router:
             self._book.verify(link, frame, now, relayable=verify is Verify.PINNED_SERVER)
         elif verify is Verify.SELF_SIGNED:
             key_text = crypto.normalize_public_key(frame.payload["pubkey"])
-            if not self._out.verify(frame, key_text):
+            if not self._out.verify(frame, key_text, link):
                 raise InvalidSignature(f"{frame.type} is not signed by the key it announces", msg_ref=frame.msg_ref,
                                        fatal=True)
         elif verify is Verify.LINK_USER and frame.sender != link.peer:

@@ -33,13 +33,14 @@ from socp import envelope as env
 from socp.actions import Action, Event, LinkId
 from socp.envelope import FrameType
 from socp.errors import ProtocolError
+from socp.interop import Variant
 from socp.presence import Directory
 from socp.registry import Registration
 from socp.replay import ReplayCache
 from socp.server.config import ServerSettings
 from socp.server.files import Files
 from socp.server.hooks import Hooks
-from socp.server.links import LinkRole, LinkTable, SilentDrop
+from socp.server.links import Link, LinkRole, LinkTable, SilentDrop
 from socp.server.mesh import Mesh
 from socp.server.outbox import Outbox, logger
 from socp.server.peers import ServerBook
@@ -49,6 +50,9 @@ from socp.server.receipts import Receipts
 from socp.server.registry import Registry
 from socp.server.routes import Router, route_table
 from socp.server.routing import Routing
+
+MAX_VARIANTS_LOGGED = 10_000
+"""Bound of the once-per-peer interop log memory (beyond it a variant is logged again each time)."""
 
 
 class ServerState:
@@ -66,6 +70,8 @@ class ServerState:
         """Frames seen within the replay window."""
         self.hooks = Hooks()
         self.out = Outbox(settings.server_id, key, legacy_interop=settings.legacy_interop)
+        self._variants_seen: set[tuple[str, Variant]] = set()
+        """(peer, variant) pairs already logged under the interop profile."""
         self.links = LinkTable(settings.rate_per_second, settings.rate_burst, settings.peer_timeout_ms,
                                heartbeat_interval_ms=settings.heartbeat_interval_ms,
                                join_wait_ms=settings.join_wait_ms, now=now,
@@ -148,7 +154,10 @@ class ServerState:
             link.last_seen = now  # a server link lives on verified frames only (see ServerBook.verify)
         try:
             self.links.take_token(link, now)
-            frame = env.parse(text, self.settings.max_frame_bytes)
+            variants: list[Variant] | None = [] if self.settings.interop else None
+            frame = env.parse(text, self.settings.max_frame_bytes, variants)
+            if variants:
+                self._note_variants(link, frame.sender, variants)
         except SilentDrop:
             return
         except ProtocolError as exc:
@@ -166,6 +175,17 @@ class ServerState:
             if exc.msg_ref is None:
                 exc.msg_ref = frame.msg_ref  # errors raised deep inside (key parsing) still name the frame
             self.out.fault(link, exc, now)
+
+    def _note_variants(self, link: Link, sender: str, variants: list[Variant]) -> None:
+        """Log each interop variant once per peer (docs/INTEROP.md); the set is bounded."""
+        peer = link.peer or sender
+        for variant in variants:
+            if (peer, variant) in self._variants_seen:
+                continue
+            if len(self._variants_seen) < MAX_VARIANTS_LOGGED:
+                self._variants_seen.add((peer, variant))
+            self.out.log.warning("interop: accepted variant '%s' from %s (link %d)", variant, peer[:8],
+                                 link.link_id)
 
     def handle_timer(self, now: int, *, processed_until: int | None = None) -> None:
         """Run everything whose deadline has passed: joins, reconnects, liveness, heartbeats, sync.

@@ -195,6 +195,10 @@ class PeerDirectory:
         for item in frame.payload["users"]:
             server_id = item.get("server_id") if isinstance(item, dict) else None
             record = _record(item, server_id) if isinstance(server_id, str) else None
+            if record is None and isinstance(item, dict) and set(item) == {"user_id"}:
+                # An id-only entry (another implementation's ``online_users``, docs/INTEROP.md): still online
+                # as we know it; nothing new is learnt from it, so nothing needs verifying.
+                record = self.directory.get(item["user_id"]) if isinstance(item["user_id"], str) else None
             if record is None:
                 # One unusable entry (another implementation's key format, say) must not hide the others.
                 logger.debug("LIST_RESPONSE entry skipped: needs user_id, server_id and an RSA-4096 pubkey")

@@ -47,6 +47,7 @@ from socp import envelope as env
 from socp.envelope import BROADCAST, Envelope, FrameType
 from socp.errors import BadKey, ProtocolError, SocpError, UnknownType
 from socp.features import CLIENT_FEATURES, Feature, wire_list
+from socp.interop import Variant
 from socp.presence import Directory, UserRecord, meta_of
 from socp.replay import DEFAULT_WINDOW_MS, ReplayCache
 from socp.settings import DEFAULT_MAX_FILE_BYTES
@@ -66,6 +67,9 @@ from socp.user.keys import PeerDirectory
 from socp.user.public import PublicChannel
 from socp.user.receipts import Receipts
 
+MAX_HELD_FRAMES = 256
+"""Frames held before the welcome under the interop profile; more are refused as before."""
+
 CLIENT_NAME = "socp-testbed/0.1"
 """The ``client`` field of our USER_HELLO."""
 
@@ -81,8 +85,13 @@ class SessionState(enum.Enum):
 class ServerLink:
     """The session's standing with its server: the state, and the server key pinned at the welcome."""
 
-    def __init__(self, peers: PeerDirectory, expected_pub: str | None, expected_id: str | None = None) -> None:
+    def __init__(self, peers: PeerDirectory, expected_pub: str | None, expected_id: str | None = None,
+                 interop: bool = False) -> None:
         self._peers = peers
+        self.interop = interop
+        """The client side of the interop profile (docs/INTEROP.md): a lenient welcome."""
+        self.held: list[Envelope] = []
+        """Frames that arrived before the welcome, under the interop profile: handled once welcomed."""
         self.expected_pub = expected_pub
         self.expected_id = expected_id
         """The server id our USER_HELLO is addressed to (None: ``"*"``, until the server names itself)."""
@@ -114,6 +123,11 @@ class ServerLink:
         if payload["msg_ref"] != FrameType.USER_HELLO.value:
             raise Rejected(f"expected the ACK of USER_HELLO, got an ACK of {payload['msg_ref']!r}")
         server_id, server_pub = payload.get("server_id"), payload.get("server_pub")
+        if self.interop and server_id is None and env.is_uuid(frame.sender):
+            server_id = frame.sender  # some servers name themselves only in 'from' (docs/INTEROP.md)
+            logger.info("interop: server id taken from the ACK's 'from' (%s)", frame.sender[:8])
+        if self.interop and server_pub is None and self.expected_pub is not None:
+            server_pub = self.expected_pub  # the key pinned in advance; the ACK must still verify with it
         if not isinstance(server_id, str) or not server_id:
             raise Rejected("ACK of USER_HELLO lacks a 'server_id' string")
         if self.expected_id is not None and server_id != self.expected_id:
@@ -258,7 +272,7 @@ class UserSession:
                  expected_server_pub: str | None = None, *, replay_window_ms: int = DEFAULT_WINDOW_MS,
                  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, login_nonce: str | None = None,
                  server_id: str | None = None, known_users: Mapping[str, tuple[str, str]] | None = None,
-                 hybrid_files: bool = True, replay: ReplayCache | None = None) -> None:
+                 hybrid_files: bool = True, replay: ReplayCache | None = None, interop: bool = False) -> None:
         self._user = LocalUser(user_id, key)
         self.user_id = user_id
         self.pubkey = self._user.pubkey
@@ -276,7 +290,7 @@ class UserSession:
         peers = PeerDirectory()
         public = PublicChannel(self._user, peers, replay)
         peers.on_member_left(public.member_left)
-        self._parts = Parts(ServerLink(peers, expected_pub, server_id), peers,
+        self._parts = Parts(ServerLink(peers, expected_pub, server_id, interop), peers,
                             DirectMessages(self._user, peers, replay), public,
                             FileTransfers(self._user, peers, public, replay, max_file_bytes, hybrid=hybrid_files),
                             Receipts())
@@ -476,14 +490,31 @@ class UserSession:
         Never raises for anything the server sends: a frame that is malformed, unsigned, badly signed,
         or carries a message that does not verify or decrypt becomes a :class:`FrameRejected` event.
         """
+        link = self._parts.link
+        variants: list[Variant] | None = [] if link.interop else None
         try:
-            frame = env.parse(text)
+            frame = env.parse(text, interop=variants)
         except UnknownType as exc:
             # A type from a newer protocol revision: nothing to do with it, and nothing wrong either.
             logger.debug("< ignoring frame of unknown type: %s", exc.detail)
             return []
         except ProtocolError as exc:
             return [FrameRejected(f"malformed frame from the server: {exc.detail}")]
+        for variant in variants or ():
+            logger.info("interop: accepted variant '%s' from the server", variant)
+        if (link.interop and link.state is SessionState.AWAITING_ACK and frame.type not in ROUTES[link.state]
+                and len(link.held) < MAX_HELD_FRAMES):
+            link.held.append(frame)  # a server that talks before its ACK: handled once welcomed
+            return []
+        events = self._handle(frame, now)
+        if link.held and link.state is SessionState.WELCOMED:
+            held, link.held = link.held, []
+            for early in held:
+                events += self._handle(early, now)
+        return events
+
+    def _handle(self, frame: Envelope, now: int) -> list[ClientEvent]:
+        """Route one parsed frame (see :data:`ROUTES`); the events."""
         state = self._parts.link.state
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("< %s %s (user %s, %s)", frame.type, frame.msg_ref, self.user_id[:8], state.name)

@@ -285,19 +285,45 @@ RECIPIENT = "0b3c7f3e-8a2d-4d1e-b2b6-6a9f0e1d2c3b"
 TS = 1_760_000_000_123
 
 
-def test_direct_content_sig_text_form(alice: crypto.PrivateKey, bob: crypto.PrivateKey) -> None:
+def test_direct_content_sig_emits_raw_bytes_form(alice: crypto.PrivateKey, bob: crypto.PrivateKey) -> None:
     ciphertext = crypto.rsa_encrypt(bob.public_key(), b"hi bob")
     signature = crypto.sign_direct(alice, ciphertext, SENDER, RECIPIENT, TS)
-    covered = (ciphertext + SENDER + RECIPIENT + str(TS)).encode("utf-8")
-    assert crypto.verify(alice.public_key(), covered, signature)
-    assert crypto.verify_direct(alice.public_key(), signature, ciphertext, SENDER, RECIPIENT, TS)
-
-
-def test_direct_content_sig_raw_bytes_form(alice: crypto.PrivateKey, bob: crypto.PrivateKey) -> None:
-    ciphertext = crypto.rsa_encrypt(bob.public_key(), b"hi bob")
     covered = b64url_decode(ciphertext) + (SENDER + RECIPIENT + str(TS)).encode("utf-8")
-    signature = crypto.sign(alice, covered)
+    assert crypto.verify(alice.public_key(), covered, signature)
+    assert not crypto.verify(alice.public_key(), (ciphertext + SENDER + RECIPIENT + str(TS)).encode(), signature)
     assert crypto.verify_direct(alice.public_key(), signature, ciphertext, SENDER, RECIPIENT, TS)
+
+
+def _direct_form(form: str, ciphertext: str) -> bytes:
+    """The bytes each accepted ``content_sig`` form covers, spelled out independently of the code under test."""
+    tail = (SENDER + RECIPIENT + str(TS)).encode("utf-8")
+    if form == "raw":
+        return b64url_decode(ciphertext) + tail
+    if form == "text":
+        return ciphertext.encode("utf-8") + tail
+    return json.dumps({"ts": TS, "to": RECIPIENT, "from": SENDER, "ciphertext": ciphertext}, sort_keys=True,
+                      separators=(",", ":")).encode("ascii")
+
+
+@pytest.mark.parametrize("form", ["raw", "text", "json"])
+def test_direct_content_sig_accepts_each_form(alice: crypto.PrivateKey, bob: crypto.PrivateKey, form: str) -> None:
+    ciphertext = crypto.rsa_encrypt(bob.public_key(), b"hi bob")
+    signature = crypto.sign(alice, _direct_form(form, ciphertext))
+    assert crypto.verify_direct(alice.public_key(), signature, ciphertext, SENDER, RECIPIENT, TS)
+    assert not crypto.verify_direct(alice.public_key(), signature, ciphertext, SENDER, RECIPIENT, TS + 1)
+    assert not crypto.verify_direct(bob.public_key(), signature, ciphertext, SENDER, RECIPIENT, TS)
+
+
+def test_direct_content_sig_json_form_with_spaces_refused(alice: crypto.PrivateKey, bob: crypto.PrivateKey) -> None:
+    ciphertext = crypto.rsa_encrypt(bob.public_key(), b"hi bob")
+    spaced = json.dumps({"ciphertext": ciphertext, "from": SENDER, "to": RECIPIENT, "ts": TS}, sort_keys=True)
+    assert not crypto.verify_direct(alice.public_key(), crypto.sign(alice, spaced.encode()), ciphertext, SENDER,
+                                    RECIPIENT, TS)
+
+
+def test_direct_content_sig_needs_base64url_ciphertext(alice: crypto.PrivateKey) -> None:
+    with pytest.raises(CryptoError):
+        crypto.sign_direct(alice, "not base64url!", SENDER, RECIPIENT, TS)
 
 
 @pytest.mark.parametrize("field", ["ciphertext", "sender", "recipient", "ts", "key"])

@@ -1,0 +1,99 @@
+"""The interop profile (issue 14, docs/INTEROP.md): other implementations' encodings of the same signed facts.
+
+Sans-I/O. :func:`normalise` rewrites one received frame (the decoded JSON object, before it is validated) into
+the form WIRE.md defines, and names each variant it met, so that the caller can log it once per peer. It runs
+only when the node or client runs the interop profile (``--interop``); the default stays strict.
+
+Every rewrite keeps the facts a signature binds: the payload the peer signed is kept aside (see
+:attr:`socp.envelope.Envelope.wire_payload`) and signatures are checked, and frames relayed, over it. None of the
+variants lets a frame through that the strict reading would have refused for a security reason: a missing
+field is filled only where the standard's own frame omits it, and aliases carry the same value under another
+name.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class Variant(StrEnum):
+    """A deviation from WIRE.md accepted under the interop profile (names as logged and tested)."""
+
+    HELLO_PUBKEY_ALIAS = "USER_HELLO.pubkey_b64u"
+    LIST_ALIAS = "CMD_LIST"
+    LIST_NO_PAYLOAD = "LIST_REQUEST without payload"
+    ADVERT_USER_ALIAS = "USER_ADVERTISE.user"
+    ADVERT_PUBKEY_ALIAS = "USER_ADVERTISE.pubkey_b64u"
+    WELCOME_NULL_ID = "SERVER_WELCOME assigned_id null"
+    ANNOUNCE_NO_ADDRESS = "SERVER_ANNOUNCE without host/port"
+    CHANNEL_UPDATED_NO_WRAPS = "PUBLIC_CHANNEL_UPDATED without wraps"
+    ACK_HELLO_OK = "ACK msg_ref USER_HELLO_OK"
+    LIST_ONLINE_USERS = "LIST_RESPONSE.online_users"
+
+
+TYPE_ALIASES = {"CMD_LIST": "LIST_REQUEST"}
+"""Frame type names other implementations use for one of ours."""
+
+REGISTER_FIRST_TYPES = frozenset({"LOCAL_REGISTER"})
+"""Types some clients send before USER_HELLO; answered with an error naming the alternative (issue 14 item 7)."""
+
+REGISTER_FIRST_DETAIL = ("LOCAL_REGISTER is not part of SOCP v1.3 here: send USER_HELLO {client, pubkey, "
+                         "enc_pubkey, meta} signed with your key; the server registers the key on first hello")
+"""The ERROR detail a LOCAL_REGISTER gets, naming what to send instead."""
+
+
+def _alias(payload: dict[str, Any], alias: str, name: str) -> bool:
+    """Copy ``payload[alias]`` to ``payload[name]`` when only the alias is present; True when it was."""
+    if name not in payload and isinstance(payload.get(alias), str):
+        payload[name] = payload[alias]
+        return True
+    return False
+
+
+def normalise(frame: dict[str, Any]) -> tuple[dict[str, Any], list[Variant]]:
+    """``frame`` rewritten into WIRE.md's form, and the variants met (empty: it was already in that form).
+
+    ``frame`` is the decoded JSON object of one message; it is not modified. The returned frame keeps the
+    payload as received under ``"_wire_payload"`` when the payload was rewritten (signatures cover that).
+    """
+    met: list[Variant] = []
+    raw_type = frame.get("type")
+    out = dict(frame)
+    if isinstance(raw_type, str) and raw_type in TYPE_ALIASES:
+        out["type"] = raw_type = TYPE_ALIASES[raw_type]
+        met.append(Variant.LIST_ALIAS)
+    received = frame.get("payload")
+    if received is None and raw_type == "LIST_REQUEST":
+        out["payload"] = {}
+        met.append(Variant.LIST_NO_PAYLOAD)
+        return out, met
+    if not isinstance(received, dict):
+        return out, met
+    payload = dict(received)
+    if raw_type == "USER_HELLO" and _alias(payload, "pubkey_b64u", "pubkey"):
+        met.append(Variant.HELLO_PUBKEY_ALIAS)
+    elif raw_type == "USER_ADVERTISE":
+        if _alias(payload, "user", "user_id"):
+            met.append(Variant.ADVERT_USER_ALIAS)
+        if _alias(payload, "pubkey_b64u", "pubkey"):
+            met.append(Variant.ADVERT_PUBKEY_ALIAS)
+    elif raw_type == "SERVER_WELCOME" and payload.get("assigned_id", "") is None and isinstance(frame.get("to"), str):
+        payload["assigned_id"] = frame["to"]  # null: "keep the id you asked for", and the welcome is sent to it
+        met.append(Variant.WELCOME_NULL_ID)
+    elif raw_type == "SERVER_ANNOUNCE" and "host" not in payload and "port" not in payload:
+        payload["host"], payload["port"] = "", 0  # no dialable address: never redialled, never listed onwards
+        met.append(Variant.ANNOUNCE_NO_ADDRESS)
+    elif raw_type == "PUBLIC_CHANNEL_UPDATED" and "wraps" not in payload:
+        payload["wraps"] = []
+        met.append(Variant.CHANNEL_UPDATED_NO_WRAPS)
+    elif raw_type == "LIST_RESPONSE" and "users" not in payload and isinstance(payload.get("online_users"), list):
+        payload["users"] = [{"user_id": user_id} for user_id in payload["online_users"]]
+        met.append(Variant.LIST_ONLINE_USERS)
+    elif raw_type == "ACK" and payload.get("msg_ref") == "USER_HELLO_OK":
+        payload["msg_ref"] = "USER_HELLO"
+        met.append(Variant.ACK_HELLO_OK)
+    if met and payload != received:
+        out["payload"] = payload
+        out["_wire_payload"] = received
+    return out, met

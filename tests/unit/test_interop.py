@@ -1,0 +1,406 @@
+"""The interop profile (issue 14, docs/INTEROP.md): each variant is accepted under ``interop`` and, where it
+would weaken anything or is not WIRE.md's form, refused by default."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from socp import crypto
+from socp import envelope as env
+from socp.envelope import FrameType
+from socp.errors import BadFrame, UnknownType
+from socp.interop import REGISTER_FIRST_DETAIL, Variant, normalise
+from socp.server.config import ServerSettings
+from tests.unit.harness import FakeUser, Net
+
+SERVER = "6c1b9a52-29f5-4c44-9a43-5f3a3c1f5a10"
+JOINER = "0b3c7f3e-8a2d-4d1e-b2b6-6a9f0e1d2c3b"
+USER = "a11ce000-0000-4000-8000-000000000001"
+TS = 1_760_000_000_123
+
+
+def raw_frame(frame_type: str, sender: str, to: str, payload: dict[str, Any] | None, key: Any = None) -> str:
+    """A frame as another implementation writes it: ``payload`` as given (None: no payload field), signed over
+    the canonical envelope of that payload when ``key`` is given."""
+    frame: dict[str, Any] = {"type": frame_type, "from": sender, "to": to, "ts": TS}
+    if payload is not None:
+        frame["payload"] = payload
+    if key is not None:
+        frame["sig"] = crypto.sign(key, env.canonical_envelope(frame_type, sender, to, TS, payload or {}))
+    return json.dumps(frame)
+
+
+def both(net: Net) -> tuple[Any, Any]:
+    """A strict node and an interop node in one federation."""
+    intro = net.introducer("I")
+    return net.peer("S", intro), net.peer("P", intro, interop=True)
+
+
+def test_interop_implies_the_legacy_switches() -> None:
+    settings = ServerSettings(server_id=SERVER, advertise_host="h", advertise_port=1, interop=True)
+    assert settings.legacy_interop and settings.allow_unsigned_hello
+    strict = ServerSettings(server_id=SERVER, advertise_host="h", advertise_port=1)
+    assert not (strict.interop or strict.legacy_interop or strict.allow_unsigned_hello)
+
+
+def test_node_flag_sets_the_profile(tmp_path: Any) -> None:
+    from node.config import build_parser, config_from_args
+    args = build_parser().parse_args(["--interop", "--data-dir", str(tmp_path)])
+    config = config_from_args(args, "host")
+    assert config.interop and config.legacy_interop and config.allow_unsigned_hello
+    default = config_from_args(build_parser().parse_args(["--data-dir", str(tmp_path)]), "host")
+    assert not (default.interop or default.legacy_interop or default.allow_unsigned_hello)
+
+
+def hello_with_alias(user: FakeUser, to: str) -> Envelope:
+    """USER_HELLO carrying the key as ``pubkey_b64u`` only, signed over that payload."""
+    frame = user.hello_frame(to=to, signed=False)
+    payload = {k: v for k, v in frame.payload.items() if k != "pubkey"}
+    payload["pubkey_b64u"] = user.pubkey
+    return env.make(FrameType.USER_HELLO, user.user_id, to, frame.ts, payload, user.key)
+
+
+Envelope = env.Envelope
+
+
+def test_hello_pubkey_alias(net: Net) -> None:
+    strict, interop = both(net)
+    for node, accepted in ((strict, False), (interop, True)):
+        user = net.user(f"u-{node.name}")
+        user.open(node)
+        user.send(hello_with_alias(user, node.server_id))
+        assert bool(user.received(FrameType.ACK)) is accepted, user.inbox
+        assert (user.user_id in node.state.local_users) is accepted
+        if not accepted:
+            assert user.errors("BAD_FRAME"), user.inbox
+
+
+@pytest.mark.parametrize("frame_type,payload", [("CMD_LIST", {}), ("LIST_REQUEST", None), ("CMD_LIST", None)])
+def test_list_variants(net: Net, frame_type: str, payload: dict[str, Any] | None) -> None:
+    strict, interop = both(net)
+    for node, accepted in ((strict, False), (interop, True)):
+        user = net.user(f"u-{node.name}", node)
+        user.clear()
+        user.send(raw_frame(frame_type, user.user_id, node.server_id, payload))
+        responses = user.received(FrameType.LIST_RESPONSE)
+        assert bool(responses) is accepted, user.inbox
+        if accepted:
+            assert user.user_id in {u["user_id"] for u in responses[0].payload["users"]}
+        else:
+            assert user.errors(), user.inbox
+
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_local_register_gets_an_error_naming_user_hello(net: Net, interop: bool) -> None:
+    node = net.introducer("I", interop=interop)
+    user = net.user("newbie")
+    user.open(node)
+    user.send(raw_frame("LOCAL_REGISTER", user.user_id, node.server_id, {"pubkey": user.pubkey}))
+    errors = user.errors("UNKNOWN_TYPE")
+    assert errors and "USER_HELLO" in errors[0].payload["detail"], user.inbox
+    assert errors[0].payload["detail"] == REGISTER_FIRST_DETAIL
+
+
+def test_welcome_and_announce_carry_server_id_and_server_pub(net: Net) -> None:
+    intro = net.introducer("I")
+    a = net.peer("A", intro)
+    net.peer("B", intro)
+    assert net.full_mesh(), net.describe()
+    welcomes = net.packets(src="I", frame_type="SERVER_WELCOME")
+    announces = net.packets(src="A", frame_type="SERVER_ANNOUNCE")
+    assert welcomes and announces
+    for packet, node in ((welcomes[0], intro), (announces[0], a)):
+        payload = json.loads(packet.text)["payload"]
+        assert payload["server_id"] == node.server_id and payload["server_pub"] == node.pubkey
+        assert payload["pubkey"] == node.pubkey
+
+
+# --- frame-level variants (what a foreign server sends on a link) ------------------------------------------
+
+def parse_both(text: str) -> tuple[Envelope | Exception, Envelope, list[Variant]]:
+    """``text`` parsed strictly (the envelope or the exception) and under the profile (with the variants)."""
+    try:
+        strict: Envelope | Exception = env.parse(text)
+    except (BadFrame, UnknownType) as exc:
+        strict = exc
+    met: list[Variant] = []
+    return strict, env.parse(text, interop=met), met
+
+
+def test_advert_aliases_keep_the_signature(key_pool: Any) -> None:
+    key = key_pool.key(0)
+    user_pub = crypto.encode_public_key(key_pool.key(1).public_key())
+    payload = {"user": USER, "server_id": SERVER, "pubkey_b64u": user_pub, "meta": {}}
+    text = raw_frame("USER_ADVERTISE", SERVER, "*", payload, key)
+    strict, frame, met = parse_both(text)
+    assert isinstance(strict, BadFrame)
+    assert met == [Variant.ADVERT_USER_ALIAS, Variant.ADVERT_PUBKEY_ALIAS]
+    assert frame.payload["user_id"] == USER and frame.payload["pubkey"] == user_pub
+    assert frame.verify(key.public_key())                     # over the payload as signed
+    assert json.loads(frame.to_wire())["payload"] == payload  # relayed unchanged
+    assert not env.parse(frame.to_wire(), interop=[]).verify(key_pool.key(2).public_key())
+
+
+def test_advert_alias_payload_only_signature_under_legacy(key_pool: Any) -> None:
+    key = key_pool.key(0)
+    payload = {"user": USER, "server_id": SERVER}
+    frame = json.loads(raw_frame("USER_ADVERTISE", SERVER, "*", payload))
+    frame["sig"] = crypto.sign(key, json.dumps(payload, sort_keys=True).encode())  # sort_keys with spaces
+    parsed = env.parse(json.dumps(frame), interop=[])
+    assert parsed.verify(key.public_key(), legacy=True)
+    assert not parsed.verify(key.public_key())
+
+
+def test_welcome_with_null_assigned_id_keeps_the_requested_id(key_pool: Any) -> None:
+    key = key_pool.key(0)
+    pub = crypto.encode_public_key(key.public_key())
+    payload = {"assigned_id": None, "servers": [{"server_id": SERVER, "host": "h", "port": 1, "pubkey": pub}]}
+    strict, frame, met = parse_both(raw_frame("SERVER_WELCOME", SERVER, JOINER, payload, key))
+    assert isinstance(strict, BadFrame)
+    assert met == [Variant.WELCOME_NULL_ID] and frame.payload["assigned_id"] == JOINER
+    assert frame.verify(key.public_key())
+
+
+def test_announce_without_address(key_pool: Any) -> None:
+    key = key_pool.key(0)
+    payload = {"pubkey": crypto.encode_public_key(key.public_key())}
+    strict, frame, met = parse_both(raw_frame("SERVER_ANNOUNCE", SERVER, JOINER, payload, key))
+    assert isinstance(strict, BadFrame)
+    assert met == [Variant.ANNOUNCE_NO_ADDRESS]
+    assert (frame.payload["host"], frame.payload["port"]) == ("", 0)  # "no dialable address"
+    assert frame.verify(key.public_key())
+
+
+def test_channel_updated_without_wraps() -> None:
+    strict, frame, met = parse_both(raw_frame("PUBLIC_CHANNEL_UPDATED", SERVER, "*", {"version": 2}))
+    assert isinstance(strict, BadFrame)
+    assert met == [Variant.CHANNEL_UPDATED_NO_WRAPS] and frame.payload["wraps"] == []
+
+
+def test_ack_user_hello_ok() -> None:
+    frame, met = normalise({"type": "ACK", "from": SERVER, "to": USER, "ts": TS,
+                            "payload": {"msg_ref": "USER_HELLO_OK"}})
+    assert met == [Variant.ACK_HELLO_OK] and frame["payload"]["msg_ref"] == "USER_HELLO"
+
+
+def test_frames_in_wire_form_meet_no_variant(key_pool: Any) -> None:
+    key = key_pool.key(0)
+    text = raw_frame("USER_ADVERTISE", SERVER, "*", {"user_id": USER, "server_id": SERVER}, key)
+    met: list[Variant] = []
+    frame = env.parse(text, interop=met)
+    assert met == [] and frame.wire_payload is None and frame == env.parse(text)
+
+
+def test_resigning_a_normalised_frame_signs_the_normalised_payload(key_pool: Any) -> None:
+    key = key_pool.key(0)
+    frame = env.parse(raw_frame("USER_ADVERTISE", SERVER, "*", {"user": USER, "server_id": SERVER}, key),
+                      interop=[])
+    resigned = frame.signed(key)
+    assert resigned.wire_payload is None and resigned.verify(key.public_key())
+    assert json.loads(resigned.to_wire())["payload"]["user_id"] == USER
+
+
+# --- the client side: a lenient welcome ----------------------------------------------------------------------
+
+def server_frame(frame_type: FrameType, to: str, payload: dict[str, Any], key: Any) -> str:
+    return env.make(frame_type, SERVER, to, TS, payload, key).to_wire()
+
+
+def advert_of(user_id: str, user_key: Any, server_key: Any, to: str) -> str:
+    return server_frame(FrameType.USER_ADVERTISE, to, {
+        "user_id": user_id, "server_id": SERVER, "pubkey": crypto.encode_public_key(user_key.public_key()),
+        "meta": {"display_name": "bob"}}, server_key)
+
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_client_ack_user_hello_ok_without_server_id(key_pool: Any, interop: bool) -> None:
+    from socp.user import SessionState, UserSession, Welcomed
+    server_key, alice_key = key_pool.key(5), key_pool.key(6)
+    session = UserSession(USER, alice_key, {}, interop=interop)
+    session.hello(TS)
+    ack = server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO_OK",
+                                             "server_pub": crypto.encode_public_key(server_key.public_key())},
+                       server_key)
+    events = session.receive_text(ack, TS)
+    assert (session.state is SessionState.WELCOMED) is interop, events
+    if interop:
+        assert events == [Welcomed(SERVER, crypto.encode_public_key(server_key.public_key()))]
+        assert session.server_id == SERVER
+
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_client_holds_frames_before_the_ack_and_verifies_them_after(key_pool: Any, interop: bool) -> None:
+    from socp.user import FrameRejected, SessionState, UserOnline, UserSession
+    server_key, alice_key, bob_key, mallory_key = (key_pool.key(i) for i in (5, 6, 7, 8))
+    session = UserSession(USER, alice_key, {}, interop=interop)
+    session.hello(TS)
+    early = session.receive_text(advert_of(JOINER, bob_key, server_key, USER), TS)
+    forged = session.receive_text(advert_of(SERVER, bob_key, mallory_key, USER), TS)  # not the server's key
+    if not interop:
+        assert any(isinstance(e, FrameRejected) for e in early + forged)
+    else:
+        assert early == [] and forged == []
+    ack = server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO", "server_id": SERVER,
+                                             "server_pub": crypto.encode_public_key(server_key.public_key())},
+                       server_key)
+    events = session.receive_text(ack, TS)
+    assert session.state is SessionState.WELCOMED
+    online = [e for e in events if isinstance(e, UserOnline)]
+    assert [e.record.user_id for e in online] == ([JOINER] if interop else [])
+    assert (JOINER in session.directory) is interop
+    assert SERVER not in session.directory  # the forged advert was verified after the pin, and refused
+    if interop:
+        assert any(isinstance(e, FrameRejected) for e in events)
+
+
+def test_client_ack_without_server_pub_uses_the_key_pinned_in_advance(key_pool: Any) -> None:
+    from socp.user import SessionState, UserSession
+    server_key, alice_key = key_pool.key(5), key_pool.key(6)
+    pinned = crypto.encode_public_key(server_key.public_key())
+    ack = server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO", "server_id": SERVER}, server_key)
+    for interop, welcomed in ((False, False), (True, True)):
+        session = UserSession(USER, alice_key, {}, pinned, interop=interop)
+        session.hello(TS)
+        session.receive_text(ack, TS)
+        assert (session.state is SessionState.WELCOMED) is welcomed
+    wrong = server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO", "server_id": SERVER}, key_pool.key(8))
+    session = UserSession(USER, alice_key, {}, pinned, interop=True)
+    session.hello(TS)
+    session.receive_text(wrong, TS)
+    assert session.state is SessionState.AWAITING_ACK  # signed by another key than the pinned one: refused
+
+
+# --- signing toward a peer in the payload-only form it uses -------------------------------------------------
+
+def _server_link() -> Any:
+    from socp.ratelimit import TokenBucket
+    from socp.server.links import Link, LinkRole
+    return Link(1, False, LinkRole.SERVER, TS, TS, TokenBucket(100.0, 100), peer=JOINER)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_peer_seen_signing_with_spaces_gets_that_form_back(key_pool: Any, legacy: bool) -> None:
+    from socp.actions import Send
+    from socp.server.outbox import Outbox
+    ours, theirs = key_pool.key(0), key_pool.key(1)
+    out = Outbox(SERVER, ours, legacy_interop=legacy)
+    link = _server_link()
+    payload = {"user_id": USER, "server_id": JOINER}
+    heard = env.Envelope(FrameType.USER_ADVERTISE, JOINER, "*", TS, payload,
+                         crypto.sign(theirs, json.dumps(payload, sort_keys=True).encode()))  # sort_keys, spaces
+    their_pub = crypto.encode_public_key(theirs.public_key())
+    assert out.verify(heard, their_pub, link) is legacy
+    assert link.legacy_form == (2 if legacy else None)
+    frame = out.make(FrameType.HEARTBEAT, "*", TS, {"n": 1})
+    out.send_text(link, frame.to_wire())
+    sent = env.parse(next(a for a in out.take_actions() if isinstance(a, Send)).text)
+    our_key = ours.public_key()
+    assert sent.verify(our_key) is not legacy  # envelope form by default, payload-only toward a legacy peer
+    assert crypto.verify(our_key, json.dumps(sent.payload, sort_keys=True).encode(), sent.sig) is legacy
+    other = _server_link()
+    out.send_text(other, frame.to_wire())  # another link keeps the envelope form
+    assert env.parse(next(a for a in out.take_actions() if isinstance(a, Send)).text).verify(our_key)
+
+
+# --- adverts without keys, PUBKEY_REQUEST / PUBKEY_RESPONSE -------------------------------------------------
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_keyless_advert_records_the_user_after_a_pubkey_request(net: Net, interop: bool) -> None:
+    intro = net.introducer("I", interop=interop)
+    a = net.peer("A", intro, interop=interop)
+    b = net.peer("B", intro, interop=interop)
+    assert net.full_mesh(), net.describe()
+    # carol's own adverts, B's snapshots and registry records never reach A: only the keyless advert below does
+    net.drop = lambda p: p.src == "B" and p.dst == "A" and p.type in ("USER_ADVERTISE", "SERVER_PRESENCE_SYNC",
+                                                                      "SERVER_USER_RECORDS")
+    carol = net.user("carol", b)
+    assert carol.user_id not in a.state.directory and a.state.presence.pinned_key(carol.user_id) is None
+    net.drop = None
+    keyless = env.make(FrameType.USER_ADVERTISE, b.server_id, "*", net.now,
+                       {"user_id": carol.user_id, "server_id": b.server_id, "meta": {"display_name": "carol"}}, b.key)
+    net.inject("B", "A", keyless.to_wire())
+    requests = net.packets(src="A", dst="B", frame_type="PUBKEY_REQUEST")
+    assert bool(requests) is interop
+    assert (carol.user_id in a.state.directory) is interop
+    if interop:
+        assert a.state.directory.get(carol.user_id).pubkey == carol.pubkey
+        assert net.packets(src="B", dst="A", frame_type="PUBKEY_RESPONSE")
+
+
+def test_pubkey_request_from_a_user_and_unasked_responses(net: Net) -> None:
+    intro = net.introducer("I", interop=True)
+    a = net.peer("A", intro, interop=True)
+    b = net.peer("B", intro, interop=True)
+    alice, bob = net.user("alice", a), net.user("bob", b)
+    assert net.full_mesh(), net.describe()
+    alice.send(alice.frame(FrameType.PUBKEY_REQUEST, a.server_id, {"user_id": bob.user_id}))
+    answer = alice.received(FrameType.PUBKEY_RESPONSE)
+    assert answer and answer[0].payload["pubkey"] == bob.pubkey and alice.signed_by_server(answer[0])
+    alice.send(alice.frame(FrameType.PUBKEY_REQUEST, a.server_id, {"user_id": USER}))
+    assert alice.errors("USER_NOT_FOUND")
+    # an answer nobody asked for changes nothing (a server cannot push keys this way)
+    mallory_pub = crypto.encode_public_key(net.pool.key(30).public_key())
+    unasked = env.make(FrameType.PUBKEY_RESPONSE, b.server_id, a.server_id, net.now,
+                       {"user_id": USER, "pubkey": mallory_pub, "server_id": b.server_id}, b.key)
+    net.inject("B", "A", unasked.to_wire())
+    assert USER not in a.state.directory
+
+
+def test_client_cli_flag() -> None:
+    from client.cli import config_from_args
+    assert config_from_args(["--user", "alice", "--interop"]).interop
+    assert not config_from_args(["--user", "alice"]).interop
+
+
+# --- a foreign server opening a link with the handshake variants --------------------------------------------
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_foreign_server_links_with_an_addressless_announce_signed_with_spaces(net: Net, interop: bool) -> None:
+    from socp.server.links import LinkRole
+    intro = net.introducer("I", interop=interop)
+    ours = net.peer("A", intro, interop=interop)
+    foreign = net.user("foreign")  # a raw endpoint: speaks whatever frames the test writes
+    foreign.open(ours)
+    payload = {"pubkey": foreign.pubkey}  # no host, no port
+    frame = {"type": "SERVER_ANNOUNCE", "from": foreign.user_id, "to": "*", "ts": net.now, "payload": payload,
+             "sig": crypto.sign(foreign.key, json.dumps(payload, sort_keys=True).encode())}
+    foreign.send(json.dumps(frame))
+    link = ours.state.links.get(foreign.link) if foreign.link is not None else None
+    assert (link is not None and link.role is LinkRole.SERVER and link.peer == foreign.user_id) is interop
+    if not interop:
+        assert foreign.closed or foreign.errors(), foreign.inbox
+        return
+    assert link is not None and link.legacy_form == 2
+    signed = [f for f in foreign.inbox if f.sig]
+    assert signed, foreign.inbox
+    our_key = ours.key.public_key()
+    for received in signed:  # everything we sign toward it is in its own form, not the envelope form
+        assert not received.verify(our_key)
+        assert crypto.verify(our_key, json.dumps(dict(received.payload), sort_keys=True).encode(), received.sig)
+
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_client_list_answer_with_online_users(key_pool: Any, interop: bool) -> None:
+    from socp.user import FrameRejected, UserList, UserSession
+    server_key, alice_key, bob_key, carol_key = (key_pool.key(i) for i in (5, 6, 7, 8))
+    carol = "ca401000-0000-4000-8000-0000000000c0"
+    session = UserSession(USER, alice_key, {}, interop=interop)
+    session.hello(TS)
+    session.receive_text(server_frame(FrameType.ACK, USER, {
+        "msg_ref": "USER_HELLO", "server_id": SERVER, "server_pub": crypto.encode_public_key(server_key.public_key())},
+        server_key), TS)
+    session.receive_text(advert_of(JOINER, bob_key, server_key, USER), TS)
+    session.receive_text(advert_of(carol, carol_key, server_key, USER), TS)
+    assert JOINER in session.directory and carol in session.directory
+    events = session.receive_text(server_frame(FrameType.LIST_RESPONSE, USER, {"online_users": [JOINER, USER]},
+                                               server_key), TS)
+    if interop:
+        assert [e for e in events if isinstance(e, UserList)]
+        assert JOINER in session.directory and carol not in session.directory
+        assert session.directory.get(JOINER).pubkey == crypto.encode_public_key(bob_key.public_key())
+    else:
+        assert [e for e in events if isinstance(e, FrameRejected)]
+        assert JOINER in session.directory and carol in session.directory
