@@ -1,0 +1,149 @@
+"""Link faults on the docker backend: ``tc netem`` inside each node's network namespace.
+
+The node containers get no extra capability. A short-lived helper container of the node image joins one
+node's network namespace (``--network container:<node>``) with ``NET_ADMIN`` and, as root, runs the shell script
+:func:`tc_script` builds; it is removed when the script ends.
+
+Every effect is one-way and on egress, as in the local backend's proxy (:class:`~testbed.proxy.NetworkModel`):
+node ``a`` delays, drops or throttles what it sends to ``b`` with the effect of the ``a``-``b`` link (both
+ends' node effects and the link's own, combined), and ``b`` does the same towards ``a``. On each of the node's
+interfaces the script installs an ``htb`` qdisc that sends unclassified traffic out unshaped, one htb class per
+distinct effect (rate: the bandwidth limit) with a ``netem`` child for delay ± jitter and loss, and a ``u32``
+filter per peer address sending packets to that peer into its class. (htb rather than ``prio`` + ``tbf``: one
+classful qdisc does both the classes and the shaping.)
+
+Delay, jitter and loss need the kernel's netem qdisc (``CONFIG_NET_SCH_NETEM``). Some kernels lack it (the
+Firecracker VM this project is developed on has neither netem nor prio, but has htb and u32): the backend
+probes once (:data:`PROBE`) and refuses those effects with :class:`~testbed.backend.BackendUnsupported`
+naming the missing option; bandwidth limits still work.
+
+Only packets to another node's address are ever degraded, so the orchestrator's control path is not: its
+probes and the scripted users reach the node through the published port on the access network, and the answers
+go to the host's bridge gateway, which no filter matches. A node's addresses change when it restarts or moves
+between networks (partitions), so the docker backend re-applies the scripts after each of those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from testbed.proxy import Effect
+
+HELPER_LABEL = "org.socp-testbed.netns-helper"
+"""Label (value: the node) of a helper container working in a node's network namespace."""
+HELPER_TIMEOUT = 30.0
+"""Seconds a helper's script may take."""
+
+MAX_EFFECTS = 64
+"""Distinct effects one node applies at once (one htb class each): a bound, far above what scenarios use."""
+UNLIMITED_BIT = 10_000_000_000
+"""The rate of an htb class whose effect sets no bandwidth: 10 Gbit/s, more than a veth carries here."""
+DIRECT_QLEN = 1000
+"""Packets htb queues unshaped for traffic no filter matched (a veth may have txqueuelen 0: htb would keep 2)."""
+
+CLEAR = """for dev in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1); do
+  [ "$dev" = lo ] && continue
+  tc qdisc del dev "$dev" root 2>/dev/null || true
+done"""
+"""Shell: remove whatever root qdisc :func:`tc_script` installed on every interface (none: nothing to do)."""
+
+PROBE = """tc qdisc add dev lo root netem delay 1ms 2>&1 && tc qdisc del dev lo root"""
+"""Shell: succeeds when the kernel has the netem qdisc (tried on the loopback for a moment)."""
+
+
+def needs_netem(effect: Effect) -> bool:
+    """Whether ``effect`` needs the netem qdisc (delay, jitter, loss); bandwidth alone is htb's."""
+    return bool(effect.delay or effect.jitter or effect.loss)
+
+
+def netem_arguments(effect: Effect) -> str:
+    """``tc qdisc … netem`` arguments for ``effect``'s delay ± jitter and loss: ``delay 100.000ms 20.000ms loss 5%``."""
+    parts = []
+    if effect.delay or effect.jitter:
+        parts.append(f"delay {effect.delay * 1000:.3f}ms")
+        if effect.jitter:
+            parts.append(f"{effect.jitter * 1000:.3f}ms")
+    if effect.loss:
+        parts.append(f"loss {effect.loss * 100:.4g}%")
+    return " ".join(parts)
+
+
+def rate_bit(effect: Effect) -> int:
+    """The htb rate of ``effect`` in bit/s (:class:`Effect` counts bytes per second; tc's ``bps`` is bytes too,
+    ``bit`` is unambiguous)."""
+    return max(8, round(effect.bandwidth * 8)) if effect.bandwidth else UNLIMITED_BIT
+
+
+def tc_script(peers: Mapping[str, tuple[Effect, Sequence[str]]]) -> str:
+    """The shell script that makes one node's egress to each peer suffer that link's effect.
+
+    ``peers``: peer name → (effect of the link to it, the peer's IPv4 addresses). Idle effects (and peers with
+    no address) are left clean. The script first removes what an earlier one installed, so it also restores.
+
+    On every interface but the loopback: an ``htb`` root qdisc whose unclassified traffic goes out unshaped
+    (``default 0``: htb's direct queue), one htb class per distinct effect (its rate: the bandwidth limit, or
+    :data:`UNLIMITED_BIT`) with a ``netem`` child for delay and loss, and a ``u32`` filter per peer address.
+    """
+    bands: dict[Effect, int] = {}
+    filters: list[tuple[str, int, str]] = []
+    for peer in sorted(peers):
+        effect, addresses = peers[peer]
+        if effect.idle:
+            continue
+        band = bands.setdefault(effect, len(bands) + 2)
+        filters.extend((address, band, peer) for address in sorted(addresses))
+    if len(bands) > MAX_EFFECTS:
+        raise ValueError(f"{len(bands)} distinct link effects on one node; at most {MAX_EFFECTS}")
+    lines = ["set -e", CLEAR]
+    if not filters:
+        return "\n".join(lines) + "\n"
+    lines.append("for dev in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1); do")
+    lines.append('  [ "$dev" = lo ] && continue')
+    lines.append(f'  tc qdisc add dev "$dev" root handle 1: htb default 0 direct_qlen {DIRECT_QLEN}')
+    for effect, band in bands.items():
+        rate = rate_bit(effect)
+        lines.append(f'  tc class add dev "$dev" parent 1: classid 1:{band} htb rate {rate}bit ceil {rate}bit '
+                     f"quantum 1514")
+        if needs_netem(effect):
+            lines.append(f'  tc qdisc add dev "$dev" parent 1:{band} handle {band}0: netem {netem_arguments(effect)}')
+    for address, band, peer in filters:
+        lines.append(f'  tc filter add dev "$dev" parent 1: protocol ip prio 1 u32 '
+                     f"match ip dst {address}/32 flowid 1:{band}  # {peer}")
+    lines.append("done")
+    return "\n".join(lines) + "\n"
+
+
+def run_in_netns(client: Any, image: str, container_id: str | None, script: str, labels: Mapping[str, str],
+                 timeout: float = HELPER_TIMEOUT) -> str:
+    """Run ``script`` (``/bin/sh``) as root with ``NET_ADMIN`` in a helper container of ``image`` sharing the
+    network namespace of container ``container_id`` (None: a namespace of its own, with only a loopback); return
+    its output, raise RuntimeError when it fails.
+
+    The helper is created, started, waited for and removed with its anonymous volumes explicitly: the image
+    declares a ``VOLUME``, which a plain ``run(remove=True)`` would leave behind.
+    """
+    network_mode = f"container:{container_id}" if container_id else "none"
+    helper = client.containers.create(
+        image, ["-c", script], entrypoint=["/bin/sh"], user="0", network_mode=network_mode,
+        cap_add=["NET_ADMIN"], labels=dict(labels), healthcheck={"test": ["NONE"]})
+    try:
+        helper.start()
+        status = helper.wait(timeout=timeout)
+        output = bytes(helper.logs(stdout=True, stderr=True)).decode(errors="replace")
+        if status.get("StatusCode") != 0:
+            raise RuntimeError(f"helper in {(container_id or 'its own')[:12]} network namespace failed "
+                               f"({status.get('StatusCode')}): {output.strip()[-1000:]}")
+        return output
+    finally:
+        helper.remove(force=True, v=True)
+
+
+def netem_missing(client: Any, image: str, labels: Mapping[str, str]) -> str | None:
+    """Why this Docker host's kernel cannot delay or drop packets (the last line of tc's error), or None when
+    it has the netem qdisc; probed in a helper's own network namespace."""
+    try:
+        run_in_netns(client, image, None, PROBE, labels)
+    except RuntimeError as exc:
+        return str(exc).rsplit("): ", 1)[-1].strip()  # tc's own words: "Error: Specified qdisc kind is unknown."
+    return None
