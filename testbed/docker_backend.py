@@ -258,6 +258,12 @@ class DockerCluster(ClusterBackend):
         self._netem_missing: str | None = None
         """Why the kernel cannot delay or drop (no netem qdisc), once :meth:`_require_netem` has probed."""
         self._netem_probed = False
+        self._capture_dir: Path | None = None
+        """Where every node's inter-node traffic is recorded (:meth:`capture_traffic`), None: not recorded."""
+        self._captures: dict[str, Any] = {}
+        """Node → its running capture helper container."""
+        self._capture_files: dict[str, int] = {}
+        """Node → pcap files started for it (a restarted node has a new network namespace: a new capture)."""
 
     # --- names -------------------------------------------------------------------------------------
 
@@ -339,6 +345,10 @@ class DockerCluster(ClusterBackend):
         self.progress("waiting for every node to be healthy and fully meshed")
         remaining = max(5.0, timeout - (time.monotonic() - began))
         self.timings["healthy"] = await self.wait_healthy(remaining)
+        if self._capture_dir is not None:
+            step = time.monotonic()
+            await self.start_capture()
+            self.timings["capture"] = time.monotonic() - step
         self.timings["total"] = time.monotonic() - began
 
     async def stop(self) -> None:
@@ -347,6 +357,7 @@ class DockerCluster(ClusterBackend):
             client = self._docker()
         except DockerUnavailable:
             return  # nothing can have been created
+        await self._stop_captures()
         await asyncio.to_thread(self._save_logs)
         if self.compose_file.exists():
             # Errors are ignored: the sweep below removes whatever compose could not.
@@ -416,6 +427,7 @@ class DockerCluster(ClusterBackend):
         await self._wait_state(node, "running")
         await asyncio.to_thread(self._read_port, node)
         await self._reapply_netem()
+        await self._start_capture(node)
 
     async def restart(self, node: str) -> None:
         """Stop then start the node's container (docker may publish it on a new host port)."""
@@ -424,6 +436,7 @@ class DockerCluster(ClusterBackend):
         await self._wait_state(node, "running")
         await asyncio.to_thread(self._read_port, node)
         await self._reapply_netem()
+        await self._start_capture(node)
 
     async def pause(self, node: str) -> None:
         """Freeze every process of the container (cgroup freezer); its connections stay open."""
@@ -516,6 +529,60 @@ class DockerCluster(ClusterBackend):
         self._model.nodes.clear()
         self._model.links.clear()
         await self._apply_netem()
+
+    def capture_traffic(self, directory: Path) -> bool:
+        """Record every node's inter-node traffic from :meth:`start` on, as ``directory/<node>-<n>.pcap``
+        (``tcpdump`` helpers in the nodes' network namespaces; see :mod:`testbed.netem`)."""
+        self._capture_dir = directory.absolute()
+        return True
+
+    async def start_capture(self, nodes: Iterable[str] | None = None) -> None:
+        """Start recording the traffic of ``nodes`` (default all) now: :meth:`start` does it when
+        :meth:`capture_traffic` was called before, and so do :meth:`start_node` and :meth:`restart`."""
+        await asyncio.gather(*(self._start_capture(name) for name in (self.node_names if nodes is None else nodes)))
+
+    async def _start_capture(self, node: str) -> None:
+        """(Re)start ``node``'s capture helper in its current network namespace, and wait until it listens."""
+        if self._capture_dir is None:
+            return
+        directory = self._capture_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        old = self._captures.pop(node, None)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(netem.stop_capture, old)
+        number = self._capture_files.get(node, 0) + 1
+        self._capture_files[node] = number
+
+        def start() -> Any:
+            client = self._docker()
+            access = client.networks.get(compose.access_network_name(self.project))
+            subnets = [str(c["Subnet"]) for c in (access.attrs.get("IPAM") or {}).get("Config") or [] if "Subnet" in c]
+            return netem.start_capture(client, self.image, str(self._container(node).id), str(directory),
+                                       f"{node}-{number}.pcap", subnets[0] if subnets else None,
+                                       compose.run_labels(self.project) | {netem.HELPER_LABEL: node})
+
+        helper = await asyncio.to_thread(start)
+        self._captures[node] = helper
+
+        def listening() -> bool | Pending:
+            state = netem.capture_state(helper)
+            if isinstance(state, str):
+                raise RuntimeError(f"{node}: the traffic capture failed: {state[-500:]}")
+            return True if state else Pending("tcpdump not listening yet")
+
+        await poll(lambda: asyncio.to_thread(listening), 20.0, f"{node}'s traffic capture to start", interval=0.2)
+
+    async def stop_capture(self) -> None:
+        """Stop recording every node's traffic (until :meth:`capture_traffic` is called again)."""
+        self._capture_dir = None
+        await self._stop_captures()
+
+    async def _stop_captures(self) -> None:
+        captures, self._captures = self._captures, {}
+        for helper in captures.values():
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(netem.stop_capture, helper)
 
     async def _require_netem(self) -> None:
         """Raise :class:`BackendUnsupported` when the host's kernel has no netem qdisc (probed once)."""

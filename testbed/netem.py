@@ -1,4 +1,5 @@
-"""Link faults on the docker backend: ``tc netem`` inside each node's network namespace.
+"""Helper containers in a node's network namespace on the docker backend: link faults (``tc``) and traffic
+capture (``tcpdump``).
 
 The node containers get no extra capability. A short-lived helper container of the node image joins one
 node's network namespace (``--network container:<node>``) with ``NET_ADMIN`` and, as root, runs the shell script
@@ -21,6 +22,11 @@ Only packets to another node's address are ever degraded, so the orchestrator's 
 probes and the scripted users reach the node through the published port on the access network, and the answers
 go to the host's bridge gateway, which no filter matches. A node's addresses change when it restarts or moves
 between networks (partitions), so the docker backend re-applies the scripts after each of those.
+
+Traffic capture (:func:`start_capture`) is the same kind of helper, long-lived: ``tcpdump -i any`` in the node's
+namespace, writing a pcap into a directory of the run's results bind-mounted into it, with a filter leaving
+out the access network (the users' connections and the orchestrator's probes): what it records is the
+inter-node traffic, which :mod:`testbed.confscan` searches for the run's marker after the teardown.
 """
 
 from __future__ import annotations
@@ -123,10 +129,7 @@ def run_in_netns(client: Any, image: str, container_id: str | None, script: str,
     The helper is created, started, waited for and removed with its anonymous volumes explicitly: the image
     declares a ``VOLUME``, which a plain ``run(remove=True)`` would leave behind.
     """
-    network_mode = f"container:{container_id}" if container_id else "none"
-    helper = client.containers.create(
-        image, ["-c", script], entrypoint=["/bin/sh"], user="0", network_mode=network_mode,
-        cap_add=["NET_ADMIN"], labels=dict(labels), healthcheck={"test": ["NONE"]})
+    helper = _helper(client, image, container_id, ["/bin/sh", "-c", script], labels)
     try:
         helper.start()
         status = helper.wait(timeout=timeout)
@@ -147,3 +150,58 @@ def netem_missing(client: Any, image: str, labels: Mapping[str, str]) -> str | N
     except RuntimeError as exc:
         return str(exc).rsplit("): ", 1)[-1].strip()  # tc's own words: "Error: Specified qdisc kind is unknown."
     return None
+
+
+CAPTURE_MOUNT = "/capture"
+"""Where a capture helper sees the run's capture directory."""
+
+
+def _helper(client: Any, image: str, container_id: str | None, command: list[str], labels: Mapping[str, str],
+            **options: Any) -> Any:
+    """Create (not start) a root helper container of ``image`` with ``NET_ADMIN`` running ``command`` in the
+    network namespace of ``container_id`` (None: its own); no healthcheck (the node image has one)."""
+    network_mode = f"container:{container_id}" if container_id else "none"
+    return client.containers.create(
+        image, command[1:], entrypoint=command[:1], user="0", network_mode=network_mode, cap_add=["NET_ADMIN"],
+        labels=dict(labels), healthcheck={"test": ["NONE"]}, **options)
+
+
+def capture_command(pcap: str, exclude_subnet: str | None) -> list[str]:
+    """``tcpdump`` writing every packet of every interface but those of ``exclude_subnet`` to ``pcap``.
+
+    ``-U`` writes each packet at once (a helper killed loses nothing already seen), ``-s 0`` keeps whole packets,
+    ``-Z root`` keeps the file writable in the root-owned bind mount, ``-p`` leaves the interfaces alone.
+    """
+    command = ["tcpdump", "-i", "any", "-n", "-p", "-U", "-s", "0", "-Z", "root", "-w", f"{CAPTURE_MOUNT}/{pcap}"]
+    if exclude_subnet:
+        command += ["not", "net", exclude_subnet]
+    return command
+
+
+def start_capture(client: Any, image: str, container_id: str, directory: str, pcap: str,
+                  exclude_subnet: str | None, labels: Mapping[str, str]) -> Any:
+    """Start a ``tcpdump`` helper in container ``container_id``'s network namespace writing ``directory/pcap``
+    (a host path); returns the helper container (stop it with :func:`stop_capture`)."""
+    helper = _helper(client, image, container_id, capture_command(pcap, exclude_subnet), labels,
+                     volumes={directory: {"bind": CAPTURE_MOUNT, "mode": "rw"}})
+    helper.start()
+    return helper
+
+
+def capture_state(helper: Any) -> bool | str:
+    """True once the capture helper's tcpdump is listening; its output when it has exited; False meanwhile."""
+    helper.reload()
+    output = bytes(helper.logs(stdout=True, stderr=True)).decode(errors="replace")
+    if "listening on" in output:
+        return True
+    if helper.status in ("exited", "dead"):
+        return output.strip() or f"tcpdump {helper.status}"
+    return False
+
+
+def stop_capture(helper: Any) -> None:
+    """Stop a capture helper (SIGTERM: tcpdump closes its file) and remove it with its anonymous volumes."""
+    try:
+        helper.stop(timeout=5)
+    finally:
+        helper.remove(force=True, v=True)

@@ -72,6 +72,9 @@ def _federation_ip(cluster: DockerCluster, node: str) -> str:
     return str(container.attrs["NetworkSettings"]["Networks"][cluster.network]["IPAddress"])
 
 
+SCENARIOS = Path(__file__).parents[2] / "testbed" / "scenarios"
+
+
 def _hex(address: str) -> str:
     """An IPv4 address as ``tc filter show`` prints a u32 match on it."""
     return "".join(f"{int(octet):02x}" for octet in address.split("."))
@@ -143,7 +146,45 @@ async def test_a_starved_link_dies_and_comes_back(effect: Effect, connect: UserF
     await docker_cluster.wait_healthy(scaled(60))
 
 
-SCENARIOS = Path(__file__).parents[2] / "testbed" / "scenarios"
+async def test_capture_records_the_inter_node_traffic(docker_cluster: DockerCluster, tmp_path: Path) -> None:
+    """A node's capture holds its server links' frames (a peer's server id in them, as the wire carries it), so a
+    marker sent in clear between nodes would be found; stopping it leaves no helper behind."""
+    await docker_cluster.wait_healthy(scaled(60))
+    assert docker_cluster.capture_traffic(tmp_path)
+    await docker_cluster.start_capture(["peer1"])
+    pcap = tmp_path / "peer1-1.pcap"
+    wanted = docker_cluster.server_ids["peer2"].encode()
+    try:
+        def seen() -> bool | Pending:
+            data = pcap.read_bytes() if pcap.exists() else b""
+            return True if wanted in data else Pending(f"{len(data)} bytes captured")
+
+        await poll(lambda: asyncio.to_thread(seen), scaled(20), "peer2's server id in peer1's capture")
+    finally:
+        await docker_cluster.stop_capture()
+    assert pcap.read_bytes()[:4] in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4"), "a pcap file"
+    leftovers = docker_client().containers.list(all=True, filters={"label": [netem.HELPER_LABEL]})
+    assert not [c for c in leftovers if c.labels.get(compose.RUN_LABEL) == docker_cluster.project]
+
+
+async def test_rolling_restart_is_captured_and_scanned(docker_ready: None, tmp_path: Path, key_pool: KeyPool) -> None:
+    """The confidentiality scan on containers covers the inter-node traffic: one capture per node, and a new one
+    for each restarted node (a new network namespace), all searched for the run's marker."""
+    scenario = load_scenario(SCENARIOS / "rolling-restart.yaml")
+    backend = DockerCluster(tmp_path / "cluster", ClusterSpec(scenario.peers, scenario.introducers, scenario.timings))
+    lines: list[str] = []
+    report = await ScenarioRunner(scenario, backend, tmp_path / "results", timeout_factor=timeout_factor(),
+                                  key_source=lambda i: key_pool.key(FIRST_USER_KEY + i % 12),
+                                  progress=lines.append).run()
+    assert report.passed, "\n".join(lines)
+    scan = json.loads((tmp_path / "results" / "report.json").read_text())["confidentiality"]
+    assert scan["ok"], scan
+    wanted = {f"{node}-1.pcap" for node in backend.node_names} | {f"{peer}-2.pcap" for peer in backend.peer_names}
+    assert set(scan["captured"]) == wanted, scan["captured"]
+    assert all(size > 24 for size in scan["captured"].values()), scan["captured"]  # packets beyond the header
+    assert not (tmp_path / "results" / "capture").exists(), "a clean scan drops the capture"
+
+
 FAST_NEMESIS_S = 12.0
 """The chaos scenario's nemesis runs this long here instead of a minute."""
 
