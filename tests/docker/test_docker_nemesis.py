@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed import checks, compose, netem
+from testbed import checks, compose, confscan, netem
 from testbed.backend import BackendUnsupported, ClusterSpec
 from testbed.docker_backend import DockerCluster, docker_client, node_image
 from testbed.proxy import Effect
@@ -147,8 +147,9 @@ async def test_a_starved_link_dies_and_comes_back(effect: Effect, connect: UserF
 
 
 async def test_capture_records_the_inter_node_traffic(docker_cluster: DockerCluster, tmp_path: Path) -> None:
-    """A node's capture holds its server links' frames (a peer's server id in them, as the wire carries it), so a
-    marker sent in clear between nodes would be found; stopping it leaves no helper behind."""
+    """A node's capture holds its server links' frames (a peer's server id in them, as the wire carries it), and
+    the scan reads the masked frames of the dialling side too, so a marker sent in clear between nodes would be
+    found; stopping the capture leaves no helper behind."""
     await docker_cluster.wait_healthy(scaled(60))
     assert docker_cluster.capture_traffic(tmp_path)
     await docker_cluster.start_capture(["peer1"])
@@ -157,7 +158,13 @@ async def test_capture_records_the_inter_node_traffic(docker_cluster: DockerClus
     try:
         def seen() -> bool | Pending:
             data = pcap.read_bytes() if pcap.exists() else b""
-            return True if wanted in data else Pending(f"{len(data)} bytes captured")
+            streams = confscan.pcap_streams(data)
+            # A frame the capture can read only unmasked: JSON in the messages, not in the raw bytes.
+            unmasked = [flow for flow, messages in confscan.pcap_messages(data).items()
+                        if b'"type"' in messages and b'"type"' not in streams[flow]]
+            if wanted in data and unmasked:
+                return True
+            return Pending(f"{len(data)} bytes captured, flows {sorted(streams)}, unmasked {unmasked}")
 
         await poll(lambda: asyncio.to_thread(seen), scaled(20), "peer2's server id in peer1's capture")
     finally:
