@@ -11,10 +11,10 @@
 #      - python:3.11-slim-bookworm if it can be pulled;
 #      - otherwise build $SOCP_BASE_IMAGE with mmdebstrap (Debian bookworm
 #        minbase + $BASE_PACKAGES: python3, python3-venv, ca-certificates, and
-#        iproute2 and tcpdump for the testbed's network faults and traffic
-#        capture), installing mmdebstrap with apt-get first if needed. Done
+#        iproute2, nftables and tcpdump for the testbed's network faults and
+#        traffic capture), installing mmdebstrap with apt-get first if needed. Done
 #        once, then cached; rebuilt when the package list changes.
-#    A public base gets iproute2 and tcpdump from apt in compose/Dockerfile.
+#    A public base gets iproute2, nftables and tcpdump from apt in compose/Dockerfile.
 # 2. Build wheels of the project and its dependencies on the host with
 #    `pip wheel` (needs a CPython 3.11 on the host, to match bookworm's Python).
 # 3. docker build with build/image/ (only the wheels) as the context.
@@ -32,9 +32,9 @@ LABEL='org.socp-testbed.project=socp-testbed'
 IMAGE=${SOCP_IMAGE:-socp-node:latest}
 PUBLIC_BASE=python:3.11-slim-bookworm
 LOCAL_BASE=${SOCP_BASE_IMAGE:-socp-base:bookworm}
-# What the local base holds besides minbase. iproute2 (tc) and tcpdump are run by the testbed's short-lived
-# helper containers in a node's network namespace (testbed/netem.py), never by the node itself.
-BASE_PACKAGES=python3,python3-venv,ca-certificates,iproute2,tcpdump
+# What the local base holds besides minbase. iproute2 (tc), nftables (nft) and tcpdump are run by the testbed's
+# short-lived helper containers in a node's network namespace (testbed/netem.py), never by the node itself.
+BASE_PACKAGES=python3,python3-venv,ca-certificates,iproute2,nftables,tcpdump
 PACKAGES_LABEL=org.socp-testbed.packages
 CONTEXT=build/image
 PULL_TIMEOUT=${SOCP_PULL_TIMEOUT:-60}

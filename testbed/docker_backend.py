@@ -12,8 +12,9 @@ Lifecycle of a run (compose project ``socp-<8 hex>``, or ``socp`` for ``make up`
 3. ``docker compose up -d`` (or ``docker-compose`` v1), the first introducer before the others,
    then the Docker SDK for everything else: published ports, health, kill, stop, start, restart,
    pause, and partitions (disconnect from / reconnect to the federation network; see
-   :mod:`testbed.compose` for the two networks). Delay, jitter, loss and bandwidth limits are ``tc netem`` in
-   each node's network namespace, set from short-lived helper containers (:mod:`testbed.netem`).
+   :mod:`testbed.compose` for the two networks). Delay, jitter and bandwidth limits are ``tc`` (htb, netem)
+   and loss is nftables in each node's network namespace, set from short-lived helper containers
+   (:mod:`testbed.netem`), which also capture the inter-node traffic (``tcpdump``) when asked.
 
 The host only ever talks to ``127.0.0.1``: every node's port is published as ``127.0.0.1::<port>`` and
 :meth:`DockerCluster.url` reads the host port docker chose. The ``docker`` SDK is imported lazily, so
@@ -256,7 +257,7 @@ class DockerCluster(ClusterBackend):
         self._netem_nodes: set[str] = set()
         """Nodes whose network namespace holds a tc script with at least one effect."""
         self._netem_missing: str | None = None
-        """Why the kernel cannot delay or drop (no netem qdisc), once :meth:`_require_netem` has probed."""
+        """Why the kernel cannot delay (no netem qdisc), once :meth:`_require_netem` has probed."""
         self._netem_probed = False
         self._capture_dir: Path | None = None
         """Where every node's inter-node traffic is recorded (:meth:`capture_traffic`), None: not recorded."""
@@ -508,8 +509,8 @@ class DockerCluster(ClusterBackend):
         await self._reapply_netem()
 
     async def degrade(self, effect: Effect, node: str | None = None, link: tuple[str, str] | None = None) -> None:
-        """Delay, jitter, loss, bandwidth (``tc netem``) on every link of ``node``, on one ``link``, or (neither)
-        on every node's links, replacing the effect set there before; see :mod:`testbed.netem`."""
+        """Delay, jitter, bandwidth (``tc``) and loss (nftables) on every link of ``node``, on one ``link``, or
+        (neither) on every node's links, replacing the effect set there before; see :mod:`testbed.netem`."""
         for name in (node, *(link or ())):
             if name is not None:
                 self.node_plan(name)  # an unknown node raises here, before anything changes
@@ -593,9 +594,9 @@ class DockerCluster(ClusterBackend):
             self._netem_probed = True
         if self._netem_missing is not None:
             raise BackendUnsupported(
-                "delay, jitter and loss need the netem qdisc (CONFIG_NET_SCH_NETEM), which the Docker host's kernel "
-                f"lacks (tc: {self._netem_missing}); bandwidth limits (htb) work, and the local backend's proxy "
-                "does all of them")
+                "delay and jitter need the netem qdisc (CONFIG_NET_SCH_NETEM), which the Docker host's kernel "
+                f"lacks (tc: {self._netem_missing}); loss (nftables) and bandwidth limits (htb) work, and the local "
+                "backend's proxy does all of them")
 
     async def _reapply_netem(self) -> None:
         """After a node restarted or changed networks: its addresses changed, so every filter is rewritten."""
@@ -614,7 +615,7 @@ class DockerCluster(ClusterBackend):
             degraded = any(not effect.idle for effect, _ in peers.values())
             if not degraded and node not in self._netem_nodes:
                 return
-            script = netem.tc_script(peers)
+            script = netem.link_script(peers)
             async with limit:
                 await asyncio.to_thread(netem.run_in_netns, self._docker(), self.image, container_id, script,
                                         compose.run_labels(self.project) | {netem.HELPER_LABEL: node})

@@ -3,20 +3,22 @@ capture (``tcpdump``).
 
 The node containers get no extra capability. A short-lived helper container of the node image joins one
 node's network namespace (``--network container:<node>``) with ``NET_ADMIN`` and, as root, runs the shell script
-:func:`tc_script` builds; it is removed when the script ends.
+:func:`link_script` builds; it is removed when the script ends.
 
 Every effect is one-way and on egress, as in the local backend's proxy (:class:`~testbed.proxy.NetworkModel`):
 node ``a`` delays, drops or throttles what it sends to ``b`` with the effect of the ``a``-``b`` link (both
 ends' node effects and the link's own, combined), and ``b`` does the same towards ``a``. On each of the node's
 interfaces the script installs an ``htb`` qdisc that sends unclassified traffic out unshaped, one htb class per
-distinct effect (rate: the bandwidth limit) with a ``netem`` child for delay ± jitter and loss, and a ``u32``
-filter per peer address sending packets to that peer into its class. (htb rather than ``prio`` + ``tbf``: one
-classful qdisc does both the classes and the shaping.)
+distinct delay, jitter and bandwidth (rate: the bandwidth limit) with a ``netem`` child for delay ± jitter, and
+a ``u32`` filter per peer address sending packets to that peer into its class (htb rather than ``prio`` +
+``tbf``: one classful qdisc does both the classes and the shaping). Loss is an nftables rule per peer address
+dropping that share of the packets at random (``numgen random``), not netem's ``loss``: it then works on
+kernels without netem.
 
-Delay, jitter and loss need the kernel's netem qdisc (``CONFIG_NET_SCH_NETEM``). Some kernels lack it (the
-Firecracker VM this project is developed on has neither netem nor prio, but has htb and u32): the backend
-probes once (:data:`PROBE`) and refuses those effects with :class:`~testbed.backend.BackendUnsupported`
-naming the missing option; bandwidth limits still work.
+Delay and jitter need the kernel's netem qdisc (``CONFIG_NET_SCH_NETEM``). Some kernels lack it (the
+Firecracker VM this project is developed on has neither netem nor prio, but has htb, u32 and nftables): the
+backend probes once (:data:`PROBE`) and refuses delay and jitter with
+:class:`~testbed.backend.BackendUnsupported` naming the missing option; loss and bandwidth limits still work.
 
 Only packets to another node's address are ever degraded, so the orchestrator's control path is not: its
 probes and the scripted users reach the node through the published port on the access network, and the answers
@@ -47,31 +49,32 @@ UNLIMITED_BIT = 10_000_000_000
 """The rate of an htb class whose effect sets no bandwidth: 10 Gbit/s, more than a veth carries here."""
 DIRECT_QLEN = 1000
 """Packets htb queues unshaped for traffic no filter matched (a veth may have txqueuelen 0: htb would keep 2)."""
+NFT_TABLE = "socp_faults"
+"""The nftables table (family ip) holding the loss rules in a node's namespace."""
+LOSS_SCALE = 1_000_000
+"""Loss is drawn as ``numgen random mod LOSS_SCALE < loss * LOSS_SCALE``: a resolution of one in a million."""
 
-CLEAR = """for dev in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1); do
+CLEAR = f"""for dev in $(ip -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1); do
   [ "$dev" = lo ] && continue
   tc qdisc del dev "$dev" root 2>/dev/null || true
-done"""
-"""Shell: remove whatever root qdisc :func:`tc_script` installed on every interface (none: nothing to do)."""
+done
+nft delete table ip {NFT_TABLE} 2>/dev/null || true"""
+"""Shell: remove whatever :func:`link_script` installed (the root qdiscs, the loss table; none: nothing to do)."""
 
 PROBE = """tc qdisc add dev lo root netem delay 1ms 2>&1 && tc qdisc del dev lo root"""
 """Shell: succeeds when the kernel has the netem qdisc (tried on the loopback for a moment)."""
 
 
 def needs_netem(effect: Effect) -> bool:
-    """Whether ``effect`` needs the netem qdisc (delay, jitter, loss); bandwidth alone is htb's."""
-    return bool(effect.delay or effect.jitter or effect.loss)
+    """Whether ``effect`` needs the netem qdisc: delay or jitter (loss is nftables', bandwidth htb's)."""
+    return bool(effect.delay or effect.jitter)
 
 
 def netem_arguments(effect: Effect) -> str:
-    """``tc qdisc … netem`` arguments for ``effect``'s delay ± jitter and loss: ``delay 100.000ms 20.000ms loss 5%``."""
-    parts = []
-    if effect.delay or effect.jitter:
-        parts.append(f"delay {effect.delay * 1000:.3f}ms")
-        if effect.jitter:
-            parts.append(f"{effect.jitter * 1000:.3f}ms")
-    if effect.loss:
-        parts.append(f"loss {effect.loss * 100:.4g}%")
+    """``tc qdisc … netem`` arguments for ``effect``'s delay ± jitter: ``delay 100.000ms 20.000ms``."""
+    parts = [f"delay {effect.delay * 1000:.3f}ms"]
+    if effect.jitter:
+        parts.append(f"{effect.jitter * 1000:.3f}ms")
     return " ".join(parts)
 
 
@@ -81,42 +84,61 @@ def rate_bit(effect: Effect) -> int:
     return max(8, round(effect.bandwidth * 8)) if effect.bandwidth else UNLIMITED_BIT
 
 
-def tc_script(peers: Mapping[str, tuple[Effect, Sequence[str]]]) -> str:
+def loss_match(loss: float) -> str:
+    """The nftables match (with a trailing space) that picks ``loss`` of the packets at random; empty for all of
+    them (``numgen random mod N`` gives 0 to N-1, so a share of N would be out of range)."""
+    if loss >= 1:
+        return ""
+    return f"numgen random mod {LOSS_SCALE} lt {min(round(loss * LOSS_SCALE), LOSS_SCALE - 1)} "
+
+
+def link_script(peers: Mapping[str, tuple[Effect, Sequence[str]]]) -> str:
     """The shell script that makes one node's egress to each peer suffer that link's effect.
 
     ``peers``: peer name → (effect of the link to it, the peer's IPv4 addresses). Idle effects (and peers with
     no address) are left clean. The script first removes what an earlier one installed, so it also restores.
 
-    On every interface but the loopback: an ``htb`` root qdisc whose unclassified traffic goes out unshaped
-    (``default 0``: htb's direct queue), one htb class per distinct effect (its rate: the bandwidth limit, or
-    :data:`UNLIMITED_BIT`) with a ``netem`` child for delay and loss, and a ``u32`` filter per peer address.
+    Delay, jitter and bandwidth are ``tc``: on every interface but the loopback an ``htb`` root qdisc whose
+    unclassified traffic goes out unshaped (``default 0``: htb's direct queue), one htb class per distinct
+    (delay, jitter, bandwidth) (its rate: the bandwidth limit, or :data:`UNLIMITED_BIT`) with a ``netem`` child
+    for delay ± jitter, and a ``u32`` filter per peer address. Loss is an nftables rule per peer address in the
+    output hook dropping a random share of the packets (``numgen random``): it needs no netem, which some
+    kernels lack.
     """
     bands: dict[Effect, int] = {}
     filters: list[tuple[str, int, str]] = []
+    drops: list[tuple[str, str, str]] = []
     for peer in sorted(peers):
         effect, addresses = peers[peer]
-        if effect.idle:
-            continue
-        band = bands.setdefault(effect, len(bands) + 2)
-        filters.extend((address, band, peer) for address in sorted(addresses))
+        shaping = Effect(delay=effect.delay, jitter=effect.jitter, bandwidth=effect.bandwidth)
+        if not shaping.idle:
+            band = bands.setdefault(shaping, len(bands) + 2)
+            filters.extend((address, band, peer) for address in sorted(addresses))
+        if effect.loss:
+            drops.extend((address, loss_match(effect.loss), peer) for address in sorted(addresses))
     if len(bands) > MAX_EFFECTS:
         raise ValueError(f"{len(bands)} distinct link effects on one node; at most {MAX_EFFECTS}")
     lines = ["set -e", CLEAR]
-    if not filters:
-        return "\n".join(lines) + "\n"
-    lines.append("for dev in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1); do")
-    lines.append('  [ "$dev" = lo ] && continue')
-    lines.append(f'  tc qdisc add dev "$dev" root handle 1: htb default 0 direct_qlen {DIRECT_QLEN}')
-    for effect, band in bands.items():
-        rate = rate_bit(effect)
-        lines.append(f'  tc class add dev "$dev" parent 1: classid 1:{band} htb rate {rate}bit ceil {rate}bit '
-                     f"quantum 1514")
-        if needs_netem(effect):
-            lines.append(f'  tc qdisc add dev "$dev" parent 1:{band} handle {band}0: netem {netem_arguments(effect)}')
-    for address, band, peer in filters:
-        lines.append(f'  tc filter add dev "$dev" parent 1: protocol ip prio 1 u32 '
-                     f"match ip dst {address}/32 flowid 1:{band}  # {peer}")
-    lines.append("done")
+    if filters:
+        lines.append("for dev in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1); do")
+        lines.append('  [ "$dev" = lo ] && continue')
+        lines.append(f'  tc qdisc add dev "$dev" root handle 1: htb default 0 direct_qlen {DIRECT_QLEN}')
+        for effect, band in bands.items():
+            rate = rate_bit(effect)
+            lines.append(f'  tc class add dev "$dev" parent 1: classid 1:{band} htb rate {rate}bit ceil {rate}bit '
+                         f"quantum 1514")
+            if needs_netem(effect):
+                lines.append(f'  tc qdisc add dev "$dev" parent 1:{band} handle {band}0: netem '
+                             f"{netem_arguments(effect)}")
+        for address, band, peer in filters:
+            lines.append(f'  tc filter add dev "$dev" parent 1: protocol ip prio 1 u32 '
+                         f"match ip dst {address}/32 flowid 1:{band}  # {peer}")
+        lines.append("done")
+    if drops:
+        lines.append(f"nft add table ip {NFT_TABLE}")
+        lines.append(f"nft add chain ip {NFT_TABLE} out '{{ type filter hook output priority 0; policy accept; }}'")
+        for address, match, peer in drops:
+            lines.append(f"nft add rule ip {NFT_TABLE} out ip daddr {address} {match}drop  # {peer}")
     return "\n".join(lines) + "\n"
 
 
