@@ -5,17 +5,24 @@
 # 1. Choose the base image, in this order:
 #      - $BASE_IMAGE if set (used as given; docker pulls it if it must);
 #      - python:3.11-slim-bookworm if present locally;
-#      - socp-base:bookworm if present locally (made earlier by step 2);
+#      - $SOCP_BASE_IMAGE (default socp-base:bookworm) if present locally (made
+#        earlier by the next item) with the current package list in its label
+#        org.socp-testbed.packages;
 #      - python:3.11-slim-bookworm if it can be pulled;
-#      - otherwise build socp-base:bookworm with mmdebstrap (Debian bookworm
-#        minbase + python3, python3-venv, ca-certificates), installing
-#        mmdebstrap with apt-get first if needed. Done once, then cached.
+#      - otherwise build $SOCP_BASE_IMAGE with mmdebstrap (Debian bookworm
+#        minbase + $BASE_PACKAGES: python3, python3-venv, ca-certificates, and
+#        iproute2, nftables and tcpdump for the testbed's network faults and
+#        traffic capture), installing mmdebstrap with apt-get first if needed. Done
+#        once, then cached; rebuilt when the package list changes.
+#    A public base gets iproute2, nftables and tcpdump from apt in compose/Dockerfile.
 # 2. Build wheels of the project and its dependencies on the host with
 #    `pip wheel` (needs a CPython 3.11 on the host, to match bookworm's Python).
 # 3. docker build with build/image/ (only the wheels) as the context.
 #
-# Environment: SOCP_IMAGE (default socp-node:latest), BASE_IMAGE, PYTHON (host
-# CPython 3.11 used for `pip wheel`), SOCP_PULL_TIMEOUT (seconds, default 60).
+# Environment: SOCP_IMAGE (default socp-node:latest), BASE_IMAGE, SOCP_BASE_IMAGE
+# (the locally built base's tag, default socp-base:bookworm: another tag leaves
+# a shared base alone), PYTHON (host CPython 3.11 used for `pip wheel`),
+# SOCP_PULL_TIMEOUT (seconds, default 60).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,7 +31,11 @@ cd "$ROOT"
 LABEL='org.socp-testbed.project=socp-testbed'
 IMAGE=${SOCP_IMAGE:-socp-node:latest}
 PUBLIC_BASE=python:3.11-slim-bookworm
-LOCAL_BASE=socp-base:bookworm
+LOCAL_BASE=${SOCP_BASE_IMAGE:-socp-base:bookworm}
+# What the local base holds besides minbase. iproute2 (tc), nftables (nft) and tcpdump are run by the testbed's
+# short-lived helper containers in a node's network namespace (testbed/netem.py), never by the node itself.
+BASE_PACKAGES=python3,python3-venv,ca-certificates,iproute2,nftables,tcpdump
+PACKAGES_LABEL=org.socp-testbed.packages
 CONTEXT=build/image
 PULL_TIMEOUT=${SOCP_PULL_TIMEOUT:-60}
 DEBIAN_MIRROR=${SOCP_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -57,10 +68,10 @@ build_local_base() {
     tarball=$(mktemp "$ROOT/build/socp-base.XXXXXX.tar")
     # shellcheck disable=SC2064
     trap "rm -f '$tarball'" EXIT
-    log "building $LOCAL_BASE with mmdebstrap (bookworm minbase + python3)"
+    log "building $LOCAL_BASE with mmdebstrap (bookworm minbase + $BASE_PACKAGES)"
     # Written to a file first so that a failed bootstrap never becomes an image.
     mmdebstrap --variant=minbase --quiet \
-        --include=python3,python3-venv,ca-certificates \
+        --include="$BASE_PACKAGES" \
         --dpkgopt='path-exclude=/usr/share/man/*' \
         --dpkgopt='path-exclude=/usr/share/info/*' \
         --dpkgopt='path-exclude=/usr/share/locale/*' \
@@ -74,6 +85,7 @@ build_local_base() {
     docker import \
         -c "LABEL $LABEL" \
         -c 'LABEL org.socp-testbed.base=mmdebstrap-bookworm-minbase' \
+        -c "LABEL $PACKAGES_LABEL=$BASE_PACKAGES" \
         -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         -c 'ENV LANG=C.UTF-8' \
         -c 'CMD ["/bin/bash"]' \
@@ -83,12 +95,23 @@ build_local_base() {
     log "built $LOCAL_BASE in $(elapsed "$start") s"
 }
 
+# True when $LOCAL_BASE exists and was built with today's $BASE_PACKAGES (an older one lacks packages).
+local_base_current() {
+    local packages
+    have_image "$LOCAL_BASE" || return 1
+    packages=$(docker image inspect --format "{{ index .Config.Labels \"$PACKAGES_LABEL\" }}" "$LOCAL_BASE")
+    if [ "$packages" != "$BASE_PACKAGES" ]; then
+        log "$LOCAL_BASE holds [${packages:-python3,python3-venv,ca-certificates}], not [$BASE_PACKAGES]: rebuilding it"
+        return 1
+    fi
+}
+
 choose_base() {
     if [ -n "${BASE_IMAGE:-}" ]; then
         echo "$BASE_IMAGE"
     elif have_image "$PUBLIC_BASE"; then
         echo "$PUBLIC_BASE"
-    elif have_image "$LOCAL_BASE"; then
+    elif local_base_current; then
         echo "$LOCAL_BASE"
     elif log "trying to pull $PUBLIC_BASE" &&
          timeout "$PULL_TIMEOUT" docker pull --quiet "$PUBLIC_BASE" >/dev/null 2>&1; then

@@ -122,6 +122,11 @@ class ClusterBackend(abc.ABC):
     def collect_logs(self, destination: Path) -> list[Path]:
         """Copy every node's log into ``destination``; returns the files written."""
 
+    def capture_traffic(self, directory: Path) -> bool:
+        """Record the inter-node traffic of the nodes this backend starts as pcap files in ``directory`` (for the
+        confidentiality scan); False when this backend cannot (the default), True when it will."""
+        return False
+
     async def __aenter__(self) -> Self:
         try:
             await self.start()

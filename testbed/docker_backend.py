@@ -12,7 +12,9 @@ Lifecycle of a run (compose project ``socp-<8 hex>``, or ``socp`` for ``make up`
 3. ``docker compose up -d`` (or ``docker-compose`` v1), the first introducer before the others,
    then the Docker SDK for everything else: published ports, health, kill, stop, start, restart,
    pause, and partitions (disconnect from / reconnect to the federation network; see
-   :mod:`testbed.compose` for the two networks).
+   :mod:`testbed.compose` for the two networks). Delay, jitter and bandwidth limits are ``tc`` (htb, netem)
+   and loss is nftables in each node's network namespace, set from short-lived helper containers
+   (:mod:`testbed.netem`), which also capture the inter-node traffic (``tcpdump``) when asked.
 
 The host only ever talks to ``127.0.0.1``: every node's port is published as ``127.0.0.1::<port>`` and
 :meth:`DockerCluster.url` reads the host port docker chose. The ``docker`` SDK is imported lazily, so
@@ -33,9 +35,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from testbed import compose, nodeplan
+from testbed import compose, netem, nodeplan
 from testbed.backend import (
     MESH_HINT,
+    BackendUnsupported,
     ClusterBackend,
     ClusterSpec,
     Health,
@@ -44,6 +47,7 @@ from testbed.backend import (
     probe_status,
     wait_mesh_healthy,
 )
+from testbed.proxy import Effect, NetworkModel
 from testbed.waiting import Pending, poll
 
 KEYGEN_CONCURRENCY = max(2, min(4, os.cpu_count() or 2))
@@ -248,6 +252,19 @@ class DockerCluster(ClusterBackend):
         """Group networks of a healed partition, still attached to their nodes (dropped at the next one)."""
         self._wanted: set[str] = set()
         """Nodes that should be running: started, and not stopped or killed through this backend since."""
+        self._model = NetworkModel()
+        """The effects :meth:`degrade` applied, per node and per link (its groups and rng are unused)."""
+        self._netem_nodes: set[str] = set()
+        """Nodes whose network namespace holds a tc script with at least one effect."""
+        self._netem_missing: str | None = None
+        """Why the kernel cannot delay (no netem qdisc), once :meth:`_require_netem` has probed."""
+        self._netem_probed = False
+        self._capture_dir: Path | None = None
+        """Where every node's inter-node traffic is recorded (:meth:`capture_traffic`), None: not recorded."""
+        self._captures: dict[str, Any] = {}
+        """Node → its running capture helper container."""
+        self._capture_files: dict[str, int] = {}
+        """Node → pcap files started for it (a restarted node has a new network namespace: a new capture)."""
 
     # --- names -------------------------------------------------------------------------------------
 
@@ -329,6 +346,10 @@ class DockerCluster(ClusterBackend):
         self.progress("waiting for every node to be healthy and fully meshed")
         remaining = max(5.0, timeout - (time.monotonic() - began))
         self.timings["healthy"] = await self.wait_healthy(remaining)
+        if self._capture_dir is not None:
+            step = time.monotonic()
+            await self.start_capture()
+            self.timings["capture"] = time.monotonic() - step
         self.timings["total"] = time.monotonic() - began
 
     async def stop(self) -> None:
@@ -337,6 +358,7 @@ class DockerCluster(ClusterBackend):
             client = self._docker()
         except DockerUnavailable:
             return  # nothing can have been created
+        await self._stop_captures()
         await asyncio.to_thread(self._save_logs)
         if self.compose_file.exists():
             # Errors are ignored: the sweep below removes whatever compose could not.
@@ -348,6 +370,8 @@ class DockerCluster(ClusterBackend):
         self._partitioned.clear()
         self._moved.clear()
         self._group_networks.clear()
+        self._model = NetworkModel()
+        self._netem_nodes.clear()
 
     async def wait_healthy(self, timeout: float = 60.0) -> float:
         """Wait until every running, unpaused, connected node is healthy and linked to all the others."""
@@ -403,6 +427,8 @@ class DockerCluster(ClusterBackend):
         await self._act(node, lambda c: c.start())
         await self._wait_state(node, "running")
         await asyncio.to_thread(self._read_port, node)
+        await self._reapply_netem()
+        await self._start_capture(node)
 
     async def restart(self, node: str) -> None:
         """Stop then start the node's container (docker may publish it on a new host port)."""
@@ -410,6 +436,8 @@ class DockerCluster(ClusterBackend):
         await self._act(node, lambda c: c.restart(timeout=10))
         await self._wait_state(node, "running")
         await asyncio.to_thread(self._read_port, node)
+        await self._reapply_netem()
+        await self._start_capture(node)
 
     async def pause(self, node: str) -> None:
         """Freeze every process of the container (cgroup freezer); its connections stay open."""
@@ -431,6 +459,10 @@ class DockerCluster(ClusterBackend):
 
     async def heal(self, node: str) -> None:
         """Reconnect a partitioned container to the federation network under its node name."""
+        await self._heal(node)
+        await self._reapply_netem()  # its new address on the federation network
+
+    async def _heal(self, node: str) -> None:
         if node not in self._partitioned:
             return
         await asyncio.to_thread(lambda: self._docker().networks.get(self.network).connect(
@@ -462,6 +494,7 @@ class DockerCluster(ClusterBackend):
                 await self.partition(node)
                 await asyncio.to_thread(self._attach, name, node, True)
                 self._moved[node] = name
+        await self._reapply_netem()  # the moved nodes' addresses on their group's network
 
     async def heal_network(self) -> None:
         """Bring every node :meth:`partition_groups` moved back onto the federation network.
@@ -471,8 +504,138 @@ class DockerCluster(ClusterBackend):
         """
         moved, self._moved = self._moved, {}
         for node, name in moved.items():
-            await self.heal(node)
+            await self._heal(node)
             self._group_networks.setdefault(name, []).append(node)
+        await self._reapply_netem()
+
+    async def degrade(self, effect: Effect, node: str | None = None, link: tuple[str, str] | None = None) -> None:
+        """Delay, jitter, bandwidth (``tc``) and loss (nftables) on every link of ``node``, on one ``link``, or
+        (neither) on every node's links, replacing the effect set there before; see :mod:`testbed.netem`."""
+        for name in (node, *(link or ())):
+            if name is not None:
+                self.node_plan(name)  # an unknown node raises here, before anything changes
+        if netem.needs_netem(effect):
+            await self._require_netem()
+        if link is not None:
+            self._model.links[frozenset(link)] = effect
+        elif node is not None:
+            self._model.nodes[node] = effect
+        else:
+            for name in self.node_names:
+                self._model.nodes[name] = effect
+        await self._apply_netem()
+
+    async def restore_network(self) -> None:
+        """Remove every effect :meth:`degrade` applied."""
+        self._model.nodes.clear()
+        self._model.links.clear()
+        await self._apply_netem()
+
+    def capture_traffic(self, directory: Path) -> bool:
+        """Record every node's inter-node traffic from :meth:`start` on, as ``directory/<node>-<n>.pcap``
+        (``tcpdump`` helpers in the nodes' network namespaces; see :mod:`testbed.netem`)."""
+        self._capture_dir = directory.absolute()
+        return True
+
+    async def start_capture(self, nodes: Iterable[str] | None = None) -> None:
+        """Start recording the traffic of ``nodes`` (default all) now: :meth:`start` does it when
+        :meth:`capture_traffic` was called before, and so do :meth:`start_node` and :meth:`restart`."""
+        await asyncio.gather(*(self._start_capture(name) for name in (self.node_names if nodes is None else nodes)))
+
+    async def _start_capture(self, node: str) -> None:
+        """(Re)start ``node``'s capture helper in its current network namespace, and wait until it listens."""
+        if self._capture_dir is None:
+            return
+        directory = self._capture_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        old = self._captures.pop(node, None)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(netem.stop_capture, old)
+        number = self._capture_files.get(node, 0) + 1
+        self._capture_files[node] = number
+
+        def start() -> Any:
+            client = self._docker()
+            access = client.networks.get(compose.access_network_name(self.project))
+            subnets = [str(c["Subnet"]) for c in (access.attrs.get("IPAM") or {}).get("Config") or [] if "Subnet" in c]
+            return netem.start_capture(client, self.image, str(self._container(node).id), str(directory),
+                                       f"{node}-{number}.pcap", subnets[0] if subnets else None,
+                                       compose.run_labels(self.project) | {netem.HELPER_LABEL: node})
+
+        helper = await asyncio.to_thread(start)
+        self._captures[node] = helper
+
+        def listening() -> bool | Pending:
+            state = netem.capture_state(helper)
+            if isinstance(state, str):
+                raise RuntimeError(f"{node}: the traffic capture failed: {state[-500:]}")
+            return True if state else Pending("tcpdump not listening yet")
+
+        await poll(lambda: asyncio.to_thread(listening), 20.0, f"{node}'s traffic capture to start", interval=0.2)
+
+    async def stop_capture(self) -> None:
+        """Stop recording every node's traffic (until :meth:`capture_traffic` is called again)."""
+        self._capture_dir = None
+        await self._stop_captures()
+
+    async def _stop_captures(self) -> None:
+        captures, self._captures = self._captures, {}
+        for helper in captures.values():
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(netem.stop_capture, helper)
+
+    async def _require_netem(self) -> None:
+        """Raise :class:`BackendUnsupported` when the host's kernel has no netem qdisc (probed once)."""
+        if not self._netem_probed:
+            self._netem_missing = await asyncio.to_thread(
+                netem.netem_missing, self._docker(), self.image,
+                compose.run_labels(self.project) | {netem.HELPER_LABEL: "probe"})
+            self._netem_probed = True
+        if self._netem_missing is not None:
+            raise BackendUnsupported(
+                "delay and jitter need the netem qdisc (CONFIG_NET_SCH_NETEM), which the Docker host's kernel "
+                f"lacks (tc: {self._netem_missing}); loss (nftables) and bandwidth limits (htb) work, and the local "
+                "backend's proxy does all of them")
+
+    async def _reapply_netem(self) -> None:
+        """After a node restarted or changed networks: its addresses changed, so every filter is rewritten."""
+        if self._model.nodes or self._model.links:
+            await self._apply_netem()
+
+    async def _apply_netem(self) -> None:
+        """Install in every running node's network namespace the effects of its links now (and clear the nodes
+        that no longer have any), a few helper containers at a time."""
+        containers = await asyncio.to_thread(self._netem_targets)
+        addresses = {name: found[1] for name, found in containers.items()}
+        limit = asyncio.Semaphore(API_CONCURRENCY)
+
+        async def one(node: str, container_id: str) -> None:
+            peers = {peer: (self._model.effect(node, peer), ips) for peer, ips in addresses.items() if peer != node}
+            degraded = any(not effect.idle for effect, _ in peers.values())
+            if not degraded and node not in self._netem_nodes:
+                return
+            script = netem.link_script(peers)
+            async with limit:
+                await asyncio.to_thread(netem.run_in_netns, self._docker(), self.image, container_id, script,
+                                        compose.run_labels(self.project) | {netem.HELPER_LABEL: node})
+            if degraded:
+                self._netem_nodes.add(node)
+            else:
+                self._netem_nodes.discard(node)
+
+        await asyncio.gather(*(one(node, found[0]) for node, found in containers.items()))
+
+    def _netem_targets(self) -> dict[str, tuple[str, list[str]]]:
+        """Running (or paused) node → (container id, its IPv4 addresses on every network but the access one)."""
+        access = compose.access_network_name(self.project)
+        targets = {}
+        for container in run_containers(self._docker(), self.project, all_states=False):
+            networks = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+            ips = [str(settings["IPAddress"]) for name, settings in networks.items()
+                   if name != access and (settings or {}).get("IPAddress")]
+            targets[container.labels.get(compose.NODE_LABEL, "")] = (str(container.id), ips)
+        return targets
 
     async def _drop_group_networks(self) -> None:
         groups, self._group_networks = self._group_networks, {}

@@ -69,6 +69,8 @@ CONVERGED_POLL_PER_CLIENT = 0.02
 CONVERGED_POLL_MAX = 1.0
 """... and at most this."""
 MAILBOX_LIMIT = 200_000
+CAPTURE_DIR = "capture"
+"""Folder of the results where a backend that can records the inter-node traffic (pcap) for the scan."""
 
 
 class StepFailed(Exception):
@@ -266,6 +268,9 @@ class ScenarioRunner:
         report = RunReport(self.scenario.name, self.backend.name, spec.peers, spec.introducers, self.scenario.seed,
                            dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), str(self.results_dir))
         start = time.monotonic()
+        if self.confidentiality_scan and self.backend.capture_traffic(self.results_dir / CAPTURE_DIR):
+            self.progress(f"recording the inter-node traffic in {self.results_dir / CAPTURE_DIR} for the "
+                          f"confidentiality scan")
         try:
             # Every background task (event pumps, traffic) lives in this group; the teardown inside it
             # cancels them, so none outlives the run.
@@ -927,13 +932,19 @@ class ScenarioRunner:
 
     def _scan_confidentiality(self, report: RunReport) -> None:
         """Search the nodes' logs and data (stopped, WAL included) for the run's marker; a hit fails the run."""
-        places = [self.results_dir / "logs", self.results_dir / "data", self.backend.workdir]
+        capture = self.results_dir / CAPTURE_DIR
+        places = [self.results_dir / "logs", self.results_dir / "data", capture, self.backend.workdir]
         hits, files = confscan.scan([p for p in places if p.exists()], self.history.marker)
         report.confidentiality = confscan.report(hits, files)
+        pcaps = sorted(capture.glob("*.pcap")) if capture.exists() else []
+        report.confidentiality["captured"] = {p.name: p.stat().st_size for p in pcaps}
         if not hits:
-            # The copy of the containers' data (keys included) was for the scan only: a hit keeps it as evidence.
+            # The copy of the containers' data (keys included) and the capture were for the scan only: a hit
+            # keeps them as evidence.
             shutil.rmtree(self.results_dir / "data", ignore_errors=True)
-            self.progress(f"confidentiality scan: marker not found in {files} files of the nodes (logs, databases)")
+            shutil.rmtree(capture, ignore_errors=True)
+            what = f"logs, databases, {len(pcaps)} traffic captures" if pcaps else "logs, databases"
+            self.progress(f"confidentiality scan: marker not found in {files} files of the nodes ({what})")
             return
         report.passed = False
         self.progress(f"confidentiality scan FAILED: the run's marker found {len(hits)} times in the nodes' files")
