@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from socp.envelope import Envelope, FrameType
-from socp.settings import RECEIPT_BATCH_MS
+from socp.envelope import Envelope, FrameType, parse
+from socp.server.receipts import digest_of
+from socp.settings import DEFAULT_MAX_FRAME_BYTES, RECEIPT_BATCH_MS
 from socp.user.receipts import Receipts as ClientReceipts
 from tests.unit.harness import TICK, TIMINGS, FakeUser, Net, Node
 
@@ -275,3 +276,18 @@ def test_a_burst_costs_a_few_receipt_signatures_and_every_message_is_delivered(p
     events = [event for f in a_sender_acks for event in client.on_ack(f.payload)]
     assert [type(e).__name__ for e in events] == ["Delivered"] * 50
     assert client.pending == []
+
+
+def test_a_receipt_from_another_server_settles_nothing(pair: Pair) -> None:
+    """Only the server a frame was forwarded to can settle it (a coalesced ACK names many digests)."""
+    net = pair.net
+    sent = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(sent)
+    [forward] = net.packets(src="A", dst="B", frame_type="SERVER_DELIVER")
+    digest = digest_of(parse(forward.text, DEFAULT_MAX_FRAME_BYTES))
+    forged = pair.intro.state.out.make(FrameType.ACK, pair.a.server_id, net.now,
+                                       {"msg_ref": "x", "digest": digest, "digests": [digest]})
+    net.inject("I", "A", forged.to_wire())
+    assert pair.a.state.receipts.in_flight == 1  # B's receipt is still queued at B; the forgery did nothing
+    net.run_until(lambda: receipts(pair.alice) == [sent.msg_ref], BATCHES, "B's receipt")
+    assert pair.a.state.receipts.in_flight == 0
