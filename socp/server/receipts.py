@@ -20,7 +20,8 @@ ACKed again.
 **Coalescing.** Receipts are not sent at once: they are queued per link (far server → origin: the origin's
 server link; origin → sender: the sender's user link) and flushed as one signed ACK when the first queued one
 is :data:`~socp.settings.RECEIPT_BATCH_MS` old (driven by the core's timer: :meth:`Receipts.next_deadline`,
-:meth:`Receipts.flush`) or the queue holds :data:`~socp.settings.RECEIPT_BATCH_MAX`. One receipt goes out in the
+:meth:`Receipts.flush`; while the core has input waiting, up to :data:`~socp.settings.RECEIPT_BATCH_BUSY_MS`)
+or the queue holds :data:`~socp.settings.RECEIPT_BATCH_MAX`. One receipt goes out in the
 single form (``ACK {msg_ref, digest}``, ``ACK {msg_ref, file_id?, index?}``); several in the coalesced form
 (``ACK {msg_ref, digest, digests: [...]}``, ``ACK {msg_ref, receipts: [{msg_ref, file_id?, index?}, ...]}``),
 ``msg_ref``/``digest`` naming the first. A queue whose link closed (or changed hands) is dropped: the origin
@@ -29,7 +30,8 @@ sends its frames in flight again when the link is back, and the far server ACKs 
 Cost: at most one signed ACK per link per :data:`~socp.settings.RECEIPT_BATCH_MS` at the far server and one per
 sender per batch at the origin: a burst of k messages between two servers costs O(k / batch) signatures instead
 of 2k, and never more than one per message (O(1), independent of n); resends cost no signature. Added latency:
-at most :data:`~socp.settings.RECEIPT_BATCH_MS` per hop (plus timer lateness). Memory: one entry per frame in
+at most :data:`~socp.settings.RECEIPT_BATCH_MS` per hop (plus timer lateness), at most
+:data:`~socp.settings.RECEIPT_BATCH_BUSY_MS` while the core is behind. Memory: one entry per frame in
 flight, one queued receipt per frame until the flush, and one digest per delivered frame for the replay window
 (at most :data:`MAX_DELIVERED`).
 """
@@ -50,7 +52,7 @@ from socp.server.hooks import Local
 from socp.server.links import Link, LinkTable
 from socp.server.outbox import Outbox
 from socp.server.peers import ServerBook
-from socp.settings import RECEIPT_BATCH_MAX, RECEIPT_BATCH_MS, delivery_bound_ms
+from socp.settings import RECEIPT_BATCH_BUSY_MS, RECEIPT_BATCH_MAX, RECEIPT_BATCH_MS, delivery_bound_ms
 
 PARKED_POLL_MS: Final = 250
 """How often parked frames look whether their recipient is back."""
@@ -85,7 +87,8 @@ class _Batch:
     """Receipts queued for one link, to go out as one signed ACK."""
 
     to: str                         # the link's peer when queued (a link that changed hands drops the batch)
-    due: int                        # the first receipt's time + RECEIPT_BATCH_MS
+    first: int                      # when the first receipt was queued
+    due: int                        # first + RECEIPT_BATCH_MS, later while the core has a backlog
     items: list[dict[str, Any]]     # far side: {msg_ref, digest}; to a sender: {msg_ref, file_id?, index?}
 
 
@@ -119,8 +122,8 @@ class Receipts:
         self._held: dict[str, tuple[str, int]] = {}  # user id -> (server id, hold until)
         self._parked: dict[str, InFlight] = {}      # digest -> frame awaiting its recipient's return
         self._next_poll: int | None = None
-        self._to_origins: dict[LinkId, _Batch] = {}  # far side, per server link (insertion order: due order)
-        self._to_senders: dict[LinkId, _Batch] = {}  # origin side, per user link (insertion order: due order)
+        self._to_origins: dict[LinkId, _Batch] = {}  # far side, per server link
+        self._to_senders: dict[LinkId, _Batch] = {}  # origin side, per user link
         self.acks_sent = 0
         """Signed receipt ACKs sent (to origins and to senders); each carries one or more receipts."""
         self.resent = 0
@@ -227,9 +230,8 @@ class Receipts:
         deadlines = [entry.deadline for entry in self._in_flight.values()]
         if self._next_poll is not None:
             deadlines.append(self._next_poll)
-        for batches in (self._to_origins, self._to_senders):
-            if batches:
-                deadlines.append(next(iter(batches.values())).due)
+        # Batches: one per link with receipts queued (few; a scan).
+        deadlines += [batch.due for batches in (self._to_origins, self._to_senders) for batch in batches.values()]
         return min(deadlines, default=None)
 
     def expire(self, now: int) -> list[InFlight]:
@@ -287,19 +289,23 @@ class Receipts:
         """Add a receipt to ``link``'s batch; a full batch goes out at once."""
         batch = batches.get(link.link_id)
         if batch is None or batch.to != link.peer:
-            batch = batches[link.link_id] = _Batch(link.peer, now + RECEIPT_BATCH_MS, [])
+            batch = batches[link.link_id] = _Batch(link.peer, now, now + RECEIPT_BATCH_MS, [])
         batch.items.append(item)
         if len(batch.items) >= RECEIPT_BATCH_MAX:
             del batches[link.link_id]
             self._send(link.link_id, batch, shape, now)
 
-    def flush(self, now: int) -> None:
-        """Send every batch whose first receipt waited :data:`~socp.settings.RECEIPT_BATCH_MS` (timer work)."""
+    def flush(self, now: int, *, backlog: bool = False) -> None:
+        """Send every batch whose first receipt waited :data:`~socp.settings.RECEIPT_BATCH_MS` (timer work).
+        ``backlog``: the core has input waiting; a due batch then keeps growing, up to
+        :data:`~socp.settings.RECEIPT_BATCH_BUSY_MS` after its first receipt."""
         for batches, shape in ((self._to_origins, _server_ack), (self._to_senders, _user_ack)):
-            while batches:
-                link_id, batch = next(iter(batches.items()))
+            for link_id, batch in list(batches.items()):
                 if batch.due > now:
-                    break
+                    continue
+                if backlog and now < batch.first + RECEIPT_BATCH_BUSY_MS:
+                    batch.due = min(now + RECEIPT_BATCH_MS, batch.first + RECEIPT_BATCH_BUSY_MS)
+                    continue
                 del batches[link_id]
                 self._send(link_id, batch, shape, now)
 

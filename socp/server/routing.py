@@ -74,9 +74,10 @@ class Routing:
         """When :meth:`handle_timer` has work: the earliest receipt deadline or batch flush, or None."""
         return self.receipts.next_deadline()
 
-    def handle_timer(self, now: int) -> None:
+    def handle_timer(self, now: int, *, backlog: bool = False) -> None:
         """Send parked frames whose recipient is back; tell the sender of each forward whose receipt did not
-        come within the bound: ``ERROR TIMEOUT``; send the receipt batches that are due."""
+        come within the bound: ``ERROR TIMEOUT``; send the receipt batches that are due (``backlog``: input is
+        waiting, let them grow: :meth:`Receipts.flush`)."""
         ready, parked_out = self.receipts.unpark(now, self._directory.location)
         for entry, location in ready:
             forward = self._take_forward(entry)
@@ -99,7 +100,7 @@ class Routing:
             self._tell_sender(forward, ErrorCode.TIMEOUT.value,
                               f"no delivery receipt from the recipient's server within "
                               f"{self.receipts.bound_ms / 1000:g} s (server {entry.server_id[:8]} unreachable)", now)
-        self.receipts.flush(now)
+        self.receipts.flush(now, backlog=backlog)
 
     # --- from local users --------------------------------------------------------------------------
 

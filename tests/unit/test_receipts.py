@@ -9,7 +9,7 @@ import pytest
 
 from socp.envelope import Envelope, FrameType, parse
 from socp.server.receipts import digest_of
-from socp.settings import DEFAULT_MAX_FRAME_BYTES, RECEIPT_BATCH_MS
+from socp.settings import DEFAULT_MAX_FRAME_BYTES, RECEIPT_BATCH_BUSY_MS, RECEIPT_BATCH_MS
 from socp.user.receipts import Receipts as ClientReceipts
 from tests.unit.harness import TICK, TIMINGS, FakeUser, Net, Node
 
@@ -291,3 +291,24 @@ def test_a_receipt_from_another_server_settles_nothing(pair: Pair) -> None:
     assert pair.a.state.receipts.in_flight == 1  # B's receipt is still queued at B; the forgery did nothing
     net.run_until(lambda: receipts(pair.alice) == [sent.msg_ref], BATCHES, "B's receipt")
     assert pair.a.state.receipts.in_flight == 0
+
+
+def test_a_batch_keeps_growing_while_the_core_has_input_waiting(pair: Pair) -> None:
+    """With a backlog (the shell's ``processed_until``) a due batch waits, up to RECEIPT_BATCH_BUSY_MS."""
+    net, b = pair.net, pair.b
+    first = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(first)
+    queued_at = net.now
+    assert b.state.next_deadline() <= queued_at + RECEIPT_BATCH_MS
+    b.state.handle_timer(queued_at + RECEIPT_BATCH_MS, processed_until=queued_at + RECEIPT_BATCH_MS - 1)
+    net._collect(b)
+    net.pump()
+    assert net.packets(src="B", dst="A", frame_type="ACK") == []  # behind on input: not yet
+    second = pair.alice.direct_frame(pair.bob, ts=net.now + 1)
+    pair.alice.send(second)
+    late = queued_at + RECEIPT_BATCH_BUSY_MS
+    b.state.handle_timer(late, processed_until=late - 1)  # still behind, but the batch is as old as allowed
+    net._collect(b)
+    net.pump()
+    [ack] = net.packets(src="B", dst="A", frame_type="ACK")
+    assert len(json.loads(ack.text)["payload"]["digests"]) == 2
