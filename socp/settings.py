@@ -47,6 +47,20 @@ dead, restarting and linking again): the delivery bound is ``peer timeout + this
 CLIENT_RECEIPT_GRACE_MS = 5_000
 """How much longer than the servers' delivery bound a client waits for a receipt before it reports the message
 as failed on its own (a server that went silent still leaves no message unresolved)."""
+RECEIPT_BATCH_MS = 20
+"""How long a delivery receipt may wait to be coalesced with others on the same link (far server → origin) or
+to the same user (origin → sender) into one signed ACK. 20 ms is about 4-10 RSA-4096 signatures here: under a
+burst the link carries many receipts within it, so one signature replaces tens; alone, a receipt is 20 ms later
+per hop, negligible against the delivery bound (seconds) and below human notice. A busy core runs its timer
+late, which only makes the batches larger (fewer signatures exactly when they are dearest)."""
+RECEIPT_BATCH_BUSY_MS = 250
+"""How long a batch may keep growing while the core has input waiting (the shell's ``processed_until``): a
+backlog means the receipts are late anyway, and a busy core is exactly when signatures are dearest (a burst
+spreads its receipts over many links and seconds, so 20 ms windows alone would catch about one each). Still
+far below the delivery bound (10 s with the fast timings), so no receipt is pushed past it."""
+RECEIPT_BATCH_MAX = 512
+"""Receipts in one coalesced ACK at most: flushed at once when reached (bounds the frame: about 25 KB of
+digests, well below the frame limit)."""
 STALL_FLOOR_MS = 1_000
 """A server's timer running later than ``max(heartbeat interval, this)`` counts as a stall of its own (event
 loop lag, a paused process): peers' silence during it is not held against them."""

@@ -13,13 +13,27 @@ refused), and go out when the link is back. A frame sent again after a link loss
 goes out again as soon as the directory places its recipient on a linked capable server, within the same
 bound (every :data:`PARKED_POLL_MS`).
 
-**Far side.** Once a forwarded frame was handed to the recipient's connection, ``ACK {msg_ref, digest}`` goes
-back to the origin; a repeat (by digest, remembered within the replay window, bounded in count) is not
-delivered again but ACKed again.
+**Far side.** Once a forwarded frame was handed to the recipient's connection, its receipt goes back to the
+origin; a repeat (by digest, remembered within the replay window, bounded in count) is not delivered again but
+ACKed again.
 
-Cost: one signed ACK per forwarded frame at the far server and one signed ACK to the sender at the origin
-(O(1) per message, independent of n); resends cost no signature. Memory: one entry per frame in flight, and
-one digest per delivered frame for the replay window (at most :data:`MAX_DELIVERED`).
+**Coalescing.** Receipts are not sent at once: they are queued per link (far server → origin: the origin's
+server link; origin → sender: the sender's user link) and flushed as one signed ACK when the first queued one
+is :data:`~socp.settings.RECEIPT_BATCH_MS` old (driven by the core's timer: :meth:`Receipts.next_deadline`,
+:meth:`Receipts.flush`; while the core has input waiting, up to :data:`~socp.settings.RECEIPT_BATCH_BUSY_MS`)
+or the queue holds :data:`~socp.settings.RECEIPT_BATCH_MAX`. One receipt goes out in the
+single form (``ACK {msg_ref, digest}``, ``ACK {msg_ref, file_id?, index?}``); several in the coalesced form
+(``ACK {msg_ref, digest, digests: [...]}``, ``ACK {msg_ref, receipts: [{msg_ref, file_id?, index?}, ...]}``),
+``msg_ref``/``digest`` naming the first. A queue whose link closed (or changed hands) is dropped: the origin
+sends its frames in flight again when the link is back, and the far server ACKs the repeats again.
+
+Cost: at most one signed ACK per link per :data:`~socp.settings.RECEIPT_BATCH_MS` at the far server and one per
+sender per batch at the origin: a burst of k messages between two servers costs O(k / batch) signatures instead
+of 2k, and never more than one per message (O(1), independent of n); resends cost no signature. Added latency:
+at most :data:`~socp.settings.RECEIPT_BATCH_MS` per hop (plus timer lateness), at most
+:data:`~socp.settings.RECEIPT_BATCH_BUSY_MS` while the core is behind. Memory: one entry per frame in
+flight, one queued receipt per frame until the flush, and one digest per delivered frame for the replay window
+(at most :data:`MAX_DELIVERED`).
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from socp import codec
+from socp.actions import LinkId
 from socp.envelope import Envelope, FrameType
 from socp.features import Feature, announced
 from socp.presence import UserRecord
@@ -37,7 +52,7 @@ from socp.server.hooks import Local
 from socp.server.links import Link, LinkTable
 from socp.server.outbox import Outbox
 from socp.server.peers import ServerBook
-from socp.settings import delivery_bound_ms
+from socp.settings import RECEIPT_BATCH_BUSY_MS, RECEIPT_BATCH_MAX, RECEIPT_BATCH_MS, delivery_bound_ms
 
 PARKED_POLL_MS: Final = 250
 """How often parked frames look whether their recipient is back."""
@@ -67,6 +82,31 @@ class InFlight:
         return self.frame.msg_ref
 
 
+@dataclass(slots=True)
+class _Batch:
+    """Receipts queued for one link, to go out as one signed ACK."""
+
+    to: str                         # the link's peer when queued (a link that changed hands drops the batch)
+    first: int                      # when the first receipt was queued
+    due: int                        # first + RECEIPT_BATCH_MS, later while the core has a backlog
+    items: list[dict[str, Any]]     # far side: {msg_ref, digest}; to a sender: {msg_ref, file_id?, index?}
+
+
+def _server_ack(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The far server's receipt: single ``{msg_ref, digest}``, or coalesced with every ``digests``."""
+    payload = dict(items[0])
+    if len(items) > 1:
+        payload["digests"] = [item["digest"] for item in items]
+    return payload
+
+
+def _user_ack(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sender's receipt: single ``{msg_ref, file_id?, index?}``, or coalesced ``{msg_ref, receipts}``."""
+    if len(items) == 1:
+        return items[0]
+    return {"msg_ref": items[0]["msg_ref"], "receipts": items}
+
+
 class Receipts:
     """Frames in flight (origin side), frames delivered (far side), and users held while their server is away."""
 
@@ -82,6 +122,10 @@ class Receipts:
         self._held: dict[str, tuple[str, int]] = {}  # user id -> (server id, hold until)
         self._parked: dict[str, InFlight] = {}      # digest -> frame awaiting its recipient's return
         self._next_poll: int | None = None
+        self._to_origins: dict[LinkId, _Batch] = {}  # far side, per server link
+        self._to_senders: dict[LinkId, _Batch] = {}  # origin side, per user link
+        self.acks_sent = 0
+        """Signed receipt ACKs sent (to origins and to senders); each carries one or more receipts."""
         self.resent = 0
         """Frames sent again on a link that came back."""
         self.timed_out = 0
@@ -147,9 +191,15 @@ class Receipts:
         self.timed_out += len(expired)
         return ready, expired
 
-    def settle(self, digest: str | None) -> InFlight | None:
-        """Forget a frame in flight (its receipt or a bounce came); the entry, or None if unknown."""
-        return self._in_flight.pop(digest, None) if digest is not None else None
+    def settle(self, digest: str | None, server_id: str | None = None) -> InFlight | None:
+        """Forget a frame in flight (its receipt or a bounce came); the entry, or None if unknown.
+        ``server_id``: only a frame forwarded to that server (a receipt settles only what its sender got)."""
+        if digest is None:
+            return None
+        entry = self._in_flight.get(digest)
+        if entry is None or (server_id is not None and entry.server_id != server_id):
+            return None
+        return self._in_flight.pop(digest)
 
     def link_up(self, link: Link, now: int) -> None:
         """``link_up`` subscriber: send every frame in flight for this server again; its users are no longer
@@ -180,6 +230,8 @@ class Receipts:
         deadlines = [entry.deadline for entry in self._in_flight.values()]
         if self._next_poll is not None:
             deadlines.append(self._next_poll)
+        # Batches: one per link with receipts queued (few; a scan).
+        deadlines += [batch.due for batches in (self._to_origins, self._to_senders) for batch in batches.values()]
         return min(deadlines, default=None)
 
     def expire(self, now: int) -> list[InFlight]:
@@ -202,13 +254,13 @@ class Receipts:
         return digest in self._delivered
 
     def acknowledge(self, link: Link, frame: Envelope, digest: str, now: int) -> None:
-        """The forwarded ``frame`` reached its recipient's connection: remember it, ACK it to its origin."""
+        """The forwarded ``frame`` reached its recipient's connection: remember it, queue its receipt to the
+        origin (sent with the link's batch)."""
         self._delivered.pop(digest, None)
         self._delivered[digest] = now + self._window
         if len(self._delivered) > MAX_DELIVERED:
             del self._delivered[next(iter(self._delivered))]
-        self._out.send(link, self._out.make(FrameType.ACK, link.peer, now,
-                                            {"msg_ref": frame.msg_ref, "digest": digest}))
+        self._queue(self._to_origins, link, {"msg_ref": frame.msg_ref, "digest": digest}, _server_ack, now)
 
     def sweep(self, now: int) -> None:
         """``sweep`` subscriber: forget delivered digests past the replay window and holds that ended."""
@@ -221,10 +273,48 @@ class Receipts:
 
     # --- to the sender ------------------------------------------------------------------------------
 
-    def receipt_to(self, link: Link, user_id: str, user_frame_ref: str, payload: Mapping[str, Any], now: int) -> None:
-        """``ACK {msg_ref}`` of a user's own frame to that user (file frames add ``file_id`` and ``index``)."""
-        ack: dict[str, Any] = {"msg_ref": user_frame_ref}
+    def receipt_to(self, link: Link, user_frame_ref: str, payload: Mapping[str, Any], now: int) -> None:
+        """Queue the receipt of a user's own frame to that user (``link``: its connection), sent with the
+        user's batch: ``{msg_ref}``, file frames add ``file_id`` and ``index``."""
+        receipt: dict[str, Any] = {"msg_ref": user_frame_ref}
         for name in ("file_id", "index"):
             if name in payload:
-                ack[name] = payload[name]
-        self._out.send(link, self._out.make(FrameType.ACK, user_id, now, ack))
+                receipt[name] = payload[name]
+        self._queue(self._to_senders, link, receipt, _user_ack, now)
+
+    # --- coalescing ---------------------------------------------------------------------------------
+
+    def _queue(self, batches: dict[LinkId, _Batch], link: Link, item: dict[str, Any],
+               shape: Callable[[list[dict[str, Any]]], dict[str, Any]], now: int) -> None:
+        """Add a receipt to ``link``'s batch; a full batch goes out at once."""
+        batch = batches.get(link.link_id)
+        if batch is None or batch.to != link.peer:
+            batch = batches[link.link_id] = _Batch(link.peer, now, now + RECEIPT_BATCH_MS, [])
+        batch.items.append(item)
+        if len(batch.items) >= RECEIPT_BATCH_MAX:
+            del batches[link.link_id]
+            self._send(link.link_id, batch, shape, now)
+
+    def flush(self, now: int, *, backlog: bool = False) -> None:
+        """Send every batch whose first receipt waited :data:`~socp.settings.RECEIPT_BATCH_MS` (timer work).
+        ``backlog``: the core has input waiting; a due batch then keeps growing, up to
+        :data:`~socp.settings.RECEIPT_BATCH_BUSY_MS` after its first receipt."""
+        for batches, shape in ((self._to_origins, _server_ack), (self._to_senders, _user_ack)):
+            for link_id, batch in list(batches.items()):
+                if batch.due > now:
+                    continue
+                if backlog and now < batch.first + RECEIPT_BATCH_BUSY_MS:
+                    batch.due = min(now + RECEIPT_BATCH_MS, batch.first + RECEIPT_BATCH_BUSY_MS)
+                    continue
+                del batches[link_id]
+                self._send(link_id, batch, shape, now)
+
+    def _send(self, link_id: LinkId, batch: _Batch, shape: Callable[[list[dict[str, Any]]], dict[str, Any]],
+              now: int) -> None:
+        """One signed ACK for a batch, if its link is still there (else dropped: see the module docstring)."""
+        link = self._links.get(link_id)
+        if link is None or link.closing or link.peer != batch.to:
+            self._out.log.debug("dropped %d receipts for %s: link %d gone", len(batch.items), batch.to[:8], link_id)
+            return
+        self.acks_sent += 1
+        self._out.send(link, self._out.make(FrameType.ACK, batch.to, now, shape(batch.items)))

@@ -5,7 +5,8 @@ With servers that announced delivery receipts, forwards are kept until acknowled
 Cost: a routed frame is one frame on one link, plus one signature by this server (the transport signature of
 the re-made frame; forwards of distinct payloads are not cached usefully) and, for MSG_DIRECT, one content
 signature check: O(1) per message, independent of n. A bounce is one ERROR back on the same link. Receipts add
-one signed ACK at the far server and one signed ACK to the sender (when its client asked for receipts).
+at most one signed ACK at the far server and one signed ACK to the sender (when its client asked for receipts),
+coalesced per link within a short batch (:data:`socp.settings.RECEIPT_BATCH_MS`).
 """
 
 from __future__ import annotations
@@ -70,12 +71,13 @@ class Routing:
                           if (live := [fwd for fwd in forwards if fwd.expires > now])}
 
     def next_deadline(self) -> int | None:
-        """When :meth:`handle_timer` has work: the earliest receipt deadline, or None."""
+        """When :meth:`handle_timer` has work: the earliest receipt deadline or batch flush, or None."""
         return self.receipts.next_deadline()
 
-    def handle_timer(self, now: int) -> None:
+    def handle_timer(self, now: int, *, backlog: bool = False) -> None:
         """Send parked frames whose recipient is back; tell the sender of each forward whose receipt did not
-        come within the bound: ``ERROR TIMEOUT``."""
+        come within the bound: ``ERROR TIMEOUT``; send the receipt batches that are due (``backlog``: input is
+        waiting, let them grow: :meth:`Receipts.flush`)."""
         ready, parked_out = self.receipts.unpark(now, self._directory.location)
         for entry, location in ready:
             forward = self._take_forward(entry)
@@ -98,6 +100,7 @@ class Routing:
             self._tell_sender(forward, ErrorCode.TIMEOUT.value,
                               f"no delivery receipt from the recipient's server within "
                               f"{self.receipts.bound_ms / 1000:g} s (server {entry.server_id[:8]} unreachable)", now)
+        self.receipts.flush(now, backlog=backlog)
 
     # --- from local users --------------------------------------------------------------------------
 
@@ -137,7 +140,7 @@ class Routing:
                 made = out.make_at(frame.type, frame.sender, recipient, frame.ts, payload)
             out.send(target, made)
             if self.receipts.wants_receipts(local_sender):
-                self.receipts.receipt_to(link, frame.sender, frame.msg_ref, payload, now)
+                self.receipts.receipt_to(link, frame.msg_ref, payload, now)
             return
         server_link = self._links.server_link(location)
         capable = self.receipts.capable(location)
@@ -299,19 +302,22 @@ class Routing:
         self._out.send(self._links[local.link_id], self._out.make(FrameType.ERROR, forward.sender, now, payload))
 
     def on_server_ack(self, link: Link, frame: Envelope, now: int) -> None:
-        """ACK from a server: a delivery receipt (``digest``) settles a frame in flight and, when the sender's
-        client asked for receipts, becomes ``ACK {msg_ref}`` of the sender's own frame; other ACKs need nothing."""
-        digest = frame.payload.get("digest")
-        entry = self.receipts.settle(digest) if isinstance(digest, str) else None
-        if entry is None:
-            return  # not ours, or already settled (a repeat's second receipt, a bounce, a timeout)
-        forward = self._take_forward(entry)
-        if forward is None:
-            return
-        local = self._presence.local(forward.sender)
-        if local is not None and forward.user_payload is not None:
-            self.receipts.receipt_to(self._links[local.link_id], forward.sender, forward.user_msg_ref,
-                                     forward.user_payload, now)
+        """ACK from a server: a delivery receipt (``digest``, or every one of a coalesced ``digests``) settles
+        frames in flight and, when a sender's client asked for receipts, queues the receipt of the sender's own
+        frame (see :meth:`Receipts.receipt_to`); other ACKs need nothing."""
+        digests = frame.payload.get("digests")
+        if not isinstance(digests, list):
+            digests = [frame.payload.get("digest")]  # the single form
+        for digest in digests:
+            # Only the server a frame went to settles it; unknown digests are not ours, or already settled
+            # (a repeat's second receipt, a bounce, a timeout).
+            entry = self.receipts.settle(digest, link.peer) if isinstance(digest, str) else None
+            forward = self._take_forward(entry) if entry is not None else None
+            if forward is None:
+                continue
+            local = self._presence.local(forward.sender)
+            if local is not None and forward.user_payload is not None:
+                self.receipts.receipt_to(self._links[local.link_id], forward.user_msg_ref, forward.user_payload, now)
 
 
 def _fingerprint(key: object) -> str:

@@ -198,7 +198,7 @@ class ServerState:
         self.links.detector.timer_fired(now, self.out.log, processed_until=processed_until)
         self.mesh.handle_timer(now)
         self.presence.handle_timer(now)
-        self.routing.handle_timer(now)
+        self.routing.handle_timer(now, backlog=processed_until is not None)
         self.mesh.heartbeat(now)
 
     def next_deadline(self) -> int:

@@ -3,7 +3,8 @@
 When the server announced the extension in its ACK of USER_HELLO, every direct message (and dm file frame)
 the session sends is tracked by its ``msg_ref`` until one of:
 
-- ``ACK {msg_ref}``: the recipient's server handed it to the recipient's connection → :class:`Delivered`;
+- ``ACK {msg_ref}``: the recipient's server handed it to the recipient's connection → :class:`Delivered`
+  (a coalesced ``ACK {msg_ref, receipts: [{msg_ref, ...}, ...]}`` settles each entry);
 - ``ERROR {code, msg_ref}`` (``USER_NOT_FOUND``, ``TIMEOUT`` after the servers' bound, …) → :class:`DeliveryFailed`;
 - no answer within the client's own bound (the servers' bound plus :data:`CLIENT_RECEIPT_GRACE_MS`) →
   :class:`DeliveryFailed` ``TIMEOUT``, reported by :meth:`Receipts.expire`;
@@ -66,13 +67,19 @@ class Receipts:
         self._pending[msg_ref] = _Pending(now + self.bound_ms, file_id, index)
         return True
 
-    def on_ack(self, payload: Mapping[str, Any]) -> ClientEvent:
-        """An ACK from the server: :class:`Delivered` for a tracked message, else a plain :class:`Acked`."""
-        msg_ref = payload["msg_ref"]
-        pending = self._pending.pop(msg_ref, None)
-        if pending is None:
-            return Acked(msg_ref)
-        return Delivered(msg_ref, pending.file_id, pending.index)
+    def on_ack(self, payload: Mapping[str, Any]) -> list[ClientEvent]:
+        """An ACK from the server: :class:`Delivered` for each tracked message it settles (one, or every entry of
+        a coalesced ``receipts`` list), a plain :class:`Acked` for one that is not tracked."""
+        entries = payload.get("receipts")
+        if not isinstance(entries, list):
+            entries = [payload]  # the single form
+        refs = [entry["msg_ref"] for entry in entries
+                if isinstance(entry, Mapping) and isinstance(entry.get("msg_ref"), str)]
+        events: list[ClientEvent] = []
+        for msg_ref in refs or [payload["msg_ref"]]:
+            pending = self._pending.pop(msg_ref, None)
+            events.append(Acked(msg_ref) if pending is None else Delivered(msg_ref, pending.file_id, pending.index))
+        return events
 
     def on_error(self, error: ServerError) -> ClientEvent:
         """An ERROR from the server: :class:`DeliveryFailed` for a tracked message, else the error itself."""

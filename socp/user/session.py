@@ -237,7 +237,7 @@ ROUTES: Final[Mapping[SessionState, Mapping[FrameType, Route]]] = {
         FrameType.ERROR: Route(lambda p, frame, now: early_error(p, frame), verified=False),
     },
     SessionState.WELCOMED: {
-        FrameType.ACK: Route(lambda p, frame, now: [p.receipts.on_ack(frame.payload)]),
+        FrameType.ACK: Route(lambda p, frame, now: p.receipts.on_ack(frame.payload)),
         FrameType.ERROR: Route(lambda p, frame, now: [p.receipts.on_error(server_error(frame))]),
         FrameType.USER_ADVERTISE: Route(lambda p, frame, now: p.peers.on_advertise(frame)),
         FrameType.USER_REMOVE: Route(lambda p, frame, now: p.peers.on_remove(frame)),

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pytest
 
-from socp.envelope import Envelope, FrameType
-from tests.unit.harness import TIMINGS, FakeUser, Net, Node
+from socp.envelope import Envelope, FrameType, parse
+from socp.server.receipts import digest_of
+from socp.settings import DEFAULT_MAX_FRAME_BYTES, RECEIPT_BATCH_BUSY_MS, RECEIPT_BATCH_MS
+from socp.user.receipts import Receipts as ClientReceipts
+from tests.unit.harness import TICK, TIMINGS, FakeUser, Net, Node
 
 BOUND = TIMINGS.delivery_bound_ms
+BATCHES = 4 * max(TICK, RECEIPT_BATCH_MS)
+"""Long enough for two batched hops (far server → origin → sender) to be flushed by the timers."""
 
 
 @dataclass
@@ -38,8 +44,12 @@ def pair(net: Net) -> Pair:
 
 
 def receipts(user: FakeUser) -> list[str]:
-    """msg_ref of every ACK the user got (the welcome's aside)."""
-    return [f.payload["msg_ref"] for f in user.received(FrameType.ACK) if f.payload["msg_ref"] != "USER_HELLO"]
+    """msg_ref of every receipt the user got, coalesced ones unpacked (the welcome's ACK aside)."""
+    refs: list[str] = []
+    for f in user.received(FrameType.ACK):
+        if f.payload["msg_ref"] != "USER_HELLO":
+            refs += [r["msg_ref"] for r in f.payload["receipts"]] if "receipts" in f.payload else [f.payload["msg_ref"]]
+    return refs
 
 
 def deliveries(user: FakeUser, sent: Envelope) -> int:
@@ -65,17 +75,22 @@ def test_a_forwarded_message_is_acked_to_its_sender_once_delivered(pair: Pair) -
     sent = pair.alice.direct_frame(pair.bob)
     pair.alice.send(sent)
     assert deliveries(pair.bob, sent) == 1
+    assert receipts(pair.alice) == []  # batched: the receipts wait for the timers
+    pair.net.run_until(lambda: bool(receipts(pair.alice)), BATCHES, "the receipt")
     assert receipts(pair.alice) == [sent.msg_ref]
     assert pair.a.state.receipts.in_flight == 0
-    # One receipt from B to A per forwarded frame.
-    assert len(pair.net.packets(src="B", dst="A", frame_type="ACK")) == 1
+    # One receipt from B to A for the forwarded frame, in the single form.
+    [ack] = pair.net.packets(src="B", dst="A", frame_type="ACK")
+    assert "digests" not in json.loads(ack.text)["payload"]
 
 
-def test_a_local_delivery_is_acked_at_once(pair: Pair) -> None:
+def test_a_local_delivery_is_acked_within_a_batch(pair: Pair) -> None:
     carol = pair.net.user("carol", pair.a)
     sent = pair.alice.direct_frame(carol)
     pair.alice.send(sent)
     assert deliveries(carol, sent) == 1
+    took = pair.net.run_until(lambda: bool(receipts(pair.alice)), BATCHES, "the receipt")
+    assert took <= max(TICK, RECEIPT_BATCH_MS)  # one timer run after the batch is due
     assert receipts(pair.alice) == [sent.msg_ref]
 
 
@@ -83,6 +98,7 @@ def test_no_receipts_for_a_client_that_did_not_ask(pair: Pair) -> None:
     sent = pair.bob.direct_frame(pair.alice)
     pair.bob.send(sent)
     assert deliveries(pair.alice, sent) == 1
+    pair.net.run_until(lambda: pair.b.state.receipts.in_flight == 0, BATCHES, "A's receipt to B")
     assert receipts(pair.bob) == []
     assert pair.b.state.receipts.in_flight == 0
 
@@ -150,10 +166,13 @@ def test_the_sender_is_told_timeout_when_the_bound_passes(pair: Pair) -> None:
 def test_a_repeat_is_acked_again_but_not_delivered_twice(pair: Pair) -> None:
     sent = pair.alice.direct_frame(pair.bob)
     pair.alice.send(sent)
+    pair.net.run_until(lambda: bool(receipts(pair.alice)), BATCHES, "the receipt")
     [forward] = pair.net.packets(src="A", dst="B", frame_type="SERVER_DELIVER")
     pair.net.inject("A", "B", forward.text)
+    pair.net.run_until(lambda: len(pair.net.packets(src="B", dst="A", frame_type="ACK")) == 2, BATCHES,
+                       "the repeat's receipt")
+    pair.net.run(BATCHES)
     assert deliveries(pair.bob, sent) == 1
-    assert len(pair.net.packets(src="B", dst="A", frame_type="ACK")) == 2
     assert receipts(pair.alice) == [sent.msg_ref]
 
 
@@ -175,6 +194,7 @@ def test_a_server_without_the_extension_gets_the_standard_behaviour(pair: Pair) 
     sent = pair.alice.direct_frame(pair.bob)
     pair.alice.send(sent)
     assert deliveries(pair.bob, sent) == 1
+    net.run(BATCHES)
     assert receipts(pair.alice) == []
     assert net.packets(src="B", dst="A", frame_type="ACK") == []
     assert pair.a.state.receipts.in_flight == 0
@@ -220,3 +240,75 @@ def test_a_parked_message_times_out_when_its_recipient_stays_away(pair: Pair) ->
     net.run_until(lambda: bool(pair.alice.errors()), BOUND + 2_000, "an outcome")
     assert [(e.payload["code"], e.payload["msg_ref"]) for e in pair.alice.errors()] == [("TIMEOUT", sent.msg_ref)]
     assert pair.a.state.receipts.in_flight == 0
+
+
+def test_a_burst_costs_a_few_receipt_signatures_and_every_message_is_delivered(pair: Pair) -> None:
+    """50 DMs forwarded A→B at once: B signs its receipts in ≤ 2 ACKs, A its sender ACKs in ≤ 2, and the
+    sender's session turns them into 50 Delivered events."""
+    net, a, b = pair.net, pair.a.state, pair.b.state
+    burst = [pair.alice.direct_frame(pair.bob, ts=net.now - i) for i in range(50)]
+    a_signed, b_signed = a.out.signatures, b.out.signatures
+    a_acks, b_acks = a.receipts.acks_sent, b.receipts.acks_sent
+    mark = len(net.delivered)
+    for sent in burst:
+        pair.alice.send(sent, pump=False)
+    net.pump()
+    assert all(deliveries(pair.bob, sent) == 1 for sent in burst)
+    net.run_until(lambda: len(receipts(pair.alice)) == 50, BATCHES, "50 receipts")
+    assert sorted(receipts(pair.alice)) == sorted(sent.msg_ref for sent in burst)
+    assert a.receipts.in_flight == 0
+    b_receipt_acks = net.packets(src="B", dst="A", frame_type="ACK")
+    a_sender_acks = [f for f in pair.alice.received(FrameType.ACK) if f.payload["msg_ref"] != "USER_HELLO"]
+    assert b.receipts.acks_sent - b_acks == len(b_receipt_acks) <= 2
+    assert a.receipts.acks_sent - a_acks == len(a_sender_acks) <= 2
+    # Signatures: one per frame B delivered to bob / A forwarded to B, one per receipt ACK, and one per other
+    # frame the servers sent meanwhile (heartbeats, at most): so at most 2 receipt signatures each.
+    window = net.delivered[mark:]
+    b_other = sum(1 for p in window if p.src == "B" and p.type not in ("USER_DELIVER", "ACK"))
+    a_other = sum(1 for p in window if p.src == "A" and p.type not in ("SERVER_DELIVER", "ACK"))
+    assert b.out.signatures - b_signed <= 50 + 2 + b_other
+    assert a.out.signatures - a_signed <= 50 + 2 + a_other
+    # The sender's session: each coalesced ACK yields one Delivered per entry.
+    client = ClientReceipts()
+    client.enabled = True
+    for sent in burst:
+        client.track(sent.msg_ref, net.now)
+    events = [event for f in a_sender_acks for event in client.on_ack(f.payload)]
+    assert [type(e).__name__ for e in events] == ["Delivered"] * 50
+    assert client.pending == []
+
+
+def test_a_receipt_from_another_server_settles_nothing(pair: Pair) -> None:
+    """Only the server a frame was forwarded to can settle it (a coalesced ACK names many digests)."""
+    net = pair.net
+    sent = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(sent)
+    [forward] = net.packets(src="A", dst="B", frame_type="SERVER_DELIVER")
+    digest = digest_of(parse(forward.text, DEFAULT_MAX_FRAME_BYTES))
+    forged = pair.intro.state.out.make(FrameType.ACK, pair.a.server_id, net.now,
+                                       {"msg_ref": "x", "digest": digest, "digests": [digest]})
+    net.inject("I", "A", forged.to_wire())
+    assert pair.a.state.receipts.in_flight == 1  # B's receipt is still queued at B; the forgery did nothing
+    net.run_until(lambda: receipts(pair.alice) == [sent.msg_ref], BATCHES, "B's receipt")
+    assert pair.a.state.receipts.in_flight == 0
+
+
+def test_a_batch_keeps_growing_while_the_core_has_input_waiting(pair: Pair) -> None:
+    """With a backlog (the shell's ``processed_until``) a due batch waits, up to RECEIPT_BATCH_BUSY_MS."""
+    net, b = pair.net, pair.b
+    first = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(first)
+    queued_at = net.now
+    assert b.state.next_deadline() <= queued_at + RECEIPT_BATCH_MS
+    b.state.handle_timer(queued_at + RECEIPT_BATCH_MS, processed_until=queued_at + RECEIPT_BATCH_MS - 1)
+    net._collect(b)
+    net.pump()
+    assert net.packets(src="B", dst="A", frame_type="ACK") == []  # behind on input: not yet
+    second = pair.alice.direct_frame(pair.bob, ts=net.now + 1)
+    pair.alice.send(second)
+    late = queued_at + RECEIPT_BATCH_BUSY_MS
+    b.state.handle_timer(late, processed_until=late - 1)  # still behind, but the batch is as old as allowed
+    net._collect(b)
+    net.pump()
+    [ack] = net.packets(src="B", dst="A", frame_type="ACK")
+    assert len(json.loads(ack.text)["payload"]["digests"]) == 2

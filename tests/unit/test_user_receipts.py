@@ -68,6 +68,21 @@ def test_a_receipt_becomes_delivered_once(keys: Keys, alice: UserSession) -> Non
     assert only(alice.receive_text(ack_of(keys, sent.msg_ref), NOW)) == Acked(sent.msg_ref)
 
 
+def test_a_coalesced_receipt_becomes_one_delivered_per_entry(keys: Keys, alice: UserSession) -> None:
+    sent = [alice.direct_message(BOB, f"hi {i}", NOW) for i in range(3)]
+    alice.track_delivery("FILE_CHUNK:x:y:1", NOW, file_id="f1", index=4)
+    refs = [m.msg_ref for m in sent] + ["FILE_CHUNK:x:y:1", "MSG_DIRECT:unknown:y:1"]
+    ack = frame(FrameType.ACK, ALICE, {"msg_ref": refs[0], "receipts": [
+        {"msg_ref": refs[0]}, {"msg_ref": refs[1]}, {"msg_ref": refs[2]},
+        {"msg_ref": refs[3], "file_id": "f1", "index": 4}, {"msg_ref": refs[4]}]}, keys.server)
+    events = alice.receive_text(ack, NOW)
+    assert events == [Delivered(refs[0]), Delivered(refs[1]), Delivered(refs[2]), Delivered(refs[3], "f1", 4),
+                      Acked(refs[4])]
+    assert alice.pending_deliveries == []
+    # The same coalesced ACK again settles nothing twice.
+    assert alice.receive_text(ack, NOW) == [Acked(ref) for ref in refs]
+
+
 def test_an_error_becomes_delivery_failed(keys: Keys, alice: UserSession) -> None:
     sent = alice.direct_message(BOB, "hi", NOW)
     assert only(alice.receive_text(error_of(keys, sent.msg_ref, "TIMEOUT"), NOW)) == \
