@@ -5,7 +5,8 @@ user connected when it was sent), so the counts are *deliveries owed*. Verdicts:
 
 ``delivered once``           arrived exactly once, intact, within ``late_after`` seconds
 ``delivered late``           arrived exactly once, intact, later than that (not a violation)
-``duplicated``               arrived more than once (a copy the client dropped counts)
+``duplicated``               arrived more than once (a copy the client dropped counts, unless every dropped
+                             copy came after a fault on its path that began after it was shown: a resend)
 ``reported to sender``       never arrived, and the sender was told: an ERROR naming its ``msg_ref``, a failed
                              receipt, or the send itself raised (the code says which)
 ``lost silently``            never arrived and the sender was never told, though the recipient was online
@@ -175,7 +176,7 @@ def check_history(records: Sequence[dict[str, Any]], *, late_after: float = LATE
     faults = _faults(records, end_t)
     sends = [r for r in records if r["type"] == "send"]
     deliveries: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    duplicates: Counter[tuple[str, str]] = Counter()
+    duplicates: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
     unreadable: dict[tuple[str, str], str] = {}
     errors: dict[str, dict[str, Any]] = {}
     receipts: dict[str, dict[str, Any]] = {}
@@ -184,7 +185,7 @@ def check_history(records: Sequence[dict[str, Any]], *, late_after: float = LATE
         if kind == "deliver":
             deliveries[(r["msg_ref"], r["user"])].append(r)
         elif kind == "duplicate":
-            duplicates[(r["msg_ref"], r["user"])] += 1
+            duplicates[(r["msg_ref"], r["user"])].append(float(r["t"]))
         elif kind == "unreadable":
             unreadable[(r["msg_ref"], r["user"])] = r.get("reason", "")
         elif kind == "error" and r.get("msg_ref"):
@@ -202,13 +203,14 @@ def check_history(records: Sequence[dict[str, Any]], *, late_after: float = LATE
             verdict = Verdict(ref or f"(send failed #{send['seq']})", send["kind"], send["user"], send["node"],
                               recipient, _node_at(sessions, recipient, send["t"]) or "offline", send["t"],
                               send["wall"])
-            _judge(verdict, send, deliveries.get((ref, recipient), []) if ref else [],
-                   duplicates[(ref, recipient)] if ref else 0, unreadable.get((ref, recipient)) if ref else None,
-                   errors.get(ref) if ref else None, receipts.get(ref) if ref else None, sessions, end_t,
-                   late_after, settle)
+            repeats = duplicates.get((ref, recipient), []) if ref else []
+            _judge(verdict, send, deliveries.get((ref, recipient), []) if ref else [], len(repeats),
+                   unreadable.get((ref, recipient)) if ref else None, errors.get(ref) if ref else None,
+                   receipts.get(ref) if ref else None, sessions, end_t, late_after, settle)
             verdict.faults = [f.label() for f in faults
                               if f.start <= (verdict.delivered_t[0] if verdict.delivered_t else end_t)
                               and f.end >= verdict.sent_t]
+            _excuse_resends(verdict, repeats, faults, late_after)
             verdicts.append(verdict)
     verdicts += _phantoms(deliveries, sent_refs, sessions)
     invariants = _invariants(verdicts, records)
@@ -259,6 +261,22 @@ def _judge(verdict: Verdict, send: dict[str, Any], copies: list[dict[str, Any]],
     back_later = any(start > send["t"] for start, _, _ in spans)
     still_on = any(start <= send["t"] and math.isinf(stop) for start, stop, _ in spans)
     verdict.verdict = LOST if back_later or still_on else LEFT
+
+
+def _excuse_resends(verdict: Verdict, repeats: list[float], faults: list[Fault], late_after: float) -> None:
+    """A message shown once whose every dropped repeat came after a fault on its path that began after it was
+    shown is not a duplicate: delivery receipts resend what a crash or a link loss left unacknowledged, a
+    restarted node cannot know it delivered it, and the client drops the repeat by ``msg_ref`` (WIRE §7)."""
+    if verdict.verdict != DUPLICATED or len(verdict.delivered_t) != 1 or not repeats:
+        return
+    shown = verdict.delivered_t[0]
+    path = {verdict.sender_node, verdict.recipient_node}
+    causes = [next((f for f in faults if f.node in path and shown <= f.start <= repeat), None) for repeat in repeats]
+    if any(cause is None for cause in causes):
+        return
+    verdict.verdict = LATE if (verdict.latency_s or 0.0) > late_after else DELIVERED
+    verdict.note = (f"{len(repeats)} repeat(s) resent after {causes[0].label() if causes[0] else 'a fault'} "
+                    "dropped by the client")
 
 
 def _recipients(send: dict[str, Any], sessions: dict[str, list[tuple[float, float, str]]]) -> list[str]:

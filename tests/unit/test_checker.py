@@ -214,3 +214,23 @@ def test_a_delivery_receipt_is_recorded_and_a_failed_one_reports_to_the_sender()
     assert (failed.verdict, failed.code) == (checker.REPORTED, "TIMEOUT")
     claimed = verdict_of(report, "m-claimed")
     assert claimed.verdict == checker.LOST and "receipt" in claimed.note
+
+
+def test_a_repeat_resent_after_a_crash_and_dropped_by_the_client_is_not_a_duplicate() -> None:
+    s = Script()
+    users(s, "alice", "bob")
+    s.send(1.0, "resent", "alice", "bob")
+    s.deliver(1.1, "resent", "bob")
+    s.fault(1.5, "bob-node", "kill", "begin")  # bob's node dies before its receipt left: alice's node resends
+    s.fault(1.6, "bob-node", "kill", "end")
+    s.fault(2.0, "bob-node", "start", "begin")
+    s.fault(2.5, "bob-node", "start", "end")
+    s.history.record("duplicate", at=3.0, user="bob", node="bob-node", sender_id="x", msg_ref="resent")
+    s.send(4.0, "doubled", "alice", "bob")  # a repeat with no fault since it was shown: a real duplicate
+    s.deliver(4.1, "doubled", "bob")
+    s.history.record("duplicate", at=4.2, user="bob", node="bob-node", sender_id="x", msg_ref="doubled")
+    s.session(9.0, "alice", "alice-node", "down")
+    report = s.check()
+    resent = verdict_of(report, "resent")
+    assert resent.verdict == checker.DELIVERED and "dropped by the client" in resent.note
+    assert verdict_of(report, "doubled").verdict == checker.DUPLICATED
