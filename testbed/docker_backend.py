@@ -111,10 +111,25 @@ def require_image(client: Any, image: str) -> None:
                                 f"(no registry needed)") from None
 
 
+def list_containers(client: Any, filters: dict[str, Any], *, all_states: bool = True) -> list[Any]:
+    """The containers matching ``filters``, each inspected; one removed between the listing and its inspection
+    (compose recreating a container, a ``--rm`` helper ending, a kill) is left out rather than failing the
+    caller with a 404, as ``client.containers.list`` would."""
+    from docker.errors import NotFound
+
+    found = []
+    for summary in client.api.containers(all=all_states, filters=filters):
+        try:
+            found.append(client.containers.get(summary["Id"]))
+        except NotFound:
+            continue
+    return found
+
+
 def run_containers(client: Any, project: str, *, all_states: bool = True) -> list[Any]:
     """The node containers of compose project ``project``, sorted introducers first then by name."""
-    found = client.containers.list(all=all_states, filters={"label": [f"{compose.RUN_LABEL}={project}",
-                                                                      compose.NODE_LABEL]})
+    found = list_containers(client, {"label": [f"{compose.RUN_LABEL}={project}", compose.NODE_LABEL]},
+                            all_states=all_states)
     return sorted(found, key=lambda c: _node_order(c.labels.get(compose.NODE_LABEL, "")))
 
 
@@ -140,7 +155,7 @@ async def remove_run(client: Any, project: str) -> list[str]:
     def remove_containers_and_networks() -> list[str]:
         removed: list[str] = []
         label = {"label": [f"{compose.RUN_LABEL}={project}"]}
-        for container in client.containers.list(all=True, filters=label):
+        for container in list_containers(client, label):
             try:
                 container.remove(force=True, v=True)
                 removed.append(f"container {container.name}")

@@ -183,8 +183,10 @@ def stack_objects(client: Any, name: str) -> dict[str, int]:
     """How many services, containers, networks, configs and volumes of stack ``name`` exist on this host."""
     run = {"label": [f"{compose.RUN_LABEL}={name}"]}
     swarm = _swarm_active(client)
-    containers = {c.id for c in client.containers.list(all=True, filters={"label": [f"{STACK_LABEL}={name}"]})}
-    containers |= {c.id for c in client.containers.list(all=True, filters=run)}
+    # Sparse listings: only the ids are needed, and a container gone meanwhile cannot fail an inspection.
+    containers = {c.id for c in client.containers.list(all=True, sparse=True,
+                                                       filters={"label": [f"{STACK_LABEL}={name}"]})}
+    containers |= {c.id for c in client.containers.list(all=True, sparse=True, filters=run)}
     counts = {"services": len(client.services.list(filters=run)) if swarm else 0, "containers": len(containers),
               "networks": len(client.networks.list(filters=run)),
               "configs": len(client.configs.list(filters=run)) if swarm else 0,
