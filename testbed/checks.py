@@ -96,6 +96,9 @@ class Tally:
     """Copies the client dropped as duplicates (:func:`is_duplicate_delivery`): each is one copy too many."""
     first_seen: dict[str, float] = field(default_factory=dict)
     """``time.monotonic()`` of each counted message's first copy."""
+    refs: set[str] = field(default_factory=set)
+    """``msg_ref`` of every message (and marker) this count saw: only copies of those are this count's
+    duplicates (a message of an earlier step resent to a restarted node is the checker's to judge)."""
 
     @property
     def duplicates(self) -> int:
@@ -119,17 +122,23 @@ async def count_until_markers(next_event: Callable[[], Awaitable[ClientEvent]], 
     tally = Tally() if tally is None else tally
     while pending:
         event = await next_event()
+        ref = getattr(event, "msg_ref", None)
         if is_duplicate_delivery(event):
-            tally.refused += 1  # a second copy the client dropped still means the network duplicated it
+            if ref in tally.refs:
+                tally.refused += 1  # a second copy the client dropped still means the network duplicated it
             continue
         marker = marker_of(event)
         if marker is not None and marker in pending:
             pending.discard(marker)
+            if isinstance(ref, str):
+                tally.refs.add(ref)
             continue
         key = key_of(event)
         if key is not None:
             tally.counts[key] += 1
             tally.first_seen.setdefault(key, time.monotonic())
+            if isinstance(ref, str):
+                tally.refs.add(ref)
     return tally
 
 

@@ -62,6 +62,16 @@ async def test_duplicates_fail_the_check_even_when_the_client_hides_them() -> No
     assert "6 duplicates" in result.detail
 
 
+async def test_a_repeat_of_an_earlier_steps_message_is_not_this_counts_duplicate() -> None:
+    network = FakeNetwork()
+    users = clients(network)
+    # A message of an earlier step, resent by receipts to a restarted node and dropped by the client: the
+    # history checker judges it against the faults; this count only owns the messages it sent.
+    users[1].inbox.put_nowait(DuplicateDelivery("a", "a", "MSG_DIRECT:a:b:earlier"))
+    result = await checks.delivery(users, timeout=2)  # type: ignore[arg-type]
+    assert result.ok and result.data["duplicates"] == 0
+
+
 async def test_a_lost_message_fails_the_check() -> None:
     result = await checks.delivery(clients(FakeNetwork(lose="a -> b")), timeout=0.5)  # type: ignore[arg-type]
     assert not result.ok and result.data["delivered"] == 5
