@@ -39,10 +39,25 @@ _ESCAPED = bytes(range(0x20)) + b'"\\\x7f'
 _NOT_ESCAPED = bytes(byte for byte in range(0x80) if byte not in _ESCAPED)
 
 
+_RECENT_PLAIN: dict[int, tuple[str, bool]] = {}
+"""``id(value) -> (value, plain)`` for the last few bulk strings judged. A relayed chunk's ciphertext (one
+``str`` object) is encoded several times per hop (replay key, signature check, the signed copy, the wire
+text); holding the value keeps its ``id`` from being reused while the entry lives."""
+_RECENT_PLAIN_MAX = 8
+
+
 def _plain_json_string(value: str) -> bool:
     """True when ``json.dumps`` writes ``value`` as itself between quotes: ASCII without control characters,
-    DEL, ``"`` or ``\\`` (a byte-table pass: several times faster than ``str.isprintable``)."""
-    return value.isascii() and not value.encode("ascii").translate(None, _NOT_ESCAPED)
+    DEL, ``"`` or ``\\`` (a byte-table pass: several times faster than ``str.isprintable``; remembered for
+    the last few strings, by identity)."""
+    known = _RECENT_PLAIN.get(id(value))
+    if known is not None and known[0] is value:
+        return known[1]
+    plain = value.isascii() and not value.encode("ascii").translate(None, _NOT_ESCAPED)
+    if len(_RECENT_PLAIN) >= _RECENT_PLAIN_MAX:
+        del _RECENT_PLAIN[next(iter(_RECENT_PLAIN))]
+    _RECENT_PLAIN[id(value)] = (value, plain)
+    return plain
 
 
 def dumps(obj: Any, *, sort_keys: bool = False, separators: tuple[str, str] | None = None,

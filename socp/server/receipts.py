@@ -27,6 +27,12 @@ single form (``ACK {msg_ref, digest}``, ``ACK {msg_ref, file_id?, index?}``); se
 ``msg_ref``/``digest`` naming the first. A queue whose link closed (or changed hands) is dropped: the origin
 sends its frames in flight again when the link is back, and the far server ACKs the repeats again.
 
+**File frames are urgent.** A file sender keeps only a small window of chunks in flight and waits for their
+receipts over two hops, so a receipt held for a batch (up to :data:`~socp.settings.RECEIPT_BATCH_BUSY_MS` while a
+transfer keeps the core busy) stalls the transfer: the receipt of a file frame flushes its link's batch at
+once, carrying any receipts queued with it. That costs one signature per file frame per hop, and a chunk is
+up to 512 KiB of AES-GCM ciphertext, whose relaying costs far more than the signature.
+
 Cost: at most one signed ACK per link per :data:`~socp.settings.RECEIPT_BATCH_MS` at the far server and one per
 sender per batch at the origin: a burst of k messages between two servers costs O(k / batch) signatures instead
 of 2k, and never more than one per message (O(1), independent of n); resends cost no signature. Added latency:
@@ -56,6 +62,8 @@ from socp.settings import RECEIPT_BATCH_BUSY_MS, RECEIPT_BATCH_MAX, RECEIPT_BATC
 
 PARKED_POLL_MS: Final = 250
 """How often parked frames look whether their recipient is back."""
+FILE_KINDS: Final = frozenset({FrameType.FILE_START.value, FrameType.FILE_CHUNK.value, FrameType.FILE_END.value})
+"""``SERVER_DELIVER.kind`` values of file frames, whose receipts are urgent (see the module docstring)."""
 MAX_DELIVERED: Final = 200_000
 """Digests of delivered frames a far server remembers at most (the oldest are forgotten first)."""
 
@@ -128,6 +136,8 @@ class Receipts:
         """Signed receipt ACKs sent (to origins and to senders); each carries one or more receipts."""
         self.resent = 0
         """Frames sent again on a link that came back."""
+        self.resend_rounds = 0
+        """Links that came back with frames in flight (each sends at most those frames again)."""
         self.timed_out = 0
         """Frames reported to their sender as TIMEOUT."""
 
@@ -212,6 +222,7 @@ class Receipts:
             self._out.send(link, entry.frame)
         if again:
             self.resent += len(again)
+            self.resend_rounds += 1
             self._out.log.info("sent %d frames in flight again to server %s", len(again), server_id[:8])
 
     def link_down(self, server_id: str, dropped: list[UserRecord], now: int) -> None:
@@ -260,7 +271,8 @@ class Receipts:
         self._delivered[digest] = now + self._window
         if len(self._delivered) > MAX_DELIVERED:
             del self._delivered[next(iter(self._delivered))]
-        self._queue(self._to_origins, link, {"msg_ref": frame.msg_ref, "digest": digest}, _server_ack, now)
+        self._queue(self._to_origins, link, {"msg_ref": frame.msg_ref, "digest": digest}, _server_ack, now,
+                    urgent=frame.payload.get("kind") in FILE_KINDS)
 
     def sweep(self, now: int) -> None:
         """``sweep`` subscriber: forget delivered digests past the replay window and holds that ended."""
@@ -280,18 +292,19 @@ class Receipts:
         for name in ("file_id", "index"):
             if name in payload:
                 receipt[name] = payload[name]
-        self._queue(self._to_senders, link, receipt, _user_ack, now)
+        self._queue(self._to_senders, link, receipt, _user_ack, now, urgent="file_id" in payload)
 
     # --- coalescing ---------------------------------------------------------------------------------
 
     def _queue(self, batches: dict[LinkId, _Batch], link: Link, item: dict[str, Any],
-               shape: Callable[[list[dict[str, Any]]], dict[str, Any]], now: int) -> None:
-        """Add a receipt to ``link``'s batch; a full batch goes out at once."""
+               shape: Callable[[list[dict[str, Any]]], dict[str, Any]], now: int, *, urgent: bool) -> None:
+        """Add a receipt to ``link``'s batch; a full batch, or one given an ``urgent`` receipt (a file
+        frame's), goes out at once."""
         batch = batches.get(link.link_id)
         if batch is None or batch.to != link.peer:
             batch = batches[link.link_id] = _Batch(link.peer, now, now + RECEIPT_BATCH_MS, [])
         batch.items.append(item)
-        if len(batch.items) >= RECEIPT_BATCH_MAX:
+        if urgent or len(batch.items) >= RECEIPT_BATCH_MAX:
             del batches[link.link_id]
             self._send(link.link_id, batch, shape, now)
 

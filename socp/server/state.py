@@ -278,7 +278,7 @@ class ServerState:
             "admission": self.settings.admission, "refused_admissions": self.mesh.refused_admissions,
             "refused_adverts": self.presence.refused_adverts, "refused_deliveries": self.routing.refused_deliveries,
             "receipts": {"in_flight": self.receipts.in_flight, "resent": self.receipts.resent,
-                         "timed_out": self.receipts.timed_out},
+                         "resend_rounds": self.receipts.resend_rounds, "timed_out": self.receipts.timed_out},
         }
 
     def registration(self, user_id: str) -> Registration | None:

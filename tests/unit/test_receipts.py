@@ -312,3 +312,27 @@ def test_a_batch_keeps_growing_while_the_core_has_input_waiting(pair: Pair) -> N
     net.pump()
     [ack] = net.packets(src="B", dst="A", frame_type="ACK")
     assert len(json.loads(ack.text)["payload"]["digests"]) == 2
+
+
+def test_the_receipts_of_file_frames_are_not_held_for_a_batch(net: Net) -> None:
+    """A file sender waits for the receipts of a small window of chunks: each hop sends a file frame's receipt
+    at once (with any receipt queued beside it), where a DM's waits for its batch."""
+    from socp.user import HYBRID_CHUNK_BYTES
+    from tests.unit.test_public_channel_support import session_users
+
+    intro = net.introducer("I")
+    a, b = net.peer("A", intro), net.peer("B", intro)
+    [alice] = session_users(net, a, "alice")
+    [bob] = session_users(net, b, "bob")
+    assert alice.session.receipts_enabled and alice.session.takes_hybrid_files(bob.user_id)
+    frames = alice.file_frames(bob.user_id, "photo.bin", b"x" * (2 * HYBRID_CHUNK_BYTES + 5))
+    start, chunks = frames[0], frames[1:-1]
+    for frame in [start, *chunks]:
+        alice.send(frame)  # delivered and receipted on both hops without any timer running
+    acked = [receipt for f in alice.received(FrameType.ACK) if f.payload["msg_ref"] != "USER_HELLO"
+             for receipt in f.payload.get("receipts", [f.payload])]
+    assert [r.get("index") for r in acked] == [None, 0, 1, 2]
+    assert all(r["file_id"] == acked[0]["file_id"] for r in acked)
+    assert a.state.receipts.in_flight == 0
+    # Each file frame's receipt went out alone: one ACK per frame per hop.
+    assert len(net.packets(src="B", dst="A", frame_type="ACK")) == 1 + len(chunks)
