@@ -44,6 +44,11 @@ DELIVERY_GRACE_MS = 8_000
 """What a forwarded user frame may wait beyond the peer timeout for its delivery receipt (the far node noticed
 dead, restarting and linking again): the delivery bound is ``peer timeout + this``
 (:attr:`Timings.delivery_bound_ms`)."""
+SENT_LATE_GRACE_MS = 2_000
+"""A forwarded frame sent (or sent again) on a live link less than this before its delivery bound waits for its
+receipt until this long after that send: a frame resent as its recipient came back just before the bound is
+not reported ``TIMEOUT`` while its receipt is on the way (it is below :data:`CLIENT_RECEIPT_GRACE_MS`, so the
+server's outcome still comes before the client's own)."""
 CLIENT_RECEIPT_GRACE_MS = 5_000
 """How much longer than the servers' delivery bound a client waits for a receipt before it reports the message
 as failed on its own (a server that went silent still leaves no message unresolved)."""

@@ -1,17 +1,18 @@
 """Delivery receipts between servers (the ``delivery_receipts`` extension, WIRE §7; PROTOCOL.md §7.1).
 
-**Origin side.** A user frame this server forwards (SERVER_DELIVER to a user: direct messages and file frames)
-to a server that announced the extension is kept *in flight*, keyed by its digest (the SHA-256 replay key of
-the SERVER_DELIVER, which both ends compute alike), with a deadline ``now + delivery bound`` (peer timeout +
-:data:`socp.settings.DELIVERY_GRACE_MS`). The far server's ``ACK {msg_ref, digest}`` settles it (the sender
-gets ``ACK {msg_ref}`` of its own frame); a link that dies keeps it; a link that comes back (also to a
-restarted far node) gets every frame in flight for it again, byte for byte (no new signature); a deadline
-that passes sends the sender ``ERROR TIMEOUT`` with its ``msg_ref``. While a capable server's link is down,
-the users it had stay *held* at their last location for the bound: frames to them are kept in flight (not
+**Origin side.** A user frame this server forwards (SERVER_DELIVER to a user: direct messages and file frames) to
+a server that announced the extension is kept *in flight*, keyed by its digest (the SHA-256 replay key of the
+SERVER_DELIVER, which both ends compute alike), with a deadline ``now + delivery bound`` (peer timeout +
+:data:`socp.settings.DELIVERY_GRACE_MS`). The far server's ``ACK {msg_ref, digest}`` settles it (the sender gets
+``ACK {msg_ref}`` of its own frame); a link that dies keeps it; a link that comes back (also to a restarted far
+node) gets every frame in flight for it again, byte for byte (no new signature); a deadline that passes sends the
+sender ``ERROR TIMEOUT`` with its ``msg_ref`` (unless the frame was last sent on a live link less than
+:data:`~socp.settings.SENT_LATE_GRACE_MS` before: it then waits out that grace). While a capable server's link is
+down, the users it had stay *held* at their last location for the bound: frames to them are kept in flight (not
 refused), and go out when the link is back. A frame sent again after a link loss that the far server answers
-``USER_NOT_FOUND`` (it restarted, and its users have not reconnected yet) is *parked* rather than bounced: it
-goes out again as soon as the directory places its recipient on a linked capable server, within the same
-bound (every :data:`PARKED_POLL_MS`).
+``USER_NOT_FOUND`` (it restarted, and its users have not reconnected yet) is *parked* rather than bounced: it goes
+out again as soon as the directory places its recipient on a linked capable server, within the same bound (every
+:data:`PARKED_POLL_MS`).
 
 **Far side.** Once a forwarded frame was handed to the recipient's connection, its receipt goes back to the
 origin; a repeat (by digest, remembered within the replay window, bounded in count) is not delivered again but
@@ -58,7 +59,13 @@ from socp.server.hooks import Local
 from socp.server.links import Link, LinkTable
 from socp.server.outbox import Outbox
 from socp.server.peers import ServerBook
-from socp.settings import RECEIPT_BATCH_BUSY_MS, RECEIPT_BATCH_MAX, RECEIPT_BATCH_MS, delivery_bound_ms
+from socp.settings import (
+    RECEIPT_BATCH_BUSY_MS,
+    RECEIPT_BATCH_MAX,
+    RECEIPT_BATCH_MS,
+    SENT_LATE_GRACE_MS,
+    delivery_bound_ms,
+)
 
 PARKED_POLL_MS: Final = 250
 """How often parked frames look whether their recipient is back."""
@@ -83,6 +90,7 @@ class InFlight:
     deadline: int
     recipient: str
     resent: bool = False  # sent again after a link loss
+    sent_at: int | None = None  # when last written to a live link (None: waiting for the link)
 
     @property
     def msg_ref(self) -> str:
@@ -167,9 +175,10 @@ class Receipts:
         """Keep ``made`` (a SERVER_DELIVER to a capable server) in flight, and send it if the link is up;
         returns its digest. ``deadline``: the bound of a frame forwarded before (a parked one)."""
         digest = digest_of(made)
-        self._in_flight[digest] = InFlight(digest, server_id, made, now + self.bound_ms if deadline is None
-                                           else deadline, made.payload["user_id"], resent)
         link = self._links.server_link(server_id)
+        self._in_flight[digest] = InFlight(digest, server_id, made, now + self.bound_ms if deadline is None
+                                           else deadline, made.payload["user_id"], resent,
+                                           now if link is not None else None)
         if link is not None:
             self._out.send(link, made)
         return digest
@@ -218,7 +227,7 @@ class Receipts:
         self._held = {user: held for user, held in self._held.items() if held[0] != server_id}
         again = [entry for entry in self._in_flight.values() if entry.server_id == server_id]
         for entry in again:
-            entry.resent = True
+            entry.resent, entry.sent_at = True, now
             self._out.send(link, entry.frame)
         if again:
             self.resent += len(again)
@@ -246,9 +255,20 @@ class Receipts:
         return min(deadlines, default=None)
 
     def expire(self, now: int) -> list[InFlight]:
-        """Frames whose bound passed without a receipt (their senders are to be told TIMEOUT)."""
-        expired = [entry for entry in self._in_flight.values() if entry.deadline <= now]
-        for entry in expired:
+        """Frames whose bound passed without a receipt (their senders are to be told TIMEOUT).
+
+        A frame last sent on a link that is still up less than :data:`~socp.settings.SENT_LATE_GRACE_MS` ago
+        (resent as its server or its recipient came back, just before the bound) is given until that grace
+        has passed since the send: its receipt may be on the way, and a TIMEOUT then would be false."""
+        expired = []
+        for entry in list(self._in_flight.values()):
+            if entry.deadline > now:
+                continue
+            if (entry.sent_at is not None and now < entry.sent_at + SENT_LATE_GRACE_MS
+                    and self._links.is_linked(entry.server_id)):
+                entry.deadline = entry.sent_at + SENT_LATE_GRACE_MS
+                continue
+            expired.append(entry)
             del self._in_flight[entry.digest]
         self.timed_out += len(expired)
         return expired

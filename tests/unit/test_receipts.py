@@ -11,7 +11,7 @@ from socp.envelope import Envelope, FrameType, parse
 from socp.server.receipts import digest_of
 from socp.settings import DEFAULT_MAX_FRAME_BYTES, RECEIPT_BATCH_BUSY_MS, RECEIPT_BATCH_MS
 from socp.user.receipts import Receipts as ClientReceipts
-from tests.unit.harness import TICK, TIMINGS, FakeUser, Net, Node
+from tests.unit.harness import TICK, TIMINGS, FakeUser, Net, Node, Packet
 
 BOUND = TIMINGS.delivery_bound_ms
 BATCHES = 4 * max(TICK, RECEIPT_BATCH_MS)
@@ -336,3 +336,46 @@ def test_the_receipts_of_file_frames_are_not_held_for_a_batch(net: Net) -> None:
     assert a.state.receipts.in_flight == 0
     # Each file frame's receipt went out alone: one ACK per frame per hop.
     assert len(net.packets(src="B", dst="A", frame_type="ACK")) == 1 + len(chunks)
+
+
+@pytest.mark.parametrize("receipt_comes", [True, False])
+def test_a_frame_resent_just_before_its_bound_waits_for_its_receipt(pair: Pair, receipt_comes: bool) -> None:
+    """A frame resent on a live link shortly before its bound (here: B comes back with 1 s left) is not
+    reported TIMEOUT while its receipt may be on the way; with no receipt, TIMEOUT comes once the grace after
+    the resend has passed."""
+    from socp.settings import SENT_LATE_GRACE_MS
+
+    net, a = pair.net, pair.a.state
+    net.pause(pair.b)
+    sent = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(sent)
+    bound_at = net.now + BOUND
+    net.run_until(lambda: pair.b.server_id not in a.linked_servers, 10_000, "A drops B")
+    net.run_until(lambda: net.now >= bound_at - 1_000, BOUND, "the last second of the bound")
+    late_receipts: list[str] = []
+
+    def hold_receipts(packet: Packet) -> bool:
+        if packet.src == "B" and packet.type == "ACK":
+            late_receipts.append(packet.text)
+            return True
+        return False
+
+    net.drop = hold_receipts
+    resent_before = a.receipts.resent
+    net.resume(pair.b)
+    net.run_until(lambda: a.receipts.resent > resent_before, 1_000, "the resend on the link that came back")
+    resent_at = net.now
+    assert resent_at < bound_at and deliveries(pair.bob, sent) == 1
+    net.run_until(lambda: bool(late_receipts), 1_000, "B's receipt (held back)")
+    net.run_until(lambda: net.now >= bound_at + 200, 2_000, "the bound passing")
+    assert not pair.alice.errors() and a.receipts.in_flight == 1  # past the bound, within the grace
+    net.drop = None
+    if receipt_comes:
+        net.inject("B", "A", late_receipts[0])
+        net.run_until(lambda: bool(receipts(pair.alice)), BATCHES, "the late receipt")
+        assert receipts(pair.alice) == [sent.msg_ref] and not pair.alice.errors()
+    else:
+        took = net.run_until(lambda: bool(pair.alice.errors()), SENT_LATE_GRACE_MS, "TIMEOUT after the grace")
+        assert [e.payload["code"] for e in pair.alice.errors()] == ["TIMEOUT"] and receipts(pair.alice) == []
+        assert resent_at + SENT_LATE_GRACE_MS <= net.now <= resent_at + SENT_LATE_GRACE_MS + TICK, took
+    assert a.receipts.in_flight == 0
