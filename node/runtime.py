@@ -39,6 +39,7 @@ from node.storage import Database, NodeIdentity, save_identity
 from socp.actions import (
     CloseLink,
     Dial,
+    FramesDelivered,
     IdentityAssigned,
     LinkDown,
     LinkId,
@@ -151,9 +152,11 @@ class NodeRuntime:
         database = self.database
         registrations = database.registrations(self.identity.server_id)
         pinned, version, wraps = database.pinned_servers(), database.public_version(), database.public_wraps()
+        delivered = database.delivered(now_ms())
         key = self.identity.key
         return lambda now: ServerState(settings, key, now=now, rng=random.Random(), registrations=registrations,
-                                       pinned_servers=pinned, public_version=version, public_wraps=wraps)
+                                       pinned_servers=pinned, public_version=version, public_wraps=wraps,
+                                       delivered=delivered)
 
     # --- connections -----------------------------------------------------------------------------
 
@@ -330,6 +333,8 @@ class NodeRuntime:
             self.database.store_wrap(event.member_id, event.wrapped_key)
         elif isinstance(event, ServerPinned):
             self.database.pin_server(event.server_id, event.pubkey, event.trusted, now)
+        elif isinstance(event, FramesDelivered):
+            self.database.remember_delivered(event.delivered, now)
         elif isinstance(event, IdentityAssigned):
             save_identity(self.config.data_dir, event.server_id, self.config.name)
             self._log = logging.LoggerAdapter(logger, {"node": event.server_id[:8]})

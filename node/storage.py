@@ -6,7 +6,9 @@ transaction, so a file is always at exactly one version):
 1. the standard's ``users``, ``groups`` (row ``public``/``system``), ``group_members``, plus ``server_pins``;
 2. the network-wide registry and password login: ``users.home_server``, ``users.login`` (unique),
    ``users.login_version``, ``users.login_sig``; ``users.privkey_store`` / ``users.pake_password`` hold the
-   client-made records as JSON text.
+   client-made records as JSON text;
+3. ``delivered``: digests of forwarded frames this node handed to their recipients (delivery receipts), kept
+   for the replay window so that a restarted node does not deliver a resent copy again.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from socp.registry import LoginRecord, Registration
 
 logger = logging.getLogger("socp.node.storage")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x50C9  # marks the file as ours, so a foreign SQLite file is refused instead of altered
 
 _MIGRATIONS: dict[int, str] = {
@@ -70,9 +72,16 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE users ADD COLUMN login_sig TEXT;
     CREATE UNIQUE INDEX users_login ON users(login) WHERE login IS NOT NULL;
     """,
+    3: """
+    CREATE TABLE delivered (
+        digest TEXT PRIMARY KEY,
+        forget_at INTEGER NOT NULL
+    );
+    CREATE INDEX delivered_forget_at ON delivered(forget_at);
+    """,
 }
 
-_REQUIRED_TABLES = ("users", "groups", "group_members", "server_pins")
+_REQUIRED_TABLES = ("users", "groups", "group_members", "server_pins", "delivered")
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +296,23 @@ class Database:
         """Remember a server's key pin (first one wins)."""
         self._db.execute("INSERT OR IGNORE INTO server_pins VALUES (?, ?, ?, ?)",
                          (server_id, pubkey, int(trusted), now))
+
+    def remember_delivered(self, delivered: tuple[tuple[str, int], ...], now: int) -> None:
+        """Keep the digests of frames delivered here until their ``forget_at`` (one transaction per batch), and
+        forget those whose time has come."""
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany("INSERT OR REPLACE INTO delivered VALUES (?, ?)", delivered)
+            self._db.execute("DELETE FROM delivered WHERE forget_at <= ?", (now,))
+        except sqlite3.Error:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def delivered(self, now: int) -> dict[str, int]:
+        """digest → forget_at of the frames delivered here that are still remembered at ``now``."""
+        return dict(self._db.execute("SELECT digest, forget_at FROM delivered WHERE forget_at > ? "
+                                     "ORDER BY forget_at", (now,)).fetchall())
 
     def close(self) -> None:
         """Close the database file."""

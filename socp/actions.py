@@ -135,5 +135,14 @@ class PublicWrapStored:
     wrapped_key: str = field(repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class FramesDelivered:
+    """Forwarded frames this server handed to their recipients (delivery receipts, far side), as
+    ``(digest, forget_at)`` pairs: the shell keeps them until ``forget_at``, so that a restarted node ACKs a resent
+    copy instead of delivering it again (see :class:`socp.server.receipts.Receipts`)."""
+
+    delivered: tuple[tuple[str, int], ...]
+
+
 Event = (IdentityAssigned | UserRegistered | ServerPinned | LinkUp | LinkDown | UserJoined | UserLeft | PeerFault
-         | RegistrationStored | PublicChannelVersion | PublicWrapStored)
+         | RegistrationStored | PublicChannelVersion | PublicWrapStored | FramesDelivered)

@@ -16,7 +16,11 @@ out again as soon as the directory places its recipient on a linked capable serv
 
 **Far side.** Once a forwarded frame was handed to the recipient's connection, its receipt goes back to the
 origin; a repeat (by digest, remembered within the replay window, bounded in count) is not delivered again but
-ACKed again.
+ACKed again. The digests delivered are also handed to the shell (:class:`~socp.actions.FramesDelivered`, one
+event per flush, not per frame) to be kept on disk for the replay window: a node restarted after a crash is given
+them back (``delivered=``), so a copy the origin resends because the crash ate its receipt is ACKed, not
+delivered twice. Only a crash within the flush interval (20 ms, up to 250 ms when busy) after a delivery can
+still repeat it; the recipient's client drops such a repeat by its replay cache.
 
 **Coalescing.** Receipts are not sent at once: they are queued per link (far server → origin: the origin's
 server link; origin → sender: the sender's user link) and flushed as one signed ACK when the first queued one
@@ -50,7 +54,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from socp import codec
-from socp.actions import LinkId
+from socp.actions import FramesDelivered, LinkId
 from socp.envelope import Envelope, FrameType
 from socp.features import Feature, announced
 from socp.presence import UserRecord
@@ -126,7 +130,8 @@ def _user_ack(items: list[dict[str, Any]]) -> dict[str, Any]:
 class Receipts:
     """Frames in flight (origin side), frames delivered (far side), and users held while their server is away."""
 
-    def __init__(self, settings: ServerSettings, out: Outbox, links: LinkTable, book: ServerBook) -> None:
+    def __init__(self, settings: ServerSettings, out: Outbox, links: LinkTable, book: ServerBook, *,
+                 delivered: Mapping[str, int] | None = None, now: int = 0) -> None:
         self._out = out
         self._links = links
         self._book = book
@@ -134,7 +139,11 @@ class Receipts:
         self.bound_ms = delivery_bound_ms(settings.peer_timeout_ms)
         """How long a forwarded frame waits for its receipt."""
         self._in_flight: dict[str, InFlight] = {}   # insertion order is deadline order
-        self._delivered: dict[str, int] = {}        # digest -> forget at
+        self._delivered: dict[str, int] = {}        # digest -> forget at; insertion order is that order
+        for digest, until in sorted((delivered or {}).items(), key=lambda item: item[1])[-MAX_DELIVERED:]:
+            if until > now:
+                self._delivered[digest] = until
+        self._unsaved: list[tuple[str, int]] = []   # delivered since the last flush, for the shell to keep
         self._held: dict[str, tuple[str, int]] = {}  # user id -> (server id, hold until)
         self._parked: dict[str, InFlight] = {}      # digest -> frame awaiting its recipient's return
         self._next_poll: int | None = None
@@ -252,6 +261,8 @@ class Receipts:
             deadlines.append(self._next_poll)
         # Batches: one per link with receipts queued (few; a scan).
         deadlines += [batch.due for batches in (self._to_origins, self._to_senders) for batch in batches.values()]
+        if self._unsaved:  # an urgent receipt left no batch behind: keep its digest within one batch interval
+            deadlines.append(self._unsaved[0][1] - self._window + RECEIPT_BATCH_MS)
         return min(deadlines, default=None)
 
     def expire(self, now: int) -> list[InFlight]:
@@ -289,6 +300,7 @@ class Receipts:
         origin (sent with the link's batch)."""
         self._delivered.pop(digest, None)
         self._delivered[digest] = now + self._window
+        self._unsaved.append((digest, now + self._window))
         if len(self._delivered) > MAX_DELIVERED:
             del self._delivered[next(iter(self._delivered))]
         self._queue(self._to_origins, link, {"msg_ref": frame.msg_ref, "digest": digest}, _server_ack, now,
@@ -331,7 +343,11 @@ class Receipts:
     def flush(self, now: int, *, backlog: bool = False) -> None:
         """Send every batch whose first receipt waited :data:`~socp.settings.RECEIPT_BATCH_MS` (timer work).
         ``backlog``: the core has input waiting; a due batch then keeps growing, up to
-        :data:`~socp.settings.RECEIPT_BATCH_BUSY_MS` after its first receipt."""
+        :data:`~socp.settings.RECEIPT_BATCH_BUSY_MS` after its first receipt. The digests delivered since the
+        last flush go to the shell as one :class:`~socp.actions.FramesDelivered`."""
+        if self._unsaved:
+            self._out.emit(FramesDelivered(tuple(self._unsaved)))
+            self._unsaved = []
         for batches, shape in ((self._to_origins, _server_ack), (self._to_senders, _user_ack)):
             for link_id, batch in list(batches.items()):
                 if batch.due > now:

@@ -61,7 +61,7 @@ class ServerState:
     def __init__(self, settings: ServerSettings, key: crypto.PrivateKey, *, now: int,
                  rng: random.Random | None = None, pinned_servers: Mapping[str, str] | None = None,
                  registrations: Iterable[Registration] = (), public_version: int = 0,
-                 public_wraps: Mapping[str, str] | None = None) -> None:
+                 public_wraps: Mapping[str, str] | None = None, delivered: Mapping[str, int] | None = None) -> None:
         rng = rng or random.Random()
         self.settings = settings
         self.directory = Directory()
@@ -82,7 +82,7 @@ class ServerState:
         self.presence = Presence(settings, self.out, self.links, self.directory, self.replay, self.registry,
                                  self.hooks, now)
         self.public = PublicChannel(self.out, self.links, self.presence, version=public_version, wraps=public_wraps)
-        self.receipts = Receipts(settings, self.out, self.links, self.book)
+        self.receipts = Receipts(settings, self.out, self.links, self.book, delivered=delivered, now=now)
         self.routing = Routing(settings, self.out, self.links, self.directory, self.presence, self.public,
                                self.hooks, self.replay, self.receipts)
         self.files = Files(settings, self.out, self.presence, self.routing, self.public)

@@ -12,6 +12,7 @@ import pytest
 
 from client.connection import ClientConnection
 from client.keystore import Identity
+from node.storage import SCHEMA_VERSION
 from socp.errors import BadKey
 from testbed.local import LocalCluster
 from tests import scaled
@@ -52,7 +53,7 @@ async def test_a_node_keeps_its_users_keys_and_membership(cluster: LocalCluster,
         await cluster.start_node("peer1")
     await cluster.wait_healthy(scaled(30))
 
-    assert read_db(cluster, "peer1", "PRAGMA user_version") == [(2,)]
+    assert read_db(cluster, "peer1", "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert read_db(cluster, "peer1", f"SELECT login FROM users WHERE user_id = '{identity.user_id}'") == [(name,)]
     members = {row[0] for row in read_db(cluster, "peer1", "SELECT member_id FROM group_members")}
     assert identity.user_id in members

@@ -32,7 +32,7 @@ import json
 import random
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -295,8 +295,10 @@ class Net:
 
     def server(self, name: str, *, introducer: bool = False, bootstrap: Iterable[BootstrapEntry] = (),
                server_id: str | None = None, key: crypto.PrivateKey | None = None, start: bool = True,
-               host: str | None = None, port: int | None = None, **settings: Any) -> Node:
-        """Add a server listening on ``(host, port)``; peers start joining at once unless ``start=False``."""
+               host: str | None = None, port: int | None = None, delivered: Mapping[str, int] | None = None,
+               **settings: Any) -> Node:
+        """Add a server listening on ``(host, port)``; peers start joining at once unless ``start=False``.
+        ``delivered``: the digests a restarted node's database gives back (delivery receipts, far side)."""
         assert name not in self.nodes and name not in self.users, f"name {name} taken"
         key = key or self.pool.key(self.key_index())
         host = host or f"{name.lower()}.test"
@@ -306,7 +308,7 @@ class Net:
         state = ServerState(
             ServerSettings(server_id=server_id or self.new_id(), advertise_host=host, advertise_port=port,
                            introducer=introducer, bootstrap=tuple(bootstrap), **options),
-            key, now=self.now, rng=random.Random(self.rng.getrandbits(64)))
+            key, now=self.now, rng=random.Random(self.rng.getrandbits(64)), delivered=delivered)
         node = Node(name, state, host, port, key)
         self.nodes[name] = node
         self._addrs[(host, port)] = node

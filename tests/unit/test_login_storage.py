@@ -50,7 +50,7 @@ def schema_1_file(path: Path, pubkey: str) -> None:
 
 def test_a_new_database_has_the_current_schema(tmp_path: Path) -> None:
     database = Database(tmp_path / "db.sqlite3")
-    assert database.schema_version == SCHEMA_VERSION == 2
+    assert database.schema_version == SCHEMA_VERSION == 3
     assert database.public_version() == 1 and database.public_members() == [] and database.registrations("s") == []
     database.close()
 
@@ -59,7 +59,7 @@ def test_schema_1_migrates_keeping_users_and_membership(tmp_path: Path, pubkey: 
     path = tmp_path / "db.sqlite3"
     schema_1_file(path, pubkey)
     database = Database(path)
-    assert database.schema_version == 2
+    assert database.schema_version == SCHEMA_VERSION
     [registration] = database.registrations("home-server")
     assert (registration.user_id, registration.pubkey, registration.home_server) == (USER, pubkey, "home-server")
     assert registration.meta == {"display_name": "alice"} and registration.login is None
@@ -146,7 +146,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     db.execute("PRAGMA user_version=99")
     db.commit()
     db.close()
-    with pytest.raises(ConfigError, match=r"schema 99, newer than this node's 2"):
+    with pytest.raises(ConfigError, match=rf"schema 99, newer than this node's {SCHEMA_VERSION}"):
         Database(path)
 
 
@@ -159,3 +159,19 @@ def test_a_file_missing_tables_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(ConfigError, match=r"lacks tables \['server_pins'\]"):
         Database(path)
+
+
+def test_delivered_digests_are_kept_for_their_window_across_a_reopen(tmp_path: Path) -> None:
+    """Delivery receipts, far side: the digests a node delivered survive a restart until their forget_at."""
+    path = tmp_path / "db.sqlite3"
+    database = Database(path)
+    database.remember_delivered((("d1", 1_000), ("d2", 2_000)), now=500)
+    database.remember_delivered((("d1", 3_000),), now=600)  # delivered again (a repeat): kept longer
+    database.close()
+    database = Database(path)
+    assert database.delivered(now=900) == {"d2": 2_000, "d1": 3_000}
+    assert list(database.delivered(now=900)) == ["d2", "d1"]  # in forget_at order
+    assert database.delivered(now=2_500) == {"d1": 3_000}
+    database.remember_delivered((("d3", 9_000),), now=2_500)  # a later write forgets what expired
+    assert database.delivered(now=0) == {"d1": 3_000, "d3": 9_000}
+    database.close()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from socp.actions import FramesDelivered
 from socp.envelope import Envelope, FrameType, parse
 from socp.server.receipts import digest_of
 from socp.settings import DEFAULT_MAX_FRAME_BYTES, RECEIPT_BATCH_BUSY_MS, RECEIPT_BATCH_MS
@@ -58,11 +59,14 @@ def deliveries(user: FakeUser, sent: Envelope) -> int:
                if f.ts == sent.ts and f.payload["ciphertext"] == sent.payload["ciphertext"])
 
 
-def restart(net: Net, old: Node, intro: Node) -> Node:
-    """A crashed server comes back: same id, key and address, nothing else remembered."""
+def restart(net: Net, old: Node, intro: Node, *, keep_delivered: bool = False) -> Node:
+    """A crashed server comes back: same id, key and address, nothing else remembered (``keep_delivered``: but
+    the digests it delivered, as its database gives them back)."""
     from socp.server import BootstrapEntry
+    delivered = {digest: until for event in old.events if isinstance(event, FramesDelivered)
+                 for digest, until in event.delivered} if keep_delivered else None
     return net.server(old.name, server_id=old.server_id, key=old.key, host=old.host, port=old.port,
-                      bootstrap=[BootstrapEntry(intro.host, intro.port, intro.pubkey)])
+                      bootstrap=[BootstrapEntry(intro.host, intro.port, intro.pubkey)], delivered=delivered)
 
 
 def test_features_are_announced_and_learned(pair: Pair) -> None:
@@ -379,3 +383,30 @@ def test_a_frame_resent_just_before_its_bound_waits_for_its_receipt(pair: Pair, 
         assert [e.payload["code"] for e in pair.alice.errors()] == ["TIMEOUT"] and receipts(pair.alice) == []
         assert resent_at + SENT_LATE_GRACE_MS <= net.now <= resent_at + SENT_LATE_GRACE_MS + TICK, took
     assert a.receipts.in_flight == 0
+
+
+@pytest.mark.parametrize("keep_delivered", [True, False])
+def test_a_restarted_far_server_does_not_deliver_a_resent_copy_again(pair: Pair, keep_delivered: bool) -> None:
+    """B delivers, then crashes before its receipt reaches A; A resends to the restarted B. With the digests its
+    database kept, B ACKs the copy without delivering it again; without them (a database lost) bob gets a
+    second copy, which only his client's replay cache can drop."""
+    net = pair.net
+    net.drop = lambda packet: packet.src == "B" and packet.type == "ACK"  # the crash eats B's receipt
+    sent = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(sent)
+    net.run_until(lambda: bool(net.dropped), BATCHES, "B's receipt (lost)")
+    assert deliveries(pair.bob, sent) == 1
+    assert [d for e in pair.b.events if isinstance(e, FramesDelivered) for d, _ in e.delivered] == \
+        [digest_of(parse(net.packets(src="A", dst="B", frame_type="SERVER_DELIVER")[0].text,
+                         DEFAULT_MAX_FRAME_BYTES))]
+    net.crash(pair.b)
+    net.drop = None
+    net.run_until(lambda: pair.b.server_id not in pair.a.state.linked_servers, 10_000, "A drops B")
+    b2 = restart(net, pair.b, pair.intro, keep_delivered=keep_delivered)
+    bob = net.users["bob"]
+    bob.inbox.clear()
+    bob.connect(b2, pump=False)
+    net.run_until(lambda: bool(receipts(pair.alice)) or bool(pair.alice.errors()), BOUND, "an outcome")
+    assert receipts(pair.alice) == [sent.msg_ref] and not pair.alice.errors()
+    assert deliveries(bob, sent) == (0 if keep_delivered else 1)
+    assert pair.a.state.receipts.in_flight == 0
