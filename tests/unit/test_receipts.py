@@ -69,6 +69,17 @@ def restart(net: Net, old: Node, intro: Node, *, keep_delivered: bool = False) -
                       bootstrap=[BootstrapEntry(intro.host, intro.port, intro.pubkey)], delivered=delivered)
 
 
+def crash_with_one_in_flight(pair: Pair) -> Envelope:
+    """B stalls, alice sends bob a DM (A forwards it; nothing answers), then B crashes: the DM stays in flight
+    at A. Returns the DM."""
+    pair.net.pause(pair.b)
+    sent = pair.alice.direct_frame(pair.bob)
+    pair.alice.send(sent)
+    pair.net.crash(pair.b)
+    pair.net.paused.discard("B")
+    return sent
+
+
 def test_features_are_announced_and_learned(pair: Pair) -> None:
     assert pair.a.state.receipts.capable(pair.b.server_id)
     assert pair.b.state.receipts.capable(pair.a.server_id)
@@ -124,11 +135,7 @@ def test_a_message_in_flight_when_the_link_dies_is_sent_again_when_it_is_back(pa
 
 def test_a_message_to_a_restarted_server_is_delivered_after_it_comes_back(pair: Pair) -> None:
     net = pair.net
-    net.pause(pair.b)
-    sent = pair.alice.direct_frame(pair.bob)
-    pair.alice.send(sent)
-    net.crash(pair.b)
-    net.paused.discard("B")
+    sent = crash_with_one_in_flight(pair)
     net.run_until(lambda: pair.b.server_id not in pair.a.state.linked_servers, 10_000, "A drops B")
     b2 = restart(net, pair.b, pair.intro)
     bob2 = net.users["bob"]
@@ -141,11 +148,7 @@ def test_a_message_to_a_restarted_server_is_delivered_after_it_comes_back(pair: 
 
 def test_the_sender_is_told_timeout_when_the_bound_passes(pair: Pair) -> None:
     net = pair.net
-    net.pause(pair.b)
-    in_flight = pair.alice.direct_frame(pair.bob)
-    pair.alice.send(in_flight)
-    net.crash(pair.b)
-    net.paused.discard("B")
+    in_flight = crash_with_one_in_flight(pair)
     net.run_until(lambda: pair.b.server_id not in pair.a.state.linked_servers, 10_000, "A drops B")
     # alice was told why bob went away; while the hold lasts, a message to bob is kept too (not refused).
     [remove] = [f for f in pair.alice.received(FrameType.USER_REMOVE) if f.payload["user_id"] == pair.bob.user_id]
@@ -213,11 +216,7 @@ def test_a_server_without_the_extension_gets_the_standard_behaviour(pair: Pair) 
 
 def test_a_resent_message_waits_for_its_recipient_to_reconnect_to_the_restarted_server(pair: Pair) -> None:
     net = pair.net
-    net.pause(pair.b)
-    sent = pair.alice.direct_frame(pair.bob)
-    pair.alice.send(sent)
-    net.crash(pair.b)
-    net.paused.discard("B")
+    sent = crash_with_one_in_flight(pair)
     net.run_until(lambda: pair.b.server_id not in pair.a.state.linked_servers, 10_000, "A drops B")
     b2 = restart(net, pair.b, pair.intro)
     net.run_until(lambda: b2.server_id in pair.a.state.linked_servers, 5_000, "A links with the new B")
@@ -235,11 +234,7 @@ def test_a_resent_message_waits_for_its_recipient_to_reconnect_to_the_restarted_
 
 def test_a_parked_message_times_out_when_its_recipient_stays_away(pair: Pair) -> None:
     net = pair.net
-    net.pause(pair.b)
-    sent = pair.alice.direct_frame(pair.bob)
-    pair.alice.send(sent)
-    net.crash(pair.b)
-    net.paused.discard("B")
+    sent = crash_with_one_in_flight(pair)
     restart(net, pair.b, pair.intro)
     net.run_until(lambda: bool(pair.alice.errors()), BOUND + 2_000, "an outcome")
     assert [(e.payload["code"], e.payload["msg_ref"]) for e in pair.alice.errors()] == [("TIMEOUT", sent.msg_ref)]
