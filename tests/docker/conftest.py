@@ -6,17 +6,23 @@ unless ``SOCP_REQUIRE_DOCKER=1`` (set by CI through ``.ci/run``): then they fail
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from socp.settings import FAST_TIMINGS
-from testbed.backend import ClusterSpec
+from testbed.backend import ClusterBackend, ClusterSpec
 from testbed.docker_backend import DockerCluster, docker_problem
-from tests import scaled
-from tests.clients import UserFactory
+from testbed.runner import RunReport, ScenarioRunner
+from testbed.scenario import Scenario
+from tests import scaled, timeout_factor
+from tests.clients import FIRST_USER_KEY, UserFactory
 from tests.keypool import KeyPool
 
 REQUIRE_ENV = "SOCP_REQUIRE_DOCKER"
@@ -56,3 +62,30 @@ async def connect(docker_cluster: DockerCluster, key_pool: KeyPool) -> AsyncIter
     users = UserFactory(docker_cluster.url, key_pool)
     yield users
     await users.close_all()
+
+
+@dataclass(frozen=True)
+class ScenarioRun:
+    """What a scenario run left: the runner's report, ``report.json`` as data, and the progress lines."""
+
+    report: RunReport
+    data: dict[str, Any]
+    progress: str
+    backend: ClusterBackend
+
+
+async def run_scenario(scenario: Scenario, tmp_path: Path, key_pool: KeyPool, *, users: int = 12,
+                       backend: ClusterBackend | None = None) -> ScenarioRun:
+    """Run ``scenario`` on a fresh cluster (Docker unless ``backend`` is given) under ``tmp_path``, its users
+    keyed from the pool (``users`` distinct keys, reused round-robin)."""
+    key_pool.ensure(FIRST_USER_KEY + users)
+    if backend is None:
+        backend = DockerCluster(tmp_path / "cluster", ClusterSpec(scenario.peers, scenario.introducers,
+                                                                   scenario.timings))
+    lines: list[str] = []
+    report = await ScenarioRunner(scenario, backend, tmp_path / "results", timeout_factor=timeout_factor(),
+                                  key_source=lambda i: key_pool.key(FIRST_USER_KEY + i % users),
+                                  progress=lines.append).run()
+    report_file = tmp_path / "results" / "report.json"
+    data = json.loads(report_file.read_text()) if report_file.exists() else {}
+    return ScenarioRun(report, data, "\n".join(lines), backend)

@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from pathlib import Path
 
 import pytest
 
 from testbed import checks, compose, confscan, nemesis, netem
-from testbed.backend import BackendUnsupported, ClusterSpec
+from testbed.backend import BackendUnsupported
 from testbed.docker_backend import DockerCluster, docker_client, node_image
 from testbed.proxy import Effect
-from testbed.runner import ScenarioRunner
 from testbed.scenario import Nemesis, load_scenario
 from testbed.waiting import Pending, poll
-from tests import scaled, timeout_factor
-from tests.clients import FIRST_USER_KEY, UserFactory
+from tests import scaled
+from tests.clients import UserFactory
+from tests.docker.conftest import run_scenario
 from tests.keypool import KeyPool
 
 pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="module")]
@@ -192,14 +191,10 @@ async def test_capture_records_the_inter_node_traffic(docker_cluster: DockerClus
 async def test_rolling_restart_is_captured_and_scanned(docker_ready: None, tmp_path: Path, key_pool: KeyPool) -> None:
     """The confidentiality scan on containers covers the inter-node traffic: one capture per node, and a new one
     for each restarted node (a new network namespace), all searched for the run's marker."""
-    scenario = load_scenario(SCENARIOS / "rolling-restart.yaml")
-    backend = DockerCluster(tmp_path / "cluster", ClusterSpec(scenario.peers, scenario.introducers, scenario.timings))
-    lines: list[str] = []
-    report = await ScenarioRunner(scenario, backend, tmp_path / "results", timeout_factor=timeout_factor(),
-                                  key_source=lambda i: key_pool.key(FIRST_USER_KEY + i % 12),
-                                  progress=lines.append).run()
-    assert report.passed, "\n".join(lines)
-    scan = json.loads((tmp_path / "results" / "report.json").read_text())["confidentiality"]
+    run = await run_scenario(load_scenario(SCENARIOS / "rolling-restart.yaml"), tmp_path, key_pool)
+    backend = run.backend
+    assert run.report.passed, run.progress
+    scan = run.data["confidentiality"]
     assert scan["ok"], scan
     wanted = {f"{node}-1.pcap" for node in backend.node_names} | {f"{peer}-2.pcap" for peer in backend.peer_names}
     assert set(scan["captured"]) == wanted, scan["captured"]
@@ -222,13 +217,9 @@ async def test_a_nemesis_with_loss_passes_on_containers(docker_ready: None, tmp_
     nodes = [f"peer{i}" for i in range(1, scenario.peers + 1)]
     strikes = nemesis.schedule(nemesis_step, ["introducer", *nodes], nodes)
     assert any(strike.fault == "loss" for strike in strikes), [s.describe() for s in strikes]
-    backend = DockerCluster(tmp_path / "cluster", ClusterSpec(scenario.peers, scenario.introducers, scenario.timings))
-    lines: list[str] = []
-    report = await ScenarioRunner(scenario, backend, tmp_path / "results", timeout_factor=timeout_factor(),
-                                  key_source=lambda i: key_pool.key(FIRST_USER_KEY + i % 12),
-                                  progress=lines.append).run()
-    assert report.passed, "\n".join(lines)
-    data = json.loads((tmp_path / "results" / "report.json").read_text())
+    run = await run_scenario(scenario, tmp_path, key_pool)
+    assert run.report.passed, run.progress
+    data = run.data
     assert data["history"]["ok"] and data["confidentiality"]["ok"]
     assert any(f["state"] == "degraded" for f in data["history"]["faults"]), data["history"]["faults"]
     assert sum(data["verdict_counts"][v] for v in ("lost silently", "duplicated", "forged or undecryptable")) == 0
@@ -243,16 +234,12 @@ async def test_network_fault_scenarios_pass_on_containers(name: str, netem_missi
     fast = tuple(dataclasses.replace(step, duration=FAST_NEMESIS_S) if isinstance(step, Nemesis) else step
                  for step in scenario.steps)
     scenario = dataclasses.replace(scenario, steps=fast)
-    backend = DockerCluster(tmp_path / "cluster", ClusterSpec(scenario.peers, scenario.introducers, scenario.timings))
-    lines: list[str] = []
-    report = await ScenarioRunner(scenario, backend, tmp_path / "results", timeout_factor=timeout_factor(),
-                                  key_source=lambda i: key_pool.key(FIRST_USER_KEY + i % 12),
-                                  progress=lines.append).run()
+    run = await run_scenario(scenario, tmp_path, key_pool)
     if netem_missing is not None:
-        assert not report.passed and "CONFIG_NET_SCH_NETEM" in "\n".join(lines), "\n".join(lines)
+        assert not run.report.passed and "CONFIG_NET_SCH_NETEM" in run.progress, run.progress
         return
-    assert report.passed, "\n".join(lines)
-    data = json.loads((tmp_path / "results" / "report.json").read_text())
+    assert run.report.passed, run.progress
+    data = run.data
     assert data["history"]["ok"] and data["confidentiality"]["ok"]
     assert data["history"]["faults"], "the faults were recorded in the history"
     if name == "lossy-network":

@@ -3,17 +3,12 @@ containerised federation, and every defence holds (the local twin is tests/integ
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from testbed.backend import ClusterSpec
-from testbed.docker_backend import DockerCluster
-from testbed.runner import ScenarioRunner
 from testbed.scenario import load_scenario
-from tests import timeout_factor
-from tests.clients import FIRST_USER_KEY
+from tests.docker.conftest import run_scenario
 from tests.keypool import KeyPool
 
 pytestmark = [pytest.mark.docker]
@@ -25,15 +20,9 @@ KEYS = 24
 
 async def test_hostile_peer_scenario_passes_on_containers(docker_ready: None, tmp_path: Path,
                                                           key_pool: KeyPool) -> None:
-    scenario = load_scenario(SCENARIO)
-    key_pool.ensure(FIRST_USER_KEY + KEYS)
-    backend = DockerCluster(tmp_path / "cluster", ClusterSpec(scenario.peers, scenario.introducers, scenario.timings))
-    lines: list[str] = []
-    report = await ScenarioRunner(scenario, backend, tmp_path / "results", timeout_factor=timeout_factor(),
-                                  key_source=lambda i: key_pool.key(FIRST_USER_KEY + i % KEYS),
-                                  progress=lines.append).run()
-    progress = "\n".join(lines)
-    attacks = json.loads((tmp_path / "results" / "report.json").read_text())["attacks"]
+    run = await run_scenario(load_scenario(SCENARIO), tmp_path, key_pool, users=KEYS)
+    report, progress = run.report, run.progress
+    attacks = run.data["attacks"]
     assert len(attacks) >= 12, progress
     assert not [a["attack"] for a in attacks if not a["passed"]], progress
     assert report.passed, progress

@@ -6,17 +6,12 @@ but the killed peer's (each other node may declare its link to that peer dead on
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from testbed.backend import ClusterSpec
-from testbed.docker_backend import DockerCluster
-from testbed.runner import ScenarioRunner
 from testbed.scenario import NodeAction, load_scenario
-from tests import timeout_factor
-from tests.clients import FIRST_USER_KEY
+from tests.docker.conftest import run_scenario
 from tests.keypool import KeyPool
 
 pytestmark = [pytest.mark.docker]
@@ -27,16 +22,9 @@ SCALE = Path(__file__).parents[2] / "testbed" / "scenarios" / "scale.yaml"
 async def test_scale_scenario_passes_and_only_the_killed_peer_links_die(
         docker_ready: None, tmp_path: Path, key_pool: KeyPool) -> None:
     scenario = load_scenario(SCALE)
-    users = 24
-    key_pool.ensure(FIRST_USER_KEY + users)
-    backend = DockerCluster(tmp_path / "cluster", ClusterSpec(scenario.peers, scenario.introducers, scenario.timings))
-    lines: list[str] = []
-    report = await ScenarioRunner(scenario, backend, tmp_path / "results", timeout_factor=timeout_factor(),
-                                  key_source=lambda i: key_pool.key(FIRST_USER_KEY + i % users),
-                                  progress=lines.append).run()
-    progress = "\n".join(lines)
-    assert report.passed, progress
-    data = json.loads((tmp_path / "results" / "report.json").read_text())
+    run = await run_scenario(scenario, tmp_path, key_pool, users=24)
+    backend, data, progress = run.backend, run.data, run.progress
+    assert run.report.passed, progress
     assert all(d["duplicates"] == 0 and d["delivered"] == d["messages"] for d in data["delivery"]), progress
 
     killed = {step.node for step in scenario.steps if isinstance(step, NodeAction) and step.action == "kill"}

@@ -18,12 +18,10 @@ import pytest
 from socp.settings import FAST_TIMINGS
 from testbed.backend import ClusterSpec
 from testbed.docker_backend import DockerUnavailable, docker_client, docker_problem
-from testbed.runner import ScenarioRunner
 from testbed.scenario import load_scenario
 from testbed.swarm_backend import SwarmCluster, init_allowed, require_swarm, stack_objects, swarm_info
-from tests import scaled, timeout_factor
-from tests.clients import FIRST_USER_KEY
-from tests.docker.conftest import REQUIRE_ENV, docker_required
+from tests import scaled
+from tests.docker.conftest import REQUIRE_ENV, docker_required, run_scenario
 from tests.keypool import KeyPool
 
 pytestmark = [pytest.mark.docker]
@@ -53,26 +51,22 @@ def swarm_ready() -> None:
     pytest.skip(f"the swarm backend cannot run ({problem}); with {REQUIRE_ENV}=1 this is a failure")
 
 
-async def run_scenario(name: str, peers: int, tmp_path: Path, key_pool: KeyPool) -> None:
+async def run_on_swarm(name: str, peers: int, tmp_path: Path, key_pool: KeyPool) -> None:
+    """Run a scenario on a fresh swarm stack; it must pass and leave no stack object behind."""
     scenario = load_scenario(SCENARIOS / f"{name}.yaml")
-    users = 10
-    key_pool.ensure(FIRST_USER_KEY + users)
     backend = SwarmCluster(tmp_path / "cluster", ClusterSpec(peers, scenario.introducers, scenario.timings))
-    lines: list[str] = []
-    report = await ScenarioRunner(scenario, backend, tmp_path / "results", timeout_factor=timeout_factor(),
-                                  key_source=lambda i: key_pool.key(FIRST_USER_KEY + i % users),
-                                  progress=lines.append).run()
-    assert report.passed, "\n".join(lines)
+    run = await run_scenario(scenario, tmp_path, key_pool, users=10, backend=backend)
+    assert run.report.passed, run.progress
     assert stack_objects(docker_client(), backend.stack) == {}, f"stack {backend.stack} left objects behind"
 
 
 async def test_smoke_scenario_passes_on_a_swarm_stack(swarm_ready: None, tmp_path: Path, key_pool: KeyPool) -> None:
-    await run_scenario("smoke", 3, tmp_path, key_pool)
+    await run_on_swarm("smoke", 3, tmp_path, key_pool)
 
 
 async def test_node_crash_scenario_passes_on_a_swarm_stack(swarm_ready: None, tmp_path: Path,
                                                            key_pool: KeyPool) -> None:
-    await run_scenario("node-crash", 3, tmp_path, key_pool)
+    await run_on_swarm("node-crash", 3, tmp_path, key_pool)
 
 
 async def test_partition_pause_and_restart_keep_identity_and_address(swarm_ready: None, tmp_path: Path) -> None:
