@@ -273,6 +273,101 @@ def test_client_ack_without_server_pub_uses_the_key_pinned_in_advance(key_pool: 
     assert session.state is SessionState.AWAITING_ACK  # signed by another key than the pinned one: refused
 
 
+# --- the client side: a server that sends no ACK at all -------------------------------------------------------
+
+def deliver_from(sender_id: str, sender_key: Any, recipient_key: Any, text: str, server_key: Any, ts: int) -> str:
+    """A USER_DELIVER of ``text`` from ``sender_id`` to USER, as the server relays it."""
+    ciphertext = crypto.rsa_encrypt(recipient_key.public_key(), text.encode())
+    return env.make(FrameType.USER_DELIVER, SERVER, USER, ts, {
+        "ciphertext": ciphertext, "sender": sender_id,
+        "sender_pub": crypto.encode_public_key(sender_key.public_key()),
+        "content_sig": crypto.sign_direct(sender_key, ciphertext, sender_id, USER, ts)}, server_key).to_wire()
+
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_client_no_ack_first_signed_frame_with_the_pinned_key_welcomes(key_pool: Any, interop: bool) -> None:
+    from socp.user import DirectMessage, FrameRejected, SessionState, UserOnline, UserSession, Welcomed
+    server_key, alice_key, bob_key = key_pool.key(5), key_pool.key(6), key_pool.key(7)
+    pinned = crypto.encode_public_key(server_key.public_key())
+    session = UserSession(USER, alice_key, {}, pinned, interop=interop)
+    session.hello(TS)
+    events = session.receive_text(advert_of(JOINER, bob_key, server_key, USER), TS + 5)
+    if not interop:
+        assert session.state is SessionState.AWAITING_ACK and session.welcome_deadline() is None
+        assert [e for e in events if isinstance(e, FrameRejected)] and JOINER not in session.directory
+        assert session.welcome_overdue(TS + 60_000) == []
+        return
+    assert [type(e) for e in events] == [Welcomed, UserOnline]
+    assert events[0] == Welcomed(SERVER, pinned) and session.server_id == SERVER
+    # DMs both ways over the session welcomed without an ACK
+    frame = env.parse(session.direct_message(JOINER, "hi bob", TS + 10))
+    assert frame.type is FrameType.MSG_DIRECT and frame.to == JOINER
+    assert crypto.rsa_decrypt(bob_key, frame.payload["ciphertext"]).decode() == "hi bob"
+    got = session.receive_text(deliver_from(JOINER, bob_key, alice_key, "hi alice", server_key, TS + 20), TS + 20)
+    assert [e.text for e in got if isinstance(e, DirectMessage)] == ["hi alice"]
+    forged = session.receive_text(deliver_from(JOINER, bob_key, alice_key, "forged", key_pool.key(8), TS + 30),
+                                  TS + 30)
+    assert [e for e in forged if isinstance(e, FrameRejected)]  # still verified with the pinned key
+
+
+def test_client_no_ack_frame_signed_by_another_key_is_held_not_trusted(key_pool: Any) -> None:
+    from socp.user import SessionState, UserSession, Welcomed
+    server_key, alice_key, bob_key = key_pool.key(5), key_pool.key(6), key_pool.key(7)
+    session = UserSession(USER, alice_key, {}, crypto.encode_public_key(server_key.public_key()), interop=True)
+    session.hello(TS)
+    assert session.receive_text(advert_of(JOINER, bob_key, key_pool.key(8), USER), TS) == []  # held, not trusted
+    assert session.state is SessionState.AWAITING_ACK
+    events = session.receive_text(advert_of(USER, alice_key, server_key, USER), TS + 1)
+    assert isinstance(events[0], Welcomed)
+    assert JOINER not in session.directory  # the held frame was verified after the welcome, and refused
+
+
+def test_client_no_ack_first_contact_takes_a_key_the_frame_names_as_its_own(key_pool: Any) -> None:
+    from socp.user import SessionState, UserOnline, UserSession, Welcomed
+    server_key, alice_key, bob_key = key_pool.key(5), key_pool.key(6), key_pool.key(7)
+    server_pub = crypto.encode_public_key(server_key.public_key())
+    session = UserSession(USER, alice_key, {}, interop=True)
+    session.hello(TS)
+    # a user advert names the user's key, not the server's: nothing to trust yet, held
+    assert session.receive_text(advert_of(JOINER, bob_key, server_key, USER), TS) == []
+    # a frame naming a key it is not signed with: not taken
+    liar = env.make(FrameType.SERVER_ANNOUNCE, SERVER, USER, TS, {"server_id": SERVER, "pubkey": server_pub,
+                                                                 "host": "h", "port": 1}, key_pool.key(8))
+    assert session.receive_text(liar.to_wire(), TS) == [] and session.state is SessionState.AWAITING_ACK
+    own = env.make(FrameType.SERVER_ANNOUNCE, SERVER, USER, TS, {"server_id": SERVER, "pubkey": server_pub,
+                                                                "host": "h", "port": 1}, server_key)
+    events = session.receive_text(own.to_wire(), TS + 1)
+    assert events[0] == Welcomed(SERVER, server_pub) and session.server_pub == server_pub
+    assert [e.record.user_id for e in events if isinstance(e, UserOnline)] == [JOINER]  # the held advert
+
+
+def test_client_no_frame_at_all_welcomes_with_the_pinned_key_after_the_wait(key_pool: Any) -> None:
+    from socp.user import UserOnline, UserSession, Welcomed
+    from socp.user.session import NO_ACK_WAIT_MS
+    server_key, alice_key, bob_key = key_pool.key(5), key_pool.key(6), key_pool.key(7)
+    pinned = crypto.encode_public_key(server_key.public_key())
+    session = UserSession(USER, alice_key, {}, pinned, interop=True)
+    session.hello(TS)
+    assert session.welcome_deadline() == TS + NO_ACK_WAIT_MS
+    assert session.welcome_overdue(TS + NO_ACK_WAIT_MS - 1) == []
+    assert session.welcome_overdue(TS + NO_ACK_WAIT_MS) == [Welcomed("*", pinned)]
+    assert session.welcomed and session.server_id is None and session.welcome_deadline() is None
+    events = session.receive_text(advert_of(JOINER, bob_key, server_key, USER), TS + NO_ACK_WAIT_MS + 1)
+    assert [e.record.user_id for e in events if isinstance(e, UserOnline)] == [JOINER]
+    assert session.server_id == SERVER  # named by its first frame that verified with the pinned key
+
+
+def test_client_no_frame_and_no_pinned_key_is_refused_clearly(key_pool: Any) -> None:
+    from socp.user import FrameRejected, SessionState, UserSession
+    from socp.user.session import NO_ACK_WAIT_MS
+    session = UserSession(USER, key_pool.key(6), {}, interop=True)
+    session.hello(TS)
+    events = session.welcome_overdue(TS + NO_ACK_WAIT_MS)
+    assert len(events) == 1 and isinstance(events[0], FrameRejected) and "pin the server's key" in events[0].reason
+    assert session.state is SessionState.AWAITING_ACK and session.welcome_deadline() is None  # said once
+    assert session.welcome_overdue(TS + 2 * NO_ACK_WAIT_MS) == []
+
+
 # --- signing toward a peer in the payload-only form it uses -------------------------------------------------
 
 def _server_link() -> Any:
