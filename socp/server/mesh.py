@@ -277,7 +277,7 @@ class Mesh:
             raise BadFrame("server id must be a UUID other than ours", msg_ref=frame.msg_ref, fatal=True)
         self._book.pin(frame.sender, key_text, trusted=False, msg_ref=frame.msg_ref)
         info = self._book[frame.sender]
-        info.host, info.port = frame.payload["host"], frame.payload["port"]
+        _learn_address(info, frame.payload)
         info.features = announced(frame.payload)
         self._identify(link, frame.sender, now)
 
@@ -366,7 +366,7 @@ class Mesh:
         self._book.pin(frame.sender, key_text, trusted=frame.sender != link.peer, msg_ref=frame.msg_ref)
         info = self._book[frame.sender]
         info.proven = True
-        info.host, info.port = frame.payload["host"], frame.payload["port"]
+        _learn_address(info, frame.payload)
         info.features = announced(frame.payload)
         if frame.sender == link.peer and link.joined_through:
             for other in self._links.server_links():
@@ -477,6 +477,13 @@ def join_mac(token: str, frame_type: str, sender: str, to: str, ts: int, payload
     body = {key: value for key, value in payload.items() if key != JOIN_MAC}
     data = canonical_json({"type": str(frame_type), "from": sender, "to": to, "ts": ts, "payload": body})
     return b64url_encode(hmac.new(token.encode("utf-8"), data, hashlib.sha256).digest())
+
+
+def _learn_address(info: ServerInfo, payload: Mapping[str, Any]) -> None:
+    """Take the address an announce gives; an address-less one (interop: ``host`` ``""``) keeps the address we
+    know (the introducer we dialed, say), which would otherwise be forgotten and never redialled."""
+    if payload["host"]:
+        info.host, info.port = payload["host"], payload["port"]
 
 
 def _server_entry(server_id: str, pubkey: str, host: str, port: int, introducer: bool,

@@ -10,6 +10,7 @@ import pytest
 
 from socp import crypto
 from socp import envelope as env
+from socp.codec import canonical_json
 from socp.envelope import FrameType
 from socp.errors import BadFrame, UnknownType
 from socp.interop import REGISTER_FIRST_DETAIL, Variant, normalise
@@ -164,6 +165,19 @@ def test_welcome_with_null_assigned_id_keeps_the_requested_id(key_pool: Any) -> 
     assert frame.verify(key.public_key())
 
 
+def test_welcome_naming_its_key_only_in_server_pub(key_pool: Any) -> None:
+    key = key_pool.key(0)
+    pub = crypto.encode_public_key(key.public_key())
+    payload = {"assigned_id": JOINER, "server_id": SERVER, "server_pub": pub, "servers": []}
+    strict, frame, met = parse_both(raw_frame("SERVER_WELCOME", SERVER, JOINER, payload, key))
+    assert isinstance(strict, Envelope) and strict.payload["servers"] == []  # strict: no key for an unpinned join
+    assert met == [Variant.WELCOME_KEY_FIELDS]
+    assert frame.payload["servers"] == [{"server_id": SERVER, "host": "", "port": 0, "pubkey": pub}]
+    assert frame.verify(key.public_key())  # over the payload as signed
+    other = {"assigned_id": JOINER, "server_id": JOINER, "server_pub": pub, "servers": []}  # names another id
+    assert parse_both(raw_frame("SERVER_WELCOME", SERVER, JOINER, other, key))[2] == []
+
+
 def test_announce_without_address(key_pool: Any) -> None:
     key = key_pool.key(0)
     payload = {"pubkey": crypto.encode_public_key(key.public_key())}
@@ -172,6 +186,19 @@ def test_announce_without_address(key_pool: Any) -> None:
     assert met == [Variant.ANNOUNCE_NO_ADDRESS]
     assert (frame.payload["host"], frame.payload["port"]) == ("", 0)  # "no dialable address"
     assert frame.verify(key.public_key())
+
+
+def test_an_addressless_announce_keeps_the_address_we_know(net: Net) -> None:
+    intro = net.introducer("I", interop=True)
+    a = net.peer("A", intro, interop=True)
+    assert net.full_mesh(), net.describe()
+    known = a.state.book[intro.server_id]
+    address = (known.host, known.port)
+    assert address[0] and address[1]
+    announce = env.make(FrameType.SERVER_ANNOUNCE, intro.server_id, "*", net.now, {"pubkey": intro.pubkey}, intro.key)
+    net.inject("I", "A", announce.to_wire())
+    assert (known.host, known.port) == address  # was ("", 0): the introducer would never be redialled
+    assert a.state.links.is_linked(intro.server_id)
 
 
 def test_channel_updated_without_wraps() -> None:
@@ -398,6 +425,24 @@ def test_peer_seen_signing_with_spaces_gets_that_form_back(key_pool: Any, legacy
     other = _server_link()
     out.send_text(other, frame.to_wire())  # another link keeps the envelope form
     assert env.parse(next(a for a in out.take_actions() if isinstance(a, Send)).text).verify(our_key)
+
+
+def test_a_payload_that_reads_the_same_in_every_form_keeps_the_links_form(key_pool: Any) -> None:
+    from socp.server.outbox import Outbox
+    ours, theirs = key_pool.key(0), key_pool.key(1)
+    out = Outbox(SERVER, ours, legacy_interop=True)
+    link = _server_link()
+    their_pub = crypto.encode_public_key(theirs.public_key())
+    payload = {"user_id": USER, "server_id": JOINER}
+    advert = env.Envelope(FrameType.USER_ADVERTISE, JOINER, "*", TS, payload,
+                          crypto.sign(theirs, json.dumps(payload, sort_keys=True).encode()))
+    assert out.verify(advert, their_pub, link) and link.legacy_form == 2
+    beat = env.Envelope(FrameType.HEARTBEAT, JOINER, "*", TS + 1, {}, crypto.sign(theirs, b"{}"))  # any form
+    assert out.verify(beat, their_pub, link)
+    assert link.legacy_form == 2  # found by a foreign server test: a heartbeat switched the link to form 0
+    compact = env.Envelope(FrameType.USER_ADVERTISE, JOINER, "*", TS + 2, payload,
+                           crypto.sign(theirs, canonical_json(payload)))
+    assert out.verify(compact, their_pub, link) and link.legacy_form == 0  # an unambiguous new form is followed
 
 
 # --- adverts without keys, PUBKEY_REQUEST / PUBKEY_RESPONSE -------------------------------------------------
