@@ -185,9 +185,10 @@ class ForeignServer:
         return isinstance(sig, str) and bool(sig) and crypto.verify(key, signed_bytes(self.handshake.sig, frame), sig)
 
     def _own_fields(self) -> dict[str, Any]:
-        """Where a peer reads our key: ``pubkey`` (standard), or only ``server_id`` + ``server_pub``."""
+        """Our key in a join or announce: ``pubkey`` (the standard's field), and ``server_id`` + ``server_pub``
+        too when this implementation reads keys only from those."""
         if self.handshake.keys_in_fields:
-            return {"server_id": self.server_id, "server_pub": self.pubkey}
+            return {"pubkey": self.pubkey, "server_id": self.server_id, "server_pub": self.pubkey}
         return {"pubkey": self.pubkey}
 
     def _peer_key(self, frame: dict[str, Any]) -> str | None:
@@ -290,11 +291,11 @@ class ForeignServer:
             self.refused.append(f"{kind} from {str(frame.get('from'))[:8]}")
             return
         if kind == "USER_ADVERTISE" and isinstance(payload.get("user_id"), str):
-            self._learn(payload["user_id"], payload.get("pubkey"), frame["from"])
+            await self._learn(payload["user_id"], payload.get("pubkey"), frame["from"])
         elif kind == "SERVER_PRESENCE_SYNC":
             for user in payload.get("users") or []:
                 if isinstance(user, dict):
-                    self._learn(user.get("user_id"), user.get("pubkey"), frame["from"])
+                    await self._learn(user.get("user_id"), user.get("pubkey"), frame["from"])
         elif kind == "USER_REMOVE":
             self.remote.pop(str(payload.get("user_id")), None)
         elif kind == "SERVER_DELIVER" and "kind" not in payload:
@@ -304,18 +305,26 @@ class ForeignServer:
                 await local[1].send(self.frame("USER_DELIVER", payload["user_id"], body, ts=frame["ts"],
                                                form=SigForm.ENVELOPE))
 
-    def _learn(self, user_id: object, pubkey: object, server_id: str) -> None:
-        if isinstance(user_id, str) and isinstance(pubkey, str) and user_id not in self.local:
-            self.remote[user_id] = _RemoteUser(pubkey, server_id)
+    async def _learn(self, user_id: object, pubkey: object, server_id: str) -> None:
+        """A remote user's record; a new one is advertised to our users."""
+        if not (isinstance(user_id, str) and isinstance(pubkey, str)) or user_id in self.local:
+            return
+        known = self.remote.get(user_id)
+        self.remote[user_id] = _RemoteUser(pubkey, server_id)
+        if known is None or known.pubkey != pubkey:
+            for local_id, (_, socket) in list(self.local.items()):
+                with contextlib.suppress(ConnectionClosed):
+                    await socket.send(self._advert(user_id, pubkey, local_id, SigForm.ENVELOPE, home=server_id))
 
     async def _advertise_all(self, peer: _Peer) -> None:
         for user_id, (pubkey, _) in list(self.local.items()):
             await peer.socket.send(self._advert(user_id, pubkey))
 
-    def _advert(self, user_id: str, pubkey: str, to: str = "*", form: SigForm | None = None) -> str:
+    def _advert(self, user_id: str, pubkey: str, to: str = "*", form: SigForm | None = None,
+                home: str | None = None) -> str:
         # No attestation: this implementation has none (our nodes accept that only under --interop).
-        return self.frame("USER_ADVERTISE", to, {"user_id": user_id, "server_id": self.server_id, "pubkey": pubkey,
-                                                 "meta": {"display_name": user_id[:8]}}, form=form)
+        return self.frame("USER_ADVERTISE", to, {"user_id": user_id, "server_id": home or self.server_id,
+                                                 "pubkey": pubkey, "meta": {"display_name": user_id[:8]}}, form=form)
 
     # --- connections to us ---------------------------------------------------------------------------------
 
@@ -376,8 +385,8 @@ class ForeignServer:
                                                               "server_pub": self.pubkey}, form=SigForm.ENVELOPE))
             if self.welcome is not ClientWelcome.SILENT:
                 await socket.send(self._advert(user_id, pubkey, user_id, SigForm.ENVELOPE))
-                for other in self._users(exclude=user_id):
-                    await socket.send(self._advert(other[0], other[1], user_id, SigForm.ENVELOPE))
+                for other_id, other_pub, home in self._users(exclude=user_id):
+                    await socket.send(self._advert(other_id, other_pub, user_id, SigForm.ENVELOPE, home=home))
             for other_id, (_, other_socket) in list(self.local.items()):
                 if other_id != user_id:
                     with contextlib.suppress(ConnectionClosed):
