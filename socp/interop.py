@@ -13,6 +13,7 @@ name.
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from typing import Any
 
@@ -42,6 +43,30 @@ REGISTER_FIRST_TYPES = frozenset({"LOCAL_REGISTER"})
 REGISTER_FIRST_DETAIL = ("LOCAL_REGISTER is not part of SOCP v1.3 here: send USER_HELLO {client, pubkey, "
                          "enc_pubkey, meta} signed with your key; the server registers the key on first hello")
 """The ERROR detail a LOCAL_REGISTER gets, naming what to send instead."""
+
+
+STRICT_HINT = "another implementation's form, accepted only by a node running the interop profile (--interop)"
+"""Appended to the ERROR detail when a strict node refuses a frame in one of the forms of :class:`Variant`."""
+
+LEGACY_SIG_HINT = ("if it is signed over the payload alone (the standard's form, e.g. json.dumps(sort_keys=True)), "
+                   "that is accepted only with --interop or --legacy-interop")
+"""Appended to the ERROR detail when a strict node refuses a handshake frame's signature (no RSA work is spent
+finding out which form it was: the hint is static)."""
+
+
+def variants_of(text: str | bytes) -> list[Variant]:
+    """The variants a frame the strict parser refused is in (for the refusal's detail); empty when none, or
+    when it is not a JSON object at all. Costs one more JSON decode, on the refusal path only."""
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError):
+        return []
+    return normalise(frame)[1] if isinstance(frame, dict) else []
+
+
+def strict_detail(detail: str, met: list[Variant]) -> str:
+    """``detail`` of a strict refusal, naming the variants ``met`` and the switch that accepts them."""
+    return f"{detail} ({', '.join(repr(str(v)) for v in met)}: {STRICT_HINT})" if met else detail
 
 
 def _alias(payload: dict[str, Any], alias: str, name: str) -> bool:

@@ -41,6 +41,7 @@ from socp.codec import b64url_encode, canonical_json
 from socp.envelope import BROADCAST, Envelope, FrameType
 from socp.errors import AuthFailed, BadFrame, BadKey, InvalidSignature, ProtocolError
 from socp.features import SERVER_FEATURES, announced, wire_list
+from socp.interop import LEGACY_SIG_HINT
 from socp.presence import Directory
 from socp.replay import ReplayCache
 from socp.server.config import ServerSettings
@@ -215,7 +216,7 @@ class Mesh:
                              msg_ref=frame.msg_ref, fatal=True)
         if not self._out.verify(frame, key_text, link):
             self._refuse_admission(frame, key_text, "bad signature")
-            raise InvalidSignature("SERVER_HELLO_JOIN signature does not verify with its pubkey",
+            raise InvalidSignature(f"SERVER_HELLO_JOIN signature does not verify with its pubkey{self._sig_hint()}",
                                    msg_ref=frame.msg_ref, fatal=True)
         if not self._replay.admit(frame, now):
             raise BadFrame("replayed SERVER_HELLO_JOIN", msg_ref=frame.msg_ref, fatal=True)
@@ -308,7 +309,7 @@ class Mesh:
                                   entry.port, crypto.key_fingerprint(crypto.normalize_public_key(introducer_key)))
         introducer_key = crypto.normalize_public_key(introducer_key)
         if not self._out.verify(frame, introducer_key, link):
-            raise InvalidSignature("SERVER_WELCOME is not signed by the pinned introducer key",
+            raise InvalidSignature(f"SERVER_WELCOME is not signed by the pinned introducer key{self._sig_hint()}",
                                    msg_ref=frame.msg_ref, fatal=True)
         assigned = frame.payload["assigned_id"]
         if not env.is_uuid(assigned):
@@ -401,6 +402,10 @@ class Mesh:
             return False
         expected = join_mac(settings.join_token, frame.type, frame.sender, frame.to, frame.ts, frame.payload)
         return hmac.compare_digest(mac.encode(), expected.encode())
+
+    def _sig_hint(self) -> str:
+        """What a strict node adds to a handshake signature refusal (docs/INTEROP.md)."""
+        return "" if self._settings.legacy_interop else f" ({LEGACY_SIG_HINT})"
 
     def _refuse_admission(self, frame: Envelope, key_text: str, why: str) -> None:
         self.refused_admissions += 1

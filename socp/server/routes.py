@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from socp import crypto
 from socp.envelope import Envelope, FrameType
 from socp.errors import BadFrame, InvalidSignature
+from socp.interop import LEGACY_SIG_HINT
 from socp.replay import ReplayCache
 from socp.server.files import Files
 from socp.server.links import Link, LinkRole
@@ -168,8 +169,9 @@ class Router:
         elif verify is Verify.SELF_SIGNED:
             key_text = crypto.normalize_public_key(frame.payload["pubkey"])
             if not self._out.verify(frame, key_text, link):
-                raise InvalidSignature(f"{frame.type} is not signed by the key it announces", msg_ref=frame.msg_ref,
-                                       fatal=True)
+                hint = "" if self._out.legacy_interop else f" ({LEGACY_SIG_HINT})"
+                raise InvalidSignature(f"{frame.type} is not signed by the key it announces{hint}",
+                                       msg_ref=frame.msg_ref, fatal=True)
         elif verify is Verify.LINK_USER and frame.sender != link.peer:
             raise BadFrame(f"frame 'from' {frame.sender} is not this connection's user {link.peer}",
                            msg_ref=frame.msg_ref)

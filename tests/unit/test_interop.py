@@ -13,7 +13,7 @@ from socp import envelope as env
 from socp.codec import canonical_json
 from socp.envelope import FrameType
 from socp.errors import BadFrame, UnknownType
-from socp.interop import REGISTER_FIRST_DETAIL, Variant, normalise
+from socp.interop import REGISTER_FIRST_DETAIL, STRICT_HINT, Variant, normalise
 from socp.server.config import ServerSettings
 from tests.unit.harness import FakeUser, Net
 
@@ -76,7 +76,9 @@ def test_hello_pubkey_alias(net: Net) -> None:
         assert bool(user.received(FrameType.ACK)) is accepted, user.inbox
         assert (user.user_id in node.state.local_users) is accepted
         if not accepted:
-            assert user.errors("BAD_FRAME"), user.inbox
+            errors = user.errors("BAD_FRAME")
+            assert errors and STRICT_HINT in errors[0].payload["detail"], user.inbox  # names the switch
+            assert "'USER_HELLO.pubkey_b64u'" in errors[0].payload["detail"]
 
 
 @pytest.mark.parametrize("frame_type,payload", [("CMD_LIST", {}), ("LIST_REQUEST", None), ("CMD_LIST", None)])
@@ -91,7 +93,8 @@ def test_list_variants(net: Net, frame_type: str, payload: dict[str, Any] | None
         if accepted:
             assert user.user_id in {u["user_id"] for u in responses[0].payload["users"]}
         else:
-            assert user.errors(), user.inbox
+            errors = user.errors()
+            assert errors and STRICT_HINT in errors[0].payload["detail"], user.inbox
 
 
 @pytest.mark.parametrize("interop", [False, True])
