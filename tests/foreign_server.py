@@ -234,13 +234,25 @@ class ForeignServer:
         await socket.send(self._announce("*"))
         await self._advertise_all(peer)
         self._spawn(self._serve_peer(peer))
+        # The other servers the welcome lists (by server_id + pubkey, which every variant reads): link to each.
+        for entry in frame["payload"].get("servers") or []:
+            if (isinstance(entry, dict) and entry.get("server_id") not in (peer.server_id, self.server_id)
+                    and entry.get("host") and isinstance(entry.get("port"), int) and entry.get("pubkey")):
+                await self.link(entry["host"], entry["port"], to=entry["server_id"], key=entry["pubkey"])
         return peer.server_id
 
-    async def link(self, host: str, port: int, to: str = "*") -> None:
-        """Open a direct link to the server at ``host:port`` with our SERVER_ANNOUNCE addressed to ``to``."""
+    async def link(self, host: str, port: int, to: str = "*", key: str | None = None) -> None:
+        """Open a direct link to the server at ``host:port`` with our SERVER_ANNOUNCE addressed to ``to``; its
+        key is ``key`` when known (a welcome listed it), else learnt from its first frame that names one."""
         socket = await connect(f"ws://{host}:{port}", max_size=4 * 1024 * 1024, compression=None)
         await socket.send(self._announce(to))
-        self._spawn(self._await_peer(socket))
+        if key is None or to == "*":
+            self._spawn(self._await_peer(socket))
+            return
+        peer = _Peer(to, crypto.decode_public_key(key), socket)
+        self.peers[to] = peer
+        await self._advertise_all(peer)
+        self._spawn(self._serve_peer(peer))
 
     async def _await_peer(self, socket: Socket) -> None:
         """A link we opened: the peer is known by its first verified frame naming its key, else by ``from``."""

@@ -5,22 +5,24 @@ variant, with DMs across the mixed link both ways; without ``--interop`` the var
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 import yaml
 
 from client.connection import ClientConnection
 from client.errors import ConnectionFailed
 from client.keystore import Identity
 from socp.settings import FAST_TIMINGS
-from socp.user import DirectMessage
+from socp.user import ClientEvent, DirectMessage
 from testbed.backend import probe_status
-from testbed.local import LocalNode
-from testbed.nodeplan import NodePlan, write_bootstrap
+from testbed.local import LocalCluster, LocalNode
+from testbed.nodeplan import ClusterSpec, NodePlan, write_bootstrap
 from testbed.waiting import Pending, poll
 from tests.foreign_server import HANDSHAKES, ClientWelcome, ForeignServer, Handshake, SigForm
 from tests.integration.conftest import pool_prepare
@@ -117,8 +119,8 @@ async def our_node(workdir: Path, key_pool: KeyPool, foreign: ForeignServer, *, 
 async def linked(port: int, server_id: str) -> bool | Pending:
     """Whether our node on ``port`` reports a link with ``server_id``."""
     status, body = await probe_status(port)
-    servers = body.get("linked_servers", []) if status == 200 else []
-    return True if server_id in servers else Pending(f"linked_servers={servers}")
+    servers = body.get("linked_servers") if status == 200 else None
+    return True if isinstance(servers, list) and server_id in servers else Pending(f"linked_servers={servers}")
 
 
 async def dms_cross(our_url: str, foreign: ForeignServer, key_pool: KeyPool) -> None:
@@ -128,9 +130,11 @@ async def dms_cross(our_url: str, foreign: ForeignServer, key_pool: KeyPool) -> 
     try:
         for conn, other in ((ours, theirs), (theirs, ours)):
             if other.user_id not in conn.directory:
-                await conn.wait_for(lambda e, c=conn, o=other: o.user_id in c.directory, 15.0,
-                                    description=f"{other.user_id[:8]} listed (foreign refused: {foreign.refused[:5]}, "
-                                                f"errors: {foreign.errors[:3]})")
+                def listed(event: ClientEvent, conn: ClientConnection = conn, other: ClientConnection = other) -> bool:
+                    return other.user_id in conn.directory
+
+                await conn.wait_for(listed, 15.0, description=f"{other.user_id[:8]} listed (foreign refused: "
+                                                              f"{foreign.refused[:5]}, errors: {foreign.errors[:3]})")
         await ours.send_direct(theirs.user_id, "from our node")
         got = await theirs.wait_for(lambda e: isinstance(e, DirectMessage), 10.0, description="our DM")
         assert isinstance(got, DirectMessage) and got.text == "from our node" and got.sender_id == ours.user_id
@@ -170,3 +174,92 @@ def linked_on_log(node: LocalNode, handshake: Handshake) -> bool:
     missing = [line for line in expected if line not in log]
     assert not missing, missing
     return True
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def our_federation(tmp_path_factory: pytest.TempPathFactory, key_pool: KeyPool) -> AsyncIterator[LocalCluster]:
+    """Our introducer and one peer under ``--interop``, open admission (other implementations know no join
+    token)."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("ours-interop"), ClusterSpec(peers=1, closed=False),
+                           prepare=pool_prepare(key_pool), extra_args=["--interop"])
+    async with cluster:
+        yield cluster
+
+
+@pytest.mark.parametrize("handshake", HANDSHAKES, ids=HANDSHAKE_IDS)
+async def test_a_foreign_server_joins_our_interop_federation(our_federation: LocalCluster, key_pool: KeyPool,
+                                                             handshake: Handshake) -> None:
+    intro, peer = our_federation.introducer, our_federation.node("peer1")
+    async with ForeignServer(key_pool.key(foreign_key(handshake)), handshake) as foreign:
+        assert await foreign.join("127.0.0.1", intro.port) == intro.server_id  # then it links to peer1
+        for node in (intro, peer):
+            await poll(functools.partial(linked, node.port, foreign.server_id), 15.0,
+                       f"{node.name} linked with the foreign server", node.diagnose())
+        await dms_cross(peer.url, foreign, key_pool)
+        assert foreign.refused == [] and foreign.errors == [], (foreign.refused, foreign.errors)
+
+
+STRICT_REFUSALS = {
+    "assigned-id-null": "'SERVER_WELCOME assigned_id null': another implementation's form, accepted only by a node "
+                        "running the interop profile (--interop)",
+    "announce-without-address": "'SERVER_ANNOUNCE without host/port': another implementation's form, accepted only "
+                                "by a node running the interop profile (--interop)",
+    "sort-keys-with-spaces": "SERVER_WELCOME is not signed by the pinned introducer key (if it is signed over the "
+                             "payload alone",
+    "payload-only": "SERVER_WELCOME is not signed by the pinned introducer key (if it is signed over the payload alone",
+}
+"""What our strict node logs (and answers) when a foreign introducer of each weakening variant welcomes it."""
+
+
+@pytest.mark.parametrize("handshake", WEAKENING, ids=[h.name for h in WEAKENING])
+async def test_strict_node_refuses_a_foreign_introducer_variant(tmp_path: Path, key_pool: KeyPool,
+                                                               handshake: Handshake) -> None:
+    async with (ForeignServer(key_pool.key(foreign_key(handshake)), handshake) as foreign,
+                our_node(tmp_path, key_pool, foreign, interop=False) as node):
+        async def refused() -> bool | Pending:
+            log = node.log_path.read_text(errors="replace")
+            return True if STRICT_REFUSALS[handshake.name] in log else Pending(log[-600:])
+
+        await poll(refused, 15.0, "our strict node's refusal", node.diagnose())
+        if handshake.announce_address:  # refused at the welcome: never linked
+            assert await linked(node.port, foreign.server_id) is not True
+        else:  # the welcome is fine; the address-less announce is answered with an ERROR naming the switch
+            await poll(lambda: errors_naming(foreign, "--interop"), 10.0, "the ERROR at the foreign server")
+
+
+async def errors_naming(foreign: ForeignServer, text: str) -> bool | Pending:
+    """Whether an ERROR the foreign server received says ``text``."""
+    details = [str(e.get("detail")) for e in foreign.errors]
+    return True if any(text in d for d in details) else Pending(f"errors: {details}")
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def strict_federation(tmp_path_factory: pytest.TempPathFactory, key_pool: KeyPool
+                            ) -> AsyncIterator[LocalCluster]:
+    """Our introducer and one peer, default (strict) settings, open admission."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("ours-strict"), ClusterSpec(peers=1, closed=False),
+                           prepare=pool_prepare(key_pool))
+    async with cluster:
+        yield cluster
+
+
+JOIN_REFUSALS = {
+    "announce-without-address": "'SERVER_ANNOUNCE without host/port': another implementation's form",
+    "sort-keys-with-spaces": "SERVER_HELLO_JOIN signature does not verify with its pubkey (if it is signed over the "
+                             "payload alone",
+    "payload-only": "SERVER_HELLO_JOIN signature does not verify with its pubkey (if it is signed over the payload "
+                    "alone",
+}
+"""The ERROR a foreign server of each variant that matters when it joins us gets from our strict introducer
+(a welcome's ``assigned_id`` is ours to write: that variant plays no part in this direction)."""
+
+
+@pytest.mark.parametrize("name", sorted(JOIN_REFUSALS))
+async def test_strict_federation_refuses_a_foreign_joiner_variant(strict_federation: LocalCluster,
+                                                                  key_pool: KeyPool, name: str) -> None:
+    handshake = next(h for h in HANDSHAKES if h.name == name)
+    intro = strict_federation.introducer
+    async with ForeignServer(key_pool.key(foreign_key(handshake)), handshake) as foreign:
+        with contextlib.suppress(AssertionError):  # a refused join raises, with the ERROR in foreign.errors
+            await foreign.join("127.0.0.1", intro.port)
+        await poll(lambda: errors_naming(foreign, JOIN_REFUSALS[name]), 10.0, "the ERROR at the foreign server")
