@@ -32,6 +32,7 @@ class Variant(StrEnum):
     CHANNEL_UPDATED_NO_WRAPS = "PUBLIC_CHANNEL_UPDATED without wraps"
     ACK_HELLO_OK = "ACK msg_ref USER_HELLO_OK"
     LIST_ONLINE_USERS = "LIST_RESPONSE.online_users"
+    SERVER_KEY_SHARE = "PUBLIC_CHANNEL_KEY_SHARE on a server link"
 
 
 TYPE_ALIASES = {"CMD_LIST": "LIST_REQUEST"}

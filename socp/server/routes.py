@@ -118,6 +118,8 @@ def route_table(mesh: Mesh, presence: Presence, routing: Routing, public: Public
         (server, (t.SERVER_USER_RECORDS,), Route(registry.on_user_records, V.LINKED_SERVER, R.ONCE)),
         (server, (t.PUBLIC_CHANNEL_ADD,), Route(public.on_public_add, V.LINKED_SERVER, R.ONCE)),
         (server, (t.PUBLIC_CHANNEL_UPDATED,), Route(public.on_public_updated, V.LINKED_SERVER, R.ONCE)),
+        # a server's own key share (standard §9.3): interop profile only, the handler refuses it otherwise
+        (server, (t.PUBLIC_CHANNEL_KEY_SHARE,), Route(public.on_server_key_share, V.LINKED_SERVER, R.ONCE)),
         (server, (t.PUBKEY_REQUEST,), Route(presence.on_pubkey_request, V.LINKED_SERVER, R.ONCE)),
         (server, (t.PUBKEY_RESPONSE,), Route(presence.on_pubkey_response, V.LINKED_SERVER, R.ONCE)),
         (user, (t.LIST_REQUEST,), Route(presence.on_list_request, V.LINK_USER, R.ONCE)),

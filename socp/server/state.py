@@ -81,7 +81,8 @@ class ServerState:
         self.registry = Registry(settings, self.out, self.links, self.directory, registrations, self.book)
         self.presence = Presence(settings, self.out, self.links, self.directory, self.replay, self.registry,
                                  self.hooks, now)
-        self.public = PublicChannel(self.out, self.links, self.presence, version=public_version, wraps=public_wraps)
+        self.public = PublicChannel(self.out, self.links, self.presence, version=public_version, wraps=public_wraps,
+                                    interop=settings.interop)
         self.receipts = Receipts(settings, self.out, self.links, self.book)
         self.routing = Routing(settings, self.out, self.links, self.directory, self.presence, self.public,
                                self.hooks, self.replay, self.receipts)

@@ -547,3 +547,33 @@ def test_client_list_answer_with_online_users(key_pool: Any, interop: bool) -> N
     else:
         assert [e for e in events if isinstance(e, FrameRejected)]
         assert JOINER in session.directory and carol in session.directory
+
+
+# --- a server's own PUBLIC_CHANNEL_KEY_SHARE on a server link (standard §9.3) --------------------------------
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_server_key_share_on_a_server_link(net: Net, interop: bool) -> None:
+    intro = net.introducer("I", interop=interop)
+    a = net.peer("A", intro, interop=interop)
+    b = net.peer("B", intro, interop=interop)
+    alice = net.user("alice", a)
+    assert net.full_mesh(), net.describe()
+    alice.clear()
+    shares = [{"member": alice.user_id,
+               "wrapped_public_channel_key": crypto.rsa_encrypt(alice.key.public_key(), bytes(32))}]
+    payload = {"shares": shares, "creator_pub": b.pubkey,
+               "content_sig": crypto.sign(b.key, crypto.key_share_content(shares, b.pubkey))}
+    share = env.make(FrameType.PUBLIC_CHANNEL_KEY_SHARE, b.server_id, "*", net.now, payload, b.key)
+    net.inject("B", "A", share.to_wire())
+    got = alice.received(FrameType.PUBLIC_CHANNEL_KEY_SHARE)
+    errors = [json.loads(p.text)["payload"] for p in net.packets(src="A", dst="B", frame_type="ERROR")]
+    if interop:
+        assert got and got[0].sender == b.server_id and alice.signed_by_server(got[0]), alice.inbox
+        assert got[0].payload["shares"] == shares and not errors
+    else:
+        assert not got
+        assert errors and "--interop" in errors[-1]["detail"] and "§9.3" in errors[-1]["detail"], errors
+    forged = dict(payload, content_sig=crypto.sign(b.key, b"something else"))
+    net.inject("B", "A", env.make(FrameType.PUBLIC_CHANNEL_KEY_SHARE, b.server_id, "*", net.now + 1, forged,
+                                  b.key).to_wire())
+    assert len(alice.received(FrameType.PUBLIC_CHANNEL_KEY_SHARE)) == len(got)  # a bad content_sig goes nowhere
