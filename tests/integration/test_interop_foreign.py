@@ -180,8 +180,8 @@ def linked_on_log(node: LocalNode, handshake: Handshake) -> bool:
 async def our_federation(tmp_path_factory: pytest.TempPathFactory, key_pool: KeyPool) -> AsyncIterator[LocalCluster]:
     """Our introducer and one peer under ``--interop``, open admission (other implementations know no join
     token)."""
-    cluster = LocalCluster(tmp_path_factory.mktemp("ours-interop"), ClusterSpec(peers=1, closed=False),
-                           prepare=pool_prepare(key_pool), extra_args=["--interop"])
+    cluster = LocalCluster(tmp_path_factory.mktemp("ours-interop"), ClusterSpec(peers=1, closed=False, interop=True),
+                           prepare=pool_prepare(key_pool))
     async with cluster:
         yield cluster
 
