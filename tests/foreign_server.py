@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed
 
 from socp import crypto
 from socp.codec import canonical_json
+from socp.server.mesh import JOIN_MAC, join_mac
 
 logger = logging.getLogger("tests.foreign_server")
 
@@ -143,6 +144,10 @@ class ForeignServer:
     """Local user id → (its key, its connection)."""
     remote: dict[str, _RemoteUser] = field(default_factory=dict)
     assigned_ids: list[str | None] = field(default_factory=list)
+    welcomes: list[dict[str, Any]] = field(default_factory=list)
+    """Payloads of the SERVER_WELCOMEs it received (what an introducer told a newcomer)."""
+    join_token: str = field(default="", repr=False)
+    """A closed federation's join token: its join then carries ``join_mac`` (PROTOCOL.md §5.2.1)."""
     _server: Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -218,13 +223,18 @@ class ForeignServer:
         introducer's ERROR when refused."""
         socket = await connect(f"ws://{host}:{port}", max_size=4 * 1024 * 1024, compression=None)
         payload = {"host": "127.0.0.1", "port": self.port} | self._own_fields()
-        await socket.send(self.frame("SERVER_HELLO_JOIN", f"{host}:{port}", payload))
+        ts = now_ms()
+        if self.join_token:
+            payload[JOIN_MAC] = join_mac(self.join_token, "SERVER_HELLO_JOIN", self.server_id, f"{host}:{port}", ts,
+                                         payload)
+        await socket.send(self.frame("SERVER_HELLO_JOIN", f"{host}:{port}", payload, ts=ts))
         async with asyncio.timeout(timeout):
             frame = json.loads(await socket.recv())
         if frame.get("type") != "SERVER_WELCOME":
             await socket.close()
             self.errors.append(frame.get("payload") or {})
             raise AssertionError(f"join refused: {frame}")
+        self.welcomes.append(frame.get("payload") or {})
         key_text = self._peer_key(frame)
         if key_text is None or not self._verifies(frame, crypto.decode_public_key(key_text)):
             await socket.close()
