@@ -114,6 +114,8 @@ class ServerLink:
         self.hello_at: int | None = None
         """When the last USER_HELLO was made (ms): the start of the no-ACK wait under the interop profile."""
         self.readdressed = False
+        self.implicit = False
+        """Welcomed without an ACK (interop profile); an ACK of USER_HELLO arriving later still counts."""
         self.state = SessionState.AWAITING_ACK
         self.server_id: str | None = None
         self.server_pub: str | None = None
@@ -227,6 +229,7 @@ class ServerLink:
 
     def _implicit_welcome(self, server_id: str | None, key_text: str, key: crypto.PublicKey) -> list[ClientEvent]:
         self.state = SessionState.WELCOMED
+        self.implicit = True
         self.server_id, self.server_pub, self._server_key = server_id, key_text, key
         # Without a server id yet, the first frame that verifies with the pinned key names it (see verify).
         return [Welcomed(server_id or BROADCAST, key_text)]
@@ -303,6 +306,17 @@ def _welcome(parts: Parts, frame: Envelope) -> list[ClientEvent]:
     return events
 
 
+def _ack(parts: Parts, frame: Envelope) -> list[ClientEvent]:
+    """An ACK once welcomed. After a welcome without one (interop profile), a late ACK of USER_HELLO (verified
+    with the pinned key, like every frame now) still says what the server offers (delivery receipts)."""
+    link = parts.link
+    if link.implicit and frame.payload["msg_ref"] == FrameType.USER_HELLO.value:
+        link.implicit = False
+        parts.receipts.on_welcome(frame.payload)
+        return []
+    return parts.receipts.on_ack(frame.payload)
+
+
 def _ignore(parts: Parts, frame: Envelope, now: int) -> list[ClientEvent]:
     logger.debug("ignoring %s (not handled by this client yet)", frame.type)
     return []
@@ -319,7 +333,7 @@ ROUTES: Final[Mapping[SessionState, Mapping[FrameType, Route]]] = {
         FrameType.ERROR: Route(lambda p, frame, now: early_error(p, frame), verified=False),
     },
     SessionState.WELCOMED: {
-        FrameType.ACK: Route(lambda p, frame, now: p.receipts.on_ack(frame.payload)),
+        FrameType.ACK: Route(lambda p, frame, now: _ack(p, frame)),
         FrameType.ERROR: Route(lambda p, frame, now: [p.receipts.on_error(server_error(frame))]),
         FrameType.USER_ADVERTISE: Route(lambda p, frame, now: p.peers.on_advertise(frame)),
         FrameType.USER_REMOVE: Route(lambda p, frame, now: p.peers.on_remove(frame)),

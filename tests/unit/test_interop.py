@@ -340,6 +340,21 @@ def test_client_no_ack_first_signed_frame_with_the_pinned_key_welcomes(key_pool:
     assert [e for e in forged if isinstance(e, FrameRejected)]  # still verified with the pinned key
 
 
+def test_client_late_ack_after_an_implicit_welcome_still_negotiates_receipts(key_pool: Any) -> None:
+    from socp.features import Feature
+    from socp.user import UserSession, Welcomed
+    server_key, alice_key, bob_key = key_pool.key(5), key_pool.key(6), key_pool.key(7)
+    pinned = crypto.encode_public_key(server_key.public_key())
+    session = UserSession(USER, alice_key, {}, pinned, interop=True)
+    session.hello(TS)
+    assert isinstance(session.receive_text(advert_of(JOINER, bob_key, server_key, USER), TS)[0], Welcomed)
+    assert not session.receipts_enabled
+    ack = server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO", "server_id": SERVER, "server_pub": pinned,
+                                             "features": [Feature.DELIVERY_RECEIPTS.value]}, server_key)
+    assert session.receive_text(ack, TS + 1) == []  # no Acked event for a message never sent
+    assert session.receipts_enabled
+
+
 def test_client_no_ack_frame_signed_by_another_key_is_held_not_trusted(key_pool: Any) -> None:
     from socp.user import SessionState, UserSession, Welcomed
     server_key, alice_key, bob_key = key_pool.key(5), key_pool.key(6), key_pool.key(7)
