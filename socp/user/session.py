@@ -80,9 +80,11 @@ NO_ACK_WAIT_MS = 3_000
 """Under the interop profile, how long after USER_HELLO a server that sends no ACK at all is waited for before
 the key pinned in advance is taken as its welcome (:meth:`UserSession.welcome_overdue`)."""
 
-SERVER_KEY_FIELDS = ("server_pub", "pubkey")
-"""Payload fields in which a server that sends no ACK names its own key (a server-signed frame that is not about
-a user: ``server_pub``, or ``pubkey`` beside ``server_id`` equal to the frame's ``from``)."""
+SERVER_ORIGIN: Final = frozenset({FrameType.ACK, FrameType.USER_ADVERTISE, FrameType.USER_REMOVE,
+                                  FrameType.LIST_RESPONSE, FrameType.USER_DELIVER, FrameType.DIRECTORY_RESPONSE,
+                                  FrameType.PUBKEY_RESPONSE, FrameType.SERVER_ANNOUNCE})
+"""Frames whose ``from`` is the server itself (public-channel and file frames carry the sending user's id, under
+the server's signature): only these can name the server to a session welcomed without an ACK."""
 
 CLIENT_NAME = "socp-testbed/0.1"
 """The ``client`` field of our USER_HELLO."""
@@ -125,7 +127,7 @@ class ServerLink:
         """Raise :class:`Rejected` unless ``frame`` carries the pinned server's transport signature."""
         if self._server_key is None or not frame.verify(self._server_key):
             raise Rejected(f"{frame.type} signature does not verify with the pinned key of server {self.server_id}")
-        if self.server_id is None and env.is_uuid(frame.sender):
+        if self.server_id is None and frame.type in SERVER_ORIGIN and env.is_uuid(frame.sender):
             self.server_id = frame.sender  # welcomed without a name (no ACK): the pinned key's signer names itself
 
     def require_welcomed(self, what: str) -> None:
@@ -170,8 +172,12 @@ class ServerLink:
         return [Welcomed(server_id, key_text)]
 
     def _offered_key(self, frame: Envelope) -> str | None:
-        """The key a server-signed frame names as its sender's own, if any (see :data:`SERVER_KEY_FIELDS`)."""
+        """The key a server's frame names as its sender's own, if any: ``server_pub`` (beside no other
+        ``server_id``), or ``pubkey`` beside ``server_id`` equal to ``from`` in a frame about no user (a user
+        advert's ``pubkey`` is the user's key)."""
         payload = frame.payload
+        if payload.get("server_id", frame.sender) != frame.sender:
+            return None
         offered = payload.get("server_pub")
         if offered is None and payload.get("server_id") == frame.sender and "user_id" not in payload:
             offered = payload.get("pubkey")
@@ -190,7 +196,8 @@ class ServerLink:
         the frame must verify with it either way. Returns the :class:`Welcomed` event, or nothing (the caller
         then holds the frame until a welcome).
         """
-        if not self.interop or self.state is not SessionState.AWAITING_ACK or not env.is_uuid(frame.sender):
+        if (not self.interop or self.state is not SessionState.AWAITING_ACK or frame.type not in SERVER_ORIGIN
+                or not env.is_uuid(frame.sender)):
             return []
         if self.expected_id is not None and frame.sender != self.expected_id:
             return []

@@ -402,6 +402,24 @@ def test_client_no_frame_at_all_welcomes_with_the_pinned_key_after_the_wait(key_
     assert session.server_id == SERVER  # named by its first frame that verified with the pinned key
 
 
+def test_client_no_ack_a_users_frame_never_names_the_server(key_pool: Any) -> None:
+    from socp.user import UserSession, Welcomed
+    from socp.user.session import NO_ACK_WAIT_MS
+    server_key, alice_key, bob_key = key_pool.key(5), key_pool.key(6), key_pool.key(7)
+    pinned = crypto.encode_public_key(server_key.public_key())
+    session = UserSession(USER, alice_key, {}, pinned, interop=True)
+    session.hello(TS)
+    # a public-channel frame carries the sending user's id under the server's signature
+    public = env.make(FrameType.MSG_PUBLIC_CHANNEL, JOINER, "public", TS, {
+        "ciphertext": "AAAA", "sender_pub": crypto.encode_public_key(bob_key.public_key()), "content_sig": "AAAA"},
+        server_key)
+    assert session.receive_text(public.to_wire(), TS) == [] and not session.welcomed  # held, not a welcome
+    assert session.welcome_overdue(TS + NO_ACK_WAIT_MS)[0] == Welcomed("*", pinned)
+    assert session.server_id is None  # the held user frame verified, but does not name the server
+    session.receive_text(advert_of(JOINER, bob_key, server_key, USER), TS + NO_ACK_WAIT_MS + 1)
+    assert session.server_id == SERVER
+
+
 def test_client_no_frame_and_no_pinned_key_is_refused_clearly(key_pool: Any) -> None:
     from socp.user import FrameRejected, SessionState, UserSession
     from socp.user.session import NO_ACK_WAIT_MS
