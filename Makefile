@@ -26,6 +26,9 @@ PEERS ?= 3
 INTRODUCERS ?= 1
 NODE ?=
 SCENARIO ?= smoke
+# INTEROP=1: every node runs the interop profile (--interop, docs/INTEROP.md), so other implementations can join.
+INTEROP ?=
+INTEROP_FLAG := $(if $(filter 1,$(INTEROP)),--interop)
 BACKEND ?= docker
 FEDERATION_DIR := build/federation
 # BACKEND=swarm: a Docker Swarm stack with a fresh name per `make up`, recorded in build/swarm/ (docs/SWARM.md).
@@ -38,7 +41,7 @@ PLACEMENT ?=
 
 help: ## List the targets
 	@echo 'usage: make <target> [PYTEST_ARGS=...] [SOCP_IMAGE=...]'
-	@echo '       make up [PEERS=3] [INTRODUCERS=1|3]; make chat NODE=peer2 USER=alice; make logs [NODE=peer1]'
+	@echo '       make up [PEERS=3] [INTRODUCERS=1|3] [INTEROP=1]; make chat NODE=peer2 USER=alice; make logs [NODE=peer1]'
 	@echo '       make scenario SCENARIO=smoke PEERS=5 [BACKEND=docker|local|swarm]'
 	@echo '       make up|ps|down BACKEND=swarm [PEERS=5] [INIT_SWARM=1] [PLACEMENT=peer1=host-a,...]'
 	@echo
@@ -87,9 +90,10 @@ image: ## Build the node image socp-node:latest (no registry needed: see compose
 up: venv image ## Start (or replace) the federation in containers: PEERS=3 INTRODUCERS=1|3 [BACKEND=swarm]; prints how to connect
 ifeq ($(BACKEND),swarm)
 	SOCP_IMAGE=$(SOCP_IMAGE) $(TESTBED) swarm up --peers $(PEERS) --introducers $(INTRODUCERS) --workdir $(SWARM_DIR) \
-		$(if $(filter 1,$(INIT_SWARM)),--init-swarm) $(if $(PLACEMENT),--placement '$(PLACEMENT)')
+		$(if $(filter 1,$(INIT_SWARM)),--init-swarm) $(if $(PLACEMENT),--placement '$(PLACEMENT)') $(INTEROP_FLAG)
 else
-	SOCP_IMAGE=$(SOCP_IMAGE) $(TESTBED) up --peers $(PEERS) --introducers $(INTRODUCERS) --workdir $(FEDERATION_DIR)
+	SOCP_IMAGE=$(SOCP_IMAGE) $(TESTBED) up --peers $(PEERS) --introducers $(INTRODUCERS) --workdir $(FEDERATION_DIR) \
+		$(INTEROP_FLAG)
 endif
 
 ps: venv ## The federation's nodes: state, health, server id, URL on 127.0.0.1 [BACKEND=swarm]
@@ -111,7 +115,7 @@ chat: venv ## Interactive client on a node of the federation: NODE=peer2 USER=al
 # PEERS is passed only when given (make scenario PEERS=5): otherwise the scenario's own count holds.
 scenario: venv $(if $(filter docker swarm,$(BACKEND)),image) ## Run a scenario: SCENARIO=smoke PEERS=5 BACKEND=docker|local|swarm
 	SOCP_IMAGE=$(SOCP_IMAGE) $(if $(filter 1,$(INIT_SWARM)),SOCP_INIT_SWARM=1) $(TESTBED) run testbed/scenarios/$(SCENARIO).yaml --backend $(BACKEND) \
-		$(if $(filter-out file default undefined,$(origin PEERS)),--peers $(PEERS))
+		$(if $(filter-out file default undefined,$(origin PEERS)),--peers $(PEERS)) $(INTEROP_FLAG)
 
 # BACKEND=swarm removes exactly the stack `make up BACKEND=swarm` recorded, and nothing else on the swarm.
 down: ## Remove every container, network and volume labelled org.socp-testbed.project=socp-testbed [BACKEND=swarm: the stack only]

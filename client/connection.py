@@ -350,11 +350,11 @@ class ClientConnection:
 
     @property
     def server_id(self) -> str:
-        """The id of the server that welcomed us."""
-        server_id = self._session.server_id
-        if server_id is None:  # connect() only returns welcomed connections
+        """The id of the server that welcomed us (``"*"`` under the interop profile while a server that sent no
+        ACK has not named itself yet in a signed frame)."""
+        if not self._session.welcomed:  # connect() only returns welcomed connections
             raise ConnectionLost("connection was never welcomed")
-        return server_id
+        return self._session.server_id or "*"
 
     @property
     def server_pub(self) -> str:
@@ -596,13 +596,20 @@ class ClientConnection:
 
     async def _handshake(self) -> None:
         await self._send(self._session.hello(now_ms()))
-        while not self._session.welcomed:
+        while not self._session.welcomed:  # bounded by the caller's timeout
+            # Interop profile: a server that sends no ACK is waited for up to the session's deadline only.
+            due = self._session.welcome_deadline()
             try:
-                message = await self._ws.recv()
+                async with asyncio.timeout(None if due is None else max(0.0, (due - now_ms()) / 1000) + 0.01):
+                    message = await self._ws.recv()
+            except TimeoutError:
+                events = self._session.welcome_overdue(now_ms())
             except ConnectionClosed as exc:
                 raise ConnectionFailed(f"{self.url} closed the connection before acknowledging USER_HELLO "
                                        f"({_close_text(exc)})") from None
-            for event in self._session.receive_text(message, now_ms()):
+            else:
+                events = self._session.receive_text(message, now_ms())
+            for event in events:
                 if isinstance(event, Welcomed):
                     logger.info("welcomed by server %s at %s", event.server_id[:8], self.url)
                 elif isinstance(event, HelloReaddressed):

@@ -13,6 +13,7 @@ name.
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from typing import Any
 
@@ -26,10 +27,12 @@ class Variant(StrEnum):
     ADVERT_USER_ALIAS = "USER_ADVERTISE.user"
     ADVERT_PUBKEY_ALIAS = "USER_ADVERTISE.pubkey_b64u"
     WELCOME_NULL_ID = "SERVER_WELCOME assigned_id null"
+    WELCOME_KEY_FIELDS = "SERVER_WELCOME key in server_pub only"
     ANNOUNCE_NO_ADDRESS = "SERVER_ANNOUNCE without host/port"
     CHANNEL_UPDATED_NO_WRAPS = "PUBLIC_CHANNEL_UPDATED without wraps"
     ACK_HELLO_OK = "ACK msg_ref USER_HELLO_OK"
     LIST_ONLINE_USERS = "LIST_RESPONSE.online_users"
+    SERVER_KEY_SHARE = "PUBLIC_CHANNEL_KEY_SHARE on a server link"
 
 
 TYPE_ALIASES = {"CMD_LIST": "LIST_REQUEST"}
@@ -43,12 +46,52 @@ REGISTER_FIRST_DETAIL = ("LOCAL_REGISTER is not part of SOCP v1.3 here: send USE
 """The ERROR detail a LOCAL_REGISTER gets, naming what to send instead."""
 
 
+STRICT_HINT = "another implementation's form, accepted only by a node running the interop profile (--interop)"
+"""Appended to the ERROR detail when a strict node refuses a frame in one of the forms of :class:`Variant`."""
+
+LEGACY_SIG_HINT = ("if it is signed over the payload alone (the standard's form, e.g. json.dumps(sort_keys=True)), "
+                   "that is accepted only with --interop or --legacy-interop")
+"""Appended to the ERROR detail when a strict node refuses a handshake frame's signature (no RSA work is spent
+finding out which form it was: the hint is static)."""
+
+
+def variants_of(text: str | bytes) -> list[Variant]:
+    """The variants a frame the strict parser refused is in (for the refusal's detail); empty when none, or
+    when it is not a JSON object at all. Costs one more JSON decode, on the refusal path only."""
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError):
+        return []
+    return normalise(frame)[1] if isinstance(frame, dict) else []
+
+
+def strict_detail(detail: str, met: list[Variant]) -> str:
+    """``detail`` of a strict refusal, naming the variants ``met`` and the switch that accepts them."""
+    return f"{detail} ({', '.join(repr(str(v)) for v in met)}: {STRICT_HINT})" if met else detail
+
+
 def _alias(payload: dict[str, Any], alias: str, name: str) -> bool:
     """Copy ``payload[alias]`` to ``payload[name]`` when only the alias is present; True when it was."""
     if name not in payload and isinstance(payload.get(alias), str):
         payload[name] = payload[alias]
         return True
     return False
+
+
+def _welcome_self_entry(frame: dict[str, Any], payload: dict[str, Any]) -> bool:
+    """A welcome that names its sender's key only as ``server_id`` + ``server_pub`` (not in its server list) gets
+    that key as the sender's entry of ``servers``, without an address (the joiner dialed it already); True when
+    it was added. The welcome must still verify with that key (or with the pinned one)."""
+    sender, offered = frame.get("from"), payload.get("server_pub")
+    if not isinstance(sender, str) or not isinstance(offered, str) or payload.get("server_id", sender) != sender:
+        return False
+    listed = payload.get("servers", payload.get("clients", []))
+    if not isinstance(listed, list):
+        return False
+    if any(isinstance(e, dict) and sender in (e.get("server_id"), e.get("user_id")) for e in listed):
+        return False
+    payload["servers"] = [*listed, {"server_id": sender, "host": "", "port": 0, "pubkey": offered}]
+    return True
 
 
 def normalise(frame: dict[str, Any]) -> tuple[dict[str, Any], list[Variant]]:
@@ -78,9 +121,12 @@ def normalise(frame: dict[str, Any]) -> tuple[dict[str, Any], list[Variant]]:
             met.append(Variant.ADVERT_USER_ALIAS)
         if _alias(payload, "pubkey_b64u", "pubkey"):
             met.append(Variant.ADVERT_PUBKEY_ALIAS)
-    elif raw_type == "SERVER_WELCOME" and payload.get("assigned_id", "") is None and isinstance(frame.get("to"), str):
-        payload["assigned_id"] = frame["to"]  # null: "keep the id you asked for", and the welcome is sent to it
-        met.append(Variant.WELCOME_NULL_ID)
+    elif raw_type == "SERVER_WELCOME":
+        if payload.get("assigned_id", "") is None and isinstance(frame.get("to"), str):
+            payload["assigned_id"] = frame["to"]  # null: "keep the id you asked for", and the welcome is sent to it
+            met.append(Variant.WELCOME_NULL_ID)
+        if _welcome_self_entry(frame, payload):
+            met.append(Variant.WELCOME_KEY_FIELDS)
     elif raw_type == "SERVER_ANNOUNCE" and "host" not in payload and "port" not in payload:
         payload["host"], payload["port"] = "", 0  # no dialable address: never redialled, never listed onwards
         met.append(Variant.ANNOUNCE_NO_ADDRESS)

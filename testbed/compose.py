@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from testbed.nodeplan import ClusterSpec, NodePlan, node_environment, node_flags, plan_nodes
+from testbed.nodeplan import ClusterSpec, NodePlan, node_environment, node_flags, plan_nodes, profile_flags
 
 PROJECT_LABEL = "org.socp-testbed.project"
 """Label key on everything the project creates; ``make down`` removes all of it."""
@@ -119,7 +119,7 @@ def render_compose(project: str, spec: ClusterSpec, *, image: str, bootstrap_fil
         service: dict[str, Any] = fill_template(copy.deepcopy(loaded["service"]), values)
         service["command"] = node_flags(node, spec.timings, data_dir=DATA_DIR, host="0.0.0.0", port=node.port,
                                         advertise_host=node.name, bootstrap_file=BOOTSTRAP_PATH,
-                                        server_id=(server_ids or {}).get(node.name))
+                                        server_id=(server_ids or {}).get(node.name), extra=profile_flags(spec))
         service["environment"] = {**(service.get("environment") or {}), **node_environment(join_token)}
         if node.bootstrap:
             service.setdefault("volumes", []).append(f"{bootstrap_file.resolve()}:{BOOTSTRAP_PATH}:ro")

@@ -40,6 +40,7 @@ from testbed.nodeplan import (
     bootstrap_document,
     node_flags,
     plan_nodes,
+    profile_flags,
 )
 
 SERVICE = "socp-nodes"
@@ -145,7 +146,8 @@ def _statefulset(role: str, nodes: list[NodePlan], spec: ClusterSpec, *, image: 
     port = first.port
     template_node = NodePlan(POD_NAME, first.introducer, True)
     args = node_flags(template_node, spec.timings, data_dir=compose.DATA_DIR, host="0.0.0.0", port=port,
-                      advertise_host=f"{POD_NAME}.{SERVICE}", bootstrap_file=compose.BOOTSTRAP_PATH)
+                      advertise_host=f"{POD_NAME}.{SERVICE}", bootstrap_file=compose.BOOTSTRAP_PATH,
+                      extra=profile_flags(spec))
     container: dict[str, Any] = {
         "name": "node", "image": image, "imagePullPolicy": "IfNotPresent",
         "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},

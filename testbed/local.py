@@ -26,7 +26,7 @@ from testbed.backend import (
     probe_status,
     wait_mesh_healthy,
 )
-from testbed.nodeplan import NodePlan, identity_flags, node_environment, node_flags, write_bootstrap
+from testbed.nodeplan import NodePlan, identity_flags, node_environment, node_flags, profile_flags, write_bootstrap
 from testbed.proxy import Effect, ProxyNetwork
 from testbed.waiting import Diagnose, Pending, WaitTimeout, poll
 
@@ -222,6 +222,8 @@ class LocalCluster(ClusterBackend):
         super().__init__(workdir, spec, prepare=prepare)
         self.command = list(command or [sys.executable, "-m", "node"])
         self.bootstrap_file = workdir / "bootstrap.yaml"
+        # The federation's profile flags (``--interop``) first, then the caller's own.
+        extra_args = [*profile_flags(self.spec), *extra_args]
         self._nodes = {plan.name: LocalNode(plan, workdir, self.command, self.spec.timings, self.bootstrap_file,
                                             extra_args, self.join_token) for plan in self.plan}
         self.network: ProxyNetwork | None = None

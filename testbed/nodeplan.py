@@ -46,6 +46,9 @@ class ClusterSpec:
     faulty_network: bool = False
     """Server links pass through the testbed's fault proxy (local backend), so the scenario can partition and
     degrade them (:mod:`testbed.proxy`)."""
+    interop: bool = False
+    """Every node runs the interop profile (``--interop``, docs/INTEROP.md): a federation other implementations'
+    servers and clients can join. Off by default: the profile accepts the standard's weaker signatures."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,12 @@ def node_flags(node: NodePlan, timings: Timings, *, data_dir: str, host: str, po
             raise ValueError(f"{node.name} joins through a bootstrap file, but none was given")
         flags += ["--bootstrap", bootstrap_file]
     return flags
+
+
+def profile_flags(spec: ClusterSpec) -> list[str]:
+    """The flags every node of ``spec`` gets beyond its own (:func:`node_flags` ``extra``): ``--interop`` when
+    the federation runs the interop profile."""
+    return ["--interop"] if spec.interop else []
 
 
 JOIN_TOKEN_ENV = "SOCP_JOIN_TOKEN"

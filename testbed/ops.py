@@ -53,6 +53,9 @@ def register(subparsers: Any) -> None:
                     help="SERVER_PRESENCE_SYNC period (default %(default)g)")
     up.add_argument("--timeout", type=_seconds, default=180.0, metavar="S",
                     help="give up when not healthy after this long (default 180)")
+    up.add_argument("--interop", action="store_true",
+                    help="every node runs the interop profile (--interop, docs/INTEROP.md): other SOCP "
+                         "implementations can join; never for production")
     workdir_option(up)
     up.set_defaults(func=cmd_up)
 
@@ -86,7 +89,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                                       presence_sync_interval=args.presence_sync_interval)
     except ValueError as exc:
         return _fail(f"bad timers: {exc}")
-    spec = ClusterSpec(peers=args.peers, introducers=args.introducers, timings=timings)
+    spec = ClusterSpec(peers=args.peers, introducers=args.introducers, timings=timings, interop=args.interop)
     try:
         client = docker_client()
         cluster = DockerCluster(args.workdir, spec, project=PROJECT, healthcheck_interval=HEALTHCHECK_INTERVAL,

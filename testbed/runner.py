@@ -1074,6 +1074,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--introducers", type=int, default=None, help="number of introducers (1 or 3)")
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (default results/)")
     parser.add_argument("--timeout-factor", type=float, default=1.0, help="multiply every 'within' by this")
+    parser.add_argument("--interop", action="store_true",
+                        help="every node runs the interop profile (--interop, docs/INTEROP.md)")
     parser.add_argument("--no-confidentiality-scan", dest="confidentiality_scan", action="store_false",
                         help="do not search the nodes' logs and databases for the messages' marker afterwards")
     parser.set_defaults(func=run_command)
@@ -1093,7 +1095,7 @@ def run_command(args: argparse.Namespace) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     results_dir = args.results / f"{scenario.name}-{stamp}"
     spec = ClusterSpec(scenario.peers, scenario.introducers, scenario.timings,
-                       faulty_network=scenario.faulty_network)
+                       faulty_network=scenario.faulty_network, interop=args.interop)
     try:
         backend = create_backend(args.backend, results_dir / "cluster", spec)
     except (ValueError, RuntimeError) as exc:

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from testbed import compose
-from testbed.nodeplan import ClusterSpec, node_environment, node_flags, plan_nodes
+from testbed.nodeplan import ClusterSpec, node_environment, node_flags, plan_nodes, profile_flags
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "compose" / "stack.template.yaml"
 STACK_PREFIX = "socp-sw-"
@@ -120,7 +120,8 @@ def render_stack(stack: str, spec: ClusterSpec, *, image: str, bootstrap_file: P
         server_id = (server_ids or {}).get(node.name)
         service["command"] = node_flags(node, spec.timings, data_dir=compose.DATA_DIR, host="0.0.0.0",
                                         port=node.port, advertise_host=node.name,
-                                        bootstrap_file=compose.BOOTSTRAP_PATH, server_id=server_id)
+                                        bootstrap_file=compose.BOOTSTRAP_PATH, server_id=server_id,
+                                        extra=profile_flags(spec))
         service["ports"] = [{"target": node.port, "mode": "host", "protocol": "tcp"}]
         service["environment"] = {**(service.get("environment") or {}), **node_environment(join_token)}
         if node.bootstrap:

@@ -47,6 +47,8 @@ def register(subparsers: Any) -> None:
                     help="make a one-node swarm on 127.0.0.1 when the engine is in none (never done otherwise)")
     up.add_argument("--timeout", type=_seconds, default=180.0, metavar="S",
                     help="give up when not healthy after this long (default 180)")
+    up.add_argument("--interop", action="store_true",
+                    help="every node runs the interop profile (--interop, docs/INTEROP.md)")
     workdir_option(up)
     up.set_defaults(func=cmd_up)
 
@@ -85,7 +87,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         placement = stack.load_placement(args.placement) if args.placement else {}
     except (ValueError, OSError) as exc:
         return _fail(f"bad --placement: {exc}")
-    spec = ClusterSpec(peers=args.peers, introducers=args.introducers, timings=FEDERATION_TIMINGS)
+    spec = ClusterSpec(peers=args.peers, introducers=args.introducers, timings=FEDERATION_TIMINGS,
+                       interop=args.interop)
     try:
         client = docker_client()
     except DockerUnavailable as exc:

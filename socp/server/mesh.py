@@ -41,6 +41,7 @@ from socp.codec import b64url_encode, canonical_json
 from socp.envelope import BROADCAST, Envelope, FrameType
 from socp.errors import AuthFailed, BadFrame, BadKey, InvalidSignature, ProtocolError
 from socp.features import SERVER_FEATURES, announced, wire_list
+from socp.interop import LEGACY_SIG_HINT
 from socp.presence import Directory
 from socp.replay import ReplayCache
 from socp.server.config import ServerSettings
@@ -215,7 +216,7 @@ class Mesh:
                              msg_ref=frame.msg_ref, fatal=True)
         if not self._out.verify(frame, key_text, link):
             self._refuse_admission(frame, key_text, "bad signature")
-            raise InvalidSignature("SERVER_HELLO_JOIN signature does not verify with its pubkey",
+            raise InvalidSignature(f"SERVER_HELLO_JOIN signature does not verify with its pubkey{self._sig_hint()}",
                                    msg_ref=frame.msg_ref, fatal=True)
         if not self._replay.admit(frame, now):
             raise BadFrame("replayed SERVER_HELLO_JOIN", msg_ref=frame.msg_ref, fatal=True)
@@ -277,7 +278,7 @@ class Mesh:
             raise BadFrame("server id must be a UUID other than ours", msg_ref=frame.msg_ref, fatal=True)
         self._book.pin(frame.sender, key_text, trusted=False, msg_ref=frame.msg_ref)
         info = self._book[frame.sender]
-        info.host, info.port = frame.payload["host"], frame.payload["port"]
+        _learn_address(info, frame.payload)
         info.features = announced(frame.payload)
         self._identify(link, frame.sender, now)
 
@@ -308,7 +309,7 @@ class Mesh:
                                   entry.port, crypto.key_fingerprint(crypto.normalize_public_key(introducer_key)))
         introducer_key = crypto.normalize_public_key(introducer_key)
         if not self._out.verify(frame, introducer_key, link):
-            raise InvalidSignature("SERVER_WELCOME is not signed by the pinned introducer key",
+            raise InvalidSignature(f"SERVER_WELCOME is not signed by the pinned introducer key{self._sig_hint()}",
                                    msg_ref=frame.msg_ref, fatal=True)
         assigned = frame.payload["assigned_id"]
         if not env.is_uuid(assigned):
@@ -366,7 +367,7 @@ class Mesh:
         self._book.pin(frame.sender, key_text, trusted=frame.sender != link.peer, msg_ref=frame.msg_ref)
         info = self._book[frame.sender]
         info.proven = True
-        info.host, info.port = frame.payload["host"], frame.payload["port"]
+        _learn_address(info, frame.payload)
         info.features = announced(frame.payload)
         if frame.sender == link.peer and link.joined_through:
             for other in self._links.server_links():
@@ -401,6 +402,10 @@ class Mesh:
             return False
         expected = join_mac(settings.join_token, frame.type, frame.sender, frame.to, frame.ts, frame.payload)
         return hmac.compare_digest(mac.encode(), expected.encode())
+
+    def _sig_hint(self) -> str:
+        """What a strict node adds to a handshake signature refusal (docs/INTEROP.md)."""
+        return "" if self._settings.legacy_interop else f" ({LEGACY_SIG_HINT})"
 
     def _refuse_admission(self, frame: Envelope, key_text: str, why: str) -> None:
         self.refused_admissions += 1
@@ -477,6 +482,13 @@ def join_mac(token: str, frame_type: str, sender: str, to: str, ts: int, payload
     body = {key: value for key, value in payload.items() if key != JOIN_MAC}
     data = canonical_json({"type": str(frame_type), "from": sender, "to": to, "ts": ts, "payload": body})
     return b64url_encode(hmac.new(token.encode("utf-8"), data, hashlib.sha256).digest())
+
+
+def _learn_address(info: ServerInfo, payload: Mapping[str, Any]) -> None:
+    """Take the address an announce gives; an address-less one (interop: ``host`` ``""``) keeps the address we
+    know (the introducer we dialed, say), which would otherwise be forgotten and never redialled."""
+    if payload["host"]:
+        info.host, info.port = payload["host"], payload["port"]
 
 
 def _server_entry(server_id: str, pubkey: str, host: str, port: int, introducer: bool,

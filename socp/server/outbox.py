@@ -98,7 +98,13 @@ class Outbox:
             return True
         if not self.legacy_interop:
             return False
-        form = crypto.payload_form_index(key, frame.wire_payload or frame.payload, frame.sig)
+        payload = frame.wire_payload or frame.payload
+        if link is not None and link.legacy_form is not None and frame.sig and crypto.verify(
+                key, list(accepted_payload_forms(payload))[link.legacy_form], frame.sig):
+            # The form already seen on this link covers it. Checked first: a payload whose forms are the same
+            # bytes (a HEARTBEAT's {}) matches every form, and must not switch the link to the first one.
+            return True
+        form = crypto.payload_form_index(key, payload, frame.sig)
         if form is None:
             return False
         if link is not None and link.legacy_form != form:

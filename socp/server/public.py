@@ -17,7 +17,8 @@ from socp import crypto
 from socp import envelope as env
 from socp.actions import PublicChannelVersion, PublicWrapStored
 from socp.envelope import BROADCAST, PUBLIC_GROUP, Envelope, FrameType
-from socp.errors import BadFrame, InvalidSignature
+from socp.errors import BadFrame, BadKey, InvalidSignature
+from socp.interop import Variant
 from socp.presence import UserRecord
 from socp.server.config import MAX_SHARES, PUBLIC_KINDS
 from socp.server.hooks import Local
@@ -25,14 +26,20 @@ from socp.server.links import Link, LinkTable
 from socp.server.outbox import Outbox, logger
 from socp.server.presence import Presence
 
+MAX_SHARE_SERVERS_LOGGED = 1024
+"""Servers whose key shares were logged once (beyond it, each share is logged)."""
+
 
 class PublicChannel:
     """The public channel as this server sees it: our membership version, the latest key wrap each local
     member was sent, and the members other servers announced."""
 
     def __init__(self, out: Outbox, links: LinkTable, presence: Presence, *, version: int = 0,
-                 wraps: Mapping[str, str] | None = None) -> None:
+                 wraps: Mapping[str, str] | None = None, interop: bool = False) -> None:
         self._out = out
+        self._interop = interop
+        """The interop profile: a server's own PUBLIC_CHANNEL_KEY_SHARE on a server link is accepted."""
+        self._share_servers_logged: set[str] = set()
         self._links = links
         self._presence = presence
         self.version = version
@@ -108,6 +115,44 @@ class PublicChannel:
             if isinstance(shares, list):
                 self._record_wraps(shares)
         self._deliver_locally(kind, sender, frame.ts, payload)
+
+    def on_server_key_share(self, link: Link, frame: Envelope, now: int) -> None:
+        """PUBLIC_CHANNEL_KEY_SHARE sent by the linked server itself (the standard's §9.3: a server-made group
+        key wrapped per member, to ``"*"``). Interop profile only; refused by default with an ERROR that says so.
+
+        The route verified the server's transport signature; ``content_sig`` must verify with ``creator_pub``.
+        The wraps for our local members are kept (as for our users' shares) and each named local member gets the
+        share, signed by us, ``from`` = that server. Our own clients use sender keys and ignore a server's key
+        (docs/INTEROP.md); a client of that design can use it.
+        """
+        if not self._interop:
+            raise BadFrame("PUBLIC_CHANNEL_KEY_SHARE from a server (a server-made group key, the standard's §9.3) "
+                           "is accepted only under the interop profile (--interop); this network shares "
+                           "public-channel keys user to user, carried in SERVER_DELIVER", msg_ref=frame.msg_ref)
+        if frame.to not in (BROADCAST, self._out.server_id):
+            raise BadFrame("a server's PUBLIC_CHANNEL_KEY_SHARE must be addressed to '*' or to us",
+                           msg_ref=frame.msg_ref)
+        shares = _checked_shares(frame)
+        payload = frame.payload
+        try:
+            creator = self._out.public_key(crypto.normalize_public_key(payload["creator_pub"]))
+        except BadKey as exc:
+            raise BadFrame(f"creator_pub: {exc.detail}", msg_ref=frame.msg_ref) from None
+        if not crypto.verify_key_share(creator, payload["content_sig"], shares, payload["creator_pub"]):
+            raise InvalidSignature("content_sig does not verify with creator_pub", msg_ref=frame.msg_ref)
+        if link.peer not in self._share_servers_logged:
+            if len(self._share_servers_logged) < MAX_SHARE_SERVERS_LOGGED:
+                self._share_servers_logged.add(link.peer)
+            self._out.log.warning("interop: accepted variant '%s' from %s (link %d)", Variant.SERVER_KEY_SHARE,
+                                  link.peer[:8], link.link_id)
+        self._record_wraps(shares)
+        named = {share["member"] for share in shares}
+        members = [local for local in self._presence.local_users() if local.user_id in named]
+        if members:
+            text = self._out.make_at(FrameType.PUBLIC_CHANNEL_KEY_SHARE, frame.sender, BROADCAST, frame.ts,
+                                     payload).to_wire()
+            for local in members:
+                self._out.send_text(self._links[local.link_id], text)
 
     def on_public_add(self, link: Link, frame: Envelope, now: int) -> None:
         """PUBLIC_CHANNEL_ADD from the linked server: members it gained."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from socp import crypto
 from socp.envelope import Envelope, FrameType
 from socp.errors import BadFrame, InvalidSignature
+from socp.interop import LEGACY_SIG_HINT
 from socp.replay import ReplayCache
 from socp.server.files import Files
 from socp.server.links import Link, LinkRole
@@ -117,6 +118,8 @@ def route_table(mesh: Mesh, presence: Presence, routing: Routing, public: Public
         (server, (t.SERVER_USER_RECORDS,), Route(registry.on_user_records, V.LINKED_SERVER, R.ONCE)),
         (server, (t.PUBLIC_CHANNEL_ADD,), Route(public.on_public_add, V.LINKED_SERVER, R.ONCE)),
         (server, (t.PUBLIC_CHANNEL_UPDATED,), Route(public.on_public_updated, V.LINKED_SERVER, R.ONCE)),
+        # a server's own key share (standard §9.3): interop profile only, the handler refuses it otherwise
+        (server, (t.PUBLIC_CHANNEL_KEY_SHARE,), Route(public.on_server_key_share, V.LINKED_SERVER, R.ONCE)),
         (server, (t.PUBKEY_REQUEST,), Route(presence.on_pubkey_request, V.LINKED_SERVER, R.ONCE)),
         (server, (t.PUBKEY_RESPONSE,), Route(presence.on_pubkey_response, V.LINKED_SERVER, R.ONCE)),
         (user, (t.LIST_REQUEST,), Route(presence.on_list_request, V.LINK_USER, R.ONCE)),
@@ -168,8 +171,9 @@ class Router:
         elif verify is Verify.SELF_SIGNED:
             key_text = crypto.normalize_public_key(frame.payload["pubkey"])
             if not self._out.verify(frame, key_text, link):
-                raise InvalidSignature(f"{frame.type} is not signed by the key it announces", msg_ref=frame.msg_ref,
-                                       fatal=True)
+                hint = "" if self._out.legacy_interop else f" ({LEGACY_SIG_HINT})"
+                raise InvalidSignature(f"{frame.type} is not signed by the key it announces{hint}",
+                                       msg_ref=frame.msg_ref, fatal=True)
         elif verify is Verify.LINK_USER and frame.sender != link.peer:
             raise BadFrame(f"frame 'from' {frame.sender} is not this connection's user {link.peer}",
                            msg_ref=frame.msg_ref)

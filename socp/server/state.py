@@ -32,8 +32,8 @@ from socp import crypto
 from socp import envelope as env
 from socp.actions import Action, Event, LinkId
 from socp.envelope import FrameType
-from socp.errors import ProtocolError
-from socp.interop import Variant
+from socp.errors import BadFrame, ProtocolError, UnknownType
+from socp.interop import Variant, strict_detail, variants_of
 from socp.presence import Directory
 from socp.registry import Registration
 from socp.replay import ReplayCache
@@ -81,7 +81,8 @@ class ServerState:
         self.registry = Registry(settings, self.out, self.links, self.directory, registrations, self.book)
         self.presence = Presence(settings, self.out, self.links, self.directory, self.replay, self.registry,
                                  self.hooks, now)
-        self.public = PublicChannel(self.out, self.links, self.presence, version=public_version, wraps=public_wraps)
+        self.public = PublicChannel(self.out, self.links, self.presence, version=public_version, wraps=public_wraps,
+                                    interop=settings.interop)
         self.receipts = Receipts(settings, self.out, self.links, self.book, delivered=delivered, now=now)
         self.routing = Routing(settings, self.out, self.links, self.directory, self.presence, self.public,
                                self.hooks, self.replay, self.receipts)
@@ -161,6 +162,9 @@ class ServerState:
         except SilentDrop:
             return
         except ProtocolError as exc:
+            if not self.settings.interop and isinstance(exc, BadFrame | UnknownType):
+                # Say so when it is another implementation's form (docs/INTEROP.md): the fix is a switch.
+                exc.detail = strict_detail(exc.detail, variants_of(text))
             self.out.fault(link, exc, now)
             return
         if logger.isEnabledFor(logging.DEBUG):

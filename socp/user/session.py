@@ -15,7 +15,12 @@ The asyncio shell (``client/``) owns the socket and the clock and drives :class:
     send(session.list_request(now))
 
 Trust model: the first ``ACK`` of ``USER_HELLO`` names the server and its key; the session pins that key
-(or refuses it when it contradicts ``expected_server_pub``) and verifies every later frame with it.
+(or refuses it when it contradicts ``expected_server_pub``) and verifies every later frame with it. Under the
+interop profile (``interop=True``, docs/INTEROP.md) a server that sends no ACK at all is welcomed by its first
+frame that verifies with the key pinned in advance or, on first contact, with a key the frame names as its
+sender's own (the same trust on first use as an ACK); a server that sends nothing is waited for
+:data:`NO_ACK_WAIT_MS` (the shell asks :meth:`UserSession.welcome_overdue` at
+:meth:`UserSession.welcome_deadline`), then welcomed with the key pinned in advance, if any.
 
 The session is a facade over components of one shape (frames in, events out), each owning one concern:
 :class:`ServerLink` (the welcome and the pinned server key), :class:`socp.user.keys.PeerDirectory` (who is
@@ -30,6 +35,7 @@ States::
 
     AWAITING_ACK --ACK(USER_HELLO), key accepted--> WELCOMED
     AWAITING_ACK --ACK(USER_HELLO), key contradicts the pin--> REFUSED   (terminal)
+    AWAITING_ACK --interop: first server-signed frame, or no frame by the deadline with a pinned key--> WELCOMED
 
 Time is ``now`` in integer milliseconds since the Unix epoch; this module reads no clock.
 """
@@ -70,6 +76,16 @@ from socp.user.receipts import Receipts
 MAX_HELD_FRAMES = 256
 """Frames held before the welcome under the interop profile; more are refused as before."""
 
+NO_ACK_WAIT_MS = 3_000
+"""Under the interop profile, how long after USER_HELLO a server that sends no ACK at all is waited for before
+the key pinned in advance is taken as its welcome (:meth:`UserSession.welcome_overdue`)."""
+
+SERVER_ORIGIN: Final = frozenset({FrameType.ACK, FrameType.USER_ADVERTISE, FrameType.USER_REMOVE,
+                                  FrameType.LIST_RESPONSE, FrameType.USER_DELIVER, FrameType.DIRECTORY_RESPONSE,
+                                  FrameType.PUBKEY_RESPONSE, FrameType.SERVER_ANNOUNCE})
+"""Frames whose ``from`` is the server itself (public-channel and file frames carry the sending user's id, under
+the server's signature): only these can name the server to a session welcomed without an ACK."""
+
 CLIENT_NAME = "socp-testbed/0.1"
 """The ``client`` field of our USER_HELLO."""
 
@@ -97,7 +113,11 @@ class ServerLink:
         """The server id our USER_HELLO is addressed to (None: ``"*"``, until the server names itself)."""
         self.hello_ref: str | None = None
         """``msg_ref`` of the last USER_HELLO sent."""
+        self.hello_at: int | None = None
+        """When the last USER_HELLO was made (ms): the start of the no-ACK wait under the interop profile."""
         self.readdressed = False
+        self.implicit = False
+        """Welcomed without an ACK (interop profile); an ACK of USER_HELLO arriving later still counts."""
         self.state = SessionState.AWAITING_ACK
         self.server_id: str | None = None
         self.server_pub: str | None = None
@@ -107,6 +127,8 @@ class ServerLink:
         """Raise :class:`Rejected` unless ``frame`` carries the pinned server's transport signature."""
         if self._server_key is None or not frame.verify(self._server_key):
             raise Rejected(f"{frame.type} signature does not verify with the pinned key of server {self.server_id}")
+        if self.server_id is None and frame.type in SERVER_ORIGIN and env.is_uuid(frame.sender):
+            self.server_id = frame.sender  # welcomed without a name (no ACK): the pinned key's signer names itself
 
     def require_welcomed(self, what: str) -> None:
         """Raise :class:`SocpError` unless the session may send ``what`` now."""
@@ -148,6 +170,76 @@ class ServerLink:
         self.server_id, self.server_pub, self._server_key = server_id, key_text, key
         logger.info("welcomed by server %s (key %s)", server_id[:8], crypto.key_fingerprint(key_text))
         return [Welcomed(server_id, key_text)]
+
+    def _offered_key(self, frame: Envelope) -> str | None:
+        """The key a server's frame names as its sender's own, if any: ``server_pub`` (beside no other
+        ``server_id``), or ``pubkey`` beside ``server_id`` equal to ``from`` in a frame about no user (a user
+        advert's ``pubkey`` is the user's key)."""
+        payload = frame.payload
+        if payload.get("server_id", frame.sender) != frame.sender:
+            return None
+        offered = payload.get("server_pub")
+        if offered is None and payload.get("server_id") == frame.sender and "user_id" not in payload:
+            offered = payload.get("pubkey")
+        if not isinstance(offered, str):
+            return None
+        try:
+            return crypto.normalize_public_key(offered)
+        except BadKey:
+            return None
+
+    def adopt(self, frame: Envelope) -> list[ClientEvent]:
+        """Interop profile, before any ACK: take the first server-signed frame as the welcome.
+
+        The key is the one pinned in advance (``expected_pub``) or, on first contact, one the frame itself
+        names as its sender's (:meth:`_offered_key`) — the same trust on first use as an ACK's ``server_pub``;
+        the frame must verify with it either way. Returns the :class:`Welcomed` event, or nothing (the caller
+        then holds the frame until a welcome).
+        """
+        if (not self.interop or self.state is not SessionState.AWAITING_ACK or frame.type not in SERVER_ORIGIN
+                or not env.is_uuid(frame.sender)):
+            return []
+        if self.expected_id is not None and frame.sender != self.expected_id:
+            return []
+        key_text = self.expected_pub if self.expected_pub is not None else self._offered_key(frame)
+        if key_text is None:
+            return []
+        key = self._peers.public_key(key_text)
+        if not frame.verify(key):
+            return []
+        logger.warning("interop: no ACK of USER_HELLO; %s from server %s (key %s, %s) taken as the welcome",
+                       frame.type, frame.sender[:8], crypto.key_fingerprint(key_text),
+                       "pinned in advance" if self.expected_pub is not None else "first contact")
+        return self._implicit_welcome(frame.sender, key_text, key)
+
+    def overdue(self, now: int) -> list[ClientEvent]:
+        """Interop profile: :data:`NO_ACK_WAIT_MS` after USER_HELLO, with no ACK and no server-signed frame,
+        welcome with the key pinned in advance; without one there is nothing to trust, and the session says so
+        (a :class:`FrameRejected`, once)."""
+        if (not self.interop or self.state is not SessionState.AWAITING_ACK or self.hello_at is None
+                or now - self.hello_at < NO_ACK_WAIT_MS):
+            return []
+        if self.expected_pub is None:
+            self.hello_at = None  # said once
+            return [FrameRejected(f"no ACK of USER_HELLO within {NO_ACK_WAIT_MS} ms and no server-signed frame "
+                                  "naming the server's key: pin the server's key in advance to use a server that "
+                                  "sends no ACK")]
+        logger.warning("interop: no ACK of USER_HELLO within %d ms; using the server key pinned in advance (%s)",
+                       NO_ACK_WAIT_MS, crypto.key_fingerprint(self.expected_pub))
+        return self._implicit_welcome(self.expected_id, self.expected_pub, self._peers.public_key(self.expected_pub))
+
+    def deadline(self) -> int | None:
+        """When :meth:`overdue` has work (ms), or None."""
+        if not self.interop or self.state is not SessionState.AWAITING_ACK or self.hello_at is None:
+            return None
+        return self.hello_at + NO_ACK_WAIT_MS
+
+    def _implicit_welcome(self, server_id: str | None, key_text: str, key: crypto.PublicKey) -> list[ClientEvent]:
+        self.state = SessionState.WELCOMED
+        self.implicit = True
+        self.server_id, self.server_pub, self._server_key = server_id, key_text, key
+        # Without a server id yet, the first frame that verifies with the pinned key names it (see verify).
+        return [Welcomed(server_id or BROADCAST, key_text)]
 
 
 def early_error(parts: Parts, frame: Envelope) -> list[ClientEvent]:
@@ -221,6 +313,17 @@ def _welcome(parts: Parts, frame: Envelope) -> list[ClientEvent]:
     return events
 
 
+def _ack(parts: Parts, frame: Envelope) -> list[ClientEvent]:
+    """An ACK once welcomed. After a welcome without one (interop profile), a late ACK of USER_HELLO (verified
+    with the pinned key, like every frame now) still says what the server offers (delivery receipts)."""
+    link = parts.link
+    if link.implicit and frame.payload["msg_ref"] == FrameType.USER_HELLO.value:
+        link.implicit = False
+        parts.receipts.on_welcome(frame.payload)
+        return []
+    return parts.receipts.on_ack(frame.payload)
+
+
 def _ignore(parts: Parts, frame: Envelope, now: int) -> list[ClientEvent]:
     logger.debug("ignoring %s (not handled by this client yet)", frame.type)
     return []
@@ -237,7 +340,7 @@ ROUTES: Final[Mapping[SessionState, Mapping[FrameType, Route]]] = {
         FrameType.ERROR: Route(lambda p, frame, now: early_error(p, frame), verified=False),
     },
     SessionState.WELCOMED: {
-        FrameType.ACK: Route(lambda p, frame, now: p.receipts.on_ack(frame.payload)),
+        FrameType.ACK: Route(lambda p, frame, now: _ack(p, frame)),
         FrameType.ERROR: Route(lambda p, frame, now: [p.receipts.on_error(server_error(frame))]),
         FrameType.USER_ADVERTISE: Route(lambda p, frame, now: p.peers.on_advertise(frame)),
         FrameType.USER_REMOVE: Route(lambda p, frame, now: p.peers.on_remove(frame)),
@@ -399,6 +502,7 @@ class UserSession:
             payload["attest"] = self._user.attestation(link.expected_id, now)
         hello = self._user.frame(FrameType.USER_HELLO, link.expected_id or BROADCAST, now, payload, signed=True)
         link.hello_ref = hello.msg_ref
+        link.hello_at = now
         return hello
 
     def list_request(self, now: int) -> OutboundFrame:
@@ -502,16 +606,38 @@ class UserSession:
             return [FrameRejected(f"malformed frame from the server: {exc.detail}")]
         for variant in variants or ():
             logger.info("interop: accepted variant '%s' from the server", variant)
-        if (link.interop and link.state is SessionState.AWAITING_ACK and frame.type not in ROUTES[link.state]
-                and len(link.held) < MAX_HELD_FRAMES):
-            link.held.append(frame)  # a server that talks before its ACK: handled once welcomed
-            return []
-        events = self._handle(frame, now)
+        events: list[ClientEvent] = []
+        if link.interop and link.state is SessionState.AWAITING_ACK and frame.type not in ROUTES[link.state]:
+            events = link.adopt(frame)  # a server that sends no ACK: its first signed frame welcomes us
+            if not events:
+                if len(link.held) < MAX_HELD_FRAMES:
+                    link.held.append(frame)  # a server that talks before its ACK: handled once welcomed
+                    return []
+                return [FrameRejected(f"{frame.type} refused: session is {link.state.value}", frame.type.value)]
+        events += self._handle(frame, now)
+        return events + self._release_held(now)
+
+    def _release_held(self, now: int) -> list[ClientEvent]:
+        """Once welcomed, the frames held before the welcome, handled in order (each verified as usual)."""
+        link = self._parts.link
+        events: list[ClientEvent] = []
         if link.held and link.state is SessionState.WELCOMED:
             held, link.held = link.held, []
             for early in held:
                 events += self._handle(early, now)
         return events
+
+    def welcome_deadline(self) -> int | None:
+        """Interop profile, awaiting the welcome: when :meth:`welcome_overdue` has work (ms); else None."""
+        return self._parts.link.deadline()
+
+    def welcome_overdue(self, now: int) -> list[ClientEvent]:
+        """Interop profile: a server that sent no ACK (nor any frame signed with a key we can trust) by
+        :meth:`welcome_deadline` is taken as welcoming us with the key pinned in advance (:class:`Welcomed`,
+        then the frames held so far); with no key pinned, a :class:`FrameRejected` says why the session cannot
+        go on. Nothing before the deadline or outside the profile."""
+        events = self._parts.link.overdue(now)
+        return events + self._release_held(now) if events else []
 
     def _handle(self, frame: Envelope, now: int) -> list[ClientEvent]:
         """Route one parsed frame (see :data:`ROUTES`); the events."""

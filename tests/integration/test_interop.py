@@ -17,8 +17,10 @@ from socp.codec import canonical_json
 from socp.envelope import Envelope, FrameType
 from socp.presence import Attestation
 from socp.settings import FAST_TIMINGS
-from testbed.local import LocalCluster
+from testbed.local import LocalCluster, LocalNode
 from testbed.nodeplan import ClusterSpec
+from testbed.waiting import Pending, poll
+from tests.foreign_server import ForeignServer
 from tests.integration.conftest import FIRST_USER_KEY, pool_prepare
 from tests.integration.wire import RawUser, now_ms
 from tests.keypool import KeyPool
@@ -40,9 +42,25 @@ async def interop_cluster(tmp_path_factory: pytest.TempPathFactory, key_pool: Ke
 async def test_conformance_kit_scores_an_interop_node_100_percent(interop_cluster: LocalCluster,
                                                                    key_pool: KeyPool) -> None:
     keys = [key_pool.key(FIRST_USER_KEY + i) for i in range(3)]
-    report = await Conformance(interop_cluster.url("peer1"), keys, introducer=interop_cluster.url("introducer"),
-                               heartbeat_wait=10.0, join_token=interop_cluster.join_token).run()
+    kit = Conformance(interop_cluster.url("peer1"), keys, introducer=interop_cluster.url("introducer"),
+                      heartbeat_wait=10.0, join_token=interop_cluster.join_token)
+    report = await kit.run()
     assert report.score == 100.0, report.table()
+    # The join probe cleaned up after itself: linked nowhere, and a server joining afterwards is not told of it.
+    probe = kit.probe_id
+    assert probe is not None
+    for node in interop_cluster.nodes:
+        async def unlinked(node: LocalNode = node) -> bool | Pending:
+            status, body = await interop_cluster.status(node.name)
+            servers = body.get("linked_servers") if status == 200 else None
+            return True if isinstance(servers, list) and probe not in servers else Pending(f"linked: {servers}")
+
+        await poll(unlinked, 10.0, f"{node.name} to drop the join probe", node.diagnose())
+    intro = interop_cluster.introducer
+    async with ForeignServer(key_pool.key(16), join_token=interop_cluster.join_token) as later:
+        assert await later.join("127.0.0.1", intro.port) == intro.server_id
+        listed = {str(e.get("server_id")) for e in later.welcomes[0].get("servers", [])}
+        assert intro.server_id in listed and probe not in listed, listed
 
 
 async def server_id(cluster: LocalCluster, node: str) -> str:

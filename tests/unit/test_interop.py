@@ -10,9 +10,10 @@ import pytest
 
 from socp import crypto
 from socp import envelope as env
+from socp.codec import canonical_json
 from socp.envelope import FrameType
 from socp.errors import BadFrame, UnknownType
-from socp.interop import REGISTER_FIRST_DETAIL, Variant, normalise
+from socp.interop import REGISTER_FIRST_DETAIL, STRICT_HINT, Variant, normalise
 from socp.server.config import ServerSettings
 from tests.unit.harness import FakeUser, Net
 
@@ -75,7 +76,9 @@ def test_hello_pubkey_alias(net: Net) -> None:
         assert bool(user.received(FrameType.ACK)) is accepted, user.inbox
         assert (user.user_id in node.state.local_users) is accepted
         if not accepted:
-            assert user.errors("BAD_FRAME"), user.inbox
+            errors = user.errors("BAD_FRAME")
+            assert errors and STRICT_HINT in errors[0].payload["detail"], user.inbox  # names the switch
+            assert "'USER_HELLO.pubkey_b64u'" in errors[0].payload["detail"]
 
 
 @pytest.mark.parametrize("frame_type,payload", [("CMD_LIST", {}), ("LIST_REQUEST", None), ("CMD_LIST", None)])
@@ -90,7 +93,8 @@ def test_list_variants(net: Net, frame_type: str, payload: dict[str, Any] | None
         if accepted:
             assert user.user_id in {u["user_id"] for u in responses[0].payload["users"]}
         else:
-            assert user.errors(), user.inbox
+            errors = user.errors()
+            assert errors and STRICT_HINT in errors[0].payload["detail"], user.inbox
 
 
 @pytest.mark.parametrize("interop", [False, True])
@@ -164,6 +168,19 @@ def test_welcome_with_null_assigned_id_keeps_the_requested_id(key_pool: Any) -> 
     assert frame.verify(key.public_key())
 
 
+def test_welcome_naming_its_key_only_in_server_pub(key_pool: Any) -> None:
+    key = key_pool.key(0)
+    pub = crypto.encode_public_key(key.public_key())
+    payload = {"assigned_id": JOINER, "server_id": SERVER, "server_pub": pub, "servers": []}
+    strict, frame, met = parse_both(raw_frame("SERVER_WELCOME", SERVER, JOINER, payload, key))
+    assert isinstance(strict, Envelope) and strict.payload["servers"] == []  # strict: no key for an unpinned join
+    assert met == [Variant.WELCOME_KEY_FIELDS]
+    assert frame.payload["servers"] == [{"server_id": SERVER, "host": "", "port": 0, "pubkey": pub}]
+    assert frame.verify(key.public_key())  # over the payload as signed
+    other = {"assigned_id": JOINER, "server_id": JOINER, "server_pub": pub, "servers": []}  # names another id
+    assert parse_both(raw_frame("SERVER_WELCOME", SERVER, JOINER, other, key))[2] == []
+
+
 def test_announce_without_address(key_pool: Any) -> None:
     key = key_pool.key(0)
     payload = {"pubkey": crypto.encode_public_key(key.public_key())}
@@ -172,6 +189,19 @@ def test_announce_without_address(key_pool: Any) -> None:
     assert met == [Variant.ANNOUNCE_NO_ADDRESS]
     assert (frame.payload["host"], frame.payload["port"]) == ("", 0)  # "no dialable address"
     assert frame.verify(key.public_key())
+
+
+def test_an_addressless_announce_keeps_the_address_we_know(net: Net) -> None:
+    intro = net.introducer("I", interop=True)
+    a = net.peer("A", intro, interop=True)
+    assert net.full_mesh(), net.describe()
+    known = a.state.book[intro.server_id]
+    address = (known.host, known.port)
+    assert address[0] and address[1]
+    announce = env.make(FrameType.SERVER_ANNOUNCE, intro.server_id, "*", net.now, {"pubkey": intro.pubkey}, intro.key)
+    net.inject("I", "A", announce.to_wire())
+    assert (known.host, known.port) == address  # was ("", 0): the introducer would never be redialled
+    assert a.state.links.is_linked(intro.server_id)
 
 
 def test_channel_updated_without_wraps() -> None:
@@ -273,6 +303,134 @@ def test_client_ack_without_server_pub_uses_the_key_pinned_in_advance(key_pool: 
     assert session.state is SessionState.AWAITING_ACK  # signed by another key than the pinned one: refused
 
 
+# --- the client side: a server that sends no ACK at all -------------------------------------------------------
+
+def deliver_from(sender_id: str, sender_key: Any, recipient_key: Any, text: str, server_key: Any, ts: int) -> str:
+    """A USER_DELIVER of ``text`` from ``sender_id`` to USER, as the server relays it."""
+    ciphertext = crypto.rsa_encrypt(recipient_key.public_key(), text.encode())
+    return env.make(FrameType.USER_DELIVER, SERVER, USER, ts, {
+        "ciphertext": ciphertext, "sender": sender_id,
+        "sender_pub": crypto.encode_public_key(sender_key.public_key()),
+        "content_sig": crypto.sign_direct(sender_key, ciphertext, sender_id, USER, ts)}, server_key).to_wire()
+
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_client_no_ack_first_signed_frame_with_the_pinned_key_welcomes(key_pool: Any, interop: bool) -> None:
+    from socp.user import DirectMessage, FrameRejected, SessionState, UserOnline, UserSession, Welcomed
+    server_key, alice_key, bob_key = key_pool.key(5), key_pool.key(6), key_pool.key(7)
+    pinned = crypto.encode_public_key(server_key.public_key())
+    session = UserSession(USER, alice_key, {}, pinned, interop=interop)
+    session.hello(TS)
+    events = session.receive_text(advert_of(JOINER, bob_key, server_key, USER), TS + 5)
+    if not interop:
+        assert session.state is SessionState.AWAITING_ACK and session.welcome_deadline() is None
+        assert [e for e in events if isinstance(e, FrameRejected)] and JOINER not in session.directory
+        assert session.welcome_overdue(TS + 60_000) == []
+        return
+    assert [type(e) for e in events] == [Welcomed, UserOnline]
+    assert events[0] == Welcomed(SERVER, pinned) and session.server_id == SERVER
+    # DMs both ways over the session welcomed without an ACK
+    frame = env.parse(session.direct_message(JOINER, "hi bob", TS + 10))
+    assert frame.type is FrameType.MSG_DIRECT and frame.to == JOINER
+    assert crypto.rsa_decrypt(bob_key, frame.payload["ciphertext"]).decode() == "hi bob"
+    got = session.receive_text(deliver_from(JOINER, bob_key, alice_key, "hi alice", server_key, TS + 20), TS + 20)
+    assert [e.text for e in got if isinstance(e, DirectMessage)] == ["hi alice"]
+    forged = session.receive_text(deliver_from(JOINER, bob_key, alice_key, "forged", key_pool.key(8), TS + 30),
+                                  TS + 30)
+    assert [e for e in forged if isinstance(e, FrameRejected)]  # still verified with the pinned key
+
+
+def test_client_late_ack_after_an_implicit_welcome_still_negotiates_receipts(key_pool: Any) -> None:
+    from socp.features import Feature
+    from socp.user import UserSession, Welcomed
+    server_key, alice_key, bob_key = key_pool.key(5), key_pool.key(6), key_pool.key(7)
+    pinned = crypto.encode_public_key(server_key.public_key())
+    session = UserSession(USER, alice_key, {}, pinned, interop=True)
+    session.hello(TS)
+    assert isinstance(session.receive_text(advert_of(JOINER, bob_key, server_key, USER), TS)[0], Welcomed)
+    assert not session.receipts_enabled
+    ack = server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO", "server_id": SERVER, "server_pub": pinned,
+                                             "features": [Feature.DELIVERY_RECEIPTS.value]}, server_key)
+    assert session.receive_text(ack, TS + 1) == []  # no Acked event for a message never sent
+    assert session.receipts_enabled
+
+
+def test_client_no_ack_frame_signed_by_another_key_is_held_not_trusted(key_pool: Any) -> None:
+    from socp.user import SessionState, UserSession, Welcomed
+    server_key, alice_key, bob_key = key_pool.key(5), key_pool.key(6), key_pool.key(7)
+    session = UserSession(USER, alice_key, {}, crypto.encode_public_key(server_key.public_key()), interop=True)
+    session.hello(TS)
+    assert session.receive_text(advert_of(JOINER, bob_key, key_pool.key(8), USER), TS) == []  # held, not trusted
+    assert session.state is SessionState.AWAITING_ACK
+    events = session.receive_text(advert_of(USER, alice_key, server_key, USER), TS + 1)
+    assert isinstance(events[0], Welcomed)
+    assert JOINER not in session.directory  # the held frame was verified after the welcome, and refused
+
+
+def test_client_no_ack_first_contact_takes_a_key_the_frame_names_as_its_own(key_pool: Any) -> None:
+    from socp.user import SessionState, UserOnline, UserSession, Welcomed
+    server_key, alice_key, bob_key = key_pool.key(5), key_pool.key(6), key_pool.key(7)
+    server_pub = crypto.encode_public_key(server_key.public_key())
+    session = UserSession(USER, alice_key, {}, interop=True)
+    session.hello(TS)
+    # a user advert names the user's key, not the server's: nothing to trust yet, held
+    assert session.receive_text(advert_of(JOINER, bob_key, server_key, USER), TS) == []
+    # a frame naming a key it is not signed with: not taken
+    liar = env.make(FrameType.SERVER_ANNOUNCE, SERVER, USER, TS, {"server_id": SERVER, "pubkey": server_pub,
+                                                                 "host": "h", "port": 1}, key_pool.key(8))
+    assert session.receive_text(liar.to_wire(), TS) == [] and session.state is SessionState.AWAITING_ACK
+    own = env.make(FrameType.SERVER_ANNOUNCE, SERVER, USER, TS, {"server_id": SERVER, "pubkey": server_pub,
+                                                                "host": "h", "port": 1}, server_key)
+    events = session.receive_text(own.to_wire(), TS + 1)
+    assert events[0] == Welcomed(SERVER, server_pub) and session.server_pub == server_pub
+    assert [e.record.user_id for e in events if isinstance(e, UserOnline)] == [JOINER]  # the held advert
+
+
+def test_client_no_frame_at_all_welcomes_with_the_pinned_key_after_the_wait(key_pool: Any) -> None:
+    from socp.user import UserOnline, UserSession, Welcomed
+    from socp.user.session import NO_ACK_WAIT_MS
+    server_key, alice_key, bob_key = key_pool.key(5), key_pool.key(6), key_pool.key(7)
+    pinned = crypto.encode_public_key(server_key.public_key())
+    session = UserSession(USER, alice_key, {}, pinned, interop=True)
+    session.hello(TS)
+    assert session.welcome_deadline() == TS + NO_ACK_WAIT_MS
+    assert session.welcome_overdue(TS + NO_ACK_WAIT_MS - 1) == []
+    assert session.welcome_overdue(TS + NO_ACK_WAIT_MS) == [Welcomed("*", pinned)]
+    assert session.welcomed and session.server_id is None and session.welcome_deadline() is None
+    events = session.receive_text(advert_of(JOINER, bob_key, server_key, USER), TS + NO_ACK_WAIT_MS + 1)
+    assert [e.record.user_id for e in events if isinstance(e, UserOnline)] == [JOINER]
+    assert session.server_id == SERVER  # named by its first frame that verified with the pinned key
+
+
+def test_client_no_ack_a_users_frame_never_names_the_server(key_pool: Any) -> None:
+    from socp.user import UserSession, Welcomed
+    from socp.user.session import NO_ACK_WAIT_MS
+    server_key, alice_key, bob_key = key_pool.key(5), key_pool.key(6), key_pool.key(7)
+    pinned = crypto.encode_public_key(server_key.public_key())
+    session = UserSession(USER, alice_key, {}, pinned, interop=True)
+    session.hello(TS)
+    # a public-channel frame carries the sending user's id under the server's signature
+    public = env.make(FrameType.MSG_PUBLIC_CHANNEL, JOINER, "public", TS, {
+        "ciphertext": "AAAA", "sender_pub": crypto.encode_public_key(bob_key.public_key()), "content_sig": "AAAA"},
+        server_key)
+    assert session.receive_text(public.to_wire(), TS) == [] and not session.welcomed  # held, not a welcome
+    assert session.welcome_overdue(TS + NO_ACK_WAIT_MS)[0] == Welcomed("*", pinned)
+    assert session.server_id is None  # the held user frame verified, but does not name the server
+    session.receive_text(advert_of(JOINER, bob_key, server_key, USER), TS + NO_ACK_WAIT_MS + 1)
+    assert session.server_id == SERVER
+
+
+def test_client_no_frame_and_no_pinned_key_is_refused_clearly(key_pool: Any) -> None:
+    from socp.user import FrameRejected, SessionState, UserSession
+    from socp.user.session import NO_ACK_WAIT_MS
+    session = UserSession(USER, key_pool.key(6), {}, interop=True)
+    session.hello(TS)
+    events = session.welcome_overdue(TS + NO_ACK_WAIT_MS)
+    assert len(events) == 1 and isinstance(events[0], FrameRejected) and "pin the server's key" in events[0].reason
+    assert session.state is SessionState.AWAITING_ACK and session.welcome_deadline() is None  # said once
+    assert session.welcome_overdue(TS + 2 * NO_ACK_WAIT_MS) == []
+
+
 # --- signing toward a peer in the payload-only form it uses -------------------------------------------------
 
 def _server_link() -> Any:
@@ -303,6 +461,24 @@ def test_peer_seen_signing_with_spaces_gets_that_form_back(key_pool: Any, legacy
     other = _server_link()
     out.send_text(other, frame.to_wire())  # another link keeps the envelope form
     assert env.parse(next(a for a in out.take_actions() if isinstance(a, Send)).text).verify(our_key)
+
+
+def test_a_payload_that_reads_the_same_in_every_form_keeps_the_links_form(key_pool: Any) -> None:
+    from socp.server.outbox import Outbox
+    ours, theirs = key_pool.key(0), key_pool.key(1)
+    out = Outbox(SERVER, ours, legacy_interop=True)
+    link = _server_link()
+    their_pub = crypto.encode_public_key(theirs.public_key())
+    payload = {"user_id": USER, "server_id": JOINER}
+    advert = env.Envelope(FrameType.USER_ADVERTISE, JOINER, "*", TS, payload,
+                          crypto.sign(theirs, json.dumps(payload, sort_keys=True).encode()))
+    assert out.verify(advert, their_pub, link) and link.legacy_form == 2
+    beat = env.Envelope(FrameType.HEARTBEAT, JOINER, "*", TS + 1, {}, crypto.sign(theirs, b"{}"))  # any form
+    assert out.verify(beat, their_pub, link)
+    assert link.legacy_form == 2  # found by a foreign server test: a heartbeat switched the link to form 0
+    compact = env.Envelope(FrameType.USER_ADVERTISE, JOINER, "*", TS + 2, payload,
+                           crypto.sign(theirs, canonical_json(payload)))
+    assert out.verify(compact, their_pub, link) and link.legacy_form == 0  # an unambiguous new form is followed
 
 
 # --- adverts without keys, PUBKEY_REQUEST / PUBKEY_RESPONSE -------------------------------------------------
@@ -404,3 +580,33 @@ def test_client_list_answer_with_online_users(key_pool: Any, interop: bool) -> N
     else:
         assert [e for e in events if isinstance(e, FrameRejected)]
         assert JOINER in session.directory and carol in session.directory
+
+
+# --- a server's own PUBLIC_CHANNEL_KEY_SHARE on a server link (standard §9.3) --------------------------------
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_server_key_share_on_a_server_link(net: Net, interop: bool) -> None:
+    intro = net.introducer("I", interop=interop)
+    a = net.peer("A", intro, interop=interop)
+    b = net.peer("B", intro, interop=interop)
+    alice = net.user("alice", a)
+    assert net.full_mesh(), net.describe()
+    alice.clear()
+    shares = [{"member": alice.user_id,
+               "wrapped_public_channel_key": crypto.rsa_encrypt(alice.key.public_key(), bytes(32))}]
+    payload = {"shares": shares, "creator_pub": b.pubkey,
+               "content_sig": crypto.sign(b.key, crypto.key_share_content(shares, b.pubkey))}
+    share = env.make(FrameType.PUBLIC_CHANNEL_KEY_SHARE, b.server_id, "*", net.now, payload, b.key)
+    net.inject("B", "A", share.to_wire())
+    got = alice.received(FrameType.PUBLIC_CHANNEL_KEY_SHARE)
+    errors = [json.loads(p.text)["payload"] for p in net.packets(src="A", dst="B", frame_type="ERROR")]
+    if interop:
+        assert got and got[0].sender == b.server_id and alice.signed_by_server(got[0]), alice.inbox
+        assert got[0].payload["shares"] == shares and not errors
+    else:
+        assert not got
+        assert errors and "--interop" in errors[-1]["detail"] and "§9.3" in errors[-1]["detail"], errors
+    forged = dict(payload, content_sig=crypto.sign(b.key, b"something else"))
+    net.inject("B", "A", env.make(FrameType.PUBLIC_CHANNEL_KEY_SHARE, b.server_id, "*", net.now + 1, forged,
+                                  b.key).to_wire())
+    assert len(alice.received(FrameType.PUBLIC_CHANNEL_KEY_SHARE)) == len(got)  # a bad content_sig goes nowhere

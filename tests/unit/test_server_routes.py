@@ -32,7 +32,8 @@ def test_the_table_routes_what_each_role_may_send(net: Net) -> None:
         FrameType.HEARTBEAT, FrameType.SERVER_ANNOUNCE, FrameType.SERVER_HELLO_LINK, FrameType.USER_ADVERTISE,
         FrameType.USER_REMOVE, FrameType.SERVER_PRESENCE_SYNC, FrameType.SERVER_DELIVER, FrameType.ERROR,
         FrameType.ACK, FrameType.SERVER_USER_RECORDS, FrameType.PUBLIC_CHANNEL_ADD, FrameType.PUBLIC_CHANNEL_UPDATED,
-        FrameType.PUBKEY_REQUEST, FrameType.PUBKEY_RESPONSE}
+        FrameType.PUBKEY_REQUEST, FrameType.PUBKEY_RESPONSE,
+        FrameType.PUBLIC_CHANNEL_KEY_SHARE}  # a server's own share: refused by its handler unless --interop
     assert FrameType.USER_HELLO not in routed[LinkRole.USER]
     # Every user frame is from the connection's user and de-duplicated; every server frame but the
     # self-signed announce is verified with a pinned key and de-duplicated (SERVER_DELIVER by its handler: a

@@ -223,3 +223,41 @@ def test_k8s_manifests_validate_against_the_kubernetes_api_schema(tmp_path: Path
     assert loaded == documents
     for document in loaded:
         kubernetes_validate.validate(document, "1.30", strict=True)
+
+
+# --- the interop profile on every node (issue 14: `make up INTEROP=1`, `socp-testbed up/run --interop`) -----
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_every_rendered_node_carries_the_interop_flag_when_asked(tmp_path: Path, interop: bool) -> None:
+    spec = ClusterSpec(peers=2, introducers=1, timings=FAST_TIMINGS, interop=interop)
+    bootstrap = tmp_path / "bootstrap.yaml"
+    bootstrap.write_text("bootstrap_servers: []\n")
+    composed = compose.render_compose("socp-test", spec, image="socp-node:test", bootstrap_file=bootstrap)
+    stacked = stack.render_stack("socp-sw-test", spec, image="socp-node:test", bootstrap_file=bootstrap,
+                                 local_host="here")
+    commands = [service["command"] for document in (composed, stacked) for service in document["services"].values()]
+    assert len(commands) == 2 * len(plan_nodes(spec))
+    for command in commands:
+        assert ("--interop" in command) is interop, command
+    # the flag goes before the role flags, as node_flags places its ``extra``
+    for command in commands:
+        if interop:
+            assert command.index("--interop") < command.index("--bootstrap" if "--bootstrap" in command
+                                                             else "--introducer")
+    statefulsets = [d for d in k8s.render_manifests(spec, image="x", keys=KEYS) if d.get("kind") == "StatefulSet"]
+    assert statefulsets and all(("--interop" in yaml.safe_dump(d)) is interop for d in statefulsets)
+
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_local_cluster_and_command_lines_take_the_interop_option(tmp_path: Path, interop: bool) -> None:
+    from testbed.cli import build_parser
+    from testbed.local import LocalCluster
+    spec = ClusterSpec(peers=1, introducers=1, timings=FAST_TIMINGS, interop=interop)
+    cluster = LocalCluster(tmp_path, spec, extra_args=["--log-level", "DEBUG"])
+    for node in cluster.nodes:
+        assert list(node.extra_args) == (["--interop"] if interop else []) + ["--log-level", "DEBUG"]
+    flag = ["--interop"] if interop else []
+    parser = build_parser()
+    assert parser.parse_args(["up", *flag]).interop is interop
+    assert parser.parse_args(["swarm", "up", *flag]).interop is interop
+    assert parser.parse_args(["run", "testbed/scenarios/smoke.yaml", *flag]).interop is interop
