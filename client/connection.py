@@ -219,7 +219,8 @@ class ClientConnection:
                       sync_directory: bool = True, downloads: Path | None = None,
                       max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                       known_users: Mapping[str, tuple[str, str]] | None = None, hybrid_files: bool = True,
-                      previous: ClientConnection | None = None, interop: bool = False) -> ClientConnection:
+                      previous: ClientConnection | None = None, interop: bool = False,
+                      server_id: str | None = None) -> ClientConnection:
         """Connect to ``url``, send USER_HELLO and wait for the server's welcome.
 
         ``meta`` is merged over ``{"display_name": identity.display_name}``. With ``sync_directory`` the
@@ -232,6 +233,9 @@ class ClientConnection:
         interop tests). ``previous``, an earlier connection of the same user, hands over the messages already
         seen, so that one its (restarted) server delivers again is dropped as a :class:`DuplicateDelivery`.
         ``interop`` turns on the client side of the interop profile (a lenient welcome, docs/INTEROP.md).
+        ``server_id``, the server's id when known (its ``/healthz``, an earlier connection), addresses the first
+        hello to it: one round trip and one signature fewer than a ``"*"`` hello the server must have re-signed
+        (PROTOCOL.md §3.6); a wrong one costs just that.
 
         Raises :class:`ConnectionFailed` (unreachable, handshake failed, no answer within ``timeout``,
         unacceptable answer), :class:`socp.errors.BadKey` when the server's key contradicts
@@ -242,7 +246,8 @@ class ClientConnection:
         seen = previous.session.replay if previous is not None and previous.user_id == identity.user_id else None
         session = UserSession(identity.user_id, identity.key, hello_meta, expected_server_pub,
                               max_file_bytes=max_file_bytes, known_users=known_users,
-                              hybrid_files=hybrid_files, replay=seen, interop=interop)
+                              hybrid_files=hybrid_files, replay=seen, interop=interop,
+                              server_id_hint=server_id)
         websocket = await _open_websocket(url, timeout)
         return await cls._welcome(websocket, session, url, identity, timeout, sync_directory, downloads)
 

@@ -127,7 +127,10 @@ class Presence:
         if frame.to != self._out.server_id and not (self._settings.legacy_interop and frame.to == BROADCAST):
             # Bound to this server (PROTOCOL.md §3.6): a hello captured on its way to another server, or one
             # addressed to "*", must not log anyone in here. The unsigned answer names our id so that an
-            # honest client can sign its hello again, addressed to us; the connection stays open for it.
+            # honest client can sign its hello again, addressed to us; the connection stays open for it, a
+            # full peer timeout from now, once (a loaded client may need a while for that signature).
+            if link.pending_until == 0:
+                link.pending_until = now + self._settings.peer_timeout_ms
             self._out.fault(link, BadFrame(f"USER_HELLO must be addressed to this server: to = "
                                            f"{self._out.server_id}", msg_ref=frame.msg_ref), now,
                             extra={"server_id": self._out.server_id})

@@ -102,7 +102,7 @@ class ServerLink:
     """The session's standing with its server: the state, and the server key pinned at the welcome."""
 
     def __init__(self, peers: PeerDirectory, expected_pub: str | None, expected_id: str | None = None,
-                 interop: bool = False) -> None:
+                 interop: bool = False, *, id_is_hint: bool = False) -> None:
         self._peers = peers
         self.interop = interop
         """The client side of the interop profile (docs/INTEROP.md): a lenient welcome."""
@@ -111,6 +111,9 @@ class ServerLink:
         self.expected_pub = expected_pub
         self.expected_id = expected_id
         """The server id our USER_HELLO is addressed to (None: ``"*"``, until the server names itself)."""
+        self.id_is_hint = id_is_hint
+        """``expected_id`` is a hint (the node's /healthz), not a grant: the server may still name another id,
+        once, as it may answer a ``"*"`` hello (the same trust)."""
         self.hello_ref: str | None = None
         """``msg_ref`` of the last USER_HELLO sent."""
         self.hello_at: int | None = None
@@ -247,8 +250,9 @@ def early_error(parts: Parts, frame: Envelope) -> list[ClientEvent]:
     ``"*"`` and names the server's id readdresses the hello, once (PROTOCOL.md §3.6); any other is reported."""
     link = parts.link
     server_id = frame.payload.get("server_id")
-    if (not link.readdressed and link.expected_id is None and env.is_uuid(server_id)
-            and frame.payload.get("msg_ref") == link.hello_ref and isinstance(server_id, str)):
+    if (not link.readdressed and (link.expected_id is None or link.id_is_hint) and env.is_uuid(server_id)
+            and server_id != link.expected_id and frame.payload.get("msg_ref") == link.hello_ref
+            and isinstance(server_id, str)):
         link.readdressed = True
         link.expected_id = server_id
         return [HelloReaddressed(server_id)]
@@ -368,6 +372,8 @@ class UserSession:
 
     ``meta`` is sent in USER_HELLO (``display_name``, …); ``expected_server_pub``, when given, pins the
     server's key in advance (any accepted encoding) and the session refuses a server presenting another.
+    ``server_id`` (a login grant's) addresses the hello to that server for good; ``server_id_hint`` addresses it
+    too, but the server may still name another id once, as it may answer a ``"*"`` hello (PROTOCOL.md §3.6).
     Raises :class:`BadKey` when ``expected_server_pub`` is not a valid RSA-4096 key.
     """
 
@@ -375,7 +381,8 @@ class UserSession:
                  expected_server_pub: str | None = None, *, replay_window_ms: int = DEFAULT_WINDOW_MS,
                  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, login_nonce: str | None = None,
                  server_id: str | None = None, known_users: Mapping[str, tuple[str, str]] | None = None,
-                 hybrid_files: bool = True, replay: ReplayCache | None = None, interop: bool = False) -> None:
+                 hybrid_files: bool = True, replay: ReplayCache | None = None, interop: bool = False,
+                 server_id_hint: str | None = None) -> None:
         self._user = LocalUser(user_id, key)
         self.user_id = user_id
         self.pubkey = self._user.pubkey
@@ -393,7 +400,8 @@ class UserSession:
         peers = PeerDirectory()
         public = PublicChannel(self._user, peers, replay)
         peers.on_member_left(public.member_left)
-        self._parts = Parts(ServerLink(peers, expected_pub, server_id, interop), peers,
+        self._parts = Parts(ServerLink(peers, expected_pub, server_id or server_id_hint, interop,
+                                       id_is_hint=server_id is None and server_id_hint is not None), peers,
                             DirectMessages(self._user, peers, replay), public,
                             FileTransfers(self._user, peers, public, replay, max_file_bytes, hybrid=hybrid_files),
                             Receipts())

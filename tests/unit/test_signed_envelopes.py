@@ -17,7 +17,7 @@ from socp.actions import PeerFault
 from socp.envelope import FrameType
 from socp.user import FrameRejected, UserSession
 from tests.unit.conftest import TwoServers
-from tests.unit.harness import FakeUser, Net
+from tests.unit.harness import TICK, TIMINGS, FakeUser, Net
 
 SURROGATE = "\ud800"
 
@@ -107,6 +107,57 @@ def test_a_star_hello_is_readdressed_by_the_real_client_session(two: TwoServers)
     dora.send(again)
     events = [e for f in dora.inbox for e in session.receive_text(f.to_wire(), net.now)]
     assert session.welcomed and session.server_id == a.server_id, events
+
+
+def hello_session(two: TwoServers, name: str, **options: object) -> tuple[UserSession, FakeUser]:
+    """A real client session for a new user, and the fake connection carrying its frames to A."""
+    net = two.net
+    key = net.pool.key(net.key_index())
+    session = UserSession(net.new_id(), key, {"display_name": name}, **options)  # type: ignore[arg-type]
+    user = FakeUser(net, name, key, session.user_id, {})
+    net.users[name] = user
+    user.open(two.a)
+    return session, user
+
+
+def exchange(session: UserSession, user: FakeUser, now: int) -> list[str]:
+    """Send the session's hello; the names of the events the server's answers give."""
+    user.clear()
+    user.send(session.hello(now))
+    return [type(e).__name__ for f in user.inbox for e in session.receive_text(f.to_wire(), now)]
+
+
+def test_a_hello_hinted_with_the_server_id_is_welcomed_at_once(two: TwoServers) -> None:
+    """The testbed knows a node's id from /healthz: the first hello is addressed to it (no "*" round trip)."""
+    session, user = hello_session(two, "hinted", server_id_hint=two.a.server_id)
+    assert exchange(session, user, two.net.now)[:1] == ["Welcomed"] and session.server_id == two.a.server_id
+
+
+@pytest.mark.parametrize("given_as", ["hint", "grant"])
+def test_a_wrong_server_id_is_readdressed_once_when_it_was_only_a_hint(two: TwoServers, given_as: str) -> None:
+    """A stale hint costs one readdress, like a "*" hello; an id from a login grant is never redirected by an
+    unsigned error."""
+    other = two.b.server_id
+    option = {"server_id_hint": other} if given_as == "hint" else {"server_id": other}
+    session, user = hello_session(two, f"stale-{given_as}", **option)
+    events = exchange(session, user, two.net.now)
+    if given_as == "grant":
+        assert events == ["ServerError"], events
+        return
+    assert events == ["HelloReaddressed"] and not user.closed
+    assert exchange(session, user, two.net.now)[:1] == ["Welcomed"] and session.server_id == two.a.server_id
+
+
+def test_a_readdressed_connection_keeps_a_full_peer_timeout_for_its_second_hello(two: TwoServers) -> None:
+    """A loaded client may take a while to sign again: after the readdress the connection waits a full peer
+    timeout from then (once), where an unidentified connection otherwise has one from its opening."""
+    net = two.net
+    session, user = hello_session(two, "slow")
+    net.run(TIMINGS.peer_timeout_ms - 2 * TICK)   # silent for most of the peer timeout: still open
+    assert exchange(session, user, net.now) == ["HelloReaddressed"]
+    net.run(TIMINGS.peer_timeout_ms - 2 * TICK)   # past the opening's timeout, within the readdress's
+    assert not user.closed
+    assert exchange(session, user, net.now)[:1] == ["Welcomed"]
 
 
 # --- SERVER_ANNOUNCE: one link opener, for one server ------------------------------------------------
