@@ -131,7 +131,7 @@ else
 endif
 
 manifests: venv ## Kubernetes manifests (StatefulSet per role) -> build/k8s/socp.yaml: PEERS=3 INTRODUCERS=1|3 SOCP_IMAGE=...
-	$(TESTBED) manifests --k8s --peers $(PEERS) --introducers $(INTRODUCERS) --image $(SOCP_IMAGE)
+	$(TESTBED) manifests --k8s --peers $(PEERS) --introducers $(INTRODUCERS) --image $(SOCP_IMAGE) $(INTEROP_FLAG)
 
 swarm-init: venv ## Make a one-node swarm on 127.0.0.1 for BACKEND=swarm (marked as made by the testbed)
 	$(TESTBED) swarm init

@@ -75,6 +75,8 @@ def register(subparsers: Any) -> None:
     manifests.add_argument("--namespace", default="socp", help="namespace (default socp)")
     manifests.add_argument("--storage", default="1Gi", help="each node's PersistentVolumeClaim size (default 1Gi)")
     manifests.add_argument("--out", type=Path, default=DEFAULT_K8S_OUT, help=f"file to write ({DEFAULT_K8S_OUT})")
+    manifests.add_argument("--interop", action="store_true",
+                           help="every node runs the interop profile (--interop, docs/INTEROP.md)")
     manifests.set_defaults(func=cmd_manifests)
 
 
@@ -177,7 +179,8 @@ def cmd_manifests(args: argparse.Namespace) -> int:
     """``manifests --k8s``: make the introducers' keys and write the manifests."""
     from testbed import k8s
 
-    spec = ClusterSpec(peers=args.peers, introducers=args.introducers, timings=FEDERATION_TIMINGS)
+    spec = ClusterSpec(peers=args.peers, introducers=args.introducers, timings=FEDERATION_TIMINGS,
+                       interop=args.interop)
     try:
         keys = k8s.make_introducer_keys(spec)
         documents = k8s.render_manifests(spec, image=args.image, keys=keys, namespace=args.namespace,

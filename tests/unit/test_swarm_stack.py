@@ -261,3 +261,18 @@ def test_local_cluster_and_command_lines_take_the_interop_option(tmp_path: Path,
     assert parser.parse_args(["up", *flag]).interop is interop
     assert parser.parse_args(["swarm", "up", *flag]).interop is interop
     assert parser.parse_args(["run", "testbed/scenarios/smoke.yaml", *flag]).interop is interop
+
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_socp_testbed_manifests_takes_the_interop_option(tmp_path: Path, interop: bool,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``socp-testbed manifests --k8s --interop`` (``make manifests INTEROP=1``) writes every node's command with
+    the flag; without it, none."""
+    from testbed.cli import build_parser
+    monkeypatch.setattr(k8s, "make_introducer_keys", lambda spec: KEYS)  # no RSA key generation here
+    out = tmp_path / "socp.yaml"
+    args = build_parser().parse_args(["manifests", "--k8s", "--peers", "2", "--out", str(out),
+                                      *(["--interop"] if interop else [])])
+    assert args.func(args) == 0
+    statefulsets = [d for d in yaml.safe_load_all(out.read_text()) if d and d.get("kind") == "StatefulSet"]
+    assert statefulsets and all(("--interop" in yaml.safe_dump(d)) is interop for d in statefulsets)
