@@ -310,8 +310,12 @@ class ClientConnection:
                 async with asyncio.timeout(timeout):
                     await conn._handshake()
             except TimeoutError:
+                hint = ""
+                if session.welcome_needs_ack:
+                    hint = ("; a server that sends no ACK can be used only with its key pinned in advance "
+                            "(known_servers.json or expected_server_pub): pin the server's key")
                 raise ConnectionFailed(f"connected to {url}, but the server did not acknowledge USER_HELLO "
-                                       f"within {timeout:g} s") from None
+                                       f"within {timeout:g} s{hint}") from None
             conn._reader = asyncio.create_task(conn._read_loop(), name=f"socp-client-reader-{identity.user_id[:8]}")
             if sync_directory:
                 await conn._initial_sync(timeout)
@@ -625,7 +629,7 @@ class ClientConnection:
                     raise _refusal(event)
                 elif isinstance(event, ServerKeyChanged):
                     raise _key_refusal(self.url, event)
-                elif isinstance(event, FrameRejected):
+                elif isinstance(event, FrameRejected) and not self._session.welcomed:
                     raise ConnectionFailed(f"{self.url} answered USER_HELLO with a frame this client refuses: "
                                            f"{event.reason}")
                 else:
