@@ -350,12 +350,22 @@ def _ignore(parts: Parts, frame: Envelope, now: int) -> list[ClientEvent]:
 _FILES: Final = Route(lambda p, frame, now: p.files.on_frame(frame, now))
 _IGNORED: Final = Route(_ignore)
 
+def _same_key(offered: object, pinned: str) -> bool:
+    """``offered`` is ``pinned`` (canonical encoding) in any accepted encoding."""
+    try:
+        return crypto.normalize_public_key(offered) == pinned
+    except BadKey:
+        return False
+
+
 def _key_share(parts: Parts, frame: Envelope, now: int) -> list[ClientEvent]:
     """PUBLIC_CHANNEL_KEY_SHARE: a member's sender key; under the interop profile a share made by the server
     itself (another public-channel design, a server-made group key: docs/INTEROP.md, not bridged) is ignored,
     not refused: some servers send one to every member at each join."""
     link = parts.link
-    if link.interop and link.server_id is not None and frame.sender == link.server_id:
+    # The server's own: made with its key (verified as the transport signer already), whatever 'from' says
+    # (the session may have been welcomed without learning the server's id yet).
+    if link.interop and link.server_pub is not None and _same_key(frame.payload["creator_pub"], link.server_pub):
         logger.debug("interop: ignoring the server's own PUBLIC_CHANNEL_KEY_SHARE (a server-made group key)")
         return []
     return parts.public.on_key_share(frame, now)
@@ -375,6 +385,7 @@ ROUTES: Final[Mapping[SessionState, Mapping[FrameType, Route]]] = {
         FrameType.USER_REMOVE: Route(lambda p, frame, now: p.peers.on_remove(frame)),
         FrameType.LIST_RESPONSE: Route(lambda p, frame, now: p.peers.on_list(frame)),
         FrameType.DIRECTORY_RESPONSE: Route(lambda p, frame, now: [directory_entry(frame)]),
+        FrameType.PUBKEY_RESPONSE: Route(lambda p, frame, now: p.peers.on_pubkey_response(frame, p.link.server_id)),
         FrameType.USER_DELIVER: Route(lambda p, frame, now: p.direct.on_deliver(frame, now)),
         FrameType.PUBLIC_CHANNEL_KEY_SHARE: Route(lambda p, frame, now: _key_share(p, frame, now)),
         FrameType.MSG_PUBLIC_CHANNEL: Route(lambda p, frame, now: p.public.on_message(frame, now)),
@@ -549,6 +560,21 @@ class UserSession:
         """A LIST_REQUEST frame; the answer arrives as a :class:`UserList` event."""
         self._parts.link.require_welcomed("LIST_REQUEST")
         return self._user.frame(FrameType.LIST_REQUEST, self._parts.link.to_server(), now, {}, signed=True)
+
+    def keys_wanted(self) -> list[str]:
+        """Interop profile: the users the last LIST_RESPONSE named by id only (``online_users``) whose key we do
+        not hold, each returned once; ask for them with :meth:`pubkey_request`. Empty outside the profile."""
+        if not self._parts.link.interop:
+            return []
+        return [user_id for user_id in self._parts.peers.take_unkeyed() if user_id != self.user_id]
+
+    def pubkey_request(self, user_id: str, now: int) -> OutboundFrame:
+        """A PUBKEY_REQUEST for ``user_id``'s key; a server-signed PUBKEY_RESPONSE then adds the user to the
+        directory (a :class:`UserOnline` event), as an advert would."""
+        self._parts.link.require_welcomed("PUBKEY_REQUEST")
+        self._parts.peers.asked(user_id)
+        return self._user.frame(FrameType.PUBKEY_REQUEST, self._parts.link.to_server(), now, {"user_id": user_id},
+                                signed=True)
 
     def direct_message(self, recipient: str, text: str, now: int) -> OutboundFrame:
         """A MSG_DIRECT frame carrying ``text`` end-to-end encrypted to ``recipient`` (a user id).

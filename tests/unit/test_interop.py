@@ -4,6 +4,7 @@ would weaken anything or is not WIRE.md's form, refused by default."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -500,6 +501,61 @@ def test_client_the_servers_own_key_share_is_ignored_under_interop(key_pool: Any
         "content_sig": "AAAA"}, server_key)
     events = session.receive_text(share, TS + 1)
     assert events == [] if interop else isinstance(events[0], FrameRejected)
+
+
+def test_client_key_share_made_by_the_server_is_ignored_before_it_is_named(key_pool: Any) -> None:
+    # welcomed by the no-ACK wait with the key pinned in advance: no server id yet when its share is handled
+    from socp.user import UserSession
+    from socp.user.session import NO_ACK_WAIT_MS
+    server_key, alice_key = key_pool.key(5), key_pool.key(6)
+    pinned = crypto.encode_public_key(server_key.public_key())
+    session = UserSession(USER, alice_key, {}, pinned, interop=True)
+    session.hello(TS)
+    share = payload_signed("PUBLIC_CHANNEL_KEY_SHARE", USER, {
+        "version": 3, "shares": [{"member": USER, "wrapped": "AAAA"}], "creator_pub": pinned, "content_sig": "AAAA"},
+        server_key)
+    assert session.receive_text(share, TS + 10) == []  # held
+    events = session.welcome_overdue(TS + NO_ACK_WAIT_MS)
+    assert len(events) == 1 and session.server_id is None  # welcomed; the share ignored, not refused
+
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_client_asks_the_key_of_a_user_listed_by_id_only(key_pool: Any, interop: bool) -> None:
+    # aniketrattan/secure-programming-group-17 pushes no adverts to users and lists {"online_users": [ids]};
+    # it answers PUBKEY_REQUEST {user_id} with PUBKEY_RESPONSE {user_id, pubkey}, signed
+    from socp.user import FrameRejected, UserOnline, UserSession
+    server_key, alice_key, bob_key, carol_key = (key_pool.key(i) for i in (5, 6, 7, 8))
+    server_pub = crypto.encode_public_key(server_key.public_key())
+    bob_pub = crypto.encode_public_key(bob_key.public_key())
+    session = UserSession(USER, alice_key, {}, interop=interop)
+    session.hello(TS)
+    session.receive_text(server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO", "server_id": SERVER,
+                                                            "server_pub": server_pub}, server_key), TS)
+    session.receive_text(server_frame(FrameType.LIST_RESPONSE, USER, {"online_users": [USER, JOINER]}, server_key),
+                         TS + 1)
+    if not interop:
+        assert session.keys_wanted() == []
+        return
+    assert session.keys_wanted() == [JOINER]  # not ourselves
+    assert session.keys_wanted() == []  # each once
+    request = json.loads(session.pubkey_request(JOINER, TS + 2))
+    assert (request["type"], request["to"], request["payload"]) == ("PUBKEY_REQUEST", SERVER, {"user_id": JOINER})
+    # an answer signed by another key is refused; one nobody asked for is ignored
+    forged = server_frame(FrameType.PUBKEY_RESPONSE, USER, {"user_id": JOINER, "pubkey": bob_pub}, carol_key)
+    assert isinstance(session.receive_text(forged, TS + 3)[0], FrameRejected) and JOINER not in session.directory
+    other = str(uuid.uuid4())
+    unasked = server_frame(FrameType.PUBKEY_RESPONSE, USER, {"user_id": other, "pubkey": bob_pub}, server_key)
+    assert session.receive_text(unasked, TS + 3) == [] and other not in session.directory
+    answer = server_frame(FrameType.PUBKEY_RESPONSE, USER, {"user_id": JOINER, "pubkey": bob_pub}, server_key)
+    events = session.receive_text(answer, TS + 4)
+    assert [(e.record.user_id, e.record.pubkey, e.record.server_id) for e in events if isinstance(e, UserOnline)] \
+        == [(JOINER, bob_pub, SERVER)]
+    # the key is pinned as an advert's: a later answer with another key is refused
+    session.pubkey_request(JOINER, TS + 5)
+    changed = server_frame(FrameType.PUBKEY_RESPONSE, USER, {
+        "user_id": JOINER, "pubkey": crypto.encode_public_key(carol_key.public_key())}, server_key)
+    assert isinstance(session.receive_text(changed, TS + 6)[0], FrameRejected)
+    assert session.directory.get(JOINER) is not None and session.directory.get(JOINER).pubkey == bob_pub  # type: ignore[union-attr]
 
 
 # --- signing toward a peer in the payload-only form it uses -------------------------------------------------
