@@ -104,6 +104,10 @@ class PeerDirectory:
                            f"pinned for it is {crypto.key_fingerprint(expected)})")
         return key_text, self.display(sender)
 
+    def holders_of(self, key_text: str) -> list[str]:
+        """The user ids ``key_text`` (canonical encoding) is pinned for; O(users pinned)."""
+        return [user_id for user_id, pinned in self._pinned.items() if pinned == key_text]
+
     def preload(self, known: Mapping[str, tuple[str, str]]) -> None:
         """Pins remembered from earlier sessions (user id → (key, label)): they count as seen first, so a key
         or a claim to a name made later by someone else is refused or shown with a fingerprint."""

@@ -558,6 +558,39 @@ def test_client_asks_the_key_of_a_user_listed_by_id_only(key_pool: Any, interop:
     assert session.directory.get(JOINER) is not None and session.directory.get(JOINER).pubkey == bob_pub  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("interop", [False, True])
+def test_client_delivery_without_sender_is_bound_to_the_user_its_signature_names(key_pool: Any, interop: bool) -> None:
+    # fengyuan213/Secure-Programming-Group delivers a local DM with the MSG_DIRECT payload as sent (no 'sender')
+    from socp.user import DirectMessage, FrameRejected, UserSession
+    server_key, alice_key, bob_key, carol_key = (key_pool.key(i) for i in (5, 6, 7, 8))
+    server_pub = crypto.encode_public_key(server_key.public_key())
+    bob_pub = crypto.encode_public_key(bob_key.public_key())
+    session = UserSession(USER, alice_key, {}, interop=interop)
+    session.hello(TS)
+    session.receive_text(server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO", "server_id": SERVER,
+                                                            "server_pub": server_pub}, server_key), TS)
+    session.receive_text(advert_of(JOINER, bob_key, server_key, USER), TS + 1)
+    other = str(uuid.uuid4())  # carol advertises bob's key under her own id: she cannot sign as bob's id
+    session.receive_text(server_frame(FrameType.USER_ADVERTISE, USER, {
+        "user_id": other, "server_id": SERVER, "pubkey": bob_pub, "meta": {}}, server_key), TS + 1)
+
+    def deliver(sender: str, key: Any, text: str, ts: int) -> str:
+        ciphertext = crypto.rsa_encrypt(alice_key.public_key(), text.encode())
+        return payload_signed("USER_DELIVER", USER, {
+            "ciphertext": ciphertext, "sender_pub": crypto.encode_public_key(key.public_key()),
+            "content_sig": crypto.sign_direct(key, ciphertext, sender, USER, ts)}, server_key).replace(
+            f'"ts": {TS}', f'"ts": {ts}')
+
+    events = session.receive_text(deliver(JOINER, bob_key, "hi alice", TS + 2), TS + 2)
+    if not interop:
+        assert isinstance(events[0], FrameRejected)
+        return
+    assert [(e.sender_id, e.text) for e in events if isinstance(e, DirectMessage)] == [(JOINER, "hi alice")]
+    # signed by a key nobody we know holds: refused
+    events = session.receive_text(deliver(JOINER, carol_key, "forged", TS + 3), TS + 3)
+    assert isinstance(events[0], FrameRejected) and not any(isinstance(e, DirectMessage) for e in events)
+
+
 # --- signing toward a peer in the payload-only form it uses -------------------------------------------------
 
 def _server_link() -> Any:
