@@ -34,6 +34,7 @@ class Variant(StrEnum):
     LIST_ONLINE_USERS = "LIST_RESPONSE.online_users"
     SERVER_KEY_SHARE = "PUBLIC_CHANNEL_KEY_SHARE on a server link"
     DELIVER_NO_SENDER = "USER_DELIVER without sender"
+    HELLO_TO_SELF = "USER_HELLO addressed to the user's own id"
 
 
 TYPE_ALIASES = {"CMD_LIST": "LIST_REQUEST"}

@@ -82,6 +82,26 @@ def test_hello_pubkey_alias(net: Net) -> None:
             assert "'USER_HELLO.pubkey_b64u'" in errors[0].payload["detail"]
 
 
+def test_hello_addressed_to_the_users_own_id(net: Net) -> None:
+    # fengyuan213/Secure-Programming-Group's client addresses its hello to its own id when it does not know ours:
+    # bound to no server, like a hello to "*" (the profile only); a strict node asks for a hello to its id
+    strict, interop = both(net)
+    for node, accepted in ((strict, False), (interop, True)):
+        user = net.user(f"self-{node.name}")
+        user.open(node)
+        user.send(user.hello_frame(to=user.user_id, attested=False))
+        assert bool(user.received(FrameType.ACK)) is accepted, user.inbox
+        assert (user.user_id in node.state.local_users) is accepted
+        if not accepted:
+            errors = user.errors("BAD_FRAME")
+            assert errors and errors[0].payload.get("server_id") == node.server_id, user.inbox
+    # another user's id is not the sender's own: refused under the profile too
+    user, other = net.user("self-x"), net.user("self-y")
+    user.open(interop)
+    user.send(user.hello_frame(to=other.user_id, attested=False))
+    assert not user.received(FrameType.ACK) and user.user_id not in interop.state.local_users
+
+
 @pytest.mark.parametrize("frame_type,payload", [("CMD_LIST", {}), ("LIST_REQUEST", None), ("CMD_LIST", None)])
 def test_list_variants(net: Net, frame_type: str, payload: dict[str, Any] | None) -> None:
     strict, interop = both(net)
