@@ -62,6 +62,7 @@ from socp.user import (
     ServerError,
     ServerKeyChanged,
     UserList,
+    UserOnline,
     UserSession,
     Welcomed,
 )
@@ -310,8 +311,12 @@ class ClientConnection:
                 async with asyncio.timeout(timeout):
                     await conn._handshake()
             except TimeoutError:
+                hint = ""
+                if session.welcome_needs_ack:
+                    hint = ("; a server that sends no ACK can be used only with its key pinned in advance "
+                            "(known_servers.json or expected_server_pub): pin the server's key")
                 raise ConnectionFailed(f"connected to {url}, but the server did not acknowledge USER_HELLO "
-                                       f"within {timeout:g} s") from None
+                                       f"within {timeout:g} s{hint}") from None
             conn._reader = asyncio.create_task(conn._read_loop(), name=f"socp-client-reader-{identity.user_id[:8]}")
             if sync_directory:
                 await conn._initial_sync(timeout)
@@ -625,7 +630,7 @@ class ClientConnection:
                     raise _refusal(event)
                 elif isinstance(event, ServerKeyChanged):
                     raise _key_refusal(self.url, event)
-                elif isinstance(event, FrameRejected):
+                elif isinstance(event, FrameRejected) and not self._session.welcomed:
                     raise ConnectionFailed(f"{self.url} answered USER_HELLO with a frame this client refuses: "
                                            f"{event.reason}")
                 else:
@@ -647,12 +652,41 @@ class ClientConnection:
         try:
             await self._send(self._session.list_request(now_ms()))
             async with asyncio.timeout(timeout):
-                return await waiter
+                records = await waiter
         except TimeoutError:
             raise TimeoutError(f"no LIST_RESPONSE from {self.url} within {timeout:g} s") from None
         finally:
             with contextlib.suppress(ValueError):
                 self._list_waiters.remove(waiter)
+        wanted = self._session.keys_wanted()
+        if not wanted:
+            return records
+        await self._fetch_keys(wanted, timeout)
+        return list(self._session.directory.listing())
+
+    async def _fetch_keys(self, user_ids: list[str], timeout: float) -> None:
+        """Interop profile: ask the server for the key of each user a list named by id only (PUBKEY_REQUEST) and
+        wait, up to ``timeout`` in all, for the answers that add them to the directory; a user the server has no
+        key for stays unlisted (logged)."""
+        loop = asyncio.get_running_loop()
+        waiters: list[tuple[Callable[[ClientEvent], bool], asyncio.Future[ClientEvent]]] = []
+        for user_id in user_ids:
+            def keyed(event: ClientEvent, user_id: str = user_id) -> bool:
+                return isinstance(event, UserOnline) and event.record.user_id == user_id
+            waiters.append((keyed, loop.create_future()))
+        self._waiters.extend(waiters)
+        try:
+            for user_id in user_ids:
+                await self._send(self._session.pubkey_request(user_id, now_ms()))
+            await asyncio.wait([future for _, future in waiters], timeout=timeout)
+        finally:
+            for waiter in waiters:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+        missing = [user_id[:8] for user_id, (_, future) in zip(user_ids, waiters, strict=True) if not future.done()]
+        if missing:
+            logger.warning("interop: no usable PUBKEY_RESPONSE from %s within %g s for %s", self.url, timeout,
+                           ", ".join(missing))
 
     async def _send(self, text: str) -> None:
         await _send_on(self._ws, text, self.url, lost=True)

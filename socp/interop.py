@@ -33,6 +33,8 @@ class Variant(StrEnum):
     ACK_HELLO_OK = "ACK msg_ref USER_HELLO_OK"
     LIST_ONLINE_USERS = "LIST_RESPONSE.online_users"
     SERVER_KEY_SHARE = "PUBLIC_CHANNEL_KEY_SHARE on a server link"
+    DELIVER_NO_SENDER = "USER_DELIVER without sender"
+    HELLO_TO_SELF = "USER_HELLO addressed to the user's own id"
 
 
 TYPE_ALIASES = {"CMD_LIST": "LIST_REQUEST"}
@@ -136,6 +138,9 @@ def normalise(frame: dict[str, Any]) -> tuple[dict[str, Any], list[Variant]]:
     elif raw_type == "LIST_RESPONSE" and "users" not in payload and isinstance(payload.get("online_users"), list):
         payload["users"] = [{"user_id": user_id} for user_id in payload["online_users"]]
         met.append(Variant.LIST_ONLINE_USERS)
+    elif raw_type == "USER_DELIVER" and "sender" not in payload:
+        payload["sender"] = ""  # to be inferred by the client from the content signature (socp.user.direct)
+        met.append(Variant.DELIVER_NO_SENDER)
     elif raw_type == "ACK" and payload.get("msg_ref") == "USER_HELLO_OK":
         payload["msg_ref"] = "USER_HELLO"
         met.append(Variant.ACK_HELLO_OK)

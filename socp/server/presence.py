@@ -42,6 +42,7 @@ from socp.actions import UserJoined, UserLeft
 from socp.envelope import BROADCAST, Envelope, FrameType
 from socp.errors import BadFrame, BadKey, InvalidSignature, NameInUse, UserNotFound
 from socp.features import SERVER_FEATURES, wire_list
+from socp.interop import Variant
 from socp.presence import Attestation, Directory, UserRecord, display_label, meta_of
 from socp.replay import ReplayCache
 from socp.server.config import ServerSettings
@@ -124,7 +125,11 @@ class Presence:
         user_id = frame.sender
         if not env.is_uuid(user_id):
             raise BadFrame("user id must be a UUID", msg_ref=frame.msg_ref, fatal=True)
-        if frame.to != self._out.server_id and not (self._settings.legacy_interop and frame.to == BROADCAST):
+        # Interop profile: a client that does not know our id yet addresses its hello to its own id
+        # (fengyuan213/Secure-Programming-Group); bound to no server, exactly as a hello to "*" is.
+        to_self = self._settings.interop and frame.to == user_id
+        if (frame.to != self._out.server_id and not (self._settings.legacy_interop and frame.to == BROADCAST)
+                and not to_self):
             # Bound to this server (PROTOCOL.md §3.6): a hello captured on its way to another server, or one
             # addressed to "*", must not log anyone in here. The unsigned answer names our id so that an
             # honest client can sign its hello again, addressed to us; the connection stays open for it, a
@@ -135,6 +140,9 @@ class Presence:
                                            f"{self._out.server_id}", msg_ref=frame.msg_ref), now,
                             extra={"server_id": self._out.server_id})
             return
+        if to_self:
+            self._out.log.warning("interop: accepted variant '%s' from %s (link %d)", Variant.HELLO_TO_SELF,
+                                  user_id[:8], link.link_id)
         key_text = crypto.normalize_public_key(frame.payload["pubkey"])
         enc_key = frame.payload.get("enc_pubkey")
         if enc_key is not None:
@@ -161,7 +169,7 @@ class Presence:
             raise BadKey(f"user {user_id} is registered under another key", msg_ref=frame.msg_ref, fatal=True)
         if user_id in self._locals:
             raise NameInUse(f"user {user_id} is already connected to this server", msg_ref=frame.msg_ref)
-        meta = {k: v for k, v in meta_of(frame.payload).items() if k != "pubkey"}
+        meta = _without_key(meta_of(frame.payload))
         local = Local(user_id, link.link_id, key_text, meta)
         if attest is not None:
             self._attests[user_id] = attest
@@ -248,7 +256,7 @@ class Presence:
         pubkey = self._gossiped_user_key(payload, meta, frame, frame.sender)
         if pubkey is None:
             return
-        record = UserRecord(payload["user_id"], frame.sender, pubkey, meta)
+        record = UserRecord(payload["user_id"], frame.sender, pubkey, _without_key(meta))
         if record.user_id in self._locals:
             self._out.log.info("user %s advertised by %s but attached here; keeping local", record.user_id[:8],
                                frame.sender[:8])
@@ -282,7 +290,7 @@ class Presence:
             pubkey = self._gossiped_user_key(item, meta, frame, link.peer)
             if pubkey is None:
                 continue
-            records.append(UserRecord(item["user_id"], link.peer, pubkey, meta))
+            records.append(UserRecord(item["user_id"], link.peer, pubkey, _without_key(meta)))
         added, removed = self._directory.replace_server(link.peer, records)
         for record in added:
             self.push(FrameType.USER_ADVERTISE, now, self._advert_payload(record))
@@ -475,6 +483,13 @@ class Presence:
         return record.pubkey if record is not None else None
 
 
+def _without_key(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``meta`` as stored: without ``pubkey`` (the record holds the key; adverts add it back, _advert_payload)."""
+    return {k: v for k, v in meta.items() if k != "pubkey"}
+
+
 def _advert_payload(record: UserRecord) -> dict[str, Any]:
+    # The key in meta as well: fengyuan213/Secure-Programming-Group's client reads a user's key only from
+    # ``meta.pubkey`` (docs/INTEROP.md §1); the same key, under the same signature, never read back by us.
     return {"user_id": record.user_id, "server_id": record.server_id, "pubkey": record.pubkey,
-            "meta": dict(record.meta)}
+            "meta": {**record.meta, "pubkey": record.pubkey}}

@@ -43,10 +43,27 @@ class DirectMessages:
                    "content_sig": self._user.sign_direct(ciphertext, recipient, ts)}
         return self._user.frame(FrameType.MSG_DIRECT, recipient, ts, payload, signed=True)
 
+    def _inferred_sender(self, frame: Envelope) -> str:
+        """Interop profile, a USER_DELIVER without ``sender`` (fengyuan213/Secure-Programming-Group delivers the
+        MSG_DIRECT payload as it came): the user whose pinned key is ``sender_pub`` and whose id the
+        ``content_sig`` binds as ``from``. The signature covers the sender's id, so at most one candidate
+        verifies; none: :class:`Rejected`."""
+        payload = frame.payload
+        try:
+            key_text = crypto.normalize_public_key(payload["sender_pub"])
+        except SocpError:
+            raise Rejected("USER_DELIVER without sender carries an unusable sender_pub") from None
+        key = self._peers.public_key(key_text)
+        for candidate in self._peers.holders_of(key_text):
+            if crypto.verify_direct(key, payload["content_sig"], payload["ciphertext"], candidate,
+                                    self._user.user_id, frame.ts):
+                return candidate
+        raise Rejected("USER_DELIVER without sender: no known user holding its sender_pub signed it")
+
     def on_deliver(self, frame: Envelope, now: int) -> list[ClientEvent]:
         """USER_DELIVER: a direct message for us, relayed by the server."""
         payload = frame.payload
-        sender = payload["sender"]
+        sender = payload["sender"] or self._inferred_sender(frame)
         original_ref = f"{FrameType.MSG_DIRECT}:{sender}:{frame.to}:{frame.ts}"
         if frame.to != self._user.user_id:
             raise Rejected(f"USER_DELIVER addressed to {frame.to}, not to this user")

@@ -30,6 +30,8 @@ MIN_ID_PREFIX = 4
 """Shortest user id prefix :meth:`PeerDirectory.resolve` accepts (``/list`` shows 8 characters)."""
 MAX_KEY_CACHE = 1024
 """Decoded public keys kept; the cache starts over beyond it."""
+MAX_KEY_REQUESTS = 64
+"""Users one LIST_RESPONSE may send PUBKEY_REQUESTs for (interop profile), and requests awaiting an answer."""
 FINGERPRINT_CHARS = 8
 """Hex digits of the key fingerprint shown next to a display name that is not unique."""
 
@@ -49,6 +51,10 @@ class PeerDirectory:
         self._keys: dict[str, crypto.PublicKey] = {}
         self._labels: dict[str, str] = {}
         """User id → the display label it was last seen with (online or not)."""
+        self._unkeyed: list[str] = []
+        """Users the last LIST_RESPONSE named by id only and we hold no record of (interop profile)."""
+        self._asked: set[str] = set()
+        """Users whose key we asked the server for (PUBKEY_REQUEST) and have no answer for yet."""
         self._holders: dict[str, list[str]] = {}
         """Case-folded display label → the user ids seen with it, first seen first."""
 
@@ -97,6 +103,10 @@ class PeerDirectory:
             raise Rejected(f"{what} from {sender}: {noun} is not the key advertised for that user (the key "
                            f"pinned for it is {crypto.key_fingerprint(expected)})")
         return key_text, self.display(sender)
+
+    def holders_of(self, key_text: str) -> list[str]:
+        """The user ids ``key_text`` (canonical encoding) is pinned for; O(users pinned)."""
+        return [user_id for user_id, pinned in self._pinned.items() if pinned == key_text]
 
     def preload(self, known: Mapping[str, tuple[str, str]]) -> None:
         """Pins remembered from earlier sessions (user id → (key, label)): they count as seen first, so a key
@@ -192,6 +202,7 @@ class PeerDirectory:
         """LIST_RESPONSE: the directory becomes exactly the usable entries listed."""
         records: list[UserRecord] = []
         rejected: list[ClientEvent] = []
+        unkeyed: list[str] = []
         for item in frame.payload["users"]:
             server_id = item.get("server_id") if isinstance(item, dict) else None
             record = _record(item, server_id) if isinstance(server_id, str) else None
@@ -199,6 +210,9 @@ class PeerDirectory:
                 # An id-only entry (another implementation's ``online_users``, docs/INTEROP.md): still online
                 # as we know it; nothing new is learnt from it, so nothing needs verifying.
                 record = self.directory.get(item["user_id"]) if isinstance(item["user_id"], str) else None
+                if (record is None and isinstance(item["user_id"], str) and len(unkeyed) < MAX_KEY_REQUESTS
+                        and item["user_id"] not in unkeyed):
+                    unkeyed.append(item["user_id"])  # its key can be asked for (PUBKEY_REQUEST)
             if record is None:
                 # One unusable entry (another implementation's key format, say) must not hide the others.
                 logger.debug("LIST_RESPONSE entry skipped: needs user_id, server_id and an RSA-4096 pubkey")
@@ -216,7 +230,41 @@ class PeerDirectory:
             self.directory.remove(stale.user_id, stale.server_id)
         for record in records:
             self.directory.advertise(record)
+        self._unkeyed = unkeyed
         return [*rejected, UserList(tuple(self.directory.listing()))]
+
+    def take_unkeyed(self) -> list[str]:
+        """The users the last LIST_RESPONSE named by id only, with no record here (each returned once)."""
+        unkeyed, self._unkeyed = self._unkeyed, []
+        return unkeyed
+
+    def asked(self, user_id: str) -> None:
+        """A PUBKEY_REQUEST for ``user_id`` went out; its answer will be taken (at most
+        :data:`MAX_KEY_REQUESTS` outstanding: the oldest question is forgotten)."""
+        if len(self._asked) >= MAX_KEY_REQUESTS:
+            self._asked.pop()
+        self._asked.add(user_id)
+
+    def on_pubkey_response(self, frame: Envelope, server_id: str | None) -> list[ClientEvent]:
+        """PUBKEY_RESPONSE to a PUBKEY_REQUEST of ours: the user's key, vouched for by the server's transport
+        signature as an advert's is, pinned as an advert's is. The user is placed at the ``server_id`` the
+        answer names, else at our server (informational: the server routes by user id). An answer nobody
+        asked for is ignored."""
+        user_id = frame.payload["user_id"]
+        if user_id not in self._asked:
+            logger.debug("PUBKEY_RESPONSE for %s ignored: not asked for", user_id[:8])
+            return []
+        self._asked.discard(user_id)
+        home = frame.payload.get("server_id")
+        home = home if isinstance(home, str) and home else server_id or frame.sender
+        record = _record(frame.payload, home)
+        if record is None:
+            raise Rejected(f"PUBKEY_RESPONSE for {user_id} carries no usable RSA-4096 pubkey")
+        self._check_pin(record)
+        is_new = self.directory.get(record.user_id) is None
+        if not self.directory.advertise(record):
+            return []
+        return [UserOnline(record, is_new)]
 
     def _check_pin(self, record: UserRecord) -> None:
         """Pin ``record``'s key to its user id on first sight; refuse (:class:`Rejected`) a different one later."""

@@ -20,7 +20,8 @@ interop profile (``interop=True``, docs/INTEROP.md) a server that sends no ACK a
 frame that verifies with the key pinned in advance or, on first contact, with a key the frame names as its
 sender's own (the same trust on first use as an ACK); a server that sends nothing is waited for
 :data:`NO_ACK_WAIT_MS` (the shell asks :meth:`UserSession.welcome_overdue` at
-:meth:`UserSession.welcome_deadline`), then welcomed with the key pinned in advance, if any.
+:meth:`UserSession.welcome_deadline`), then welcomed with the key pinned in advance; with none pinned the
+session keeps waiting for an ACK (a slow server's comes late), bounded by the shell's timeout.
 
 The session is a facade over components of one shape (frames in, events out), each owning one concern:
 :class:`ServerLink` (the welcome and the pinned server key), :class:`socp.user.keys.PeerDirectory` (who is
@@ -125,10 +126,26 @@ class ServerLink:
         self.server_id: str | None = None
         self.server_pub: str | None = None
         self._server_key: crypto.PublicKey | None = None
+        self.payload_only = False
+        """The server was seen signing payload-only (interop profile; logged once)."""
+
+    def signed_by(self, frame: Envelope, key: crypto.PublicKey) -> bool:
+        """True when ``frame`` carries ``key``'s transport signature over the envelope (WIRE §2) or, under the
+        interop profile only, over the payload alone (the standard's form, which leaves ``type``, ``from``,
+        ``to`` and ``ts`` uncovered: docs/INTEROP.md; e.g. aniketrattan/secure-programming-group-17 signs so)."""
+        if frame.verify(key):
+            return True
+        if not self.interop or not frame.verify(key, legacy=True):
+            return False
+        if not self.payload_only:
+            self.payload_only = True
+            logger.warning("interop: accepted variant 'payload-only transport sig' from the server (%s)",
+                           frame.type)
+        return True
 
     def verify(self, frame: Envelope) -> None:
         """Raise :class:`Rejected` unless ``frame`` carries the pinned server's transport signature."""
-        if self._server_key is None or not frame.verify(self._server_key):
+        if self._server_key is None or not self.signed_by(frame, self._server_key):
             raise Rejected(f"{frame.type} signature does not verify with the pinned key of server {self.server_id}")
         if self.server_id is None and frame.type in SERVER_ORIGIN and env.is_uuid(frame.sender):
             self.server_id = frame.sender  # welcomed without a name (no ACK): the pinned key's signer names itself
@@ -162,7 +179,7 @@ class ServerLink:
         except BadKey as exc:
             raise Rejected(f"ACK of USER_HELLO carries an unusable server_pub: {exc.detail}") from None
         key = self._peers.public_key(key_text)
-        if not frame.verify(key):
+        if not self.signed_by(frame, key):
             raise Rejected("ACK of USER_HELLO is not signed by the server_pub it carries")
         if self.expected_pub is not None and key_text != self.expected_pub:
             self.state = SessionState.REFUSED
@@ -208,7 +225,7 @@ class ServerLink:
         if key_text is None:
             return []
         key = self._peers.public_key(key_text)
-        if not frame.verify(key):
+        if not self.signed_by(frame, key):
             return []
         logger.warning("interop: no ACK of USER_HELLO; %s from server %s (key %s, %s) taken as the welcome",
                        frame.type, frame.sender[:8], crypto.key_fingerprint(key_text),
@@ -217,23 +234,20 @@ class ServerLink:
 
     def overdue(self, now: int) -> list[ClientEvent]:
         """Interop profile: :data:`NO_ACK_WAIT_MS` after USER_HELLO, with no ACK and no server-signed frame,
-        welcome with the key pinned in advance; without one there is nothing to trust, and the session says so
-        (a :class:`FrameRejected`, once)."""
+        welcome with the key pinned in advance. Without one there is nothing to welcome with: nothing is due
+        (:meth:`deadline` is None) and the session keeps waiting for an ACK, bounded by the caller's timeout."""
         if (not self.interop or self.state is not SessionState.AWAITING_ACK or self.hello_at is None
-                or now - self.hello_at < NO_ACK_WAIT_MS):
+                or self.expected_pub is None or now - self.hello_at < NO_ACK_WAIT_MS):
             return []
-        if self.expected_pub is None:
-            self.hello_at = None  # said once
-            return [FrameRejected(f"no ACK of USER_HELLO within {NO_ACK_WAIT_MS} ms and no server-signed frame "
-                                  "naming the server's key: pin the server's key in advance to use a server that "
-                                  "sends no ACK")]
         logger.warning("interop: no ACK of USER_HELLO within %d ms; using the server key pinned in advance (%s)",
                        NO_ACK_WAIT_MS, crypto.key_fingerprint(self.expected_pub))
         return self._implicit_welcome(self.expected_id, self.expected_pub, self._peers.public_key(self.expected_pub))
 
     def deadline(self) -> int | None:
-        """When :meth:`overdue` has work (ms), or None."""
-        if not self.interop or self.state is not SessionState.AWAITING_ACK or self.hello_at is None:
+        """When :meth:`overdue` has work (ms), or None (also with no key pinned in advance: a slow server's ACK
+        may still come, e.g. one that signs each frame in half a second and sends two frames before its ACK)."""
+        if (not self.interop or self.state is not SessionState.AWAITING_ACK or self.hello_at is None
+                or self.expected_pub is None):
             return None
         return self.hello_at + NO_ACK_WAIT_MS
 
@@ -336,6 +350,27 @@ def _ignore(parts: Parts, frame: Envelope, now: int) -> list[ClientEvent]:
 _FILES: Final = Route(lambda p, frame, now: p.files.on_frame(frame, now))
 _IGNORED: Final = Route(_ignore)
 
+def _same_key(offered: object, pinned: str) -> bool:
+    """``offered`` is ``pinned`` (canonical encoding) in any accepted encoding."""
+    try:
+        return crypto.normalize_public_key(offered) == pinned
+    except BadKey:
+        return False
+
+
+def _key_share(parts: Parts, frame: Envelope, now: int) -> list[ClientEvent]:
+    """PUBLIC_CHANNEL_KEY_SHARE: a member's sender key; under the interop profile a share made by the server
+    itself (another public-channel design, a server-made group key: docs/INTEROP.md, not bridged) is ignored,
+    not refused: some servers send one to every member at each join."""
+    link = parts.link
+    # The server's own: made with its key (verified as the transport signer already), whatever 'from' says
+    # (the session may have been welcomed without learning the server's id yet).
+    if link.interop and link.server_pub is not None and _same_key(frame.payload["creator_pub"], link.server_pub):
+        logger.debug("interop: ignoring the server's own PUBLIC_CHANNEL_KEY_SHARE (a server-made group key)")
+        return []
+    return parts.public.on_key_share(frame, now)
+
+
 ROUTES: Final[Mapping[SessionState, Mapping[FrameType, Route]]] = {
     SessionState.AWAITING_ACK: {
         FrameType.ACK: Route(lambda p, frame, now: _welcome(p, frame), verified=False),
@@ -350,8 +385,9 @@ ROUTES: Final[Mapping[SessionState, Mapping[FrameType, Route]]] = {
         FrameType.USER_REMOVE: Route(lambda p, frame, now: p.peers.on_remove(frame)),
         FrameType.LIST_RESPONSE: Route(lambda p, frame, now: p.peers.on_list(frame)),
         FrameType.DIRECTORY_RESPONSE: Route(lambda p, frame, now: [directory_entry(frame)]),
+        FrameType.PUBKEY_RESPONSE: Route(lambda p, frame, now: p.peers.on_pubkey_response(frame, p.link.server_id)),
         FrameType.USER_DELIVER: Route(lambda p, frame, now: p.direct.on_deliver(frame, now)),
-        FrameType.PUBLIC_CHANNEL_KEY_SHARE: Route(lambda p, frame, now: p.public.on_key_share(frame, now)),
+        FrameType.PUBLIC_CHANNEL_KEY_SHARE: Route(lambda p, frame, now: _key_share(p, frame, now)),
         FrameType.MSG_PUBLIC_CHANNEL: Route(lambda p, frame, now: p.public.on_message(frame, now)),
         FrameType.FILE_START: _FILES,
         FrameType.FILE_CHUNK: _FILES,
@@ -428,6 +464,13 @@ class UserSession:
     def server_pub(self) -> str | None:
         """The pinned server key (canonical encoding), or None before the ACK."""
         return self._parts.link.server_pub
+
+    @property
+    def welcome_needs_ack(self) -> bool:
+        """True while awaiting the welcome under the interop profile with no server key pinned in advance: only
+        an ACK (or a frame naming the server's own key) can welcome this session, however long the server takes."""
+        link = self._parts.link
+        return link.interop and link.expected_pub is None and link.state is SessionState.AWAITING_ACK
 
     @property
     def directory(self) -> Directory:
@@ -517,6 +560,21 @@ class UserSession:
         """A LIST_REQUEST frame; the answer arrives as a :class:`UserList` event."""
         self._parts.link.require_welcomed("LIST_REQUEST")
         return self._user.frame(FrameType.LIST_REQUEST, self._parts.link.to_server(), now, {}, signed=True)
+
+    def keys_wanted(self) -> list[str]:
+        """Interop profile: the users the last LIST_RESPONSE named by id only (``online_users``) whose key we do
+        not hold, each returned once; ask for them with :meth:`pubkey_request`. Empty outside the profile."""
+        if not self._parts.link.interop:
+            return []
+        return [user_id for user_id in self._parts.peers.take_unkeyed() if user_id != self.user_id]
+
+    def pubkey_request(self, user_id: str, now: int) -> OutboundFrame:
+        """A PUBKEY_REQUEST for ``user_id``'s key; a server-signed PUBKEY_RESPONSE then adds the user to the
+        directory (a :class:`UserOnline` event), as an advert would."""
+        self._parts.link.require_welcomed("PUBKEY_REQUEST")
+        self._parts.peers.asked(user_id)
+        return self._user.frame(FrameType.PUBKEY_REQUEST, self._parts.link.to_server(), now, {"user_id": user_id},
+                                signed=True)
 
     def direct_message(self, recipient: str, text: str, now: int) -> OutboundFrame:
         """A MSG_DIRECT frame carrying ``text`` end-to-end encrypted to ``recipient`` (a user id).
@@ -642,8 +700,8 @@ class UserSession:
     def welcome_overdue(self, now: int) -> list[ClientEvent]:
         """Interop profile: a server that sent no ACK (nor any frame signed with a key we can trust) by
         :meth:`welcome_deadline` is taken as welcoming us with the key pinned in advance (:class:`Welcomed`,
-        then the frames held so far); with no key pinned, a :class:`FrameRejected` says why the session cannot
-        go on. Nothing before the deadline or outside the profile."""
+        then the frames held so far). Nothing before the deadline, outside the profile, or with no key pinned
+        (the session waits for an ACK; the shell's timeout bounds the wait and says what to do)."""
         events = self._parts.link.overdue(now)
         return events + self._release_held(now) if events else []
 

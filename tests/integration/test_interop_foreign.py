@@ -63,6 +63,31 @@ async def test_client_interop_on_a_server_that_sends_no_ack(key_pool: KeyPool, w
             await bob.close()
 
 
+async def test_client_interop_on_a_slow_payload_only_server_with_no_key_pinned(key_pool: KeyPool) -> None:
+    # aniketrattan/secure-programming-group-17: its key share and CLIENT_WELCOME first, ACK USER_HELLO_OK after
+    # 3.5 s, payload-only signatures; on first contact (nothing pinned) the client waits for the ACK and pins
+    async with ForeignServer(key_pool.key(FOREIGN_KEY), welcome=ClientWelcome.LATE_ACK) as server:
+        with pytest.raises(ConnectionFailed):  # strict: the frames before the ACK are refused
+            await ClientConnection.connect(server.url, identity(key_pool, 17, "alice"), timeout=10.0)
+        alice = await ClientConnection.connect(server.url, identity(key_pool, 17, "alice"), timeout=10.0,
+                                               interop=True)
+        bob = await ClientConnection.connect(server.url, identity(key_pool, 18, "bob"), timeout=10.0, interop=True)
+        try:
+            assert alice.server_pub == bob.server_pub == server.pubkey
+            assert alice.server_id == server.server_id  # from the ACK's 'from'
+            if bob.user_id not in alice.directory:
+                await alice.wait_for(lambda e: bob.user_id in alice.directory, 10.0, description="bob's advert")
+            await alice.send_direct(bob.user_id, "hello bob")
+            got = await bob.wait_for(lambda e: isinstance(e, DirectMessage), 10.0, description="alice's message")
+            assert isinstance(got, DirectMessage) and got.text == "hello bob"
+            await bob.send_direct(alice.user_id, "hello alice")
+            got = await alice.wait_for(lambda e: isinstance(e, DirectMessage), 10.0, description="bob's message")
+            assert isinstance(got, DirectMessage) and got.text == "hello alice"
+        finally:
+            await alice.close()
+            await bob.close()
+
+
 @pytest.mark.parametrize("welcome", [ClientWelcome.NO_ACK, ClientWelcome.SILENT])
 async def test_client_without_ack_is_refused_clearly(key_pool: KeyPool, welcome: ClientWelcome) -> None:
     async with ForeignServer(key_pool.key(FOREIGN_KEY), welcome=welcome) as server:

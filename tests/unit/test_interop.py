@@ -4,6 +4,7 @@ would weaken anything or is not WIRE.md's form, refused by default."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -79,6 +80,26 @@ def test_hello_pubkey_alias(net: Net) -> None:
             errors = user.errors("BAD_FRAME")
             assert errors and STRICT_HINT in errors[0].payload["detail"], user.inbox  # names the switch
             assert "'USER_HELLO.pubkey_b64u'" in errors[0].payload["detail"]
+
+
+def test_hello_addressed_to_the_users_own_id(net: Net) -> None:
+    # fengyuan213/Secure-Programming-Group's client addresses its hello to its own id when it does not know ours:
+    # bound to no server, like a hello to "*" (the profile only); a strict node asks for a hello to its id
+    strict, interop = both(net)
+    for node, accepted in ((strict, False), (interop, True)):
+        user = net.user(f"self-{node.name}")
+        user.open(node)
+        user.send(user.hello_frame(to=user.user_id, attested=False))
+        assert bool(user.received(FrameType.ACK)) is accepted, user.inbox
+        assert (user.user_id in node.state.local_users) is accepted
+        if not accepted:
+            errors = user.errors("BAD_FRAME")
+            assert errors and errors[0].payload.get("server_id") == node.server_id, user.inbox
+    # another user's id is not the sender's own: refused under the profile too
+    user, other = net.user("self-x"), net.user("self-y")
+    user.open(interop)
+    user.send(user.hello_frame(to=other.user_id, attested=False))
+    assert not user.received(FrameType.ACK) and user.user_id not in interop.state.local_users
 
 
 @pytest.mark.parametrize("frame_type,payload", [("CMD_LIST", {}), ("LIST_REQUEST", None), ("CMD_LIST", None)])
@@ -420,15 +441,174 @@ def test_client_no_ack_a_users_frame_never_names_the_server(key_pool: Any) -> No
     assert session.server_id == SERVER
 
 
-def test_client_no_frame_and_no_pinned_key_is_refused_clearly(key_pool: Any) -> None:
+def test_client_no_pinned_key_waits_past_the_no_ack_wait_for_a_slow_ack(key_pool: Any) -> None:
+    # aniketrattan/secure-programming-group-17 (integration/): a key share signed by the server (its key only
+    # as 'creator_pub'), CLIENT_WELCOME, then ACK USER_HELLO_OK at ~3.3 s, past NO_ACK_WAIT_MS; the client used
+    # to give up at 3 s although, with no key pinned, it had nothing to do but wait for that ACK.
+    from socp.user import SessionState, UserSession, Welcomed
+    from socp.user.session import NO_ACK_WAIT_MS
+    server_key, alice_key = key_pool.key(5), key_pool.key(6)
+    server_pub = crypto.encode_public_key(server_key.public_key())
+    session = UserSession(USER, alice_key, {}, interop=True)
+    session.hello(TS)
+    assert session.welcome_needs_ack and session.welcome_deadline() is None  # the shell's timeout bounds it
+    share = server_frame(FrameType.PUBLIC_CHANNEL_KEY_SHARE, USER, {
+        "version": 2, "shares": [], "creator_pub": server_pub, "content_sig": "AAAA"}, server_key)
+    assert session.receive_text(share, TS + 2_100) == []  # 'creator_pub' is not taken as the server's key
+    assert session.welcome_overdue(TS + NO_ACK_WAIT_MS) == []
+    assert session.welcome_overdue(TS + 10 * NO_ACK_WAIT_MS) == [] and session.state is SessionState.AWAITING_ACK
+    ack = server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO_OK", "server_pub": server_pub}, server_key)
+    assert session.receive_text(ack, TS + NO_ACK_WAIT_MS + 300)[0] == Welcomed(SERVER, server_pub)
+    assert session.server_pub == server_pub and not session.welcome_needs_ack
+
+
+def test_client_no_pinned_key_a_forged_ack_still_fails_after_the_wait(key_pool: Any) -> None:
     from socp.user import FrameRejected, SessionState, UserSession
     from socp.user.session import NO_ACK_WAIT_MS
-    session = UserSession(USER, key_pool.key(6), {}, interop=True)
+    server_key, alice_key, mallory_key = key_pool.key(5), key_pool.key(6), key_pool.key(8)
+    session = UserSession(USER, alice_key, {}, interop=True)
     session.hello(TS)
+    forged = server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO_OK", "server_pub": crypto.encode_public_key(
+        server_key.public_key())}, mallory_key)  # names one key, signed with another
+    events = session.receive_text(forged, TS + 2 * NO_ACK_WAIT_MS)
+    assert any(isinstance(e, FrameRejected) for e in events) and session.state is not SessionState.WELCOMED
+
+
+def payload_signed(frame_type: str, to: str, payload: dict[str, Any], key: Any) -> str:
+    """A server frame signed over its payload alone, as aniketrattan/secure-programming-group-17 signs
+    (``json.dumps(payload, sort_keys=True, separators=(",", ":"))``), with spaces in the frame itself."""
+    return json.dumps({"type": frame_type, "from": SERVER, "to": to, "ts": TS, "payload": payload,
+                       "sig": crypto.sign(key, canonical_json(payload))})
+
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_client_payload_only_server_signatures_only_under_interop(key_pool: Any, interop: bool) -> None:
+    from socp.user import FrameRejected, SessionState, UserOnline, UserSession, Welcomed
+    server_key, alice_key, bob_key, mallory_key = (key_pool.key(i) for i in (5, 6, 7, 8))
+    server_pub = crypto.encode_public_key(server_key.public_key())
+    session = UserSession(USER, alice_key, {}, interop=interop)
+    session.hello(TS)
+    ack = payload_signed("ACK", USER, {"msg_ref": "USER_HELLO", "server_id": SERVER, "server_pub": server_pub},
+                         server_key)
+    events = session.receive_text(ack, TS)
+    if not interop:
+        assert isinstance(events[0], FrameRejected) and session.state is SessionState.AWAITING_ACK
+        return
+    assert events == [Welcomed(SERVER, server_pub)]
+    bob = {"user_id": JOINER, "server_id": SERVER, "pubkey": crypto.encode_public_key(bob_key.public_key()),
+           "meta": {"display_name": "bob"}}
+    online = session.receive_text(payload_signed("USER_ADVERTISE", USER, bob, server_key), TS + 1)
+    assert [e.record.user_id for e in online if isinstance(e, UserOnline)] == [JOINER]
+    # still the pinned key only: a payload-only frame signed by another key is refused
+    forged = session.receive_text(payload_signed("USER_ADVERTISE", USER, dict(bob, user_id=SERVER), mallory_key),
+                                  TS + 2)
+    assert isinstance(forged[0], FrameRejected) and SERVER not in session.directory
+
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_client_the_servers_own_key_share_is_ignored_under_interop(key_pool: Any, interop: bool) -> None:
+    # a server-made group key (aniketrattan/secure-programming-group-17 sends one to every member at each join):
+    # another public-channel design, not bridged; under the profile it is ignored instead of refused
+    from socp.user import FrameRejected, UserSession
+    server_key, alice_key = key_pool.key(5), key_pool.key(6)
+    server_pub = crypto.encode_public_key(server_key.public_key())
+    session = UserSession(USER, alice_key, {}, interop=interop)
+    session.hello(TS)
+    session.receive_text(server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO", "server_id": SERVER,
+                                                            "server_pub": server_pub}, server_key), TS)
+    share = server_frame(FrameType.PUBLIC_CHANNEL_KEY_SHARE, USER, {
+        "version": 3, "shares": [{"member": USER, "wrapped": "AAAA"}], "creator_pub": server_pub,
+        "content_sig": "AAAA"}, server_key)
+    events = session.receive_text(share, TS + 1)
+    assert events == [] if interop else isinstance(events[0], FrameRejected)
+
+
+def test_client_key_share_made_by_the_server_is_ignored_before_it_is_named(key_pool: Any) -> None:
+    # welcomed by the no-ACK wait with the key pinned in advance: no server id yet when its share is handled
+    from socp.user import UserSession
+    from socp.user.session import NO_ACK_WAIT_MS
+    server_key, alice_key = key_pool.key(5), key_pool.key(6)
+    pinned = crypto.encode_public_key(server_key.public_key())
+    session = UserSession(USER, alice_key, {}, pinned, interop=True)
+    session.hello(TS)
+    share = payload_signed("PUBLIC_CHANNEL_KEY_SHARE", USER, {
+        "version": 3, "shares": [{"member": USER, "wrapped": "AAAA"}], "creator_pub": pinned, "content_sig": "AAAA"},
+        server_key)
+    assert session.receive_text(share, TS + 10) == []  # held
     events = session.welcome_overdue(TS + NO_ACK_WAIT_MS)
-    assert len(events) == 1 and isinstance(events[0], FrameRejected) and "pin the server's key" in events[0].reason
-    assert session.state is SessionState.AWAITING_ACK and session.welcome_deadline() is None  # said once
-    assert session.welcome_overdue(TS + 2 * NO_ACK_WAIT_MS) == []
+    assert len(events) == 1 and session.server_id is None  # welcomed; the share ignored, not refused
+
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_client_asks_the_key_of_a_user_listed_by_id_only(key_pool: Any, interop: bool) -> None:
+    # aniketrattan/secure-programming-group-17 pushes no adverts to users and lists {"online_users": [ids]};
+    # it answers PUBKEY_REQUEST {user_id} with PUBKEY_RESPONSE {user_id, pubkey}, signed
+    from socp.user import FrameRejected, UserOnline, UserSession
+    server_key, alice_key, bob_key, carol_key = (key_pool.key(i) for i in (5, 6, 7, 8))
+    server_pub = crypto.encode_public_key(server_key.public_key())
+    bob_pub = crypto.encode_public_key(bob_key.public_key())
+    session = UserSession(USER, alice_key, {}, interop=interop)
+    session.hello(TS)
+    session.receive_text(server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO", "server_id": SERVER,
+                                                            "server_pub": server_pub}, server_key), TS)
+    session.receive_text(server_frame(FrameType.LIST_RESPONSE, USER, {"online_users": [USER, JOINER]}, server_key),
+                         TS + 1)
+    if not interop:
+        assert session.keys_wanted() == []
+        return
+    assert session.keys_wanted() == [JOINER]  # not ourselves
+    assert session.keys_wanted() == []  # each once
+    request = json.loads(session.pubkey_request(JOINER, TS + 2))
+    assert (request["type"], request["to"], request["payload"]) == ("PUBKEY_REQUEST", SERVER, {"user_id": JOINER})
+    # an answer signed by another key is refused; one nobody asked for is ignored
+    forged = server_frame(FrameType.PUBKEY_RESPONSE, USER, {"user_id": JOINER, "pubkey": bob_pub}, carol_key)
+    assert isinstance(session.receive_text(forged, TS + 3)[0], FrameRejected) and JOINER not in session.directory
+    other = str(uuid.uuid4())
+    unasked = server_frame(FrameType.PUBKEY_RESPONSE, USER, {"user_id": other, "pubkey": bob_pub}, server_key)
+    assert session.receive_text(unasked, TS + 3) == [] and other not in session.directory
+    answer = server_frame(FrameType.PUBKEY_RESPONSE, USER, {"user_id": JOINER, "pubkey": bob_pub}, server_key)
+    events = session.receive_text(answer, TS + 4)
+    assert [(e.record.user_id, e.record.pubkey, e.record.server_id) for e in events if isinstance(e, UserOnline)] \
+        == [(JOINER, bob_pub, SERVER)]
+    # the key is pinned as an advert's: a later answer with another key is refused
+    session.pubkey_request(JOINER, TS + 5)
+    changed = server_frame(FrameType.PUBKEY_RESPONSE, USER, {
+        "user_id": JOINER, "pubkey": crypto.encode_public_key(carol_key.public_key())}, server_key)
+    assert isinstance(session.receive_text(changed, TS + 6)[0], FrameRejected)
+    assert session.directory.get(JOINER) is not None and session.directory.get(JOINER).pubkey == bob_pub  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("interop", [False, True])
+def test_client_delivery_without_sender_is_bound_to_the_user_its_signature_names(key_pool: Any, interop: bool) -> None:
+    # fengyuan213/Secure-Programming-Group delivers a local DM with the MSG_DIRECT payload as sent (no 'sender')
+    from socp.user import DirectMessage, FrameRejected, UserSession
+    server_key, alice_key, bob_key, carol_key = (key_pool.key(i) for i in (5, 6, 7, 8))
+    server_pub = crypto.encode_public_key(server_key.public_key())
+    bob_pub = crypto.encode_public_key(bob_key.public_key())
+    session = UserSession(USER, alice_key, {}, interop=interop)
+    session.hello(TS)
+    session.receive_text(server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO", "server_id": SERVER,
+                                                            "server_pub": server_pub}, server_key), TS)
+    session.receive_text(advert_of(JOINER, bob_key, server_key, USER), TS + 1)
+    other = str(uuid.uuid4())  # carol advertises bob's key under her own id: she cannot sign as bob's id
+    session.receive_text(server_frame(FrameType.USER_ADVERTISE, USER, {
+        "user_id": other, "server_id": SERVER, "pubkey": bob_pub, "meta": {}}, server_key), TS + 1)
+
+    def deliver(sender: str, key: Any, text: str, ts: int) -> str:
+        ciphertext = crypto.rsa_encrypt(alice_key.public_key(), text.encode())
+        return payload_signed("USER_DELIVER", USER, {
+            "ciphertext": ciphertext, "sender_pub": crypto.encode_public_key(key.public_key()),
+            "content_sig": crypto.sign_direct(key, ciphertext, sender, USER, ts)}, server_key).replace(
+            f'"ts": {TS}', f'"ts": {ts}')
+
+    events = session.receive_text(deliver(JOINER, bob_key, "hi alice", TS + 2), TS + 2)
+    if not interop:
+        assert isinstance(events[0], FrameRejected)
+        return
+    assert [(e.sender_id, e.text) for e in events if isinstance(e, DirectMessage)] == [(JOINER, "hi alice")]
+    # signed by a key nobody we know holds: refused
+    events = session.receive_text(deliver(JOINER, carol_key, "forged", TS + 3), TS + 3)
+    assert isinstance(events[0], FrameRejected) and not any(isinstance(e, DirectMessage) for e in events)
 
 
 # --- signing toward a peer in the payload-only form it uses -------------------------------------------------
