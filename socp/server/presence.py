@@ -428,6 +428,11 @@ class Presence:
     def _advert_payload(self, record: UserRecord) -> dict[str, Any]:
         """A USER_ADVERTISE payload, with the user's attestation when we hold one for that location."""
         payload = _advert_payload(record)
+        if self._settings.interop:
+            # The key in meta as well: fengyuan213/Secure-Programming-Group's client reads a user's key only
+            # from ``meta.pubkey`` (docs/INTEROP.md §1); the same key, under the same signature, never read back
+            # by us. Interop profile only: it makes every advert and snapshot entry ~740 characters longer.
+            payload["meta"] = {**payload["meta"], "pubkey": record.pubkey}
         attest = self._attests.get(record.user_id)
         if attest is not None and attest.server_id == record.server_id:
             payload["attest"] = attest.to_wire()
@@ -489,7 +494,5 @@ def _without_key(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _advert_payload(record: UserRecord) -> dict[str, Any]:
-    # The key in meta as well: fengyuan213/Secure-Programming-Group's client reads a user's key only from
-    # ``meta.pubkey`` (docs/INTEROP.md §1); the same key, under the same signature, never read back by us.
     return {"user_id": record.user_id, "server_id": record.server_id, "pubkey": record.pubkey,
-            "meta": {**record.meta, "pubkey": record.pubkey}}
+            "meta": dict(record.meta)}

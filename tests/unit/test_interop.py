@@ -790,3 +790,17 @@ def test_server_key_share_on_a_server_link(net: Net, interop: bool) -> None:
     net.inject("B", "A", env.make(FrameType.PUBLIC_CHANNEL_KEY_SHARE, b.server_id, "*", net.now + 1, forged,
                                   b.key).to_wire())
     assert len(alice.received(FrameType.PUBLIC_CHANNEL_KEY_SHARE)) == len(got)  # a bad content_sig goes nowhere
+
+
+def test_adverts_repeat_the_users_key_in_meta_under_the_profile_only(net: Net) -> None:
+    """fengyuan213/Secure-Programming-Group's client reads a user's key only from ``meta.pubkey``: an interop
+    node's adverts carry it there too (the same key under the same signature); a strict node's stay lean, and
+    no node keeps the key in a stored meta."""
+    strict, interop = both(net)
+    for node, repeated in ((strict, False), (interop, True)):
+        watcher = net.user(f"watcher-{node.name}", node)
+        carol = net.user(f"carol-{node.name}", node)
+        [advert] = [f for f in watcher.received(FrameType.USER_ADVERTISE) if f.payload["user_id"] == carol.user_id]
+        assert (advert.payload["meta"].get("pubkey") == carol.pubkey) is repeated, advert.payload
+        assert ("pubkey" in advert.payload["meta"]) is repeated
+        assert "pubkey" not in node.state.directory.get(carol.user_id).meta  # type: ignore[union-attr]

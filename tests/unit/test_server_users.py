@@ -51,10 +51,10 @@ def test_users_on_different_servers_see_each_others_advertise(two: TwoServers) -
     [advert] = [f for f in alice.received(FrameType.USER_ADVERTISE) if f.payload["user_id"] == bob.user_id]
     payload = dict(advert.payload)
     assert payload.pop("attest")["server_id"] == two.b.server_id  # bob's own proof of where he is (§4.5.1)
-    # the key in meta too (another implementation's client reads it only there: docs/INTEROP.md §1)
+    # a strict node does not repeat the key in meta (the interop profile does: tests/unit/test_interop.py)
     assert payload == {"user_id": bob.user_id, "server_id": two.b.server_id, "pubkey": bob.pubkey,
-                       "meta": {"display_name": "bob", "pubkey": bob.pubkey}}
-    # and never kept in the stored meta
+                       "meta": {"display_name": "bob"}}
+    # and the stored meta never holds a key
     assert all("pubkey" not in node.state.directory.get(bob.user_id).meta  # type: ignore[union-attr]
                for node in (two.intro, two.a, two.b))
     assert advert.sender == two.a.server_id and alice.signed_by_server(advert)
