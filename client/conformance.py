@@ -357,13 +357,8 @@ class Conformance:
         content_sig verifies. A delivery of another text the kit sent earlier (left over by a failed clause) is
         skipped, not blamed on this one."""
         for _ in range(MAX_LEFTOVER_DELIVERIES):
-            deliver = await recipient.expect(lambda f: f.type in (FrameType.USER_DELIVER, FrameType.MSG_DIRECT),
-                                             "USER_DELIVER")
-            try:
-                plain = crypto.rsa_decrypt(recipient.key, deliver.payload["ciphertext"]).decode("utf-8")
-            except (SocpError, UnicodeDecodeError):
-                break
-            if plain == text or plain not in self._texts:
+            deliver, plain = await _next_delivery(recipient, "USER_DELIVER")
+            if plain is None or plain == text or plain not in self._texts:
                 break
         if recipient.server_pub is not None and not recipient.verified(deliver):
             raise CheckFailed("USER_DELIVER is not signed by the server")
@@ -418,11 +413,8 @@ class Conformance:
         marker = f"marker {uuid.uuid4()}"
         await sender.send(self._dm(sender, recipient, marker))
         for _ in range(MAX_LEFTOVER_DELIVERIES):
-            deliver = await recipient.expect(lambda f: f.type in (FrameType.USER_DELIVER, FrameType.MSG_DIRECT),
-                                             "the marker USER_DELIVER")
-            try:
-                plain = crypto.rsa_decrypt(recipient.key, deliver.payload["ciphertext"]).decode("utf-8")
-            except (SocpError, UnicodeDecodeError):
+            _, plain = await _next_delivery(recipient, "the marker USER_DELIVER")
+            if plain is None:
                 continue
             if plain == text:
                 raise CheckFailed(f"{what} was delivered")
@@ -562,6 +554,16 @@ class Conformance:
             return f"to {'*' if beat.to == '*' else 'our id'}"
         finally:
             await join.close()
+
+
+async def _next_delivery(recipient: Peer, what: str) -> tuple[Envelope, str | None]:
+    """The next delivery to ``recipient`` (``USER_DELIVER``, or another implementation's ``MSG_DIRECT``) and its
+    plaintext, None when it does not decrypt to text."""
+    deliver = await recipient.expect(lambda f: f.type in (FrameType.USER_DELIVER, FrameType.MSG_DIRECT), what)
+    try:
+        return deliver, crypto.rsa_decrypt(recipient.key, deliver.payload["ciphertext"]).decode("utf-8")
+    except (SocpError, UnicodeDecodeError):
+        return deliver, None
 
 
 class _Skip(Exception):

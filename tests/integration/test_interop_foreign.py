@@ -40,6 +40,16 @@ def identity(key_pool: KeyPool, index: int, name: str) -> Identity:
 
 # --- item 1: our client on a server that sends no ACK at all ---------------------------------------------------
 
+async def dm_both_ways(a: ClientConnection, b: ClientConnection, texts: tuple[str, str] = ("hello b", "hello a")
+                       ) -> None:
+    """``a`` sends ``b`` a DM and ``b`` answers: each arrives, decrypted, from the right sender."""
+    for sender, recipient, text in ((a, b, texts[0]), (b, a, texts[1])):
+        await sender.send_direct(recipient.user_id, text)
+        got = await recipient.wait_for(lambda e: isinstance(e, DirectMessage), 10.0,
+                                       description=f"{text!r} from {sender.user_id[:8]}")
+        assert isinstance(got, DirectMessage) and got.text == text and got.sender_id == sender.user_id
+
+
 @pytest.mark.parametrize("welcome", [ClientWelcome.NO_ACK, ClientWelcome.SILENT])
 async def test_client_interop_on_a_server_that_sends_no_ack(key_pool: KeyPool, welcome: ClientWelcome) -> None:
     async with ForeignServer(key_pool.key(FOREIGN_KEY), welcome=welcome) as server:
@@ -52,12 +62,7 @@ async def test_client_interop_on_a_server_that_sends_no_ack(key_pool: KeyPool, w
             if bob.user_id not in alice.directory:
                 await alice.wait_for(lambda e: bob.user_id in alice.directory, 10.0, description="bob's advert")
             assert alice.server_id == server.server_id  # named by its first signed frame
-            await alice.send_direct(bob.user_id, "hello bob")
-            got = await bob.wait_for(lambda e: isinstance(e, DirectMessage), 10.0, description="alice's message")
-            assert isinstance(got, DirectMessage) and got.text == "hello bob" and got.sender_id == alice.user_id
-            await bob.send_direct(alice.user_id, "hello alice")
-            got = await alice.wait_for(lambda e: isinstance(e, DirectMessage), 10.0, description="bob's message")
-            assert isinstance(got, DirectMessage) and got.text == "hello alice"
+            await dm_both_ways(alice, bob)
         finally:
             await alice.close()
             await bob.close()
@@ -77,12 +82,7 @@ async def test_client_interop_on_a_slow_payload_only_server_with_no_key_pinned(k
             assert alice.server_id == server.server_id  # from the ACK's 'from'
             if bob.user_id not in alice.directory:
                 await alice.wait_for(lambda e: bob.user_id in alice.directory, 10.0, description="bob's advert")
-            await alice.send_direct(bob.user_id, "hello bob")
-            got = await bob.wait_for(lambda e: isinstance(e, DirectMessage), 10.0, description="alice's message")
-            assert isinstance(got, DirectMessage) and got.text == "hello bob"
-            await bob.send_direct(alice.user_id, "hello alice")
-            got = await alice.wait_for(lambda e: isinstance(e, DirectMessage), 10.0, description="bob's message")
-            assert isinstance(got, DirectMessage) and got.text == "hello alice"
+            await dm_both_ways(alice, bob)
         finally:
             await alice.close()
             await bob.close()
@@ -160,12 +160,7 @@ async def dms_cross(our_url: str, foreign: ForeignServer, key_pool: KeyPool) -> 
 
                 await conn.wait_for(listed, 15.0, description=f"{other.user_id[:8]} listed (foreign refused: "
                                                               f"{foreign.refused[:5]}, errors: {foreign.errors[:3]})")
-        await ours.send_direct(theirs.user_id, "from our node")
-        got = await theirs.wait_for(lambda e: isinstance(e, DirectMessage), 10.0, description="our DM")
-        assert isinstance(got, DirectMessage) and got.text == "from our node" and got.sender_id == ours.user_id
-        await theirs.send_direct(ours.user_id, "from the foreign server")
-        got = await ours.wait_for(lambda e: isinstance(e, DirectMessage), 10.0, description="their DM")
-        assert isinstance(got, DirectMessage) and got.text == "from the foreign server"
+        await dm_both_ways(ours, theirs, ("from our node", "from the foreign server"))
     finally:
         await ours.close()
         await theirs.close()
