@@ -539,18 +539,26 @@ def test_client_key_share_made_by_the_server_is_ignored_before_it_is_named(key_p
     assert len(events) == 1 and session.server_id is None  # welcomed; the share ignored, not refused
 
 
+def welcomed_client(key_pool: Any, interop: bool) -> tuple[Any, Any, Any, Any, Any]:
+    """A client session (user ``USER``, pool key 6) welcomed by ``SERVER`` (key 5) with a standard ACK, and the
+    keys of the server, the user, and two others (7, 8): ``(session, server, alice, bob, carol)``."""
+    from socp.user import UserSession
+    server_key, alice_key, bob_key, carol_key = (key_pool.key(i) for i in (5, 6, 7, 8))
+    session = UserSession(USER, alice_key, {}, interop=interop)
+    session.hello(TS)
+    session.receive_text(server_frame(FrameType.ACK, USER, {
+        "msg_ref": "USER_HELLO", "server_id": SERVER,
+        "server_pub": crypto.encode_public_key(server_key.public_key())}, server_key), TS)
+    return session, server_key, alice_key, bob_key, carol_key
+
+
 @pytest.mark.parametrize("interop", [False, True])
 def test_client_asks_the_key_of_a_user_listed_by_id_only(key_pool: Any, interop: bool) -> None:
     # aniketrattan/secure-programming-group-17 pushes no adverts to users and lists {"online_users": [ids]};
     # it answers PUBKEY_REQUEST {user_id} with PUBKEY_RESPONSE {user_id, pubkey}, signed
-    from socp.user import FrameRejected, UserOnline, UserSession
-    server_key, alice_key, bob_key, carol_key = (key_pool.key(i) for i in (5, 6, 7, 8))
-    server_pub = crypto.encode_public_key(server_key.public_key())
+    from socp.user import FrameRejected, UserOnline
+    session, server_key, _, bob_key, carol_key = welcomed_client(key_pool, interop)
     bob_pub = crypto.encode_public_key(bob_key.public_key())
-    session = UserSession(USER, alice_key, {}, interop=interop)
-    session.hello(TS)
-    session.receive_text(server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO", "server_id": SERVER,
-                                                            "server_pub": server_pub}, server_key), TS)
     session.receive_text(server_frame(FrameType.LIST_RESPONSE, USER, {"online_users": [USER, JOINER]}, server_key),
                          TS + 1)
     if not interop:
@@ -581,14 +589,9 @@ def test_client_asks_the_key_of_a_user_listed_by_id_only(key_pool: Any, interop:
 @pytest.mark.parametrize("interop", [False, True])
 def test_client_delivery_without_sender_is_bound_to_the_user_its_signature_names(key_pool: Any, interop: bool) -> None:
     # fengyuan213/Secure-Programming-Group delivers a local DM with the MSG_DIRECT payload as sent (no 'sender')
-    from socp.user import DirectMessage, FrameRejected, UserSession
-    server_key, alice_key, bob_key, carol_key = (key_pool.key(i) for i in (5, 6, 7, 8))
-    server_pub = crypto.encode_public_key(server_key.public_key())
+    from socp.user import DirectMessage, FrameRejected
+    session, server_key, alice_key, bob_key, carol_key = welcomed_client(key_pool, interop)
     bob_pub = crypto.encode_public_key(bob_key.public_key())
-    session = UserSession(USER, alice_key, {}, interop=interop)
-    session.hello(TS)
-    session.receive_text(server_frame(FrameType.ACK, USER, {"msg_ref": "USER_HELLO", "server_id": SERVER,
-                                                            "server_pub": server_pub}, server_key), TS)
     session.receive_text(advert_of(JOINER, bob_key, server_key, USER), TS + 1)
     other = str(uuid.uuid4())  # carol advertises bob's key under her own id: she cannot sign as bob's id
     session.receive_text(server_frame(FrameType.USER_ADVERTISE, USER, {
