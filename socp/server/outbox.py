@@ -77,14 +77,18 @@ class Outbox:
             # A bulk frame (a file chunk) is signed once anyway; caching it would keep megabytes per entry.
             self.signatures += 1
             return replace(frame, sig=crypto.sign(self.key, signed_bytes))
-        signature = self._signatures.get(signed_bytes)
+        return replace(frame, sig=self._cached_signature(signed_bytes))
+
+    def _cached_signature(self, signed: bytes) -> str:
+        """Our signature over ``signed``, made once while it stays in the (bounded) signature cache."""
+        signature = self._signatures.get(signed)
         if signature is None:
-            signature = crypto.sign(self.key, signed_bytes)
+            signature = crypto.sign(self.key, signed)
             self.signatures += 1
             if len(self._signatures) >= SIGNATURE_CACHE_SIZE:
                 self._signatures.clear()
-            self._signatures[signed_bytes] = signature
-        return replace(frame, sig=signature)
+            self._signatures[signed] = signature
+        return signature
 
     def verify(self, frame: Envelope, key_text: str, link: Link | None = None) -> bool:
         """True when ``frame`` carries a transport signature by ``key_text`` (the canonical envelope; a
@@ -116,15 +120,7 @@ class Outbox:
     def _legacy_text(self, text: str, form: int) -> str:
         """``text`` (a frame we signed) with its ``sig`` replaced by our payload-only signature in ``form``."""
         frame: dict[str, Any] = json.loads(text)
-        signed = list(accepted_payload_forms(frame["payload"]))[form]
-        signature = self._signatures.get(signed)
-        if signature is None:
-            signature = crypto.sign(self.key, signed)
-            self.signatures += 1
-            if len(self._signatures) >= SIGNATURE_CACHE_SIZE:
-                self._signatures.clear()
-            self._signatures[signed] = signature
-        frame["sig"] = signature
+        frame["sig"] = self._cached_signature(list(accepted_payload_forms(frame["payload"]))[form])
         return dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
     def public_key(self, key_text: str) -> crypto.PublicKey:
