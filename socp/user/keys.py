@@ -181,14 +181,7 @@ class PeerDirectory:
 
     def on_advertise(self, frame: Envelope) -> list[ClientEvent]:
         """USER_ADVERTISE: a user came online or changed its record."""
-        record = _record(frame.payload, frame.payload["server_id"])
-        if record is None:
-            raise Rejected(f"USER_ADVERTISE for {frame.payload['user_id']} carries no usable RSA-4096 pubkey")
-        self._check_pin(record)
-        is_new = self.directory.get(record.user_id) is None
-        if not self.directory.advertise(record):
-            return []
-        return [UserOnline(record, is_new)]
+        return self._learn(frame, frame.payload["server_id"])
 
     def on_remove(self, frame: Envelope) -> list[ClientEvent]:
         """USER_REMOVE: a user went offline."""
@@ -257,9 +250,14 @@ class PeerDirectory:
         self._asked.discard(user_id)
         home = frame.payload.get("server_id")
         home = home if isinstance(home, str) and home else server_id or frame.sender
-        record = _record(frame.payload, home)
+        return self._learn(frame, home)
+
+    def _learn(self, frame: Envelope, server_id: str) -> list[ClientEvent]:
+        """A user's record from a server-signed frame (an advert, a key answer): pinned, then placed at
+        ``server_id``; :class:`UserOnline` when the directory changed."""
+        record = _record(frame.payload, server_id)
         if record is None:
-            raise Rejected(f"PUBKEY_RESPONSE for {user_id} carries no usable RSA-4096 pubkey")
+            raise Rejected(f"{frame.type} for {frame.payload['user_id']} carries no usable RSA-4096 pubkey")
         self._check_pin(record)
         is_new = self.directory.get(record.user_id) is None
         if not self.directory.advertise(record):
