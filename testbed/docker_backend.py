@@ -531,13 +531,7 @@ class DockerCluster(ClusterBackend):
                 self.node_plan(name)  # an unknown node raises here, before anything changes
         if netem.needs_netem(effect):
             await self._require_netem()
-        if link is not None:
-            self._model.links[frozenset(link)] = effect
-        elif node is not None:
-            self._model.nodes[node] = effect
-        else:
-            for name in self.node_names:
-                self._model.nodes[name] = effect
+        self._model.degrade(effect, node, link, self.node_names)
         await self._apply_netem()
 
     async def restore_network(self) -> None:

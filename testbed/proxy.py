@@ -27,7 +27,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +82,18 @@ class NetworkModel:
         group_a = next((i for i, g in enumerate(self.groups) if a in g), None)
         group_b = next((i for i, g in enumerate(self.groups) if b in g), None)
         return group_a is not None and group_b is not None and group_a != group_b
+
+    def degrade(self, effect: Effect, node: str | None, link: tuple[str, str] | None,
+                every: Iterable[str]) -> None:
+        """Set ``effect`` on one ``link``, else on every link of ``node``, else (neither) on each of ``every``
+        node, replacing what was set there before."""
+        if link is not None:
+            self.links[frozenset(link)] = effect
+        elif node is not None:
+            self.nodes[node] = effect
+        else:
+            for name in every:
+                self.nodes[name] = effect
 
     def effect(self, a: str | None, b: str | None) -> Effect:
         """The effect on the link between ``a`` and ``b`` (either direction)."""
@@ -208,13 +220,7 @@ class ProxyNetwork:
     async def degrade(self, effect: Effect, node: str | None = None, link: tuple[str, str] | None = None) -> None:
         """Apply ``effect`` to every link of ``node``, to one ``link``, or (neither) to every node."""
         async def apply() -> None:
-            if link is not None:
-                self.model.links[frozenset(link)] = effect
-            elif node is not None:
-                self.model.nodes[node] = effect
-            else:
-                for name in self._targets:
-                    self.model.nodes[name] = effect
+            self.model.degrade(effect, node, link, self._targets)
         await self._call(apply())
 
     async def restore(self) -> None:
